@@ -1,0 +1,90 @@
+// Command understudy gives a Kamal app's PostgreSQL accessory a standby that
+// is always ready to take over. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+// command is one subcommand: a flag set and a Run.
+type command interface {
+	Name() string
+	Summary() string
+	Run(ctx context.Context, args []string) error
+}
+
+// exitError carries a specific exit status (check uses 0/1/2).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func commands(stdout, stderr io.Writer) []command {
+	return []command{
+		&planCommand{out: stdout},
+		&initCommand{out: stdout},
+		&passwordCommand{out: stdout},
+	}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cmds := commands(stdout, stderr)
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		usage(stdout, cmds)
+		return 0
+	}
+	if args[0] == "version" || args[0] == "--version" {
+		fmt.Fprintln(stdout, "understudy", Version)
+		return 0
+	}
+	for _, c := range cmds {
+		if c.Name() == args[0] {
+			err := c.Run(ctx, args[1:])
+			if err == nil {
+				return 0
+			}
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			var ee *exitError
+			if errors.As(err, &ee) {
+				if ee.err != nil && ee.err.Error() != "" {
+					fmt.Fprintln(stderr, "understudy:", ee.err)
+				}
+				return ee.code
+			}
+			fmt.Fprintln(stderr, "understudy:", err)
+			return 1
+		}
+	}
+	fmt.Fprintf(stderr, "understudy: unknown command %q\n\n", args[0])
+	usage(stderr, cmds)
+	return 2
+}
+
+func usage(w io.Writer, cmds []command) {
+	fmt.Fprintln(w, "understudy: a PostgreSQL standby for Kamal apps, always ready to take the stage.")
+	fmt.Fprintln(w, "\nUsage: understudy <command> [flags]   (understudy <command> -h for its flags)\n\nCommands:")
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  %-10s %s\n", c.Name(), c.Summary())
+	}
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/understudy-dev/understudy/kamal"
+	"github.com/understudy-dev/understudy/setup"
+	"github.com/understudy-dev/understudy/udiff"
+)
+
+// planCommand prints what init would change, as a unified diff, and writes nothing.
+type planCommand struct{ out io.Writer }
+
+func (*planCommand) Name() string    { return "plan" }
+func (*planCommand) Summary() string { return "show, as a diff, what init would change (writes nothing)" }
+
+func (c *planCommand) Run(ctx context.Context, args []string) error {
+	var sf setupFlags
+	fs := flag.NewFlagSet("plan", flag.ContinueOnError)
+	if err := sf.parse(fs, args); err != nil {
+		return err
+	}
+	p, err := setup.Build(kamal.DirSource(sf.dir), sf.opts)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(c.out, renderPlan(p, true))
+	if len(p.Changes) > 0 {
+		fmt.Fprintln(c.out, "\nNothing was written. Run `understudy init` with the same flags to write it.")
+	}
+	return nil
+}
+
+// renderPlan is the human summary of a plan, with diffs when asked.
+func renderPlan(p *setup.Plan, diffs bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Replication for accessory %s (PostgreSQL %d, %s)\n", p.Primary, p.Image.Major, p.Image.Ref)
+	fmt.Fprintf(&b, "  primary  %-14s on %s, listening on %s:%d\n", p.Primary, p.PrimaryHost, p.Cluster.Nodes[0].Addr, p.Cluster.Nodes[0].Port)
+	fmt.Fprintf(&b, "  standby  %-14s on %s, listening on %s:%d\n", p.Standby, p.StandbyHost, p.Cluster.Nodes[1].Addr, p.Cluster.Nodes[1].Port)
+	if len(p.Changes) == 0 {
+		b.WriteString("\nEverything is already in place: nothing to change.\n")
+	} else {
+		b.WriteString("\nWhat changes:\n")
+		for _, n := range p.Notes {
+			b.WriteString(indent("- "+n, "  "))
+		}
+		b.WriteString("\nFiles:\n")
+		for _, c := range p.Changes {
+			verb := "edit  "
+			if !c.Exists {
+				verb = "create"
+			}
+			fmt.Fprintf(&b, "  %s %s\n", verb, c.Path)
+		}
+	}
+	for _, w := range p.Warnings {
+		b.WriteString(indent("warning: "+w, ""))
+	}
+	if diffs {
+		for _, c := range p.Changes {
+			b.WriteString("\n")
+			b.WriteString(udiff.Diff(c.Path, c.Old, c.New, 3, !c.Exists))
+		}
+	}
+	b.WriteString("\nThe replication password:\n")
+	b.WriteString(indent(p.SecretHowTo, "  "))
+	b.WriteString("\nThe app (suggested, not applied):\n")
+	b.WriteString("  DATABASE_URL that always reaches the writable node, before and after a switchover:\n")
+	b.WriteString("    " + p.AppURL + "\n")
+	b.WriteString("  Rails config/database.yml, to send reads to the standby:\n")
+	b.WriteString(indent(p.RailsYAML, "    "))
+	return b.String()
+}

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/understudy-dev/understudy/setup"
+)
+
+// setupFlags are the flags plan and init share.
+type setupFlags struct {
+	dir  string
+	opts setup.Options
+}
+
+func (s *setupFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&s.dir, "app", ".", "the app directory (holding config/deploy.yml)")
+	fs.StringVar(&s.opts.ConfigPath, "c", "config/deploy.yml", "Kamal config file, relative to the app directory")
+	fs.StringVar(&s.opts.Destination, "d", "", "Kamal destination (reads config/deploy.DEST.yml and .kamal/secrets.DEST)")
+	fs.StringVar(&s.opts.Accessory, "accessory", "", "the PostgreSQL accessory to replicate, when there are several")
+	fs.StringVar(&s.opts.ReplicaName, "replica-name", "", "name of the standby accessory (default <accessory>-replica)")
+	fs.StringVar(&s.opts.ReplicaHost, "replica-host", "", "the standby's server, as Kamal reaches it over SSH")
+	fs.StringVar(&s.opts.ReplicaIP, "replica-ip", "", "the standby server's private IP; PostgreSQL listens there")
+	fs.StringVar(&s.opts.PrimaryIP, "primary-ip", "", "the primary's private IP, when the port is ERB understudy cannot read")
+	fs.IntVar(&s.opts.PGVersion, "pg-version", 0, "PostgreSQL major version, when the image tag does not say")
+	fs.StringVar(&s.opts.WALCap, "wal-cap", "", "most WAL a slot may hold for an absent standby (max_slot_wal_keep_size), e.g. 20GB")
+	fs.StringVar(&s.opts.ReplUser, "replication-user", "replicator", "name of the replication role")
+}
+
+func (s *setupFlags) parse(fs *flag.FlagSet, args []string) error {
+	s.register(fs)
+	// Accept flags after positional words too (understudy plan -d x --replica-host y).
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q; flags look like --replica-host HOST", fs.Arg(0))
+	}
+	abs, err := filepath.Abs(s.dir)
+	if err != nil {
+		return err
+	}
+	s.dir = abs
+	s.opts.Env = os.LookupEnv
+	return nil
+}
+
+func indent(s, pad string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		if l != "" {
+			lines[i] = pad + l
+		}
+	}
+	return strings.Join(lines, "\n") + "\n"
+}

@@ -1,0 +1,240 @@
+package kamal
+
+import (
+	"fmt"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Editor changes accessories in the configuration one "ensure" at a time:
+// each operation looks at the current text, changes nothing when the
+// configuration already says what is wanted (so a second run is a no-op), and
+// otherwise edits the smallest range it can. Edits go to the destination file
+// when there is one, so that other destinations are left alone.
+type Editor struct {
+	src        *Overlay
+	configPath string
+	dest       string
+	env        func(string) (string, bool)
+	cfg        *Config
+}
+
+// NewEditor loads the configuration for editing.
+func NewEditor(src Source, configPath, dest string, env func(string) (string, bool)) (*Editor, error) {
+	e := &Editor{src: &Overlay{Base: src, Files: map[string]string{}}, configPath: configPath, dest: dest, env: env}
+	return e, e.reload()
+}
+
+func (e *Editor) reload() error {
+	c, err := Load(e.src, e.configPath, e.dest, e.env)
+	if err != nil {
+		return err
+	}
+	e.cfg = c
+	return nil
+}
+
+// Config is the configuration as edited so far.
+func (e *Editor) Config() *Config { return e.cfg }
+
+// Changed returns the files whose text differs from what is on disk.
+func (e *Editor) Changed() map[string]string {
+	out := map[string]string{}
+	for p, s := range e.src.Files {
+		if orig, err := e.src.Base.ReadFile(p); err != nil || orig != s {
+			out[p] = s
+		}
+	}
+	return out
+}
+
+func (e *Editor) commit(f *File, ed textEdit) error {
+	e.src.Files[f.Path] = apply(f.text.original, []textEdit{ed})
+	if err := e.reload(); err != nil {
+		return fmt.Errorf("internal error: editing %s produced a file that does not load: %w", f.Path, err)
+	}
+	return nil
+}
+
+// directGet finds key in a mapping node without following merge keys.
+func directGet(m *yaml.Node, key string) (k, v *yaml.Node) {
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil, nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i], m.Content[i+1]
+		}
+	}
+	return nil, nil
+}
+
+// locate walks path in the edit file. It returns the deepest mapping reached,
+// its indentation, and how many path elements were found.
+type location struct {
+	mapping *yaml.Node // deepest existing mapping along the path
+	key     *yaml.Node // key of the last found element (nil for the root)
+	val     *yaml.Node // value of the last found element
+	found   int
+}
+
+func (e *Editor) locate(f *File, path []string) (location, error) {
+	loc := location{mapping: f.doc}
+	cur := f.doc
+	for i, p := range path {
+		k, v := directGet(cur, p)
+		if k == nil {
+			return loc, nil
+		}
+		if v.Kind == yaml.AliasNode {
+			return loc, fmt.Errorf("%s:%d: %s is a YAML alias (*%s); understudy must change it, so write it out in full there", f.Path, k.Line, strings.Join(path[:i+1], "/"), v.Value)
+		}
+		if i < len(path)-1 && hasERB(v.Value) {
+			return loc, fmt.Errorf("%s:%d: %s comes from ERB, which understudy must change; write it as plain YAML", f.Path, k.Line, strings.Join(path[:i+1], "/"))
+		}
+		loc.key, loc.val, loc.found = k, v, i+1
+		if v.Kind == yaml.MappingNode {
+			loc.mapping = v
+		}
+		cur = v
+	}
+	return loc, nil
+}
+
+// nest wraps a value in the path's remaining keys.
+func nest(path []string, v any) (string, any) {
+	for i := len(path) - 1; i > 0; i-- {
+		v = Map{{path[i], v}}
+	}
+	return path[0], v
+}
+
+// put writes value at path in the edit file, creating missing mappings.
+func (e *Editor) put(path []string, value any) error {
+	f := e.cfg.EditFile()
+	if f.doc == nil {
+		return fmt.Errorf("%s is empty; add the accessory there by hand first", f.Path)
+	}
+	loc, err := e.locate(f, path)
+	if err != nil {
+		return err
+	}
+	st := f.style()
+	if loc.found == len(path) {
+		if raw, ok := value.(Raw); ok {
+			ed, err := f.setValue(loc.key, loc.val, string(raw))
+			if err != nil {
+				return err
+			}
+			return e.commit(f, ed)
+		}
+		indent := loc.key.Column - 1
+		lines := st.entry(loc.key.Value, value, indent)
+		ed, err := f.replaceBlock(loc.key, loc.val, strings.TrimPrefix(strings.Join(lines, "\n"), strings.Repeat(" ", indent)+loc.key.Value+":"))
+		if err != nil {
+			return err
+		}
+		return e.commit(f, ed)
+	}
+	rest := path[loc.found:]
+	key, v := nest(rest, value)
+	if loc.found > 0 && loc.val.Kind != yaml.MappingNode {
+		if loc.val.Kind == yaml.ScalarNode && loc.val.Tag == "!!null" {
+			indent := loc.key.Column - 1
+			lines := st.entry(key, v, indent+st.unit)
+			ed, err := f.replaceBlock(loc.key, loc.val, "\n"+strings.Join(lines, "\n"))
+			if err != nil {
+				return err
+			}
+			return e.commit(f, ed)
+		}
+		return fmt.Errorf("%s:%d: %s should be a mapping for understudy to add %s to it", f.Path, loc.key.Line, strings.Join(path[:loc.found], "/"), key)
+	}
+	m := loc.mapping
+	indent := m.Content[0].Column - 1
+	ed, err := f.insertEntry(m, st.entry(key, v, indent))
+	if err != nil {
+		return err
+	}
+	return e.commit(f, ed)
+}
+
+// EnsureScalar makes accessories/<acc>/<path...> equal to value.
+func (e *Editor) EnsureScalar(acc string, path []string, value Raw) error {
+	full := append([]string{"accessories", acc}, path...)
+	if cur := e.cfg.Root.Get(full...); cur.IsScalar() {
+		if src, ok := fromVal(cur).(Raw); ok && src == value {
+			return nil
+		}
+	}
+	return e.put(full, value)
+}
+
+// EnsureListItem makes the list at accessories/<acc>/<path...> contain an item
+// that satisfies match, appending item when none does. Kamal replaces whole
+// arrays when it merges a destination file, so a list created in a
+// destination file carries the base file's items too.
+func (e *Editor) EnsureListItem(acc string, path []string, item any, match func(*Val) bool) error {
+	full := append([]string{"accessories", acc}, path...)
+	merged := e.cfg.Root.Get(full...)
+	for _, it := range merged.Items() {
+		if match(it) {
+			return nil
+		}
+	}
+	f := e.cfg.EditFile()
+	loc, err := e.locate(f, full)
+	if err != nil {
+		return err
+	}
+	if loc.found == len(full) && loc.val.Kind == yaml.SequenceNode && len(loc.val.Content) > 0 {
+		lines := f.style().item(item)
+		ed, err := f.appendItem(loc.val, lines)
+		if err != nil {
+			return err
+		}
+		return e.commit(f, ed)
+	}
+	var l List
+	for _, it := range merged.Items() {
+		l = append(l, fromVal(it))
+	}
+	return e.put(full, append(l, item))
+}
+
+// AddAccessory appends a new accessory after the last one.
+func (e *Editor) AddAccessory(name string, body Map) error {
+	if e.cfg.Root.Get("accessories", name) != nil {
+		return fmt.Errorf("accessory %s already exists", name)
+	}
+	return e.put([]string{"accessories", name}, body)
+}
+
+// AccessoryBody renders an accessory of the merged configuration so that it
+// can be written again (used to derive a standby from its primary).
+func AccessoryBody(a *Accessory) Map {
+	m, _ := fromVal(a.Val).(Map)
+	return m
+}
+
+// EnsureComplexEnv rewrites an accessory's env from Kamal's simple form (a
+// mapping of clear values) to the complex form (clear: and secret:), which
+// is needed before a secret can be added. The values keep their text.
+func (e *Editor) EnsureComplexEnv(acc string) error {
+	full := []string{"accessories", acc, "env"}
+	env := e.cfg.Root.Get(full...)
+	if !env.IsMap() || len(env.Keys()) == 0 || env.Get("clear") != nil || env.Get("secret") != nil {
+		return nil
+	}
+	f := e.cfg.EditFile()
+	loc, err := e.locate(f, full)
+	if err != nil {
+		return err
+	}
+	if loc.found != len(full) {
+		return fmt.Errorf("%s: accessories/%s/env is written in the simple form (all clear values) in another file; rewrite it as env: clear: ... there, so that a secret can be added", env.Pos(), acc)
+	}
+	clear, _ := fromVal(env).(Map)
+	return e.put(full, Map{{"clear", clear}})
+}

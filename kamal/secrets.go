@@ -1,0 +1,134 @@
+package kamal
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"regexp"
+	"strings"
+)
+
+// SecretsFile is one dotenv-style secrets file (research/kamal.md §3). Only
+// names and the raw (unexpanded) right-hand sides are read here: resolving a
+// value may run a password manager and happens only when a command needs it.
+type SecretsFile struct {
+	Path  string
+	Text  string
+	Lines []SecretLine
+}
+
+// SecretLine is one KEY=value assignment.
+type SecretLine struct {
+	Key  string
+	Raw  string // the right-hand side as written, quotes included
+	Line int    // 1-based
+}
+
+var secretLineRE = regexp.MustCompile(`^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$`)
+
+func parseSecrets(path, text string) *SecretsFile {
+	f := &SecretsFile{Path: path, Text: text}
+	lines := strings.Split(text, "\n")
+	for i := 0; i < len(lines); i++ {
+		l := lines[i]
+		if strings.HasPrefix(strings.TrimSpace(l), "#") {
+			continue
+		}
+		g := secretLineRE.FindStringSubmatch(l)
+		if g == nil {
+			continue
+		}
+		raw := g[2]
+		start := i
+		// A double-quoted value may span lines.
+		if strings.HasPrefix(raw, `"`) && !closedDoubleQuote(raw[1:]) {
+			for i+1 < len(lines) {
+				i++
+				raw += "\n" + lines[i]
+				if closedDoubleQuote(lines[i]) {
+					break
+				}
+			}
+		}
+		f.Lines = append(f.Lines, SecretLine{Key: g[1], Raw: raw, Line: start + 1})
+	}
+	return f
+}
+
+func closedDoubleQuote(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			i++
+		case '"':
+			return true
+		}
+	}
+	return false
+}
+
+// Secrets is the ordered set of secrets files Kamal reads for a destination:
+// <path>-common, then <path> (no destination) or <path>.<dest>.
+type Secrets struct {
+	Files []*SecretsFile // in reading order; later definitions win
+	Paths []string       // every path that was looked for
+}
+
+// LoadSecrets reads the secrets files that exist.
+func LoadSecrets(src Source, base, dest string) (*Secrets, error) {
+	s := &Secrets{}
+	second := base
+	if dest != "" {
+		second = base + "." + dest
+	}
+	for _, p := range []string{base + "-common", second} {
+		s.Paths = append(s.Paths, p)
+		text, err := src.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", p, err)
+		}
+		s.Files = append(s.Files, parseSecrets(p, text))
+	}
+	return s, nil
+}
+
+// Lookup finds the definition Kamal would use for a secret name.
+func (s *Secrets) Lookup(name string) (*SecretsFile, *SecretLine) {
+	for i := len(s.Files) - 1; i >= 0; i-- {
+		f := s.Files[i]
+		for j := len(f.Lines) - 1; j >= 0; j-- {
+			if f.Lines[j].Key == name {
+				return f, &f.Lines[j]
+			}
+		}
+	}
+	return nil, nil
+}
+
+// IsReference reports whether a raw value fetches the secret from elsewhere
+// ($VAR, ${VAR}, $(command)) rather than holding it: Kamal 2 commits
+// .kamal/secrets, so a literal password there is a leaked password.
+func IsReference(raw string) bool {
+	r := strings.TrimSpace(raw)
+	if strings.HasPrefix(r, "'") {
+		return false // single quotes: no substitution at all
+	}
+	r = strings.Trim(r, `"`)
+	return strings.Contains(r, "$")
+}
+
+// Literal returns a secret's value when it is written plainly (no
+// substitution), which needs no command or environment to read.
+func Literal(raw string) (string, bool) {
+	r := strings.TrimSpace(raw)
+	if strings.HasPrefix(r, "'") && strings.HasSuffix(r, "'") && len(r) >= 2 {
+		return r[1 : len(r)-1], true
+	}
+	if IsReference(r) {
+		return "", false
+	}
+	return strings.Trim(r, `"`), true
+}

@@ -1,0 +1,217 @@
+package kamal
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// File is one YAML file of the Kamal configuration, parsed from its masked
+// text so that node positions are positions in the original bytes.
+type File struct {
+	Path string // relative to the app directory, as shown to the user
+	text *maskedText
+	doc  *yaml.Node // the document's root mapping (nil for an empty file)
+}
+
+// Original returns the file's bytes as they are on disk.
+func (f *File) Original() string { return f.text.original }
+
+var yamlLineRE = regexp.MustCompile(`^yaml: (?:line (\d+): )?(.*)$`)
+
+func parseFile(path, src string) (*File, error) {
+	m, err := mask(src)
+	if err != nil {
+		return nil, fmt.Errorf("%s:%s", path, strings.TrimPrefix(err.Error(), "line "))
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(m.masked), &doc); err != nil {
+		msg := err.Error()
+		if g := yamlLineRE.FindStringSubmatch(strings.SplitN(msg, "\n", 2)[0]); g != nil {
+			line := g[1]
+			if line == "" {
+				line = "1"
+			}
+			return nil, fmt.Errorf("%s:%s: not valid YAML (%s); fix the syntax there (kamal would refuse this file too)", path, line, g[2])
+		}
+		return nil, fmt.Errorf("%s: not valid YAML (%s); fix the syntax (kamal would refuse this file too)", path, msg)
+	}
+	f := &File{Path: path, text: m}
+	if len(doc.Content) == 0 {
+		return f, nil
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%s:%d: the top level must be a mapping of keys (service:, accessories:, ...), not a %s", path, root.Line, kindName(root))
+	}
+	f.doc = root
+	return f, nil
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "mapping"
+	case yaml.SequenceNode:
+		return "list"
+	case yaml.AliasNode:
+		return "alias"
+	}
+	return "scalar"
+}
+
+// Val is a value of the merged configuration: a node of one file, or a
+// mapping built by deep-merging a destination file over the base file
+// (hashes merge, arrays and scalars are replaced: research/kamal.md §4.1).
+type Val struct {
+	Node    *yaml.Node // the (alias-resolved) node this value was read from
+	KeyNode *yaml.Node // the key of the entry holding this value, if any
+	File    *File
+	keys    []string
+	fields  map[string]*Val
+	items   []*Val
+}
+
+// Pos is "file:line" of the value, for messages.
+func (v *Val) Pos() string {
+	if v == nil {
+		return ""
+	}
+	n := v.Node
+	if v.KeyNode != nil {
+		n = v.KeyNode
+	}
+	return fmt.Sprintf("%s:%d", v.File.Path, n.Line)
+}
+
+func resolveAlias(n *yaml.Node) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	return n
+}
+
+func build(f *File, key, n *yaml.Node) *Val {
+	n = resolveAlias(n)
+	v := &Val{Node: n, KeyNode: key, File: f}
+	switch n.Kind {
+	case yaml.MappingNode:
+		v.fields = map[string]*Val{}
+		var merges []*Val
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			if k.Value == "<<" && k.Tag == "!!merge" {
+				src := resolveAlias(val)
+				if src.Kind == yaml.SequenceNode {
+					for _, s := range src.Content {
+						merges = append(merges, build(f, nil, s))
+					}
+				} else {
+					merges = append(merges, build(f, nil, src))
+				}
+				continue
+			}
+			v.set(k.Value, build(f, k, val))
+		}
+		// Keys given directly win over merged ones.
+		for _, m := range merges {
+			for _, k := range m.keys {
+				if _, ok := v.fields[k]; !ok {
+					v.set(k, m.fields[k])
+				}
+			}
+		}
+	case yaml.SequenceNode:
+		for _, it := range n.Content {
+			v.items = append(v.items, build(f, nil, it))
+		}
+	}
+	return v
+}
+
+func (v *Val) set(k string, c *Val) {
+	if _, ok := v.fields[k]; !ok {
+		v.keys = append(v.keys, k)
+	}
+	v.fields[k] = c
+}
+
+// merge deep-merges over onto base the way ActiveSupport's deep_merge! does.
+func merge(base, over *Val) *Val {
+	if base == nil {
+		return over
+	}
+	if over == nil {
+		return base
+	}
+	if !base.IsMap() || !over.IsMap() {
+		return over
+	}
+	out := &Val{Node: over.Node, KeyNode: over.KeyNode, File: over.File, fields: map[string]*Val{}}
+	for _, k := range base.keys {
+		out.set(k, base.fields[k])
+	}
+	for _, k := range over.keys {
+		out.set(k, merge(out.fields[k], over.fields[k]))
+	}
+	return out
+}
+
+func (v *Val) IsMap() bool    { return v != nil && v.Node.Kind == yaml.MappingNode }
+func (v *Val) IsSeq() bool    { return v != nil && v.Node.Kind == yaml.SequenceNode }
+func (v *Val) IsScalar() bool { return v != nil && v.Node.Kind == yaml.ScalarNode && v.Node.Tag != "!!null" }
+func (v *Val) IsNull() bool   { return v == nil || (v.Node.Kind == yaml.ScalarNode && v.Node.Tag == "!!null") }
+
+// Get walks mapping keys; nil when any is missing.
+func (v *Val) Get(path ...string) *Val {
+	for _, p := range path {
+		if !v.IsMap() {
+			return nil
+		}
+		v = v.fields[p]
+	}
+	return v
+}
+
+// Keys lists a mapping's keys in file order.
+func (v *Val) Keys() []string {
+	if !v.IsMap() {
+		return nil
+	}
+	return v.keys
+}
+
+// Items lists a sequence's items.
+func (v *Val) Items() []*Val {
+	if !v.IsSeq() {
+		return nil
+	}
+	return v.items
+}
+
+// Masked is a scalar's text as parsed, with ERB placeholders in it.
+func (v *Val) Masked() string { return v.Node.Value }
+
+// Source is a scalar's value with the original ERB text put back.
+func (v *Val) Source() string { return v.File.text.unmask(v.Node.Value) }
+
+// HasERB reports whether the scalar's value comes (partly) from ERB.
+func (v *Val) HasERB() bool { return v.IsScalar() && hasERB(v.Node.Value) }
+
+// Resolve gives the scalar's value as Kamal would see it, evaluating ERB that
+// is a plain environment lookup. ok is false when some ERB could not be evaluated.
+func (v *Val) Resolve(env func(string) (string, bool)) (string, bool) {
+	return v.File.text.resolve(v.Node.Value, env)
+}
+
+// Int parses a scalar integer value.
+func (v *Val) Int() (int, bool) {
+	if !v.IsScalar() {
+		return 0, false
+	}
+	n, err := strconv.Atoi(v.Node.Value)
+	return n, err == nil
+}

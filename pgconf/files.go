@@ -1,0 +1,130 @@
+package pgconf
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+)
+
+// AppAuthMethod is the method for ordinary password logins, matching what the
+// official image writes (it follows password_encryption: md5 before 14,
+// scram-sha-256 from 14; research/postgres.md §1.3). md5 also accepts SCRAM
+// verifiers, so on 13 both kinds of stored password keep working.
+func AppAuthMethod(major int) string {
+	if major < 14 {
+		return "md5"
+	}
+	return "scram-sha-256"
+}
+
+// HBA renders the managed pg_hba file. It replaces $PGDATA/pg_hba.conf (via
+// hba_file, so it survives a re-clone and is the same on every node), allows
+// replication only between the nodes in both directions, and keeps the
+// image's password login for everything else (research/postgres.md §0 row 2, §2.6).
+func HBA(c Cluster) string {
+	var b strings.Builder
+	b.WriteString("# pg_hba.conf managed by understudy: the same file on every node.\n")
+	b.WriteString("# Re-run `understudy init` to change it; edits here are overwritten.\n")
+	b.WriteString("# The first matching line decides.\n")
+	w := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	row := func(cols ...string) { fmt.Fprintln(w, strings.Join(cols, "\t")) }
+	row("# TYPE", "DATABASE", "USER", "ADDRESS", "METHOD")
+	if c.ContainerDefaults {
+		row("# Inside the container, as the official image allows by default:")
+		row("local", "all", "all", "", "trust")
+		row("host", "all", "all", "127.0.0.1/32", "trust")
+		row("host", "all", "all", "::1/128", "trust")
+		row("local", "replication", "all", "", "trust")
+		row("host", "replication", "all", "127.0.0.1/32", "trust")
+		row("host", "replication", "all", "::1/128", "trust")
+	} else {
+		row("# Local socket, for the operator on this machine:")
+		row("local", "all", "all", "", "trust")
+		row("local", "replication", "all", "", "trust")
+	}
+	row("# Streaming replication between the nodes only, in both directions:")
+	for _, n := range c.Nodes {
+		row("host", "replication", c.ReplUser, hostCIDR(n.Addr), "scram-sha-256", "# "+n.Name)
+	}
+	row("# The boot script asks each peer whether it is the primary:")
+	for _, n := range c.Nodes {
+		row("host", "postgres", c.ReplUser, hostCIDR(n.Addr), "scram-sha-256", "# "+n.Name)
+	}
+	row("# The replication role is refused everywhere else:")
+	row("host", "all", c.ReplUser, "0.0.0.0/0", "reject")
+	row("host", "all", c.ReplUser, "::/0", "reject")
+	row("# Everything else: password login from anywhere, as the image allows:")
+	row("host", "all", "all", "all", AppAuthMethod(c.Major))
+	w.Flush()
+	return b.String()
+}
+
+// Setting is one line of the settings file.
+type Setting struct {
+	Name, Value, Why string
+	Restart          bool // changing it needs a server restart, not a reload
+}
+
+// Settings are the replication settings, the same on every node so that a
+// switchover needs no edit (research/postgres.md §2.9 parity).
+func Settings(c Cluster) []Setting {
+	s := []Setting{
+		{"hba_file", quote(c.HBAFile), "the managed rules above, kept outside PGDATA", true},
+		{"listen_addresses", quote("*"), "peers and the app connect over the private network", true},
+		{"wal_level", "replica", "enough WAL for a physical standby", true},
+		{"max_wal_senders", "10", "one per standby plus clones; PostgreSQL's default, stated so no -c flag lowers it", true},
+		{"max_replication_slots", "10", "one slot per standby", true},
+		{"max_slot_wal_keep_size", quote(c.WALCap), "a slot may hold at most this much WAL; past it the standby must re-clone instead of filling the disk", false},
+		{"wal_log_hints", "on", "lets pg_rewind bring a former primary back without a full clone", true},
+		{"hot_standby", "on", "a standby answers read-only queries", true},
+		{"wal_sender_timeout", quote("10s"), "a primary drops a vanished standby within seconds, freeing its slot", false},
+		{"wal_receiver_timeout", quote("10s"), "a standby notices a vanished primary within seconds", false},
+		{"wal_receiver_status_interval", quote("2s"), "the primary sees the standby's progress every 2 s", false},
+		{"wal_retrieve_retry_interval", quote("2s"), "a standby retries a lost connection every 2 s", false},
+		{"tcp_keepalives_idle", "5", "dead TCP peers are found in about 11 s", false},
+		{"tcp_keepalives_interval", "2", "", false},
+		{"tcp_keepalives_count", "3", "", false},
+		{"recovery_target_timeline", quote("latest"), "a standby follows a newly promoted primary", true},
+	}
+	if c.Major < 14 {
+		s = append(s, Setting{"password_encryption", quote("scram-sha-256"), "new passwords as SCRAM verifiers (13 defaults to md5)", false})
+	}
+	return s
+}
+
+// ManagedSetting reports whether a setting is set by the settings file, so a
+// conflicting -c flag in the accessory's cmd would silently override it.
+func ManagedSetting(c Cluster, name string) bool {
+	switch name {
+	case "config_file", "hba_file":
+		return true
+	}
+	for _, s := range Settings(c) {
+		if s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// Conf renders the settings file that PostgreSQL is started with
+// (-c config_file=...). It first includes the cluster's own
+// $PGDATA/postgresql.conf, so every setting the user had stays in force, and
+// then sets the replication settings, which win over that file. -c flags in
+// the accessory's cmd win over both.
+func Conf(c Cluster) string {
+	var b strings.Builder
+	b.WriteString("# PostgreSQL settings managed by understudy: the same file on every node.\n")
+	b.WriteString("# Re-run `understudy init` to change it; edits here are overwritten.\n")
+	b.WriteString("# The cluster's own settings come first; the lines after them win.\n")
+	fmt.Fprintf(&b, "include_if_exists = %s\n\n", quote(strings.TrimRight(c.DataDir, "/")+"/postgresql.conf"))
+	for _, s := range Settings(c) {
+		if s.Why != "" {
+			fmt.Fprintf(&b, "# %s\n", s.Why)
+		}
+		fmt.Fprintf(&b, "%s = %s\n", s.Name, s.Value)
+	}
+	return b.String()
+}

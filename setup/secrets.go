@@ -1,0 +1,170 @@
+package setup
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/understudy-dev/understudy/kamal"
+)
+
+// planSecret adds REPLICATION_PASSWORD to the secrets file that holds the
+// database password, written the same way that password is fetched: Kamal 2
+// commits .kamal/secrets, so it may only hold references (research/kamal.md §3).
+// It never reads or generates the password itself.
+func planSecret(src kamal.Source, cfg *kamal.Config, prim *kamal.Accessory, o Options, p *Plan) (*FileChange, error) {
+	sec, err := kamal.LoadSecrets(src, cfg.SecretsPath(), o.Destination)
+	if err != nil {
+		return nil, err
+	}
+	for _, ref := range prim.Env().Secret {
+		if f, l := sec.Lookup(ref.Secret); f == nil {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("%s: secret %s is not defined in %s; kamal will refuse to boot the accessory until it is", ref.Val.Pos(), ref.Secret, strings.Join(sec.Paths, " or ")))
+		} else if strings.Contains(ref.Secret, "PASSWORD") && !kamal.IsReference(l.Raw) {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("%s:%d: %s holds a password in plain text, in a file Kamal 2 expects you to commit; fetch it instead, e.g. %s=$%s from your environment or a password manager", f.Path, l.Line, ref.Secret, ref.Secret, ref.Secret))
+		}
+	}
+	if f, l := sec.Lookup(PasswordSecret); f != nil {
+		p.SecretHowTo = fmt.Sprintf("%s is already defined in %s:%d; it must hold the replication password", PasswordSecret, f.Path, l.Line)
+		return nil, nil
+	}
+
+	// Find how the database password is fetched.
+	dbSecret := ""
+	for _, ref := range prim.Env().Secret {
+		if ref.Name == "POSTGRES_PASSWORD" {
+			dbSecret = ref.Secret
+		}
+	}
+	var file *kamal.SecretsFile
+	var line *kamal.SecretLine
+	if dbSecret != "" {
+		file, line = sec.Lookup(dbSecret)
+	}
+	target := cfg.SecretsPath()
+	if o.Destination != "" {
+		target += "." + o.Destination
+	}
+	text := ""
+	if file != nil {
+		target, text = file.Path, file.Text
+	} else if t, err := src.ReadFile(target); err == nil {
+		text = t
+	}
+
+	raw := "$" + PasswordSecret
+	how := fmt.Sprintf("generate one with `understudy password` and keep it where you keep POSTGRES_PASSWORD: export %s in the environment you run kamal from (shell profile, direnv, or your CI's secret store). It must stay the same from run to run", PasswordSecret)
+	var extra *fetchEdit
+	if line != nil && kamal.IsReference(line.Raw) {
+		switch {
+		case strings.Contains(line.Raw, dbSecret) && strings.Contains(line.Raw, "kamal secrets extract"):
+			raw = strings.Replace(line.Raw, dbSecret, PasswordSecret, 1)
+			extra = findFetch(file, dbSecret)
+			how = fmt.Sprintf("add a secret named %s to the same store your `kamal secrets fetch` line reads (generate the value there, or with `understudy password`)", PasswordSecret)
+		case strings.Contains(line.Raw, dbSecret):
+			raw = strings.Replace(line.Raw, dbSecret, PasswordSecret, 1)
+			v := strings.TrimSpace(strings.TrimPrefix(strings.Trim(raw, `"`), "$"))
+			v = strings.Trim(v, "{}")
+			how = fmt.Sprintf("generate one with `understudy password` and export it as %s where %s comes from (shell profile, direnv, or your CI's secret store). It must stay the same from run to run", v, strings.Trim(strings.TrimPrefix(strings.Trim(line.Raw, `"`), "$"), "{}"))
+		case opRE.MatchString(line.Raw):
+			raw = opRE.ReplaceAllString(line.Raw, "${1}replication-password")
+			how = fmt.Sprintf("add a password field named replication-password to that 1Password item (%s); let 1Password generate it", opRE.FindStringSubmatch(line.Raw)[0])
+		}
+	}
+	newLine := PasswordSecret + "=" + raw
+	var out string
+	if line != nil {
+		out = insertAfterLine(text, line.Line, newLine)
+	} else {
+		if text != "" && !strings.HasSuffix(text, "\n") {
+			text += "\n"
+		}
+		out = text + newLine + "\n"
+	}
+	if extra != nil {
+		out = extra.apply(out, dbSecret)
+	}
+	p.SecretHowTo = fmt.Sprintf("%s reads %s; %s", target, newLine, how)
+	return &FileChange{Path: target, New: out}, nil
+}
+
+var opRE = regexp.MustCompile(`(op://[^/\s)]+/[^/\s)]+/)[^/\s)]+`)
+
+func insertAfterLine(text string, line int, s string) string {
+	lines := strings.SplitAfter(text, "\n")
+	var b strings.Builder
+	for i, l := range lines {
+		b.WriteString(l)
+		if i == line-1 {
+			if !strings.HasSuffix(l, "\n") {
+				b.WriteString("\n")
+			}
+			b.WriteString(s + "\n")
+		}
+	}
+	return b.String()
+}
+
+// fetchEdit adds a name to a `kamal secrets fetch` line.
+type fetchEdit struct{ line int }
+
+func findFetch(f *kamal.SecretsFile, name string) *fetchEdit {
+	for _, l := range f.Lines {
+		if strings.Contains(l.Raw, "kamal secrets fetch") && regexp.MustCompile(`\b`+regexp.QuoteMeta(name)+`\b`).MatchString(l.Raw) {
+			return &fetchEdit{line: l.Line}
+		}
+	}
+	return nil
+}
+
+func (e *fetchEdit) apply(text, after string) string {
+	lines := strings.Split(text, "\n")
+	if e.line-1 < len(lines) {
+		re := regexp.MustCompile(`\b` + regexp.QuoteMeta(after) + `\b`)
+		l := lines[e.line-1]
+		if loc := re.FindStringIndex(l); loc != nil && !strings.Contains(l, PasswordSecret) {
+			lines[e.line-1] = l[:loc[1]] + " " + PasswordSecret + l[loc[1]:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// appAdvice suggests the app's connection settings: a multi-host URL that
+// always lands on the writable node (research/anchors.md §0 item 6).
+func (p *Plan) appAdvice(src kamal.Source, cfg *kamal.Config, prim *kamal.Accessory) {
+	sec, _ := kamal.LoadSecrets(src, cfg.SecretsPath(), cfg.Destination)
+	env := prim.Env()
+	value := func(name, fallback string) string {
+		if v, ok := env.Clear[name]; ok {
+			if s, ok := cfg.Str(v); ok {
+				return s
+			}
+		}
+		for _, ref := range env.Secret {
+			if ref.Name == name && sec != nil {
+				if _, l := sec.Lookup(ref.Secret); l != nil {
+					if s, ok := kamal.Literal(l.Raw); ok {
+						return s
+					}
+				}
+				return "<" + name + ">"
+			}
+		}
+		return fallback
+	}
+	user := value("POSTGRES_USER", "postgres")
+	db := value("POSTGRES_DB", user)
+	hosts := make([]string, 0, len(p.Cluster.Nodes))
+	for _, n := range p.Cluster.Nodes {
+		hosts = append(hosts, fmt.Sprintf("%s:%d", n.Addr, n.Port))
+	}
+	p.AppURL = fmt.Sprintf("postgres://%s:<POSTGRES_PASSWORD>@%s/%s?target_session_attrs=read-write", user, strings.Join(hosts, ","), db)
+	sb := p.Cluster.Nodes[1]
+	p.RailsYAML = fmt.Sprintf(`production:
+  primary:
+    url: <%%= ENV["DATABASE_URL"] %%>
+  primary_replica:
+    url: <%%= ENV["DATABASE_REPLICA_URL"] %%>   # postgres://%s:<POSTGRES_PASSWORD>@%s:%d/%s
+    replica: true
+`, user, sb.Addr, sb.Port, db)
+}
