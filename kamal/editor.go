@@ -203,10 +203,21 @@ func (e *Editor) EnsureListItem(acc string, path []string, item any, match func(
 	return e.put(full, append(l, item))
 }
 
-// AddAccessory appends a new accessory after the last one.
-func (e *Editor) AddAccessory(name string, body Map) error {
+// AddAccessory adds a new accessory right after the accessory named after
+// when the edit file defines it, else after the last one.
+func (e *Editor) AddAccessory(name, after string, body Map) error {
 	if e.cfg.Root.Get("accessories", name) != nil {
 		return fmt.Errorf("accessory %s already exists", name)
+	}
+	f := e.cfg.EditFile()
+	loc, err := e.locate(f, []string{"accessories", after})
+	if err != nil {
+		return err
+	}
+	if loc.found == 2 && loc.val.Kind == yaml.MappingNode {
+		lines := f.style().entry(name, body, loc.key.Column-1)
+		end := f.entryEnd(loc.key, loc.val)
+		return e.commit(f, textEdit{end, end, "\n" + strings.Join(lines, "\n")})
 	}
 	return e.put([]string{"accessories", name}, body)
 }

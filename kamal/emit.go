@@ -9,8 +9,8 @@ import (
 // Values to write into a YAML file: Raw is scalar text exactly as it must
 // appear; Map and List nest.
 type (
-	Raw  string
-	KV   struct {
+	Raw string
+	KV  struct {
 		Key string
 		Val any
 	}

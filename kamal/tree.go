@@ -160,10 +160,14 @@ func merge(base, over *Val) *Val {
 	return out
 }
 
-func (v *Val) IsMap() bool    { return v != nil && v.Node.Kind == yaml.MappingNode }
-func (v *Val) IsSeq() bool    { return v != nil && v.Node.Kind == yaml.SequenceNode }
-func (v *Val) IsScalar() bool { return v != nil && v.Node.Kind == yaml.ScalarNode && v.Node.Tag != "!!null" }
-func (v *Val) IsNull() bool   { return v == nil || (v.Node.Kind == yaml.ScalarNode && v.Node.Tag == "!!null") }
+func (v *Val) IsMap() bool { return v != nil && v.Node.Kind == yaml.MappingNode }
+func (v *Val) IsSeq() bool { return v != nil && v.Node.Kind == yaml.SequenceNode }
+func (v *Val) IsScalar() bool {
+	return v != nil && v.Node.Kind == yaml.ScalarNode && v.Node.Tag != "!!null"
+}
+func (v *Val) IsNull() bool {
+	return v == nil || (v.Node.Kind == yaml.ScalarNode && v.Node.Tag == "!!null")
+}
 
 // Get walks mapping keys; nil when any is missing.
 func (v *Val) Get(path ...string) *Val {

@@ -169,7 +169,9 @@ clone_from() { # name address port
 		create=--create-slot
 	fi
 	log "cloning from $1 ($2:$3) over slot $MY_SLOT ${create:+(creating it)}"
-	as_postgres pg_basebackup -D "$STAGE" -X stream -c fast -S "$MY_SLOT" $create -R \
+	rate=
+	[ -z "${UNDERSTUDY_CLONE_MAX_RATE:-}" ] || rate="--max-rate=$UNDERSTUDY_CLONE_MAX_RATE"
+	as_postgres pg_basebackup -D "$STAGE" -X stream -c fast -S "$MY_SLOT" $create $rate -R \
 		-d "$(conninfo "$2" "$3") keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3" &
 	CHILD=$!
 	if wait "$CHILD"; then
@@ -211,7 +213,6 @@ waited=0
 while :; do
 	primary=$(find_primary)
 	if [ -n "$primary" ]; then
-		set -- "$@" # keep the entrypoint's arguments
 		name=${primary%% *}; rest=${primary#* }; addr=${rest%% *}; port=${rest#* }
 		if can_replicate "$addr" "$port"; then
 			if clone_from "$name" "$addr" "$port"; then

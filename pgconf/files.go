@@ -3,7 +3,6 @@ package pgconf
 import (
 	"fmt"
 	"strings"
-	"text/tabwriter"
 )
 
 // AppAuthMethod is the method for ordinary password logins, matching what the
@@ -26,8 +25,8 @@ func HBA(c Cluster) string {
 	b.WriteString("# pg_hba.conf managed by understudy: the same file on every node.\n")
 	b.WriteString("# Re-run `understudy init` to change it; edits here are overwritten.\n")
 	b.WriteString("# The first matching line decides.\n")
-	w := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	row := func(cols ...string) { fmt.Fprintln(w, strings.Join(cols, "\t")) }
+	var rows [][]string
+	row := func(cols ...string) { rows = append(rows, cols) }
 	row("# TYPE", "DATABASE", "USER", "ADDRESS", "METHOD")
 	if c.ContainerDefaults {
 		row("# Inside the container, as the official image allows by default:")
@@ -55,7 +54,7 @@ func HBA(c Cluster) string {
 	row("host", "all", c.ReplUser, "::/0", "reject")
 	row("# Everything else: password login from anywhere, as the image allows:")
 	row("host", "all", "all", "all", AppAuthMethod(c.Major))
-	w.Flush()
+	writeAligned(&b, rows)
 	return b.String()
 }
 
@@ -127,4 +126,32 @@ func Conf(c Cluster) string {
 		fmt.Fprintf(&b, "%s = %s\n", s.Name, s.Value)
 	}
 	return b.String()
+}
+
+// writeAligned writes rule rows in aligned columns; one-column rows
+// (comments) are written as they are.
+func writeAligned(b *strings.Builder, rows [][]string) {
+	var width []int
+	for _, r := range rows {
+		if len(r) == 1 {
+			continue
+		}
+		for i, c := range r {
+			if i >= len(width) {
+				width = append(width, 0)
+			}
+			width[i] = max(width[i], len(c))
+		}
+	}
+	for _, r := range rows {
+		var line strings.Builder
+		for i, c := range r {
+			if i == len(r)-1 || len(r) == 1 {
+				line.WriteString(c)
+				break
+			}
+			line.WriteString(c + strings.Repeat(" ", width[i]-len(c)+2))
+		}
+		b.WriteString(strings.TrimRight(line.String(), " ") + "\n")
+	}
 }

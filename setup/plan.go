@@ -174,7 +174,7 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 		}
 	} else {
 		body := standbyBody(ed.Config().Accessory(prim.Name), o, standbyPort(cfg, prim, o.ReplicaIP))
-		if err := ed.AddAccessory(p.Standby, body); err != nil {
+		if err := ed.AddAccessory(p.Standby, prim.Name, body); err != nil {
 			return nil, err
 		}
 	}
@@ -195,9 +195,9 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 
 	// Collect changes: generated files, secrets, deploy files.
 	gen := map[string]string{
-		path.Join(p.GenDir, "boot.sh"):                     pgconf.Boot(p.Cluster),
-		path.Join(p.GenDir, "postgresql.conf"):             pgconf.Conf(p.Cluster),
-		path.Join(p.GenDir, "pg_hba.conf"):                 pgconf.HBA(p.Cluster),
+		path.Join(p.GenDir, "boot.sh"):                    pgconf.Boot(p.Cluster),
+		path.Join(p.GenDir, "postgresql.conf"):            pgconf.Conf(p.Cluster),
+		path.Join(p.GenDir, "pg_hba.conf"):                pgconf.HBA(p.Cluster),
 		path.Join(p.GenDir, "replication-role.initdb.sh"): pgconf.RoleScript(p.Cluster),
 	}
 	names := make([]string, 0, len(gen))

@@ -15,8 +15,10 @@ import (
 // initCommand writes the replication setup into the app directory.
 type initCommand struct{ out io.Writer }
 
-func (*initCommand) Name() string    { return "init" }
-func (*initCommand) Summary() string { return "write the replication setup into the app (deploy.yml, secrets, config/understudy/)" }
+func (*initCommand) Name() string { return "init" }
+func (*initCommand) Summary() string {
+	return "write the replication setup into the app (deploy.yml, secrets, config/understudy/)"
+}
 
 func (c *initCommand) Run(ctx context.Context, args []string) error {
 	var sf setupFlags

@@ -11,8 +11,10 @@ import (
 // passwordCommand prints a new random password for the replication role.
 type passwordCommand struct{ out io.Writer }
 
-func (*passwordCommand) Name() string    { return "password" }
-func (*passwordCommand) Summary() string { return "print a new random password (for REPLICATION_PASSWORD)" }
+func (*passwordCommand) Name() string { return "password" }
+func (*passwordCommand) Summary() string {
+	return "print a new random password (for REPLICATION_PASSWORD)"
+}
 
 func (c *passwordCommand) Run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("password", flag.ContinueOnError)

@@ -15,8 +15,10 @@ import (
 // planCommand prints what init would change, as a unified diff, and writes nothing.
 type planCommand struct{ out io.Writer }
 
-func (*planCommand) Name() string    { return "plan" }
-func (*planCommand) Summary() string { return "show, as a diff, what init would change (writes nothing)" }
+func (*planCommand) Name() string { return "plan" }
+func (*planCommand) Summary() string {
+	return "show, as a diff, what init would change (writes nothing)"
+}
 
 func (c *planCommand) Run(ctx context.Context, args []string) error {
 	var sf setupFlags
