@@ -61,14 +61,14 @@ func (a *Accessory) Hosts() (hosts []string, key string, err error) {
 		case "host":
 			s, ok := a.cfg.Str(v)
 			if !ok {
-				return nil, k, fmt.Errorf("%s: accessories/%s/host %q uses ERB that understudy cannot evaluate; set the environment variable it reads, or write the host plainly", v.Pos(), a.Name, v.Source())
+				return nil, k, fmt.Errorf("%s: accessories/%s/host (%s) comes from ERB that gives no value here\n  fix: %s, or write the host plainly", v.Pos(), a.Name, v.Source(), v.ERBHint())
 			}
 			return []string{s}, k, nil
 		case "hosts":
 			for _, it := range v.Items() {
 				s, ok := a.cfg.Str(it)
 				if !ok {
-					return nil, k, fmt.Errorf("%s: a host of accessories/%s uses ERB that understudy cannot evaluate; set the environment variable it reads", it.Pos(), a.Name)
+					return nil, k, fmt.Errorf("%s: a host of accessories/%s comes from ERB that gives no value here\n  fix: %s", it.Pos(), a.Name, it.ERBHint())
 				}
 				hosts = append(hosts, s)
 			}

@@ -193,3 +193,19 @@ func evalRuby(code string, env func(string) (string, bool)) (string, bool) {
 	}
 	return "", false
 }
+
+var envNameRE = regexp.MustCompile(`ENV(?:\[|\.fetch\(\s*)["']([A-Za-z_][A-Za-z0-9_]*)["']`)
+
+// erbVars lists the environment variables the ERB in a masked string reads.
+func (m *maskedText) erbVars(s string) []string {
+	var out []string
+	for _, g := range placeholderRE.FindAllStringSubmatch(s, -1) {
+		n, _ := strconv.Atoi(g[1])
+		if n < len(m.tags) {
+			for _, v := range envNameRE.FindAllStringSubmatch(m.tags[n].code, -1) {
+				out = append(out, v[1])
+			}
+		}
+	}
+	return out
+}

@@ -219,3 +219,12 @@ func (v *Val) Int() (int, bool) {
 	n, err := strconv.Atoi(v.Node.Value)
 	return n, err == nil
 }
+
+// ERBHint says how to make a scalar's ERB readable: which variables to set.
+func (v *Val) ERBHint() string {
+	vars := v.File.text.erbVars(v.Node.Value)
+	if len(vars) == 0 {
+		return "understudy evaluates only ENV[\"X\"] / ENV.fetch(\"X\") lookups; write the value plainly"
+	}
+	return "set " + strings.Join(vars, " and ") + " in the environment you run understudy from (as for kamal)"
+}

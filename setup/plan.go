@@ -130,9 +130,10 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 		return nil, err
 	}
 	walCap := o.WALCap
+	walNote := ""
 	if walCap == "" {
 		walCap = DefaultWALCap
-		p.Notes = append(p.Notes, fmt.Sprintf("max_slot_wal_keep_size = %s: a standby that falls further behind than this is re-cloned instead of filling the primary's disk; size it to at most a fifth of the data volume's free space (--wal-cap)", walCap))
+		walNote = fmt.Sprintf("max_slot_wal_keep_size = %s (default): a standby that falls further behind than this is re-cloned instead of filling the primary's disk; keep it under a fifth of the data volume's free space (--wal-cap)", walCap)
 	} else if !walCapRE.MatchString(walCap) {
 		return nil, refuse("--wal-cap", fmt.Sprintf("%q is not a size", walCap), "give a size with a unit, e.g. --wal-cap 20GB or --wal-cap 512MB")
 	}
@@ -186,6 +187,10 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 		fmt.Sprintf("both nodes read %s/postgresql.conf and %s/pg_hba.conf, so a switchover needs no edit", p.GenDir, p.GenDir),
 		fmt.Sprintf("replication uses the role %s with slot %s on the primary (WAL is kept for the standby while it is away, up to %s)", o.ReplUser, standby.Slot(), walCap),
 	)
+
+	if walNote != "" {
+		p.Notes = append(p.Notes, walNote)
+	}
 
 	// Secrets.
 	secretChange, err := planSecret(src, cfg, prim, o, p)
@@ -361,8 +366,8 @@ func checkPrimary(cfg *kamal.Config, a *kamal.Accessory, o Options, p *Plan) (pg
 	port, perr := kamal.ParsePort(portText)
 	if !resolved || (perr != nil && pv.HasERB()) {
 		if o.PrimaryIP == "" {
-			return n, refuse(pv.Pos(), fmt.Sprintf("the port %q comes from ERB that understudy cannot evaluate", pv.Source()),
-				"set the environment variables it reads before running understudy, or pass --primary-ip with the primary's private IP")
+			return n, refuse(pv.Pos(), fmt.Sprintf("the port (%s) comes from ERB that gives no value here", pv.Source()),
+				"%s, or pass --primary-ip with the primary's private IP", pv.ERBHint())
 		}
 		port, perr = kamal.ParsePort(o.PrimaryIP + ":5432:5432")
 		if g := regexp.MustCompile(`:(\d+):(\d+)$`).FindStringSubmatch(pv.Source()); g != nil {
@@ -475,17 +480,15 @@ func hostKey(a *kamal.Accessory) string {
 func standbyBody(prim *kamal.Accessory, o Options, port string) kamal.Map {
 	src := kamal.AccessoryBody(prim)
 	var body kamal.Map
-	hostDone := false
+	// image, host, port first, as people write them; then the rest in order.
+	if img := src.Get("image"); img != nil {
+		body = append(body, kamal.KV{Key: "image", Val: img})
+	}
+	body = append(body, kamal.KV{Key: "host", Val: kamal.Quote(o.ReplicaHost)}, kamal.KV{Key: "port", Val: kamal.Quote(port)})
 	for _, kv := range src {
 		switch kv.Key {
-		case "host", "hosts", "role", "roles", "tag", "tags":
-			if !hostDone {
-				body = append(body, kamal.KV{Key: "host", Val: kamal.Quote(o.ReplicaHost)})
-				hostDone = true
-			}
+		case "image", "port", "host", "hosts", "role", "roles", "tag", "tags":
 		case "service", "proxy": // the container name must differ; no proxy for a DB
-		case "port":
-			body = append(body, kamal.KV{Key: "port", Val: kamal.Quote(port)})
 		default:
 			body = append(body, kv)
 		}
