@@ -35,6 +35,9 @@ func parseFile(path, src string) (*File, error) {
 			if line == "" {
 				line = "1"
 			}
+			if n := firstBadLine(m.masked); n > 0 {
+				line = strconv.Itoa(n)
+			}
 			return nil, fmt.Errorf("%s:%s: not valid YAML (%s); fix the syntax there (kamal would refuse this file too)", path, line, g[2])
 		}
 		return nil, fmt.Errorf("%s: not valid YAML (%s); fix the syntax (kamal would refuse this file too)", path, msg)
@@ -227,4 +230,18 @@ func (v *Val) ERBHint() string {
 		return "understudy evaluates only ENV[\"X\"] / ENV.fetch(\"X\") lookups; write the value plainly"
 	}
 	return "set " + strings.Join(vars, " and ") + " in the environment you run understudy from (as for kamal)"
+}
+
+// firstBadLine finds the first line at which the text stops parsing: the
+// YAML parser reports the line where the enclosing block began, which is not
+// where a user has to look.
+func firstBadLine(text string) int {
+	lines := strings.SplitAfter(text, "\n")
+	var doc yaml.Node
+	for n := 1; n <= len(lines); n++ {
+		if yaml.Unmarshal([]byte(strings.Join(lines[:n], "")), &doc) != nil {
+			return n
+		}
+	}
+	return 0
 }

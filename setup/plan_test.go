@@ -1,0 +1,318 @@
+package setup
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/understudy-dev/understudy/kamal"
+)
+
+// mapSource is an in-memory app directory.
+type mapSource map[string]string
+
+func (m mapSource) ReadFile(rel string) (string, error) {
+	if s, ok := m[rel]; ok {
+		return s, nil
+	}
+	return "", fs.ErrNotExist
+}
+
+func fixture(t *testing.T, name string) mapSource {
+	t.Helper()
+	root := filepath.Join("..", "testdata", "fixtures", name)
+	m := mapSource{}
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			b, _ := os.ReadFile(p)
+			rel, _ := filepath.Rel(root, p)
+			m[rel] = string(b)
+		}
+		return nil
+	})
+	if len(m) == 0 {
+		t.Fatalf("fixture %s not found", name)
+	}
+	return m
+}
+
+func envOf(kv map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := kv[k]; return v, ok }
+}
+
+var planning = []struct {
+	fixture string
+	o       Options
+}{
+	{"guide-teamyap", Options{ReplicaHost: "123.123.123.125", ReplicaIP: "10.0.1.3"}},
+	{"destinations", Options{Destination: "production", ReplicaHost: "198.51.100.31", ReplicaIP: "10.10.0.31"}},
+	{"erb-and-custom-cmd", Options{ReplicaHost: "192.0.2.60", ReplicaIP: "10.0.0.60",
+		Env: envOf(map[string]string{"DB_HOST": "192.0.2.59", "DB_PRIVATE_IP": "10.0.0.59"})}},
+}
+
+// Every line of the original deploy files is still there, in order, except
+// the cmd line understudy rewrites.
+func TestUntouchedLinesStayByteIdentical(t *testing.T) {
+	for _, tc := range planning {
+		t.Run(tc.fixture, func(t *testing.T) {
+			src := fixture(t, tc.fixture)
+			p, err := Build(src, tc.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range p.Changes {
+				if !c.Exists {
+					continue
+				}
+				oldLines := strings.Split(c.Old, "\n")
+				newLines := strings.Split(c.New, "\n")
+				j := 0
+				for _, l := range oldLines {
+					for j < len(newLines) && newLines[j] != l {
+						j++
+					}
+					if j == len(newLines) {
+						if strings.HasPrefix(strings.TrimSpace(l), "cmd:") {
+							j = 0
+							continue
+						}
+						t.Fatalf("%s: original line %q is gone or moved", c.Path, l)
+					}
+				}
+			}
+		})
+	}
+}
+
+// Writing the plan and planning again gives no change, and the edited
+// configuration loads and passes Kamal's accessory checks.
+func TestPlanThenInitIsIdempotentAndValid(t *testing.T) {
+	for _, tc := range planning {
+		t.Run(tc.fixture, func(t *testing.T) {
+			src := fixture(t, tc.fixture)
+			p, err := Build(src, tc.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Changes) == 0 {
+				t.Fatal("first plan changes nothing")
+			}
+			for _, c := range p.Changes {
+				src[c.Path] = c.New
+			}
+			again, err := Build(src, tc.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range again.Changes {
+				t.Errorf("second plan changes %s", c.Path)
+			}
+			cfg, err := kamal.Load(src, "config/deploy.yml", tc.o.Destination, tc.o.Env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := ValidateKamal(cfg); err != nil {
+				t.Fatal(err)
+			}
+			sb := cfg.Accessory(p.Standby)
+			if sb == nil {
+				t.Fatalf("no standby accessory %s", p.Standby)
+			}
+			if h, _ := sb.Str("host"); h != tc.o.ReplicaHost {
+				t.Errorf("standby host %q", h)
+			}
+			if port, _ := sb.Str("port"); !strings.HasPrefix(port, tc.o.ReplicaIP+":") {
+				t.Errorf("standby port %q", port)
+			}
+			for _, name := range []string{p.Primary, p.Standby} {
+				a := cfg.Accessory(name)
+				cmd, _ := a.Str("cmd")
+				if !strings.HasPrefix(cmd, BootPath+" postgres -c config_file="+ConfPath) {
+					t.Errorf("%s cmd %q", name, cmd)
+				}
+				if v, _ := cfg.Str(a.Env().Clear[NodeEnv]); v != name {
+					t.Errorf("%s %s = %q", name, NodeEnv, v)
+				}
+				remotes := map[string]bool{}
+				for _, m := range a.Mounts() {
+					remotes[m.Remote] = true
+				}
+				for _, r := range []string{BootPath, ConfPath, HBAPath, RoleScriptPath} {
+					if !remotes[r] {
+						t.Errorf("%s does not mount %s", name, r)
+					}
+				}
+				found := false
+				for _, s := range a.Env().Secret {
+					found = found || s.Name == PasswordSecret
+				}
+				if !found {
+					t.Errorf("%s lacks secret %s", name, PasswordSecret)
+				}
+			}
+		})
+	}
+}
+
+const base = `service: app
+image: acme/app
+servers:
+  - 192.0.2.1
+builder:
+  arch: amd64
+registry:
+  username: acme
+  password:
+    - KAMAL_REGISTRY_PASSWORD
+accessories:
+  db:
+    image: %IMAGE%
+    host: 192.0.2.2
+    port: "%PORT%"
+    cmd: %CMD%
+    env:
+      secret:
+        - POSTGRES_PASSWORD
+    directories:
+      - data:/var/lib/postgresql/data
+`
+
+func app(image, port, cmd string) mapSource {
+	s := strings.NewReplacer("%IMAGE%", image, "%PORT%", port, "%CMD%", cmd).Replace(base)
+	return mapSource{"config/deploy.yml": s, ".kamal/secrets": "POSTGRES_PASSWORD=$POSTGRES_PASSWORD\n"}
+}
+
+var replica = Options{ReplicaHost: "192.0.2.3", ReplicaIP: "10.0.0.3"}
+
+func TestRefusals(t *testing.T) {
+	ok := app("postgres:16", "10.0.0.2:5432:5432", "postgres")
+	several := strings.Replace(ok["config/deploy.yml"], "    host: 192.0.2.2\n", "    hosts:\n      - 192.0.2.2\n      - 192.0.2.4\n", 1)
+	twoPG := ok["config/deploy.yml"] + "  analytics:\n    image: postgis/postgis:16-3.4\n    host: 192.0.2.5\n    port: 10.0.0.5:5432:5432\n    directories:\n      - pg:/var/lib/postgresql/data\n"
+	cases := []struct {
+		name  string
+		src   mapSource
+		o     Options
+		where string
+		want  []string
+	}{
+		{"bind all interfaces", app("postgres:16", "0.0.0.0:5432:5432", "postgres"), replica, "config/deploy.yml:15", []string{"every interface", "private IP"}},
+		{"bare port", app("postgres:16", "5432", "postgres"), replica, "config/deploy.yml:15", []string{"every interface"}},
+		{"several hosts", mapSource{"config/deploy.yml": several}, replica, "config/deploy.yml:14", []string{"2 servers", "independent primaries"}},
+		{"same host", ok, Options{ReplicaHost: "192.0.2.2", ReplicaIP: "10.0.0.9"}, "--replica-host", []string{"same server"}},
+		{"same ip", ok, Options{ReplicaHost: "192.0.2.9", ReplicaIP: "10.0.0.2"}, "--replica-host", []string{"same server"}},
+		{"loopback replica ip", ok, Options{ReplicaHost: "192.0.2.9", ReplicaIP: "127.0.0.1"}, "--replica-ip", []string{"not a usable private IP"}},
+		{"missing flags", ok, Options{}, "flags", []string{"--replica-host and --replica-ip are required"}},
+		{"unknown version", app("postgres:latest", "10.0.0.2:5432:5432", "postgres"), replica, "config/deploy.yml:13", []string{"--pg-version"}},
+		{"too old", app("postgres:12", "10.0.0.2:5432:5432", "postgres"), replica, "config/deploy.yml:13", []string{"not supported"}},
+		{"custom entrypoint cmd", app("postgres:16", "10.0.0.2:5432:5432", "/start.sh"), replica, "config/deploy.yml:16", []string{"does not start postgres"}},
+		{"two candidates", mapSource{"config/deploy.yml": twoPG}, replica, "config/deploy.yml", []string{"--accessory"}},
+		{"unknown accessory", ok, Options{Accessory: "nope", ReplicaHost: "192.0.2.3", ReplicaIP: "10.0.0.3"}, "config/deploy.yml", []string{"no accessory named"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Build(tc.src, tc.o)
+			var r *Refusal
+			if !errors.As(err, &r) {
+				t.Fatalf("want a refusal, got %v", err)
+			}
+			if r.Where != tc.where {
+				t.Errorf("where = %q, want %q (%v)", r.Where, tc.where, r)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(r.Error(), w) {
+					t.Errorf("%q lacks %q", r.Error(), w)
+				}
+			}
+			if r.Fix == "" {
+				t.Error("a refusal must say how to fix it")
+			}
+		})
+	}
+}
+
+func TestErrorsNameFileAndLine(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"bad yaml", "service: app\naccessories:\n  db:\n    image: postgres:16\n   host: x\n", "config/deploy.yml:5: not valid YAML"},
+		{"erb control flow", "<% if ENV['X'] %>\nservice: a\n<% end %>\n", "config/deploy.yml:1: ERB control flow"},
+		{"unclosed erb", "service: <%= ENV['X']\n", "config/deploy.yml:1: an ERB tag"},
+		{"erb cmd", strings.Replace(app("postgres:16", "10.0.0.2:5432:5432", "x")["config/deploy.yml"], "cmd: x", `cmd: <%= ENV["CMD"] %>`, 1), "config/deploy.yml:16: accessory db's cmd comes from ERB"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Build(mapSource{"config/deploy.yml": tc.yaml}, replica)
+			if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+				t.Fatalf("error %q, want prefix %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPGVersionFlagAndManagedFlagsDropped(t *testing.T) {
+	src := app("postgres:latest", "10.0.0.2:5432:5432", "postgres -c max_wal_senders=5 -c wal_keep_size=64 -c shared_buffers=1GB -c wal_level=replica")
+	o := replica
+	o.PGVersion = 16
+	p, err := Build(src, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deploy string
+	for _, c := range p.Changes {
+		if c.Path == "config/deploy.yml" {
+			deploy = c.New
+		}
+	}
+	want := "cmd: /understudy/boot.sh postgres -c config_file=/understudy/postgresql.conf -c wal_keep_size=64 -c shared_buffers=1GB\n"
+	if !strings.Contains(deploy, want) {
+		t.Fatalf("want %q in:\n%s", want, deploy)
+	}
+	notes := strings.Join(p.Notes, "\n")
+	for _, d := range []string{"-c max_wal_senders=5", "-c wal_level=replica"} {
+		if !strings.Contains(notes, d) {
+			t.Errorf("notes do not mention dropping %q", d)
+		}
+	}
+}
+
+func TestSecretFollowsHowThePasswordIsFetched(t *testing.T) {
+	cases := []struct{ secrets, wantLine, wantHow string }{
+		{"POSTGRES_PASSWORD=$POSTGRES_PASSWORD\n", "REPLICATION_PASSWORD=$REPLICATION_PASSWORD\n", "export it as REPLICATION_PASSWORD"},
+		{"POSTGRES_PASSWORD=$(op read op://Vault/db/password)\n", "REPLICATION_PASSWORD=$(op read op://Vault/db/replication-password)\n", "1Password"},
+		{"SECRETS=$(kamal secrets fetch --adapter bitwarden --account a POSTGRES_PASSWORD KAMAL_REGISTRY_PASSWORD)\nPOSTGRES_PASSWORD=$(kamal secrets extract POSTGRES_PASSWORD $SECRETS)\n",
+			"SECRETS=$(kamal secrets fetch --adapter bitwarden --account a POSTGRES_PASSWORD REPLICATION_PASSWORD KAMAL_REGISTRY_PASSWORD)\nPOSTGRES_PASSWORD=$(kamal secrets extract POSTGRES_PASSWORD $SECRETS)\nREPLICATION_PASSWORD=$(kamal secrets extract REPLICATION_PASSWORD $SECRETS)\n", "same store"},
+	}
+	for _, tc := range cases {
+		src := app("postgres:17", "10.0.0.2:5432:5432", "postgres")
+		src[".kamal/secrets"] = tc.secrets
+		p, err := Build(src, replica)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		for _, c := range p.Changes {
+			if c.Path == ".kamal/secrets" {
+				got = c.New
+			}
+		}
+		if !strings.Contains(got, tc.wantLine) {
+			t.Errorf("secrets:\n%s\nwant to contain:\n%s", got, tc.wantLine)
+		}
+		if !strings.Contains(p.SecretHowTo, tc.wantHow) {
+			t.Errorf("how-to %q lacks %q", p.SecretHowTo, tc.wantHow)
+		}
+	}
+	// A plain-text password in the committed file is called out.
+	src := app("postgres:17", "10.0.0.2:5432:5432", "postgres")
+	src[".kamal/secrets"] = "POSTGRES_PASSWORD=hunter2\n"
+	p, err := Build(src, replica)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := strings.Join(p.Warnings, "\n"); !strings.Contains(w, "plain text") || strings.Contains(w, "hunter2") {
+		t.Errorf("warnings should flag the plain-text password without repeating it: %q", w)
+	}
+}
