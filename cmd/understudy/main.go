@@ -36,6 +36,7 @@ func commands(stdout, stderr io.Writer) []command {
 		&planCommand{out: stdout},
 		&initCommand{out: stdout},
 		&passwordCommand{out: stdout},
+		&demoCommand{out: stdout},
 	}
 }
 

@@ -1,0 +1,62 @@
+package pgops
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// EnsureReplicationRole creates or updates the replication role from a
+// verifier computed here: the plaintext never reaches the server. Statement
+// logging is turned off for the session as a second guard (the verifier is
+// still a secret; research/postgres.md §2.8).
+func EnsureReplicationRole(ctx context.Context, c *pgx.Conn, role, password string) error {
+	v, err := SCRAMVerifier(password, nil, SCRAMIterations)
+	if err != nil {
+		return err
+	}
+	for _, s := range []string{"SET log_statement = 'none'", "SET log_min_error_statement = 'panic'", "SET log_min_duration_statement = -1"} {
+		if _, err := c.Exec(ctx, s); err != nil {
+			return fmt.Errorf("preparing to create role %s: %w", role, err)
+		}
+	}
+	var exists bool
+	if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
+		return fmt.Errorf("looking up role %s: %w", role, err)
+	}
+	verb := "CREATE"
+	if exists {
+		verb = "ALTER"
+	}
+	// The verifier alphabet is [A-Za-z0-9+/=$:-]: safe inside a literal.
+	sql := fmt.Sprintf("%s ROLE %s WITH LOGIN REPLICATION PASSWORD '%s'", verb, pgx.Identifier{role}.Sanitize(), v)
+	if _, err := c.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("%s ROLE %s: %w", verb, role, err)
+	}
+	return nil
+}
+
+// WaitStreaming waits until the primary shows the standby streaming over its slot.
+func WaitStreaming(ctx context.Context, primary *pgx.Conn, appName, slot string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	state := "not connected"
+	for time.Now().Before(deadline) {
+		err := primary.QueryRow(ctx, `SELECT coalesce((SELECT state FROM pg_stat_replication WHERE application_name = $1 LIMIT 1), 'not connected')
+			|| coalesce((SELECT CASE WHEN active THEN '' ELSE ', slot inactive' END FROM pg_replication_slots WHERE slot_name = $2), ', no slot')`,
+			appName, slot).Scan(&state)
+		if err != nil {
+			return fmt.Errorf("reading pg_stat_replication: %w", err)
+		}
+		if state == "streaming" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("standby %s is not streaming after %s (state: %s)", appName, timeout, state)
+}
