@@ -132,3 +132,5 @@ func Literal(raw string) (string, bool) {
 	}
 	return strings.Trim(r, `"`), true
 }
+
+var errNotExist = fs.ErrNotExist
