@@ -16,22 +16,15 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/understudy-dev/understudy/internal/pgtest"
+	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/pgops"
 )
 
 // The tests below run the generated boot script against real PostgreSQL 15
-// servers. The script hands over to an entrypoint; here a small script stands
-// in for the image's docker-entrypoint.sh: initdb when PGDATA is empty, then
-// exec postgres (the lab uses the same stand-in).
-const entrypointStandIn = `#!/bin/sh
-set -eu
-[ "${1:-}" = postgres ] && shift
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
-	initdb -D "$PGDATA" -U postgres --auth=trust ${POSTGRES_INITDB_ARGS:-} >/dev/null
-fi
-exec postgres -D "$PGDATA" "$@"
-`
+// servers. The script hands over to an entrypoint; the lab's stand-in for
+// the image's docker-entrypoint.sh plays it (initdb when empty, exec postgres).
+var entrypointStandIn = lab.EntrypointStandIn
 
 // A password with the characters a passfile and SQL must escape.
 const testPassword = `s3cr:et\pa'ss-7Hq2`

@@ -6,13 +6,12 @@ package pgtest
 
 import (
 	"bytes"
-	"fmt"
+	"github.com/understudy-dev/understudy/lab"
 	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,25 +20,8 @@ import (
 	"time"
 )
 
-// BinDir finds PostgreSQL's binaries: $UNDERSTUDY_PG_BINDIR, else the newest
-// /usr/lib/postgresql/*/bin.
-func BinDir() (string, error) {
-	if d := os.Getenv("UNDERSTUDY_PG_BINDIR"); d != "" {
-		return d, nil
-	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	sort.Slice(dirs, func(i, j int) bool {
-		a, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[i])))
-		b, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[j])))
-		return a < b
-	})
-	for i := len(dirs) - 1; i >= 0; i-- {
-		if _, err := os.Stat(filepath.Join(dirs[i], "postgres")); err == nil {
-			return dirs[i], nil
-		}
-	}
-	return "", fmt.Errorf("no PostgreSQL server binaries found (install postgresql-15, or set UNDERSTUDY_PG_BINDIR)")
-}
+// BinDir finds PostgreSQL's binaries the way the lab does.
+func BinDir() (string, error) { return lab.BinDir() }
 
 // Env is the test's PostgreSQL environment.
 type Env struct {
