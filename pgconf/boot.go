@@ -244,6 +244,11 @@ while :; do
 done
 `
 
+// Known risk, to be closed by fencing and `check` (issue 5): the initial
+// primary initialises a new cluster when its PGDATA is empty and no peer is
+// even listening. That is right for a brand-new deployment, but if its volume
+// is lost while a promoted standby is down, it would start an empty primary.
+
 // RoleScript renders the first-boot script for /docker-entrypoint-initdb.d.
 // It runs only when the image initialises a brand-new cluster, and creates the
 // replication role so that a standby booted at the same time can clone. It
