@@ -241,6 +241,9 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 
 var walCapRE = regexp.MustCompile(`^\d+\s*(kB|MB|GB|TB)$`)
 
+// portTailRE reads ":HOSTPORT:CONTAINERPORT" off a port whose address is ERB.
+var portTailRE = regexp.MustCompile(`:(\d+):(\d+)$`)
+
 func (p *Plan) add(src kamal.Source, rel, content string, mode fs.FileMode) error {
 	old, err := src.ReadFile(rel)
 	exists := err == nil
@@ -370,7 +373,7 @@ func checkPrimary(cfg *kamal.Config, a *kamal.Accessory, o Options, p *Plan) (pg
 				"%s, or pass --primary-ip with the primary's private IP", pv.ERBHint())
 		}
 		port, perr = kamal.ParsePort(o.PrimaryIP + ":5432:5432")
-		if g := regexp.MustCompile(`:(\d+):(\d+)$`).FindStringSubmatch(pv.Source()); g != nil {
+		if g := portTailRE.FindStringSubmatch(pv.Source()); g != nil {
 			port, perr = kamal.ParsePort(o.PrimaryIP + ":" + g[1] + ":" + g[2])
 		}
 	}
@@ -458,7 +461,7 @@ func standbyPort(cfg *kamal.Config, prim *kamal.Accessory, ip string) string {
 	s, _ := cfg.Str(prim.Field("port"))
 	port, err := kamal.ParsePort(s)
 	if err != nil {
-		if g := regexp.MustCompile(`:(\d+):(\d+)$`).FindStringSubmatch(prim.Field("port").Source()); g != nil {
+		if g := portTailRE.FindStringSubmatch(prim.Field("port").Source()); g != nil {
 			return ip + ":" + g[1] + ":" + g[2]
 		}
 		return ip + ":5432:5432"

@@ -53,16 +53,23 @@ var planning = []struct {
 		Env: envOf(map[string]string{"DB_HOST": "192.0.2.59", "DB_PRIVATE_IP": "10.0.0.59"})}},
 }
 
+// buildFixture plans a fixture app and fails the test on an error.
+func buildFixture(t *testing.T, name string, o Options) (mapSource, *Plan) {
+	t.Helper()
+	src := fixture(t, name)
+	p, err := Build(src, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src, p
+}
+
 // Every line of the original deploy files is still there, in order, except
 // the cmd line understudy rewrites.
 func TestUntouchedLinesStayByteIdentical(t *testing.T) {
 	for _, tc := range planning {
 		t.Run(tc.fixture, func(t *testing.T) {
-			src := fixture(t, tc.fixture)
-			p, err := Build(src, tc.o)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, p := buildFixture(t, tc.fixture, tc.o)
 			for _, c := range p.Changes {
 				if !c.Exists {
 					continue
@@ -92,11 +99,7 @@ func TestUntouchedLinesStayByteIdentical(t *testing.T) {
 func TestPlanThenInitIsIdempotentAndValid(t *testing.T) {
 	for _, tc := range planning {
 		t.Run(tc.fixture, func(t *testing.T) {
-			src := fixture(t, tc.fixture)
-			p, err := Build(src, tc.o)
-			if err != nil {
-				t.Fatal(err)
-			}
+			src, p := buildFixture(t, tc.fixture, tc.o)
 			if len(p.Changes) == 0 {
 				t.Fatal("first plan changes nothing")
 			}
