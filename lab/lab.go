@@ -2,10 +2,18 @@
 // the same generated files (boot script, settings, pg_hba) the Kamal
 // accessories use. A small entrypoint script stands in for the postgres
 // image's: initdb when PGDATA is empty, then exec postgres.
+//
+// A lab lives in one directory (lab.json says what it is), so `lab up`,
+// `apply --lab`, `status --lab` and `lab down` can be separate runs. With
+// NetNS each node gets its own network namespace and address, so pg_hba by
+// source address and network partitions are real.
 package lab
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,12 +23,14 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/understudy-dev/understudy/atomicfile"
+	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/pgconf"
-	"github.com/understudy-dev/understudy/pgops"
 )
 
 // EntrypointStandIn plays the postgres image's docker-entrypoint.sh.
@@ -34,16 +44,37 @@ fi
 exec postgres -D "$PGDATA" "$@"
 `
 
+// Config says what lab to create.
+type Config struct {
+	Names    []string // node names; the first is the initial primary
+	Ports    []int    // one per node
+	NetNS    bool     // one network namespace per node (root, Linux)
+	Password string   // the replication password
+	WALCap   string   // max_slot_wal_keep_size; default 1GB
+}
+
+// state is lab.json: enough to reopen the lab from another process.
+type state struct {
+	Nodes          []pgconf.Node `json:"nodes"`
+	InitialPrimary string        `json:"initial_primary"`
+	Major          int           `json:"major"`
+	ReplUser       string        `json:"replication_user"`
+	WALCap         string        `json:"wal_cap"`
+	NetNS          string        `json:"netns_id,omitempty"`
+}
+
 // Lab is a set of local nodes under one directory.
 type Lab struct {
 	Dir      string
 	Bin      string
 	Cluster  pgconf.Cluster
+	NetNS    *NetNS // nil on loopback
 	password string
 	cred     *syscall.Credential
 	uid, gid int
-	procs    map[string]*exec.Cmd
-	done     map[string]chan struct{}
+
+	mu   sync.Mutex
+	done map[string]chan struct{} // processes this process started, reaped by a goroutine
 }
 
 // BinDir finds PostgreSQL's server binaries.
@@ -65,16 +96,103 @@ func BinDir() (string, error) {
 	return "", errors.New("no PostgreSQL server found in /usr/lib/postgresql/*/bin: install it (sudo apt-get install postgresql-15) or set UNDERSTUDY_PG_BINDIR")
 }
 
-// New prepares a lab of nodes (the first is the initial primary) on
-// 127.0.0.1 with the given ports. Nothing runs yet.
-func New(dir string, names []string, ports []int, password string) (*Lab, error) {
+const stateFile = "lab.json"
+const secretFile = "run/replication-password"
+
+// Create makes a lab in dir (which must be empty or missing): the rendered
+// files, and the network namespaces when asked. No server runs yet: `apply`
+// starts them.
+func Create(ctx context.Context, dir string, cfg Config) (*Lab, error) {
+	if len(cfg.Names) < 2 || len(cfg.Ports) != len(cfg.Names) {
+		return nil, errors.New("a lab needs at least two nodes, each with a port")
+	}
+	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+		return nil, fmt.Errorf("%s is not empty: pick a new directory for the lab, or run `understudy lab down --dir %s` first", dir, dir)
+	}
 	bin, err := BinDir()
 	if err != nil {
 		return nil, err
 	}
 	major, _ := strconv.Atoi(filepath.Base(filepath.Dir(bin)))
-	l := &Lab{Dir: dir, Bin: bin, password: password, uid: os.Getuid(), gid: os.Getgid(),
-		procs: map[string]*exec.Cmd{}, done: map[string]chan struct{}{}}
+	st := state{InitialPrimary: cfg.Names[0], Major: major, ReplUser: "replicator", WALCap: cfg.WALCap}
+	if st.WALCap == "" {
+		st.WALCap = "1GB"
+	}
+	var ns *NetNS
+	if cfg.NetNS {
+		b := make([]byte, 2)
+		rand.Read(b)
+		ns = &NetNS{ID: hex.EncodeToString(b), Nodes: len(cfg.Names)}
+		st.NetNS = ns.ID
+	}
+	for i, n := range cfg.Names {
+		addr := "127.0.0.1"
+		if ns != nil {
+			addr = ns.Addr(i)
+		}
+		st.Nodes = append(st.Nodes, pgconf.Node{Name: n, Addr: addr, Port: cfg.Ports[i]})
+	}
+	l, err := load(dir, bin, st, cfg.Password)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.Cluster.Validate(); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{"", "conf", "run", "sock", "data"} {
+		p := filepath.Join(dir, d)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return nil, fmt.Errorf("creating the lab directory: %w", err)
+		}
+		os.Chown(p, l.uid, l.gid)
+	}
+	os.Chmod(filepath.Join(dir, "run"), 0o700)
+	if err := atomicfile.Write(filepath.Join(dir, secretFile), []byte(cfg.Password), 0o600); err != nil {
+		return nil, fmt.Errorf("storing the lab's replication password: %w", err)
+	}
+	if err := l.writeFiles(); err != nil {
+		return nil, err
+	}
+	js, _ := json.MarshalIndent(st, "", "  ")
+	if err := atomicfile.Write(filepath.Join(dir, stateFile), append(js, '\n'), 0o644); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", stateFile, err)
+	}
+	if ns != nil {
+		if err := ns.Up(ctx); err != nil {
+			ns.Down(context.WithoutCancel(ctx))
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// Open reopens a lab that Create made.
+func Open(dir string) (*Lab, error) {
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, fmt.Errorf("%s is not a lab (no %s): create one with `understudy lab up --dir %s`", dir, stateFile, dir)
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", filepath.Join(dir, stateFile), err)
+	}
+	pw, err := os.ReadFile(filepath.Join(dir, secretFile))
+	if err != nil {
+		return nil, fmt.Errorf("reading the lab's replication password: %w", err)
+	}
+	bin, err := BinDir()
+	if err != nil {
+		return nil, err
+	}
+	return load(dir, bin, st, string(pw))
+}
+
+func load(dir, bin string, st state, password string) (*Lab, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	l := &Lab{Dir: abs, Bin: bin, password: password, uid: os.Getuid(), gid: os.Getgid(), done: map[string]chan struct{}{}}
 	if os.Geteuid() == 0 { // postgres refuses to run as root
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -84,167 +202,261 @@ func New(dir string, names []string, ports []int, password string) (*Lab, error)
 		l.gid, _ = strconv.Atoi(u.Gid)
 		l.cred = &syscall.Credential{Uid: uint32(l.uid), Gid: uint32(l.gid)}
 	}
-	var nodes []pgconf.Node
-	for i, n := range names {
-		nodes = append(nodes, pgconf.Node{Name: n, Addr: "127.0.0.1", Port: ports[i]})
+	if st.NetNS != "" {
+		l.NetNS = &NetNS{ID: st.NetNS, Nodes: len(st.Nodes)}
 	}
-	l.Cluster = pgconf.Cluster{Nodes: nodes, InitialPrimary: names[0], Major: major, ReplUser: "replicator",
-		WALCap: "1GB", HBAFile: filepath.Join(dir, "conf", "pg_hba.conf")}
-	if err := l.Cluster.Validate(); err != nil {
-		return nil, err
-	}
-	for _, d := range []string{"", "conf", "run", "sock"} {
-		p := filepath.Join(dir, d)
-		if err := os.MkdirAll(p, 0o755); err != nil {
-			return nil, fmt.Errorf("creating the lab directory: %w", err)
-		}
-		os.Chown(p, l.uid, l.gid)
-	}
-	os.Chmod(filepath.Join(dir, "run"), 0o700)
+	l.Cluster = pgconf.Cluster{Nodes: st.Nodes, InitialPrimary: st.InitialPrimary, Major: st.Major, ReplUser: st.ReplUser,
+		WALCap: st.WALCap, HBAFile: filepath.Join(abs, "conf", "pg_hba.conf")}
+	return l, nil
+}
+
+// writeFiles renders the cluster's files into conf/: what `init` writes
+// for Kamal, with the lab's paths.
+func (l *Lab) writeFiles() error {
 	files := map[string]string{"pg_hba.conf": pgconf.HBA(l.Cluster), "boot.sh": pgconf.Boot(l.Cluster), "entrypoint.sh": EntrypointStandIn}
-	for _, n := range nodes {
+	for _, n := range l.Cluster.Nodes {
 		c := l.Cluster
 		c.DataDir = l.DataDir(n.Name)
 		files[n.Name+".conf"] = pgconf.Conf(c)
 	}
 	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, "conf", name), []byte(content), 0o755); err != nil {
-			return nil, fmt.Errorf("writing the lab's %s: %w", name, err)
+		if err := atomicfile.Write(filepath.Join(l.Dir, "conf", name), []byte(content), 0o755); err != nil {
+			return fmt.Errorf("writing the lab's %s: %w", name, err)
 		}
 	}
-	return l, nil
+	return nil
+}
+
+// Password is the lab's replication password.
+func (l *Lab) Password() string { return l.password }
+
+// Target is the lab as apply, status, check and verify use it.
+func (l *Lab) Target() live.Target {
+	return live.Target{Cluster: l.Cluster, Control: l, Password: l.password}
 }
 
 // DataDir is a node's PGDATA.
 func (l *Lab) DataDir(node string) string { return filepath.Join(l.Dir, "data", node) }
 
-func (l *Lab) sockDir() string { return filepath.Join(l.Dir, "sock") }
+// LogFile is a node's log (boot script and server).
+func (l *Lab) LogFile(node string) string { return filepath.Join(l.Dir, node+".log") }
 
-// Boot starts a node the way its accessory starts: the boot script, then
-// the entrypoint stand-in, then postgres.
-func (l *Lab) Boot(node string) error {
-	n, ok := l.Cluster.Node(node)
-	if !ok {
-		return fmt.Errorf("no lab node %q", node)
+func (l *Lab) sockDir(node string) string { return filepath.Join(l.Dir, "sock", node) }
+
+func (l *Lab) bootPIDFile(node string) string { return filepath.Join(l.Dir, "run", node+".boot.pid") }
+
+func (l *Lab) index(node string) (int, pgconf.Node, error) {
+	for i, n := range l.Cluster.Nodes {
+		if n.Name == node {
+			return i, n, nil
+		}
 	}
-	os.MkdirAll(filepath.Join(l.Dir, "data"), 0o755)
-	os.Chown(filepath.Join(l.Dir, "data"), l.uid, l.gid)
+	return 0, pgconf.Node{}, fmt.Errorf("the lab in %s has no node %q", l.Dir, node)
+}
+
+// Where names a node for messages.
+func (l *Lab) Where(node string) string {
+	_, n, err := l.index(node)
+	if err != nil {
+		return node
+	}
+	return fmt.Sprintf("lab node %s (%s:%d, log %s)", node, n.Addr, n.Port, l.LogFile(node))
+}
+
+// BootArgv is how a node is started: the boot script with the accessory's
+// command, as Kamal's docker run passes it, plus the lab's address, port and
+// socket. In a network namespace nsenter enters it and drops to the
+// postgres user. Pure, so the tests check it.
+func BootArgv(dir string, n pgconf.Node, netnsPath string, uid, gid int) []string {
+	conf := filepath.Join(dir, "conf")
+	argv := []string{"/bin/sh", filepath.Join(conf, "boot.sh"), "postgres",
+		"-c", "config_file=" + filepath.Join(conf, n.Name+".conf"), "-c", fmt.Sprintf("port=%d", n.Port),
+		"-c", "listen_addresses=" + n.Addr, "-c", "unix_socket_directories=" + filepath.Join(dir, "sock", n.Name)}
+	if netnsPath != "" {
+		argv = append([]string{"nsenter", "--net=" + netnsPath, "--setuid", strconv.Itoa(uid), "--setgid", strconv.Itoa(gid), "--"}, argv...)
+	}
+	return argv
+}
+
+// Start runs a node the way its accessory starts: the boot script, then the
+// entrypoint stand-in, then postgres. It returns once the process runs.
+func (l *Lab) Start(ctx context.Context, node string) error {
+	i, n, err := l.index(node)
+	if err != nil {
+		return err
+	}
+	if run, _ := l.Running(ctx, node); run {
+		return nil
+	}
+	for _, d := range []string{filepath.Join(l.Dir, "data"), l.sockDir(node)} {
+		os.MkdirAll(d, 0o755)
+		os.Chown(d, l.uid, l.gid)
+	}
+	nsPath := ""
+	if l.NetNS != nil {
+		nsPath = l.NetNS.Path(i)
+	}
+	argv := BootArgv(l.Dir, n, nsPath, l.uid, l.gid)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	conf := filepath.Join(l.Dir, "conf")
-	cmd := exec.Command("/bin/sh", filepath.Join(conf, "boot.sh"), "postgres",
-		"-c", "config_file="+filepath.Join(conf, node+".conf"), "-c", fmt.Sprintf("port=%d", n.Port),
-		"-c", "listen_addresses="+n.Addr, "-c", "unix_socket_directories="+l.sockDir())
 	cmd.Dir = l.Dir
 	cmd.Env = append(os.Environ(), "PATH="+l.Bin+":"+os.Getenv("PATH"), "PGDATA="+l.DataDir(node),
 		"UNDERSTUDY_NODE="+node, "REPLICATION_PASSWORD="+l.password,
 		"UNDERSTUDY_ENTRYPOINT="+filepath.Join(conf, "entrypoint.sh"), "UNDERSTUDY_RUN_DIR="+filepath.Join(l.Dir, "run"),
 		"UNDERSTUDY_RETRY_SECONDS=1", fmt.Sprintf("PG_MAJOR=%d", l.Cluster.Major))
-	logf, err := os.OpenFile(filepath.Join(l.Dir, node+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if rate := os.Getenv("UNDERSTUDY_CLONE_MAX_RATE"); rate != "" {
+		cmd.Env = append(cmd.Env, "UNDERSTUDY_CLONE_MAX_RATE="+rate)
+	}
+	logf, err := os.OpenFile(l.LogFile(node), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
-		return err
+		return fmt.Errorf("opening %s's log: %w", node, err)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: l.cred}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if nsPath == "" {
+		cmd.SysProcAttr.Credential = l.cred
+	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("starting node %s: %w", node, err)
+		return fmt.Errorf("starting %s: %w", l.Where(node), err)
 	}
+	os.WriteFile(l.bootPIDFile(node), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
 	done := make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(done) }()
-	l.procs[node], l.done[node] = cmd, done
+	l.mu.Lock()
+	l.done[node] = done
+	l.mu.Unlock()
 	return nil
+}
+
+// postmasterPID reads the running server's PID from postmaster.pid.
+func (l *Lab) postmasterPID(node string) int {
+	b, err := os.ReadFile(filepath.Join(l.DataDir(node), "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	return pid
+}
+
+// bootPID is the process the lab started for a node, while it still runs
+// as ours: the boot script, or postgres that it became by exec.
+func (l *Lab) bootPID(node string) int {
+	b, err := os.ReadFile(l.bootPIDFile(node))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if pid <= 0 || !alive(pid) {
+		return 0
+	}
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if !strings.Contains(string(cmdline), filepath.Join(l.Dir, "conf")) && !strings.Contains(string(cmdline), l.DataDir(node)) {
+		return 0 // the PID was reused by something that is not ours
+	}
+	return pid
+}
+
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// A zombie has exited; its parent has not reaped it yet.
+	if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) && b[i+2] == 'Z' {
+		return false
+	}
+	return true
+}
+
+// Running reports whether the node's server or boot script runs.
+func (l *Lab) Running(ctx context.Context, node string) (bool, error) {
+	if _, _, err := l.index(node); err != nil {
+		return false, err
+	}
+	if pid := l.postmasterPID(node); pid > 0 && alive(pid) {
+		return true, nil
+	}
+	return l.bootPID(node) > 0, nil
+}
+
+// Stop shuts a node down cleanly (pg_ctl stop -m fast), or ends its boot
+// script if the server has not started yet.
+func (l *Lab) Stop(ctx context.Context, node string) error {
+	if _, _, err := l.index(node); err != nil {
+		return err
+	}
+	if pid := l.postmasterPID(node); pid > 0 && alive(pid) {
+		stop := exec.CommandContext(ctx, filepath.Join(l.Bin, "pg_ctl"), "-D", l.DataDir(node), "-m", "fast", "-w", "-t", "120", "stop")
+		stop.SysProcAttr = &syscall.SysProcAttr{Credential: l.cred}
+		if out, err := stop.CombinedOutput(); err != nil {
+			return fmt.Errorf("stopping %s with pg_ctl: %v: %s", l.Where(node), err, strings.TrimSpace(string(out)))
+		}
+	}
+	if pid := l.bootPID(node); pid > 0 {
+		syscall.Kill(-pid, syscall.SIGTERM) // the process group the lab created for it
+		deadline := time.Now().Add(10 * time.Second)
+		for l.bootPID(node) > 0 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if l.bootPID(node) > 0 {
+			syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	}
+	l.mu.Lock()
+	done := l.done[node]
+	l.mu.Unlock()
+	if done != nil {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	return nil
+}
+
+// Kill ends a node's server with SIGKILL, as a crash would (tests and
+// fault drills). Only the postmaster the lab's node runs is signalled.
+func (l *Lab) Kill(node string) error {
+	pid := l.postmasterPID(node)
+	if pid <= 0 || !alive(pid) {
+		return fmt.Errorf("%s is not running", l.Where(node))
+	}
+	return syscall.Kill(pid, syscall.SIGKILL)
 }
 
 // Conn connects to a node as the superuser over its local socket.
 func (l *Lab) Conn(ctx context.Context, node string) (*pgx.Conn, error) {
-	n, ok := l.Cluster.Node(node)
-	if !ok {
-		return nil, fmt.Errorf("no lab node %q", node)
-	}
-	return pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres connect_timeout=5", l.sockDir(), n.Port))
-}
-
-// WaitReady waits until a node accepts connections; ready reports its recovery state.
-func (l *Lab) WaitReady(ctx context.Context, node string, timeout time.Duration) (inRecovery bool, err error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		c, err := l.Conn(ctx, node)
-		if err == nil {
-			err = c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery)
-			c.Close(ctx)
-			if err == nil {
-				return inRecovery, nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return false, fmt.Errorf("node %s did not accept connections within %s (see %s): %w", node, timeout, filepath.Join(l.Dir, node+".log"), err)
-		}
-		select {
-		case <-ctx.Done():
-			return false, ctx.Err()
-		case <-l.done[node]:
-			return false, fmt.Errorf("node %s exited during start-up; its log: %s", node, filepath.Join(l.Dir, node+".log"))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// Up boots the initial primary, creates the replication role from a
-// SCRAM verifier computed here, then boots the standbys and waits until
-// each streams over its slot.
-func (l *Lab) Up(ctx context.Context, timeout time.Duration) error {
-	prim := l.Cluster.InitialPrimary
-	if err := l.Boot(prim); err != nil {
-		return err
-	}
-	if _, err := l.WaitReady(ctx, prim, timeout); err != nil {
-		return err
-	}
-	c, err := l.Conn(ctx, prim)
+	_, n, err := l.index(node)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer c.Close(ctx)
-	if err := pgops.EnsureReplicationRole(ctx, c, l.Cluster.ReplUser, l.password); err != nil {
-		return err
-	}
-	for _, n := range l.Cluster.Nodes {
-		if n.Name == prim {
-			continue
-		}
-		if err := l.Boot(n.Name); err != nil {
-			return err
-		}
-	}
-	for _, n := range l.Cluster.Nodes {
-		if n.Name == prim {
-			continue
-		}
-		if err := pgops.WaitStreaming(ctx, c, n.Name, n.Slot(), timeout); err != nil {
-			return fmt.Errorf("%w (node log: %s)", err, filepath.Join(l.Dir, n.Name+".log"))
-		}
-	}
-	return nil
+	return pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres connect_timeout=5", l.sockDir(node), n.Port))
 }
 
-// Down stops every node this lab started (pg_ctl, then the process group of
-// a boot script still waiting) and removes the lab directory.
-func (l *Lab) Down() error {
-	for node, cmd := range l.procs {
-		dd := l.DataDir(node)
-		if _, err := os.Stat(filepath.Join(dd, "postmaster.pid")); err == nil {
-			stop := exec.Command(filepath.Join(l.Bin, "pg_ctl"), "-D", dd, "-m", "fast", "-w", "-t", "60", "stop")
-			stop.SysProcAttr = &syscall.SysProcAttr{Credential: l.cred}
-			stop.Run()
-		}
-		select {
-		case <-l.done[node]:
-		case <-time.After(5 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // the group we created
-			<-l.done[node]
+// Down stops every node of the lab, removes its network namespaces and
+// then its directory, if the lab made that directory's contents.
+func (l *Lab) Down(ctx context.Context) error {
+	var errs []error
+	for _, n := range l.Cluster.Nodes {
+		if err := l.Stop(ctx, n.Name); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	if !strings.HasPrefix(filepath.Base(l.Dir), "understudy-lab") {
-		return nil // only remove directories the lab named itself
+	if l.NetNS != nil {
+		if err := l.NetNS.Down(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("the lab in %s is not fully down, so its directory is kept: %w", l.Dir, errors.Join(errs...))
+	}
+	// Only what Create made: never a directory that is not a lab.
+	if _, err := os.Stat(filepath.Join(l.Dir, stateFile)); err != nil {
+		return nil
 	}
 	return os.RemoveAll(l.Dir)
 }

@@ -60,3 +60,29 @@ func WaitStreaming(ctx context.Context, primary *pgx.Conn, appName, slot string,
 	}
 	return fmt.Errorf("standby %s is not streaming after %s (state: %s)", appName, timeout, state)
 }
+
+// RoleState says whether the replication role is as understudy wants it.
+type RoleState struct {
+	Exists, Login, Replication, PasswordMatches bool
+}
+
+// OK reports whether nothing needs changing.
+func (r RoleState) OK() bool { return r.Exists && r.Login && r.Replication && r.PasswordMatches }
+
+// ReadRole checks the replication role against the password without
+// sending the password anywhere: the stored verifier is recomputed here.
+func ReadRole(ctx context.Context, c *pgx.Conn, role, password string) (RoleState, error) {
+	var r RoleState
+	var stored *string
+	err := c.QueryRow(ctx, `SELECT rolcanlogin, rolreplication, rolpassword FROM pg_authid WHERE rolname = $1`, role).
+		Scan(&r.Login, &r.Replication, &stored)
+	if err == pgx.ErrNoRows {
+		return r, nil
+	}
+	if err != nil {
+		return r, fmt.Errorf("reading role %s: %w", role, err)
+	}
+	r.Exists = true
+	r.PasswordMatches = stored != nil && VerifierMatches(*stored, password)
+	return r, nil
+}

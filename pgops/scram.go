@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	"strings"
 )
 
 // SCRAMIterations is PostgreSQL's default scram_iterations.
@@ -38,4 +39,33 @@ func SCRAMVerifier(password string, salt []byte, iterations int) (string, error)
 	stored := sha256.Sum256(mac(salted, "Client Key"))
 	b64 := base64.StdEncoding.EncodeToString
 	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", iterations, b64(salt), b64(stored[:]), b64(mac(salted, "Server Key"))), nil
+}
+
+// VerifierMatches reports whether a stored SCRAM-SHA-256 verifier was made
+// from password, by recomputing it with the stored salt and iteration count.
+func VerifierMatches(stored, password string) bool {
+	var iter int
+	if !strings.HasPrefix(stored, "SCRAM-SHA-256$") {
+		return false
+	}
+	head, keys, ok := strings.Cut(strings.TrimPrefix(stored, "SCRAM-SHA-256$"), "$")
+	if !ok {
+		return false
+	}
+	it, salt64, ok := strings.Cut(head, ":")
+	if !ok {
+		return false
+	}
+	if _, err := fmt.Sscan(it, &iter); err != nil || iter <= 0 {
+		return false
+	}
+	raw, err := base64.StdEncoding.DecodeString(salt64)
+	if err != nil {
+		return false
+	}
+	v, err := SCRAMVerifier(password, raw, iter)
+	if err != nil {
+		return false
+	}
+	return hmac.Equal([]byte(v), []byte("SCRAM-SHA-256$"+head+"$"+keys))
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/kamal"
 	"github.com/understudy-dev/understudy/lab"
+	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/setup"
 )
 
@@ -27,9 +28,9 @@ func (*demoCommand) Summary() string {
 }
 
 func (c *demoCommand) Run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	keep := fs.Bool("keep", false, "leave the lab running and its directory in place")
-	if err := fs.Parse(args); err != nil {
+	flags := flag.NewFlagSet("demo", flag.ContinueOnError)
+	keep := flags.Bool("keep", false, "leave the lab running and its directory in place")
+	if err := flags.Parse(args); err != nil {
 		return err
 	}
 	start := time.Now()
@@ -38,6 +39,7 @@ func (c *demoCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	os.Chmod(tmp, 0o755) // the lab's servers run as the postgres user when root
 	app := filepath.Join(tmp, "teamyap")
 	if err := copyEmbedded(examples.FS, "teamyap", app); err != nil {
 		return err
@@ -73,41 +75,54 @@ func (c *demoCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := lab.New(tmp, []string{p.Primary, p.Standby}, ports, newPassword(32))
+	l, err := lab.Create(ctx, filepath.Join(tmp, "lab"), lab.Config{Names: []string{p.Primary, p.Standby}, Ports: ports, Password: newPassword(32)})
 	if err != nil {
 		return err
 	}
 	if !*keep {
 		defer func() {
 			say("\ncleaning up: stopping both servers and removing %s", tmp)
-			if err := l.Down(); err != nil {
+			if err := l.Down(context.WithoutCancel(ctx)); err != nil {
 				say("   %v", err)
+				return
 			}
+			os.RemoveAll(tmp)
 		}()
 	}
+	say("   nodes: %s on 127.0.0.1:%d, %s on 127.0.0.1:%d; nothing runs yet", p.Primary, ports[0], p.Standby, ports[1])
+
+	say("\n4. apply: bring the lab to the plan (what `understudy apply` does on Kamal)")
 	t0 := time.Now()
-	if err := l.Up(ctx, 60*time.Second); err != nil {
+	if _, err := live.Apply(ctx, l.Target(), live.ApplyOptions{Yes: true, Out: indentWriter{c.out, "   "}, Timeout: 2 * time.Minute}); err != nil {
 		return err
 	}
-	say("   %s (primary) on 127.0.0.1:%d initialised by its boot script; role %s created from a SCRAM verifier", p.Primary, ports[0], l.Cluster.ReplUser)
-	say("   %s cloned itself from %s over slot %s and is streaming (%.1f s)", p.Standby, p.Primary, l.Cluster.Nodes[1].Slot(), time.Since(t0).Seconds())
-
-	say("\n4. verify: a write on the primary reaches the standby")
-	res, err := lab.Verify(ctx, l)
+	say("   streaming %.1f s after the first server started", time.Since(t0).Seconds())
+	res, err := live.Apply(ctx, l.Target(), live.ApplyOptions{Out: io.Discard})
 	if err != nil {
 		return err
 	}
-	say("   canary row visible on %s after %.1f ms", p.Standby, float64(res.Delay.Microseconds())/1000)
-	say("   %s refuses writes: %s", p.Standby, res.StandbyRefusal)
+	say("   apply again: %d changes (nothing to do)", len(res.Actions))
 
-	say("\n5. status")
-	st, err := lab.Status(ctx, l)
+	say("\n5. verify: a write on the primary reaches the standby")
+	vr, err := live.Verify(ctx, l.Target(), 10*time.Second)
 	if err != nil {
 		return err
 	}
-	say("%s", indent(st, "   "))
+	fmt.Fprint(c.out, indent(VerifyText(vr), "   "))
+
+	say("\n6. status")
+	st, err := live.Gather(ctx, l.Target())
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(c.out, indent(live.StatusText(st), "   "))
+	fs := live.Check(st, l.Cluster, live.DefaultThresholds)
+	say("\n7. check: %d finding(s)", len(fs))
+	if len(fs) > 0 {
+		fmt.Fprint(c.out, indent(live.FindingsText(fs), "   "))
+	}
 	if *keep {
-		say("left running in %s (stop with: pg_ctl -D %s/data/<node> stop)", tmp, tmp)
+		say("left running: understudy status --lab %s; stop and remove with: understudy lab down --dir %s", l.Dir, l.Dir)
 	}
 	say("done in %.1f s.", time.Since(start).Seconds())
 	return nil
@@ -128,4 +143,15 @@ func copyEmbedded(src fs.FS, root, dst string) error {
 		}
 		return os.WriteFile(target, b, 0o644)
 	})
+}
+
+// indentWriter prefixes every line written through it.
+type indentWriter struct {
+	w      io.Writer
+	prefix string
+}
+
+func (iw indentWriter) Write(p []byte) (int, error) {
+	_, err := io.WriteString(iw.w, indent(string(p), iw.prefix))
+	return len(p), err
 }

@@ -36,6 +36,11 @@ func commands(stdout, stderr io.Writer) []command {
 		&planCommand{out: stdout},
 		&initCommand{out: stdout},
 		&passwordCommand{out: stdout},
+		&labCommand{out: stdout},
+		&applyCommand{out: stdout, in: os.Stdin},
+		&statusCommand{out: stdout},
+		&checkCommand{out: stdout},
+		&verifyCommand{out: stdout},
 		&demoCommand{out: stdout},
 	}
 }

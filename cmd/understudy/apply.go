@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/understudy-dev/understudy/live"
+)
+
+type applyCommand struct {
+	out io.Writer
+	in  io.Reader
+}
+
+func (*applyCommand) Name() string { return "apply" }
+func (*applyCommand) Summary() string {
+	return "bring the running nodes to the plan: role, slots, settings, standby clone"
+}
+
+func (c *applyCommand) Run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("apply", flag.ContinueOnError)
+	tf := addTargetFlags(fs)
+	yes := fs.Bool("yes", false, "agree in advance to restarting nodes whose settings need a restart")
+	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for a node to start, clone and stream")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	t, _, err := tf.open()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	res, err := live.Apply(ctx, t, live.ApplyOptions{Yes: *yes, Confirm: confirmer(c.in, c.out), Out: c.out, Timeout: *timeout})
+	if err != nil {
+		return err
+	}
+	if len(res.Actions) == 0 {
+		fmt.Fprintf(c.out, "nothing to do: every node already matches the plan (%.2f s)\n", time.Since(start).Seconds())
+		return nil
+	}
+	fmt.Fprintf(c.out, "applied %d change(s) in %.1f s\n", len(res.Actions), time.Since(start).Seconds())
+	return nil
+}
+
+// confirmer asks on a terminal; elsewhere it returns nil, so apply refuses
+// a restart unless --yes was given.
+func confirmer(in io.Reader, out io.Writer) func(string) bool {
+	f, ok := in.(*os.File)
+	if !ok {
+		return nil
+	}
+	if st, err := f.Stat(); err != nil || st.Mode()&os.ModeCharDevice == 0 {
+		return nil
+	}
+	return func(prompt string) bool {
+		fmt.Fprintf(out, "%s [y/N] ", prompt)
+		line, _ := bufio.NewReader(in).ReadString('\n')
+		return strings.EqualFold(strings.TrimSpace(line), "y") || strings.EqualFold(strings.TrimSpace(line), "yes")
+	}
+}

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/understudy-dev/understudy/internal/netutil"
+	"github.com/understudy-dev/understudy/lab"
+	"github.com/understudy-dev/understudy/live"
+)
+
+// labCommand runs the cluster as local PostgreSQL processes.
+type labCommand struct{ out io.Writer }
+
+func (*labCommand) Name() string { return "lab" }
+func (*labCommand) Summary() string {
+	return "lab up|down: a primary and standbys as local PostgreSQL processes (--netns: one network namespace each)"
+}
+
+func (c *labCommand) Run(ctx context.Context, args []string) error {
+	if len(args) == 0 || (args[0] != "up" && args[0] != "down") {
+		return errors.New("usage: understudy lab up [--dir DIR] [--nodes db,db-replica] [--netns] [--bare] | understudy lab down [--dir DIR]")
+	}
+	fs := flag.NewFlagSet("lab "+args[0], flag.ContinueOnError)
+	dir := fs.String("dir", defaultLabDir(), "the lab's directory")
+	if args[0] == "down" {
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		l, err := lab.Open(*dir)
+		if err != nil {
+			return err
+		}
+		if err := l.Down(ctx); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.out, "lab in %s stopped and removed\n", *dir)
+		return nil
+	}
+	nodes := fs.String("nodes", "db,db-replica", "node names, the initial primary first")
+	netns := fs.Bool("netns", false, "give each node its own network namespace and address in "+lab.Subnet+".0/24 (root)")
+	bare := fs.Bool("bare", false, "only create the lab's files; start nothing (then: understudy apply --lab DIR)")
+	walCap := fs.String("wal-cap", "1GB", "max_slot_wal_keep_size for the lab")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	names := strings.Split(*nodes, ",")
+	ports, err := netutil.FreePorts(len(names))
+	if err != nil {
+		return err
+	}
+	l, err := lab.Create(ctx, *dir, lab.Config{Names: names, Ports: ports, NetNS: *netns, Password: newPassword(32), WALCap: *walCap})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "lab created in %s: %d nodes, files in %s/conf\n", l.Dir, len(names), l.Dir)
+	if *bare {
+		fmt.Fprintf(c.out, "start it with: understudy apply --lab %s\n", l.Dir)
+		return nil
+	}
+	start := time.Now()
+	if _, err := live.Apply(ctx, l.Target(), live.ApplyOptions{Yes: true, Out: c.out, Timeout: 10 * time.Minute}); err != nil {
+		return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
+	}
+	fmt.Fprintf(c.out, "lab up in %.1f s. Try: understudy status --lab %s; understudy lab down --dir %s\n", time.Since(start).Seconds(), l.Dir, l.Dir)
+	return nil
+}

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/understudy-dev/understudy/live"
+)
+
+type statusCommand struct{ out io.Writer }
+
+func (*statusCommand) Name() string { return "status" }
+func (*statusCommand) Summary() string {
+	return "what every node is doing: role, timeline, WAL, lag, slots (--json for scripts)"
+}
+
+func (c *statusCommand) Run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	tf := addTargetFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON (schema: docs/status-json.md)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	t, _, err := tf.open()
+	if err != nil {
+		return err
+	}
+	st, err := live.Gather(ctx, t)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(c.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprint(c.out, live.StatusText(st))
+	return nil
+}

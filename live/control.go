@@ -1,0 +1,45 @@
+// Package live works on running nodes: apply brings them to the plan,
+// status and check read and judge them, verify proves replication works.
+// It reaches nodes only through Control, so the same code runs against the
+// local lab and against Kamal accessories on servers.
+package live
+
+import (
+	"context"
+	"net"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/understudy-dev/understudy/pgconf"
+)
+
+// Control is how to reach and control the nodes of one cluster.
+type Control interface {
+	// Conn opens a superuser connection to a node's server.
+	Conn(ctx context.Context, node string) (*pgx.Conn, error)
+	// Start runs a node from its boot script (Kamal: accessory boot). It
+	// returns once the node is started, not once it is ready.
+	Start(ctx context.Context, node string) error
+	// Stop shuts a node's server down cleanly and waits for it (Kamal:
+	// stop the container, never postgres inside it).
+	Stop(ctx context.Context, node string) error
+	// Running reports whether a node's server or its boot script runs.
+	Running(ctx context.Context, node string) (bool, error)
+	// Where names a node for messages, e.g. "lab node db (127.0.0.1:5433)".
+	Where(node string) string
+}
+
+// Outsider is implemented by controls that can open a TCP connection from
+// an address that is not a node (the lab's third network namespace), so
+// verify can prove that the nodes refuse replication from anywhere else.
+// OutsiderAddr returns "" when the control cannot do it.
+type Outsider interface {
+	OutsiderAddr() string
+	DialOutsider(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Target is one cluster as apply, status, check and verify see it.
+type Target struct {
+	Cluster  pgconf.Cluster
+	Control  Control
+	Password string // the replication role's password
+}

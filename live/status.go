@@ -1,0 +1,138 @@
+package live
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/understudy-dev/understudy/pgops"
+)
+
+// Status is one reading of every node: the data behind `status`, `status
+// --json` (schema in docs/status-json.md) and `check`.
+type Status struct {
+	Taken   time.Time    `json:"taken_at"`
+	Primary string       `json:"primary"` // "" when no node is a writable primary
+	WALCap  string       `json:"wal_cap"` // max_slot_wal_keep_size in the plan
+	Nodes   []NodeStatus `json:"nodes"`
+}
+
+// NodeStatus is one node's part of a Status.
+type NodeStatus struct {
+	Name      string `json:"name"`
+	Addr      string `json:"addr"`
+	Port      int    `json:"port"`
+	Where     string `json:"where"`
+	Reachable bool   `json:"reachable"`
+	Running   *bool  `json:"running,omitempty"` // set when the node is unreachable
+	Error     string `json:"error,omitempty"`
+	Role      string `json:"role"` // primary, standby or down
+
+	Facts *pgops.Facts `json:"facts,omitempty"`
+	// On a primary: its walsenders and slots.
+	Replication []pgops.Replication `json:"replication,omitempty"`
+	Slots       []pgops.Slot        `json:"slots,omitempty"`
+	Basebackups []pgops.Basebackup  `json:"basebackups,omitempty"`
+	// Whether this node's pg_hba file lets each peer in for replication.
+	HBA       map[string]HBAVerdict `json:"replication_hba"`
+	HBAErrors []string              `json:"hba_errors,omitempty"`
+	// On a standby, as its primary sees it.
+	LagBytes   *int64   `json:"lag_bytes,omitempty"`
+	LagSeconds *float64 `json:"lag_seconds,omitempty"`
+}
+
+// Node returns a node's status.
+func (s *Status) Node(name string) *NodeStatus {
+	for i := range s.Nodes {
+		if s.Nodes[i].Name == name {
+			return &s.Nodes[i]
+		}
+	}
+	return nil
+}
+
+// Gather reads every node at once. An unreachable node is reported, not an error.
+func Gather(ctx context.Context, t Target) (*Status, error) {
+	st := &Status{Taken: time.Now().UTC(), WALCap: t.Cluster.WALCap, Nodes: make([]NodeStatus, len(t.Cluster.Nodes))}
+	var wg sync.WaitGroup
+	for i, n := range t.Cluster.Nodes {
+		st.Nodes[i] = NodeStatus{Name: n.Name, Addr: n.Addr, Port: n.Port, Where: t.Control.Where(n.Name), Role: "down", HBA: map[string]HBAVerdict{}}
+		wg.Add(1)
+		go func(ns *NodeStatus) {
+			defer wg.Done()
+			readNode(ctx, t, ns)
+		}(&st.Nodes[i])
+	}
+	wg.Wait()
+	for i := range st.Nodes {
+		if st.Nodes[i].Role == "primary" {
+			if st.Primary != "" {
+				st.Primary = "" // two writable nodes: no single primary
+				break
+			}
+			st.Primary = st.Nodes[i].Name
+		}
+	}
+	if p := st.Node(st.Primary); p != nil {
+		for _, r := range p.Replication {
+			if s := st.Node(r.Name); s != nil && s.Role == "standby" {
+				b, sec := r.LagBytes, r.ReplayLag
+				s.LagBytes, s.LagSeconds = &b, &sec
+			}
+		}
+	}
+	return st, nil
+}
+
+func readNode(ctx context.Context, t Target, ns *NodeStatus) {
+	c, err := t.Control.Conn(ctx, ns.Name)
+	if err != nil {
+		ns.Error = err.Error()
+		if run, rerr := t.Control.Running(ctx, ns.Name); rerr == nil {
+			ns.Running = &run
+		}
+		return
+	}
+	defer c.Close(context.WithoutCancel(ctx))
+	fail := func(err error) { ns.Error = err.Error() }
+	f, err := pgops.ReadFacts(ctx, c)
+	if err != nil {
+		fail(err)
+		return
+	}
+	ns.Reachable, ns.Facts = true, &f
+	ns.Role = "primary"
+	if f.InRecovery {
+		ns.Role = "standby"
+	}
+	if ns.Slots, err = pgops.ReadSlots(ctx, c); err != nil {
+		fail(err)
+		return
+	}
+	if !f.InRecovery {
+		if ns.Replication, err = pgops.ReadReplication(ctx, c); err != nil {
+			fail(err)
+			return
+		}
+		if ns.Basebackups, err = pgops.ReadBasebackups(ctx, c); err != nil {
+			fail(err)
+			return
+		}
+	}
+	rules, err := pgops.ReadHBARules(ctx, c)
+	if err != nil {
+		fail(fmt.Errorf("reading the pg_hba rules: %w", err))
+		return
+	}
+	for _, r := range rules {
+		if r.Error != "" {
+			ns.HBAErrors = append(ns.HBAErrors, fmt.Sprintf("line %d: %s", r.Line, r.Error))
+		}
+	}
+	for _, peer := range t.Cluster.Nodes {
+		if peer.Name != ns.Name {
+			ns.HBA[peer.Name] = HBADecides(rules, "replication", t.Cluster.ReplUser, peer.Addr)
+		}
+	}
+}
