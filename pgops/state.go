@@ -75,15 +75,29 @@ func Canary(ctx context.Context, primary, standby *pgx.Conn, timeout time.Durati
 	if _, err := primary.Exec(ctx, `DELETE FROM understudy_canary WHERE written_at < now() - interval '1 day'`); err != nil {
 		return 0, fmt.Errorf("pruning old canaries: %w", err)
 	}
+	// The table's creation is replayed first, untimed: the delay measured
+	// below is for one ordinary committed row.
+	deadline := time.Now().Add(timeout)
+	for {
+		var exists bool
+		if err := standby.QueryRow(ctx, `SELECT to_regclass('understudy_canary') IS NOT NULL`).Scan(&exists); err != nil {
+			return 0, fmt.Errorf("looking for the canary table on the standby: %w", err)
+		}
+		if exists {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("the canary table created on the primary did not reach the standby within %s", timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	start := time.Now()
 	if _, err := primary.Exec(ctx, `INSERT INTO understudy_canary (token) VALUES ($1)`, token); err != nil {
 		return 0, fmt.Errorf("writing the canary on the primary: %w", err)
 	}
 	for time.Since(start) < timeout {
 		var n int
-		err := standby.QueryRow(ctx, `SELECT count(*) FROM understudy_canary WHERE token = $1`, token).Scan(&n)
-		var pgErr *pgconn.PgError
-		if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42P01") { // table not replayed yet
+		if err := standby.QueryRow(ctx, `SELECT count(*) FROM understudy_canary WHERE token = $1`, token).Scan(&n); err != nil {
 			return 0, fmt.Errorf("reading the canary on the standby: %w", err)
 		}
 		if n == 1 {

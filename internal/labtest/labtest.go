@@ -1,0 +1,159 @@
+// Package labtest gives tests a lab of real PostgreSQL servers that is
+// stopped and removed when the test ends, pass or fail.
+package labtest
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/understudy-dev/understudy/internal/netutil"
+	"github.com/understudy-dev/understudy/lab"
+	"github.com/understudy-dev/understudy/live"
+)
+
+// Options for New.
+type Options struct {
+	Names  []string // default db, db-replica
+	NetNS  bool     // one network namespace per node; the test is skipped when not root
+	WALCap string
+}
+
+// New creates a lab (nothing running) in a fresh temporary directory.
+func New(t testing.TB, o Options) *lab.Lab {
+	t.Helper()
+	if _, err := lab.BinDir(); err != nil {
+		t.Skip(err.Error())
+	}
+	if o.NetNS && os.Geteuid() != 0 {
+		t.Skip("needs root: this test creates network namespaces (run the tests as root, as CI does)")
+	}
+	if o.NetNS {
+		if _, err := exec.LookPath("nsenter"); err != nil {
+			t.Skip("needs nsenter (util-linux) to start servers inside network namespaces")
+		}
+	}
+	if len(o.Names) == 0 {
+		o.Names = []string{"db", "db-replica"}
+	}
+	root, err := os.MkdirTemp("", "understudy-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(root, 0o755)
+	ports, err := netutil.FreePorts(len(o.Names))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	l, err := lab.Create(ctx, filepath.Join(root, "lab"), lab.Config{Names: o.Names, Ports: ports, NetNS: o.NetNS,
+		Password: "lab-test-password-" + strings.Repeat("x", 8), WALCap: o.WALCap})
+	if err != nil {
+		os.RemoveAll(root)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range o.Names {
+				b, _ := os.ReadFile(l.LogFile(n))
+				t.Logf("--- %s log (last 3000 bytes):\n%s", n, tail(string(b), 3000))
+			}
+		}
+		if err := l.Down(context.Background()); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		os.RemoveAll(root)
+	})
+	return l
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// Up creates a lab and applies it: a streaming primary and standbys.
+func Up(t testing.TB, o Options) *lab.Lab {
+	t.Helper()
+	l := New(t, o)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := live.Apply(ctx, l.Target(), live.ApplyOptions{Yes: true, Timeout: 2 * time.Minute}); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	return l
+}
+
+// Exec runs SQL on a node as the superuser.
+func Exec(t testing.TB, l *lab.Lab, node string, sqls ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := l.Conn(ctx, node)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", node, err)
+	}
+	defer c.Close(ctx)
+	for _, s := range sqls {
+		if _, err := c.Exec(ctx, s); err != nil {
+			t.Fatalf("%s on %s: %v", s, node, err)
+		}
+	}
+}
+
+// Query returns the first column of the first row as text.
+func Query(t testing.TB, l *lab.Lab, node, sql string, args ...any) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := l.Conn(ctx, node)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", node, err)
+	}
+	defer c.Close(ctx)
+	var s string
+	if err := c.QueryRow(ctx, sql, args...).Scan(&s); err != nil {
+		t.Fatalf("%s on %s: %v", sql, node, err)
+	}
+	return s
+}
+
+// Findings gathers a status and checks it.
+func Findings(t testing.TB, l *lab.Lab, th live.Thresholds) []live.Finding {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := live.Gather(ctx, l.Target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return live.Check(st, l.Cluster, th)
+}
+
+// Has reports whether a finding with this code and severity is about node.
+func Has(fs []live.Finding, code string, sev live.Severity, node string) bool {
+	for _, f := range fs {
+		if f.Code == code && f.Severity == sev && (node == "" || f.Node == node) {
+			return true
+		}
+	}
+	return false
+}
+
+// WaitFor polls cond until it holds or the timeout passes.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
