@@ -460,3 +460,17 @@ func (l *Lab) Down(ctx context.Context) error {
 	}
 	return os.RemoveAll(l.Dir)
 }
+
+// Tool builds a command for a PostgreSQL client program (pgbench, psql)
+// aimed at a node over its local socket, run as the servers' user.
+func (l *Lab) Tool(ctx context.Context, node, program string, args ...string) (*exec.Cmd, error) {
+	_, n, err := l.index(node)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(l.Bin, program), args...)
+	cmd.Env = append(os.Environ(), "PGHOST="+l.sockDir(node), fmt.Sprintf("PGPORT=%d", n.Port), "PGUSER=postgres", "PGDATABASE=postgres")
+	cmd.Dir = l.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: l.cred}
+	return cmd, nil
+}

@@ -157,3 +157,19 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// Tool runs a PostgreSQL client program against a node and fails the test on error.
+func Tool(t testing.TB, l *lab.Lab, node, program string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd, err := l.Tool(ctx, node, program, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v on %s: %v\n%s", program, args, node, err, out)
+	}
+	return string(out)
+}
