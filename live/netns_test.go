@@ -35,7 +35,6 @@ func TestNetnsThirdAddressRefused(t *testing.T) {
 	}
 }
 
-
 // A standby cut off while the primary writes more than 64 MB of WAL: both
 // sides notice within seconds (sender/receiver timeouts, keepalives), the
 // slot keeps the WAL, and once the link is back the standby catches up
