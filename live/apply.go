@@ -409,7 +409,7 @@ func (a *applier) standby(ctx context.Context, pc *pgx.Conn, st *Status, prim st
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	if cloned {

@@ -336,3 +336,14 @@ func Worst(fs []Finding) Severity {
 	}
 	return w
 }
+
+// UnmarshalText reads a severity word back.
+func (s *Severity) UnmarshalText(b []byte) error {
+	for _, v := range []Severity{Info, Warning, Critical} {
+		if v.String() == string(b) {
+			*s = v
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown severity %q", b)
+}

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/understudy-dev/understudy/internal/labtest"
+	"github.com/understudy-dev/understudy/live"
+)
+
+// The live commands against a lab, as a user runs them: status (text and
+// JSON), check's exit status, apply's "nothing to do", verify's proof.
+func TestLiveCommandsOnLab(t *testing.T) {
+	l := labtest.Up(t, labtest.Options{})
+	out, code := runCLI(t, "status", "--lab", l.Dir, "--json")
+	if code != 0 {
+		t.Fatalf("status --json exit %d: %s", code, out)
+	}
+	var st live.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
+	}
+	if st.Primary != "db" || len(st.Nodes) != 2 || st.Nodes[1].Role != "standby" || st.Nodes[1].LagBytes == nil || len(st.Nodes[0].Slots) != 1 {
+		t.Errorf("status --json: %s", out)
+	}
+	out, code = runCLI(t, "status", "--lab", l.Dir)
+	if code != 0 || !strings.Contains(out, "db-replica  standby") || !strings.Contains(out, "understudy_db_replica  yes") {
+		t.Errorf("status exit %d:\n%s", code, out)
+	}
+	out, code = runCLI(t, "check", "--lab", l.Dir)
+	if code != 0 || !strings.Contains(out, "all checks passed") {
+		t.Errorf("check on a healthy lab: exit %d\n%s", code, out)
+	}
+	out, code = runCLI(t, "apply", "--lab", l.Dir)
+	if code != 0 || !strings.Contains(out, "nothing to do") {
+		t.Errorf("apply on a healthy lab: exit %d\n%s", code, out)
+	}
+	out, code = runCLI(t, "verify", "--lab", l.Dir)
+	if code != 0 || !strings.Contains(out, "was readable on db-replica after") || !strings.Contains(out, "refuses writes") {
+		t.Errorf("verify: exit %d\n%s", code, out)
+	}
+
+	labtest.Exec(t, l, "db", "SELECT pg_create_physical_replication_slot('old_guide_slot', true)")
+	out, code = runCLI(t, "check", "--lab", l.Dir)
+	if code != 1 || !strings.Contains(out, "slot-abandoned") || !strings.Contains(out, "pg_drop_replication_slot('old_guide_slot')") {
+		t.Errorf("check with a warning: exit %d (want 1)\n%s", code, out)
+	}
+	if err := l.Stop(context.Background(), "db-replica"); err != nil {
+		t.Fatal(err)
+	}
+	out, code = runCLI(t, "check", "--lab", l.Dir, "--json")
+	var fs []live.Finding
+	if err := json.Unmarshal([]byte(out), &fs); err != nil {
+		t.Fatalf("check --json: %v\n%s", err, out)
+	}
+	if code != 2 || !strings.Contains(out, `"severity": "critical"`) || !strings.Contains(out, `"code": "unreachable"`) {
+		t.Errorf("check with the standby down: exit %d (want 2)\n%s", code, out)
+	}
+}
+
+func TestLiveCommandsWithoutTarget(t *testing.T) {
+	t.Setenv("UNDERSTUDY_LAB", t.TempDir())
+	out, code := runCLI(t, "status")
+	if code != 1 || !strings.Contains(out, "pass --lab DIR") {
+		t.Errorf("status with no target: exit %d: %s", code, out)
+	}
+	out, code = runCLI(t, "check", "--lab", t.TempDir())
+	if code != 2 || !strings.Contains(out, "is not a lab") {
+		t.Errorf("check on a non-lab: exit %d: %s", code, out)
+	}
+}
