@@ -85,7 +85,7 @@ func run(ctx context.Context, scale, rounds, statusRuns, loadSeconds, clients in
 	var raw, viaApply []float64
 	n := l.Cluster.Nodes[0]
 	for i := 0; i < rounds; i++ {
-		dest := filepath.Join(l.Dir, "data", "raw-clone") // a directory the servers' user owns
+		dest := filepath.Join(l.Dir, "data", "raw-clone")     // a directory the servers' user owns
 		if _, err := pc.Exec(ctx, "CHECKPOINT"); err != nil { // both kinds start from a clean checkpoint
 			return err
 		}
