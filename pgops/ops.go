@@ -3,7 +3,6 @@ package pgops
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -36,29 +35,6 @@ func EnsureReplicationRole(ctx context.Context, c *pgx.Conn, role, password stri
 		return fmt.Errorf("%s ROLE %s: %w", verb, role, err)
 	}
 	return nil
-}
-
-// WaitStreaming waits until the primary shows the standby streaming over its slot.
-func WaitStreaming(ctx context.Context, primary *pgx.Conn, appName, slot string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	state := "not connected"
-	for time.Now().Before(deadline) {
-		err := primary.QueryRow(ctx, `SELECT coalesce((SELECT state FROM pg_stat_replication WHERE application_name = $1 LIMIT 1), 'not connected')
-			|| coalesce((SELECT CASE WHEN active THEN '' ELSE ', slot inactive' END FROM pg_replication_slots WHERE slot_name = $2), ', no slot')`,
-			appName, slot).Scan(&state)
-		if err != nil {
-			return fmt.Errorf("reading pg_stat_replication: %w", err)
-		}
-		if state == "streaming" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("standby %s is not streaming after %s (state: %s)", appName, timeout, state)
 }
 
 // RoleState says whether the replication role is as understudy wants it.

@@ -57,3 +57,23 @@ func TestSCRAMVerifierAuthenticatesOnRealServer(t *testing.T) {
 		t.Fatal("login with a wrong password succeeded")
 	}
 }
+
+func TestVerifierMatches(t *testing.T) {
+	v, err := pgops.SCRAMVerifier("s3cret-pass", nil, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pgops.VerifierMatches(v, "s3cret-pass") {
+		t.Error("the verifier does not match its own password")
+	}
+	for _, bad := range []string{"s3cret-pasS", "", "s3cret-pass "} {
+		if pgops.VerifierMatches(v, bad) {
+			t.Errorf("matched the wrong password %q", bad)
+		}
+	}
+	for _, junk := range []string{"", "md5abc", "SCRAM-SHA-256$x:y$z", v[:len(v)-3]} {
+		if pgops.VerifierMatches(junk, "s3cret-pass") {
+			t.Errorf("matched a malformed verifier %q", junk)
+		}
+	}
+}

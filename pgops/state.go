@@ -12,57 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// NodeState is what one server says about itself.
-type NodeState struct {
-	InRecovery bool
-	Timeline   int
-	LSN        string // current WAL position (primary) or last replayed (standby)
-}
-
-// ReadNodeState reads a server's role, timeline and WAL position.
-func ReadNodeState(ctx context.Context, c *pgx.Conn) (NodeState, error) {
-	var s NodeState
-	err := c.QueryRow(ctx, `SELECT pg_is_in_recovery(),
-		(SELECT timeline_id FROM pg_control_checkpoint()),
-		CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn()::text, '') ELSE pg_current_wal_lsn()::text END`).
-		Scan(&s.InRecovery, &s.Timeline, &s.LSN)
-	if err != nil {
-		return s, fmt.Errorf("reading the node's state: %w", err)
-	}
-	return s, nil
-}
-
-// Replica is one row of pg_stat_replication joined with its slot.
-type Replica struct {
-	Name, State, SlotStatus string
-	LagBytes                int64
-	ReplayLag               time.Duration
-}
-
-// ReadReplicas lists the standbys connected to a primary.
-func ReadReplicas(ctx context.Context, c *pgx.Conn) ([]Replica, error) {
-	rows, err := c.Query(ctx, `SELECT r.application_name, r.state,
-		coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn), 0)::bigint,
-		coalesce(extract(epoch FROM r.replay_lag), 0)::float8,
-		coalesce((SELECT s.wal_status FROM pg_replication_slots s WHERE s.active_pid = r.pid), 'no slot')
-		FROM pg_stat_replication r ORDER BY 1`)
-	if err != nil {
-		return nil, fmt.Errorf("reading pg_stat_replication: %w", err)
-	}
-	defer rows.Close()
-	var out []Replica
-	for rows.Next() {
-		var r Replica
-		var lag float64
-		if err := rows.Scan(&r.Name, &r.State, &r.LagBytes, &lag, &r.SlotStatus); err != nil {
-			return nil, err
-		}
-		r.ReplayLag = time.Duration(lag * float64(time.Second))
-		out = append(out, r)
-	}
-	return out, rows.Err()
-}
-
 // Canary writes a unique row on the primary and measures how long it takes
 // to become visible on the standby.
 func Canary(ctx context.Context, primary, standby *pgx.Conn, timeout time.Duration) (time.Duration, error) {
