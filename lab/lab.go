@@ -380,6 +380,17 @@ func (l *Lab) Running(ctx context.Context, node string) (bool, error) {
 	if pid := l.postmasterPID(node); pid > 0 && alive(pid) {
 		return true, nil
 	}
+	l.mu.Lock()
+	done := l.done[node]
+	l.mu.Unlock()
+	if done != nil { // started by this process: its exit is known exactly, even before exec
+		select {
+		case <-done:
+			return false, nil
+		default:
+			return true, nil
+		}
+	}
 	return l.bootPID(node) > 0, nil
 }
 
