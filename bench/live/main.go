@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/understudy-dev/understudy/internal/netutil"
@@ -29,9 +31,13 @@ func main() {
 	loadSeconds := flag.Int("load-seconds", 30, "seconds of pgbench write load for the lag figures")
 	clients := flag.Int("clients", 4, "pgbench clients for the write load")
 	flag.Parse()
-	ctx := context.Background()
+	// Interrupted or piped into head, the bench still stops its servers.
+	signal.Ignore(syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	if err := run(ctx, *scale, *rounds, *statusRuns, *loadSeconds, *clients); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
+		stop()
 		os.Exit(1)
 	}
 }
