@@ -82,15 +82,7 @@ func TestApplyReloadsAndRestartsOnlyWithConsent(t *testing.T) {
 	ctx := ctxT(t)
 	labtest.Exec(t, l, "db", "ALTER SYSTEM SET max_slot_wal_keep_size = -1", "SELECT pg_reload_conf()")
 	labtest.Exec(t, l, "db-replica", "ALTER SYSTEM SET wal_log_hints = off")
-	if err := l.Stop(ctx, "db-replica"); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Start(ctx, "db-replica"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := live.WaitReady(ctx, l, "db-replica", time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	labtest.Restart(t, l, "db-replica")
 	if got := labtest.Query(t, l, "db-replica", "SHOW wal_log_hints"); got != "off" {
 		t.Fatalf("setup: wal_log_hints is %s", got)
 	}

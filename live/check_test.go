@@ -87,17 +87,8 @@ func TestCheckNotStreamingThenApplyFixesRole(t *testing.T) {
 func TestCheckLagAndParity(t *testing.T) {
 	t.Parallel()
 	l := labtest.Up(t, labtest.Options{})
-	ctx := ctxT(t)
 	labtest.Exec(t, l, "db-replica", "ALTER SYSTEM SET max_connections = 150")
-	if err := l.Stop(ctx, "db-replica"); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Start(ctx, "db-replica"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := live.WaitReady(ctx, l, "db-replica", time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	labtest.Restart(t, l, "db-replica")
 	labtest.Exec(t, l, "db-replica", "SELECT pg_wal_replay_pause()")
 	labtest.Exec(t, l, "db", "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g")
 	th := live.DefaultThresholds
@@ -195,20 +186,11 @@ func TestCheckHBAAndSlotHygiene(t *testing.T) {
 func TestCheckRewindPossibleWithChecksums(t *testing.T) {
 	t.Parallel()
 	l := labtest.Up(t, labtest.Options{})
-	ctx := ctxT(t)
 	if labtest.Query(t, l, "db", "SHOW data_checksums") != "on" {
 		t.Fatal("the initial primary was not initialised with data checksums")
 	}
 	labtest.Exec(t, l, "db", "ALTER SYSTEM SET wal_log_hints = off")
-	if err := l.Stop(ctx, "db"); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Start(ctx, "db"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := live.WaitReady(ctx, l, "db", time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	labtest.Restart(t, l, "db")
 	fs := labtest.Findings(t, l, live.DefaultThresholds)
 	if labtest.Has(fs, "rewind-impossible", live.Warning, "db") {
 		t.Errorf("rewind-impossible reported with checksums on:\n%s", live.FindingsText(fs))

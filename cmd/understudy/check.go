@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -37,12 +36,10 @@ func (c *checkCommand) Run(ctx context.Context, args []string) error {
 	}
 	fs2 := live.Check(st, t.Cluster, th)
 	if *asJSON {
-		enc := json.NewEncoder(c.out)
-		enc.SetIndent("", "  ")
 		if fs2 == nil {
 			fs2 = []live.Finding{}
 		}
-		enc.Encode(fs2)
+		writeJSON(c.out, fs2)
 	} else {
 		fmt.Fprint(c.out, live.FindingsText(fs2))
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
@@ -90,16 +91,23 @@ func Up(t testing.TB, o Options) *lab.Lab {
 	return l
 }
 
+// conn connects to a node for one helper call, failing the test otherwise.
+func conn(t testing.TB, l *lab.Lab, node string) (context.Context, *pgx.Conn, func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	c, err := l.Conn(ctx, node)
+	if err != nil {
+		cancel()
+		t.Fatalf("connecting to %s: %v", node, err)
+	}
+	return ctx, c, func() { c.Close(ctx); cancel() }
+}
+
 // Exec runs SQL on a node as the superuser.
 func Exec(t testing.TB, l *lab.Lab, node string, sqls ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := l.Conn(ctx, node)
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", node, err)
-	}
-	defer c.Close(ctx)
+	ctx, c, done := conn(t, l, node)
+	defer done()
 	for _, s := range sqls {
 		if _, err := c.Exec(ctx, s); err != nil {
 			t.Fatalf("%s on %s: %v", s, node, err)
@@ -110,18 +118,29 @@ func Exec(t testing.TB, l *lab.Lab, node string, sqls ...string) {
 // Query returns the first column of the first row as text.
 func Query(t testing.TB, l *lab.Lab, node, sql string, args ...any) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := l.Conn(ctx, node)
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", node, err)
-	}
-	defer c.Close(ctx)
+	ctx, c, done := conn(t, l, node)
+	defer done()
 	var s string
 	if err := c.QueryRow(ctx, sql, args...).Scan(&s); err != nil {
 		t.Fatalf("%s on %s: %v", sql, node, err)
 	}
 	return s
+}
+
+// Restart stops a node cleanly, starts it and waits until it answers.
+func Restart(t testing.TB, l *lab.Lab, node string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := l.Stop(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Start(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := live.WaitReady(ctx, l, node, time.Minute); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Findings gathers a status and checks it.
