@@ -472,6 +472,31 @@ func (l *Lab) Down(ctx context.Context) error {
 	return os.RemoveAll(l.Dir)
 }
 
+// Run runs a role script for a node (live.Control): /bin/sh with PGDATA
+// set, as the servers' user, inside the node's namespace in a netns lab.
+func (l *Lab) Run(ctx context.Context, node, script string) (string, error) {
+	i, _, err := l.index(node)
+	if err != nil {
+		return "", err
+	}
+	argv := []string{"/bin/sh", "-c", script}
+	if l.NetNS != nil {
+		argv = append([]string{"nsenter", "--net=" + l.NetNS.Path(i), "--setuid", strconv.Itoa(l.uid), "--setgid", strconv.Itoa(l.gid), "--"}, argv...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), "PATH="+l.Bin+":"+os.Getenv("PATH"), "PGDATA="+l.DataDir(node),
+		"UNDERSTUDY_RUN_DIR="+filepath.Join(l.Dir, "run"), "UNDERSTUDY_NODE="+node)
+	cmd.Dir = l.Dir
+	if l.NetNS == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: l.cred}
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("on %s: %w: %s", l.Where(node), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
 // Tool builds a command for a PostgreSQL client program (pgbench, psql)
 // aimed at a node over its local socket, run as the servers' user.
 func (l *Lab) Tool(ctx context.Context, node, program string, args ...string) (*exec.Cmd, error) {

@@ -126,6 +126,12 @@ func (a *applier) run(ctx context.Context) error {
 		a.did("%s replication role %s from a SCRAM verifier computed here (the password never reached the server)", verb, a.t.Cluster.ReplUser)
 	}
 
+	if granted, err := pgops.EnsureRewindGrants(ctx, pc, a.t.Cluster.ReplUser); err != nil {
+		return err
+	} else if granted {
+		a.did("let %s read the files pg_rewind needs, so a crashed primary can rejoin without a full clone", a.t.Cluster.ReplUser)
+	}
+
 	rules, err := pgops.ReadHBARules(ctx, pc)
 	if err != nil {
 		return err

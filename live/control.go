@@ -26,6 +26,11 @@ type Control interface {
 	Running(ctx context.Context, node string) (bool, error)
 	// Where names a node for messages, e.g. "lab node db (127.0.0.1:5433)".
 	Where(node string) string
+	// Run runs a shell script (pgconf's role scripts) in the node's
+	// environment, with PGDATA set, as the postgres user, while its server
+	// is stopped (Kamal: kamal accessory exec, a fresh container with the
+	// accessory's volumes). It returns the script's output.
+	Run(ctx context.Context, node, script string) (string, error)
 }
 
 // Outsider is implemented by controls that can open a TCP connection from

@@ -192,6 +192,16 @@ start() {
 write_passfile
 
 if [ -s "$PGDATA/PG_VERSION" ]; then
+	if [ -f "$PGDATA/understudy-fenced.txt" ]; then
+		log "this node was fenced: $(cat "$PGDATA/understudy-fenced.txt"). It starts read-only, as a standby; understudy rejoin $NODE brings it back in sync"
+	fi
+	if [ ! -f "$PGDATA/standby.signal" ]; then
+		# About to start as a primary: not while another node already is one.
+		other=$(find_primary)
+		if [ -n "$other" ]; then
+			die "${other%% *} is already the primary, so starting this node's cluster would make a second one; it stays down. Bring it back as a standby with: understudy rejoin $NODE"
+		fi
+	fi
 	log "$PGDATA holds a cluster; starting it"
 	start "$@"
 fi
@@ -204,7 +214,7 @@ if [ -f "$DONE" ]; then
 fi
 
 for f in $(ls -A "$PGDATA"); do
-	case "$f" in .understudy-clone|lost+found) ;;
+	case "$f" in .understudy-clone|.understudy-old-*|lost+found) ;;
 	*) die "$PGDATA holds files ($f, ...) but no cluster (no PG_VERSION), so it is neither a database nor empty. Nothing was changed. Inspect it (kamal accessory exec), move its contents away, then restart the accessory." ;;
 	esac
 done
@@ -244,10 +254,12 @@ while :; do
 done
 `
 
-// Known risk, to be closed by fencing and `check` (issue 5): the initial
-// primary initialises a new cluster when its PGDATA is empty and no peer is
-// even listening. That is right for a brand-new deployment, but if its volume
-// is lost while a promoted standby is down, it would start an empty primary.
+// Known risk: the initial primary initialises a new cluster when its PGDATA
+// is empty and no peer is even listening. That is right for a brand-new
+// deployment, but if its volume is lost while every other node is down, it
+// would start an empty primary. A node with a cluster and no standby.signal
+// refuses to start while another node is a writable primary; a fenced node
+// has standby.signal and so never starts writable on its own.
 
 // RoleScript renders the first-boot script for /docker-entrypoint-initdb.d.
 // It runs only when the image initialises a brand-new cluster, and creates the

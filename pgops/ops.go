@@ -62,3 +62,33 @@ func ReadRole(ctx context.Context, c *pgx.Conn, role, password string) (RoleStat
 	r.PasswordMatches = stored != nil && VerifierMatches(*stored, password)
 	return r, nil
 }
+
+// RewindFunctions are what pg_rewind's source role needs besides LOGIN
+// (app-pgrewind.html; research/postgres.md §2.5).
+var RewindFunctions = []string{
+	"pg_catalog.pg_ls_dir(text, boolean, boolean)",
+	"pg_catalog.pg_stat_file(text, boolean)",
+	"pg_catalog.pg_read_binary_file(text)",
+	"pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+}
+
+// EnsureRewindGrants lets the replication role serve pg_rewind, so a
+// crashed former primary can be rewound without a superuser password. It
+// reports whether it granted anything.
+func EnsureRewindGrants(ctx context.Context, c *pgx.Conn, role string) (bool, error) {
+	granted := false
+	for _, f := range RewindFunctions {
+		var has bool
+		if err := c.QueryRow(ctx, `SELECT has_function_privilege($1, $2, 'EXECUTE')`, role, f).Scan(&has); err != nil {
+			return granted, fmt.Errorf("checking EXECUTE on %s for %s: %w", f, role, err)
+		}
+		if has {
+			continue
+		}
+		if _, err := c.Exec(ctx, fmt.Sprintf("GRANT EXECUTE ON FUNCTION %s TO %s", f, pgx.Identifier{role}.Sanitize())); err != nil {
+			return granted, fmt.Errorf("granting EXECUTE on %s to %s: %w", f, role, err)
+		}
+		granted = true
+	}
+	return granted, nil
+}

@@ -32,7 +32,7 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 
 func commands(stdout, stderr io.Writer) []command {
-	return []command{
+	return append([]command{
 		&planCommand{out: stdout},
 		&initCommand{out: stdout},
 		&passwordCommand{out: stdout},
@@ -41,8 +41,7 @@ func commands(stdout, stderr io.Writer) []command {
 		&statusCommand{out: stdout},
 		&checkCommand{out: stdout},
 		&verifyCommand{out: stdout},
-		&demoCommand{out: stdout},
-	}
+	}, append(roleCommands(stdout), &demoCommand{out: stdout})...)
 }
 
 func main() {

@@ -1,0 +1,273 @@
+package live
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/understudy-dev/understudy/pgconf"
+	"github.com/understudy-dev/understudy/pgops"
+)
+
+// Promote makes the standby `to` the primary when the primary is lost. It
+// refuses while another node is up and writable, unless Fence is set: then
+// that node is stopped and marked a standby first (standby.signal), so it
+// can never come back as a primary on its own. A primary that is down is
+// marked the same way when its files can be reached. It reports how much
+// WAL may be lost: what the old primary wrote that the standby never got.
+func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResult, error) {
+	o.defaults()
+	st, err := Gather(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	s := st.Node(to)
+	if s == nil {
+		return nil, fmt.Errorf("there is no node %q", to)
+	}
+	if s.Role != "standby" {
+		return nil, fmt.Errorf("%s is not a running standby (%s): only a standby can be promoted", to, s.Role)
+	}
+	res := &RoleResult{NewPrimary: to}
+	newNode, _ := t.Cluster.Node(to)
+	lastKnown := map[string]string{}
+	for _, n := range st.Nodes {
+		if n.Name == to {
+			continue
+		}
+		switch {
+		case n.Role == "primary":
+			res.OldPrimary = n.Name
+			if !o.Fence {
+				return nil, fmt.Errorf("%s is up and accepts writes: promoting %s now would make two primaries. For a planned swap with no loss run `understudy switchover %s`; if %s must be taken out, re-run with --fence (it stops %s and marks it a standby of %s)", n.Name, to, to, n.Name, n.Name, to)
+			}
+			lastKnown[n.Name] = n.Facts.CurrentLSN
+		case !n.Reachable && n.Running != nil && *n.Running && !o.Fence:
+			return nil, fmt.Errorf("%s runs but does not answer (%s): it may still accept writes from apps that reach it. Stop it, or re-run with --fence to have understudy stop and mark it", n.Name, firstLine(n.Error))
+		}
+	}
+	// Fence every node that is not the new primary and not a healthy standby.
+	for _, n := range st.Nodes {
+		if n.Name == to || n.Role == "standby" {
+			continue
+		}
+		if res.OldPrimary == "" {
+			res.OldPrimary = n.Name
+		}
+		if err := fence(ctx, t, n.Name, newNode, o); err != nil {
+			return nil, err
+		}
+	}
+	sc, err := t.Control.Conn(ctx, to)
+	if err != nil {
+		return nil, err
+	}
+	defer sc.Close(context.WithoutCancel(ctx))
+	var recv string
+	if err := sc.QueryRow(ctx, `SELECT coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text`).Scan(&recv); err != nil {
+		return nil, fmt.Errorf("reading %s's WAL position: %w", to, err)
+	}
+	if res.OldPrimary != "" {
+		res.Lost = lossReport(ctx, t, res.OldPrimary, to, recv, lastKnown[res.OldPrimary], s.Facts.Timeline)
+		say(o, "  %s", res.Lost)
+	}
+	var ok bool
+	start := time.Now()
+	if err := sc.QueryRow(ctx, `SELECT pg_promote(true, 60)`).Scan(&ok); err != nil || !ok {
+		return res, fmt.Errorf("promoting %s failed: %v; read its log", to, err)
+	}
+	say(o, "  ✓ %s promoted in %d ms: it accepts writes", to, time.Since(start).Milliseconds())
+	for _, n := range t.Cluster.Nodes {
+		if n.Name == to {
+			continue
+		}
+		if _, err := pgops.EnsureSlot(ctx, sc, n.Slot()); err != nil {
+			return res, err
+		}
+	}
+	if err := repointOthers(ctx, t, st, res.OldPrimary, to, o); err != nil {
+		return res, err
+	}
+	res.Routing = Routing(t.Cluster, to)
+	if res.OldPrimary != "" {
+		res.Routing += fmt.Sprintf("\nWhen %s is back, bring it in as a standby: understudy rejoin %s", res.OldPrimary, res.OldPrimary)
+	}
+	return res, nil
+}
+
+// fence stops a node and marks it a standby of upstream. A node whose files
+// cannot be reached is left to its boot script, which refuses to start a
+// second primary while another node is one.
+func fence(ctx context.Context, t Target, node string, upstream pgconf.Node, o RoleOptions) error {
+	running, err := t.Control.Running(ctx, node)
+	if err != nil {
+		say(o, "  ! cannot tell whether %s runs (%v); its boot script will refuse to start it as a second primary", node, err)
+		return nil
+	}
+	if running {
+		if err := t.Control.Stop(ctx, node); err != nil {
+			return fmt.Errorf("fencing %s: stopping it failed: %w; nothing was promoted", node, err)
+		}
+		say(o, "  ✓ stopped %s", node)
+	}
+	n, _ := t.Cluster.Node(node)
+	note := fmt.Sprintf("fenced by understudy promote at %s: %s took over as the primary", time.Now().UTC().Format(time.RFC3339), upstream.Name)
+	if _, err := t.Control.Run(ctx, node, pgconf.FollowScript(t.Cluster, n, upstream, note)); err != nil {
+		say(o, "  ! could not mark %s as a standby (%v); its boot script will still refuse to start it as a second primary while %s is one", node, firstLine(err.Error()), upstream.Name)
+		return nil
+	}
+	say(o, "  ✓ fenced %s: marked a standby of %s, so it can only come back read-only", node, upstream.Name)
+	return nil
+}
+
+var walEndRE = regexp.MustCompile(`(?:invalid record length|invalid magic number|record with incorrect prev-link|invalid resource manager ID|contrecord is requested|zero-length record|record length) at ([0-9A-F]+/[0-9A-F]+)|at ([0-9A-F]+/[0-9A-F]+): (?:invalid|unexpected)`)
+
+// lossReport compares the last WAL position each side knew.
+func lossReport(ctx context.Context, t Target, old, to, recv, known string, tli int) string {
+	r, _ := ParseLSN(recv)
+	end := known
+	if end == "" {
+		out, err := t.Control.Run(ctx, old, pgconf.EndOfWALScript(recv, tli))
+		if m := walEndRE.FindStringSubmatch(out); err == nil && m != nil {
+			end = m[1] + m[2]
+		} else if strings.Contains(out, "could not find a valid record after") {
+			end = recv
+		}
+	}
+	if end == "" {
+		return fmt.Sprintf("%s has WAL up to %s. %s's own WAL could not be read, so what it wrote after that is unknown and would be lost", to, recv, old)
+	}
+	e, err := ParseLSN(end)
+	if err != nil || e <= r {
+		return fmt.Sprintf("nothing lost: %s had received all of %s's WAL (up to %s)", to, old, recv)
+	}
+	return fmt.Sprintf("%s has WAL up to %s, but %s's WAL goes on to %s: %s of changes never reached %s and will not be in the new primary", to, recv, old, end, bytesText(int64(e-r)), to)
+}
+
+// Rejoin brings a former primary (or a standby that fell off) back as a
+// standby of the current primary: a plain re-point when it stopped cleanly
+// before the switch, pg_rewind when it diverged, and a fresh clone (the old
+// files set aside, not deleted) when rewinding cannot work.
+func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleResult, error) {
+	o.defaults()
+	st, err := Gather(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	n := st.Node(node)
+	if n == nil {
+		return nil, fmt.Errorf("there is no node %q", node)
+	}
+	prim := st.Primary
+	if prim == "" || prim == node {
+		others := []string{}
+		for _, x := range st.Nodes {
+			if x.Role == "primary" && x.Name != node {
+				others = append(others, x.Name)
+			}
+		}
+		if len(others) != 1 {
+			return nil, errors.New("rejoin needs exactly one other node that is the primary; run `understudy check`")
+		}
+		prim = others[0]
+		if !o.Fence {
+			return nil, fmt.Errorf("%s accepts writes, and so does %s: rejoining %s discards what was written to it since they split. Re-run with --fence if %s is the one to keep", node, prim, node, prim)
+		}
+	}
+	res := &RoleResult{NewPrimary: prim, OldPrimary: node}
+	pn, _ := t.Cluster.Node(prim)
+	me, _ := t.Cluster.Node(node)
+	p := st.Node(prim)
+	for _, r := range p.Replication {
+		if r.Name == node && r.State == "streaming" {
+			res.Path = "nothing to do: it already streams from " + prim
+			return res, nil
+		}
+	}
+	pc, err := t.Control.Conn(ctx, prim)
+	if err != nil {
+		return nil, err
+	}
+	defer pc.Close(context.WithoutCancel(ctx))
+	if _, err := pgops.EnsureSlot(ctx, pc, me.Slot()); err != nil {
+		return nil, err
+	}
+	if run, _ := t.Control.Running(ctx, node); run {
+		if err := t.Control.Stop(ctx, node); err != nil {
+			return nil, fmt.Errorf("stopping %s to rejoin it: %w", node, err)
+		}
+	}
+	cd, err := controlData(ctx, t, node)
+	switch {
+	case err != nil:
+		res.Path = fmt.Sprintf("fresh clone: its control file could not be read (%v)", firstLine(err.Error()))
+	case cd.Timeline == p.Facts.Timeline:
+		res.Path = fmt.Sprintf("re-point: it is on the primary's timeline %d, so it only has to follow", cd.Timeline)
+	default:
+		switchpoint, herr := switchpointFor(ctx, pc, p.Facts.Timeline, cd.Timeline)
+		ck, _ := ParseLSN(cd.CheckpointLSN)
+		if herr == nil && cd.State == "shut down" && ck < switchpoint {
+			res.Path = fmt.Sprintf("re-point: it shut down cleanly at %s, before %s took over at %s, so nothing diverged and no pg_rewind is needed", cd.CheckpointLSN, prim, lsnText(switchpoint))
+		} else {
+			why := fmt.Sprintf("its control file says %q at %s on timeline %d", cd.State, cd.CheckpointLSN, cd.Timeline)
+			out, rerr := t.Control.Run(ctx, node, pgconf.RewindScript(t.Cluster, pn))
+			if rerr == nil {
+				if strings.Contains(out, "no rewind required") {
+					res.Path = "re-point: pg_rewind found nothing to undo (" + why + ")"
+				} else {
+					res.Path = "pg_rewind: it may have written WAL the new primary never got (" + why + "); those changes were undone"
+				}
+			} else {
+				res.Path = fmt.Sprintf("fresh clone: pg_rewind could not run (%s)", lastLine(out))
+			}
+		}
+	}
+	if strings.HasPrefix(res.Path, "fresh clone") {
+		stamp := time.Now().UTC().Format("20060102T150405Z")
+		if _, err := t.Control.Run(ctx, node, pgconf.SetAsideScript(stamp)); err != nil {
+			return res, fmt.Errorf("setting %s's old files aside for a fresh clone: %w", node, err)
+		}
+		res.Path += fmt.Sprintf("; its old files are kept in .understudy-old-%s inside its data directory (remove them once the standby is healthy)", stamp)
+	} else if _, err := t.Control.Run(ctx, node, pgconf.FollowScript(t.Cluster, me, pn, "")); err != nil {
+		return res, err
+	}
+	say(o, "  path: %s", res.Path)
+	if err := t.Control.Start(ctx, node); err != nil {
+		return res, err
+	}
+	if err := waitFollowers(ctx, Target{Cluster: pgconf.Cluster{Nodes: []pgconf.Node{pn, me}}, Control: t.Control}, pc, prim, o.Timeout); err != nil {
+		return res, err
+	}
+	say(o, "  ✓ %s streams from %s", node, prim)
+	res.Routing = Routing(t.Cluster, prim)
+	return res, nil
+}
+
+// switchpointFor reads the primary's timeline history and returns where
+// timeline `from` ended.
+func switchpointFor(ctx context.Context, pc *pgx.Conn, current, from int) (uint64, error) {
+	var hist string
+	err := pc.QueryRow(ctx, `SELECT pg_read_file('pg_wal/' || lpad(upper(to_hex($1::int)), 8, '0') || '.history')`, current).Scan(&hist)
+	if err != nil {
+		return 0, fmt.Errorf("reading timeline %d's history: %w", current, err)
+	}
+	for _, line := range strings.Split(hist, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == strconv.Itoa(from) {
+			return ParseLSN(f[1])
+		}
+	}
+	return 0, fmt.Errorf("timeline %d is not in timeline %d's history: the node belongs to another branch", from, current)
+}
+
+func lsnText(v uint64) string { return fmt.Sprintf("%X/%X", v>>32, uint32(v)) }
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}

@@ -1,0 +1,350 @@
+package live
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/understudy-dev/understudy/pgconf"
+	"github.com/understudy-dev/understudy/pgops"
+)
+
+// RoleOptions control switchover, promote and rejoin.
+type RoleOptions struct {
+	Out         io.Writer
+	Timeout     time.Duration // per wait; default 2 minutes
+	MaxLagBytes int64         // switchover refuses a standby further behind; default 16 MB
+	Fence       bool          // promote: stop and fence a primary that is still up
+	// AfterStop, when set, runs once the old primary has stopped during a
+	// switchover, before anything else: the tests use it to interrupt or
+	// kill at that point.
+	AfterStop func()
+}
+
+func (o *RoleOptions) defaults() {
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 2 * time.Minute
+	}
+	if o.MaxLagBytes == 0 {
+		o.MaxLagBytes = 16 << 20
+	}
+}
+
+// RoleResult is what a role change did.
+type RoleResult struct {
+	OldPrimary, NewPrimary string
+	WriteOutage            time.Duration // from the old primary's stop to the new one's promotion
+	Path                   string        // rejoin: re-point, rewind or clone, and why
+	Lost                   string        // promote: what may be lost
+	Routing                string        // the connection URL that keeps working
+}
+
+func say(o RoleOptions, format string, a ...any) { fmt.Fprintf(o.Out, format+"\n", a...) }
+
+// ControlData is the part of pg_controldata a role change reads.
+type ControlData struct {
+	State         string // "shut down", "in production", "shut down in recovery", ...
+	CheckpointLSN string // Latest checkpoint location
+	Timeline      int    // Latest checkpoint's TimeLineID
+}
+
+// ParseControlData reads pg_controldata's output.
+func ParseControlData(out string) (ControlData, error) {
+	var cd ControlData
+	for _, line := range strings.Split(out, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		switch strings.TrimSpace(k) {
+		case "Database cluster state":
+			cd.State = v
+		case "Latest checkpoint location":
+			cd.CheckpointLSN = v
+		case "Latest checkpoint's TimeLineID":
+			cd.Timeline, _ = strconv.Atoi(v)
+		}
+	}
+	if cd.State == "" || cd.CheckpointLSN == "" {
+		return cd, fmt.Errorf("pg_controldata output not understood: %.200q", out)
+	}
+	return cd, nil
+}
+
+// ParseLSN reads "X/Y" into a number.
+func ParseLSN(s string) (uint64, error) {
+	hi, lo, ok := strings.Cut(strings.TrimSpace(s), "/")
+	if !ok {
+		return 0, fmt.Errorf("%q is not an LSN", s)
+	}
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	l, err2 := strconv.ParseUint(lo, 16, 32)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("%q is not an LSN", s)
+	}
+	return h<<32 | l, nil
+}
+
+func controlData(ctx context.Context, t Target, node string) (ControlData, error) {
+	out, err := t.Control.Run(ctx, node, pgconf.ControlDataScript)
+	if err != nil {
+		return ControlData{}, fmt.Errorf("reading %s's control file: %w", node, err)
+	}
+	return ParseControlData(out)
+}
+
+// Routing is the advice printed after a role change.
+func Routing(c pgconf.Cluster, primary string) string {
+	var hosts []string
+	for _, n := range c.Nodes {
+		hosts = append(hosts, fmt.Sprintf("%s:%d", n.Addr, n.Port))
+	}
+	return fmt.Sprintf("%s is the primary now. An app whose DATABASE_URL lists every node with target_session_attrs=read-write\n"+
+		"  postgres://USER:PASSWORD@%s/DB?target_session_attrs=read-write\n"+
+		"finds it by itself on its next connection: no redeploy. An app that names one host needs that host changed to %s and a redeploy (kamal deploy).",
+		primary, strings.Join(hosts, ","), primary)
+}
+
+// Switchover swaps the primary and the standby `to` with no lost commit:
+// preflight, CHECKPOINT, clean stop of the primary, proof that the standby
+// has everything up to the old primary's shutdown checkpoint, promote, and
+// the old primary back as a standby of the new one without pg_rewind
+// (research/postgres.md §2.10). Anything failing before the promote rolls
+// back: the old primary starts again as the primary.
+func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResult, error) {
+	o.defaults()
+	st, err := Gather(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	old := st.Primary
+	if err := preflight(st, t, to, o); err != nil {
+		return nil, fmt.Errorf("switchover refused, nothing was changed: %w", err)
+	}
+	res := &RoleResult{OldPrimary: old, NewPrimary: to}
+	sc, err := t.Control.Conn(ctx, to)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { sc.Close(context.WithoutCancel(ctx)) }()
+	// Slots on the future primary for every other node, so none of them
+	// loses WAL after the swap. Physical slots can be made on a standby.
+	for _, n := range t.Cluster.Nodes {
+		if n.Name == to {
+			continue
+		}
+		if created, err := pgops.EnsureSlot(ctx, sc, n.Slot()); err != nil {
+			return nil, fmt.Errorf("switchover refused, nothing else was changed: %w", err)
+		} else if created {
+			say(o, "  ✓ slot %s created on %s for after the swap", n.Slot(), to)
+		}
+	}
+	pc, err := t.Control.Conn(ctx, old)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := pc.Exec(ctx, "CHECKPOINT"); err != nil {
+		pc.Close(ctx)
+		return nil, fmt.Errorf("switchover refused: CHECKPOINT on %s failed: %w", old, err)
+	}
+	pc.Close(ctx)
+
+	// From here on, an interruption must not leave the cluster without a
+	// primary: the rest runs to the end (or rolls back) even if ctx ends.
+	cctx := context.WithoutCancel(ctx)
+	start := time.Now()
+	say(o, "stopping %s cleanly (writes pause now)", old)
+	if err := t.Control.Stop(cctx, old); err != nil {
+		return nil, rollback(cctx, t, old, o, fmt.Errorf("stopping %s: %w", old, err))
+	}
+	if o.AfterStop != nil {
+		o.AfterStop()
+	}
+	if ctx.Err() != nil {
+		return nil, rollback(cctx, t, old, o, fmt.Errorf("interrupted after %s stopped: %w", old, ctx.Err()))
+	}
+	cd, err := controlData(cctx, t, old)
+	if err != nil {
+		return nil, rollback(cctx, t, old, o, err)
+	}
+	if cd.State != "shut down" {
+		return nil, rollback(cctx, t, old, o, fmt.Errorf("%s did not shut down cleanly (its control file says %q), so the standby cannot be proven complete", old, cd.State))
+	}
+	ckpt, _ := ParseLSN(cd.CheckpointLSN)
+	// The walsender sends up to and including the shutdown checkpoint
+	// before it exits, so a complete standby has received past its start.
+	var recv, replay string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if err := sc.QueryRow(cctx, `SELECT coalesce(pg_last_wal_receive_lsn()::text, '0/0'), coalesce(pg_last_wal_replay_lsn()::text, '0/0')`).Scan(&recv, &replay); err != nil {
+			return nil, rollback(cctx, t, old, o, fmt.Errorf("reading %s's WAL position: %w", to, err))
+		}
+		r, _ := ParseLSN(recv)
+		p, _ := ParseLSN(replay)
+		if r > ckpt && p >= r {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, rollback(cctx, t, old, o, fmt.Errorf("%s received WAL up to %s and replayed to %s, short of %s's shutdown checkpoint at %s", to, recv, replay, old, cd.CheckpointLSN))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	say(o, "  ✓ %s has all of %s's WAL (shutdown checkpoint %s, received %s)", to, old, cd.CheckpointLSN, recv)
+	var promoted bool
+	if err := sc.QueryRow(cctx, `SELECT pg_promote(true, 60)`).Scan(&promoted); err != nil || !promoted {
+		return nil, rollback(cctx, t, old, o, fmt.Errorf("promoting %s failed (%v); if %s is writable now, do not start %s: run `understudy rejoin %s`", to, err, to, old, old))
+	}
+	res.WriteOutage = time.Since(start)
+	say(o, "  ✓ %s promoted: writable again after %d ms", to, res.WriteOutage.Milliseconds())
+
+	newNode, _ := t.Cluster.Node(to)
+	oldNode, _ := t.Cluster.Node(old)
+	if _, err := t.Control.Run(cctx, old, pgconf.FollowScript(t.Cluster, oldNode, newNode, "")); err != nil {
+		return res, fmt.Errorf("%s is the primary, but pointing %s at it failed: %w. Run `understudy rejoin %s`", to, old, err, old)
+	}
+	if err := t.Control.Start(cctx, old); err != nil {
+		return res, fmt.Errorf("%s is the primary, but starting %s as its standby failed: %w. Run `understudy rejoin %s`", to, old, err, old)
+	}
+	if err := repointOthers(cctx, t, st, old, to, o); err != nil {
+		return res, err
+	}
+	if err := waitFollowers(cctx, t, sc, to, o.Timeout); err != nil {
+		return res, err
+	}
+	say(o, "  ✓ %s streams from %s, without pg_rewind", old, to)
+	res.Routing = Routing(t.Cluster, to)
+	return res, nil
+}
+
+// preflight refuses a switchover that could lose a commit or leave a
+// node unable to follow.
+func preflight(st *Status, t Target, to string, o RoleOptions) error {
+	if st.Primary == "" {
+		return errors.New("there is no single writable primary (run `understudy check`); for a lost primary use `understudy promote`")
+	}
+	if st.Primary == to {
+		return fmt.Errorf("%s is already the primary", to)
+	}
+	s := st.Node(to)
+	if s == nil {
+		return fmt.Errorf("there is no node %q", to)
+	}
+	if s.Role != "standby" {
+		return fmt.Errorf("%s is not a running standby (%s)", to, s.Role)
+	}
+	p := st.Node(st.Primary)
+	var rep *pgops.Replication
+	for i := range p.Replication {
+		if p.Replication[i].Name == to {
+			rep = &p.Replication[i]
+		}
+	}
+	if rep == nil || rep.State != "streaming" {
+		return fmt.Errorf("%s is not streaming from %s; fix that first (`understudy check` says why)", to, st.Primary)
+	}
+	if rep.LagBytes > o.MaxLagBytes {
+		return fmt.Errorf("%s is %s behind %s (limit %s); the switchover would wait that long with writes stopped. Try again when it has caught up", to, bytesText(rep.LagBytes), st.Primary, bytesText(o.MaxLagBytes))
+	}
+	for _, f := range Check(st, t.Cluster, DefaultThresholds) {
+		switch f.Code {
+		case "parity", "split-brain", "other-cluster", "hba-error":
+			return fmt.Errorf("%s: %s (fix: %s)", f.Code, f.Problem, f.Fix)
+		}
+	}
+	for _, n := range t.Cluster.Nodes {
+		if n.Name == to {
+			continue
+		}
+		if v, ok := s.HBA[n.Name]; ok && !v.Allowed {
+			return fmt.Errorf("%s's pg_hba file does not let %s connect for replication (%s), so %s could not follow it", to, n.Name, describeVerdict(v), n.Name)
+		}
+	}
+	return nil
+}
+
+// rollback starts the old primary again after a failed switchover.
+func rollback(ctx context.Context, t Target, old string, o RoleOptions, cause error) error {
+	say(o, "  ✗ %v; rolling back: starting %s again as the primary", cause, old)
+	if err := t.Control.Start(ctx, old); err != nil {
+		return fmt.Errorf("switchover failed (%v) and %s did not start again: %w. Start it (`understudy apply`) before anything else", cause, old, err)
+	}
+	inRecovery, err := WaitReady(ctx, t.Control, old, o.Timeout)
+	if err != nil {
+		return fmt.Errorf("switchover failed (%v) and %s is not answering after its restart: %w", cause, old, err)
+	}
+	if inRecovery {
+		return fmt.Errorf("switchover failed (%v) and %s came back as a standby; run `understudy check`", cause, old)
+	}
+	return fmt.Errorf("switchover rolled back, %s is the primary again and nothing was lost: %w", old, cause)
+}
+
+// repointOthers makes every other running standby follow the new primary:
+// primary_conninfo is reloadable (13+), so no restart.
+func repointOthers(ctx context.Context, t Target, st *Status, old, to string, o RoleOptions) error {
+	newNode, _ := t.Cluster.Node(to)
+	for _, n := range t.Cluster.Nodes {
+		if n.Name == old || n.Name == to || st.Node(n.Name).Role != "standby" {
+			continue
+		}
+		c, err := t.Control.Conn(ctx, n.Name)
+		if err != nil {
+			return fmt.Errorf("re-pointing %s at %s: %w", n.Name, to, err)
+		}
+		// Keep the passfile the node already uses.
+		var cur string
+		c.QueryRow(ctx, "SHOW primary_conninfo").Scan(&cur)
+		passfile := "/var/run/postgresql/understudy.pgpass"
+		for _, f := range strings.Fields(cur) {
+			if p, ok := strings.CutPrefix(f, "passfile="); ok {
+				passfile = p
+			}
+		}
+		ci := pgconf.Conninfo(t.Cluster, n, newNode, passfile)
+		_, err = c.Exec(ctx, "ALTER SYSTEM SET primary_conninfo = "+quoteLiteral(ci))
+		if err == nil {
+			_, err = c.Exec(ctx, "SELECT pg_reload_conf()")
+		}
+		c.Close(ctx)
+		if err != nil {
+			return fmt.Errorf("re-pointing %s at %s: %w", n.Name, to, err)
+		}
+		say(o, "  ✓ %s now follows %s (reloaded, no restart)", n.Name, to)
+	}
+	return nil
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// waitFollowers waits until every other node streams from the primary.
+func waitFollowers(ctx context.Context, t Target, pc *pgx.Conn, primary string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for _, n := range t.Cluster.Nodes {
+		if n.Name == primary {
+			continue
+		}
+		for {
+			var state string
+			err := pc.QueryRow(ctx, `SELECT coalesce((SELECT state FROM pg_stat_replication WHERE application_name = $1 LIMIT 1), '')`, n.Name).Scan(&state)
+			if err != nil {
+				return fmt.Errorf("reading pg_stat_replication on %s: %w", primary, err)
+			}
+			if state == "streaming" {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s is the primary, but %s is not streaming from it after %s (state %q): run `understudy rejoin %s`", primary, n.Name, timeout, state, n.Name)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return nil
+}
