@@ -403,9 +403,9 @@ func (l *Lab) Stop(ctx context.Context, node string) error {
 	if pid := l.postmasterPID(node); pid > 0 && alive(pid) {
 		stop := exec.CommandContext(ctx, filepath.Join(l.Bin, "pg_ctl"), "-D", l.DataDir(node), "-m", "fast", "-w", "-t", "120", "stop")
 		stop.SysProcAttr = &syscall.SysProcAttr{Credential: l.cred}
-		if out, err := stop.CombinedOutput(); err != nil {
+		if out, err := stop.CombinedOutput(); err != nil && alive(pid) {
 			return fmt.Errorf("stopping %s with pg_ctl: %v: %s", l.Where(node), err, strings.TrimSpace(string(out)))
-		}
+		} // else it is gone (it may have died on its own meanwhile)
 	}
 	if pid := l.bootPID(node); pid > 0 {
 		syscall.Kill(-pid, syscall.SIGTERM) // the process group the lab created for it
@@ -436,7 +436,22 @@ func (l *Lab) Kill(node string) error {
 	if pid <= 0 || !alive(pid) {
 		return fmt.Errorf("%s is not running", l.Where(node))
 	}
-	return syscall.Kill(pid, syscall.SIGKILL)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(10 * time.Second); alive(pid) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	l.mu.Lock()
+	done := l.done[node]
+	l.mu.Unlock()
+	if done != nil {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	return nil
 }
 
 // Conn connects to a node as the superuser over its local socket.
@@ -509,4 +524,16 @@ func (l *Lab) Tool(ctx context.Context, node, program string, args ...string) (*
 	cmd.Dir = l.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: l.cred}
 	return cmd, nil
+}
+
+// AppConnString is how an app reaches the lab: every node, and
+// target_session_attrs=read-write, as the DATABASE_URL understudy advises.
+func (l *Lab) AppConnString() string {
+	var hosts, ports []string
+	for _, n := range l.Cluster.Nodes {
+		hosts = append(hosts, l.sockDir(n.Name))
+		ports = append(ports, strconv.Itoa(n.Port))
+	}
+	return fmt.Sprintf("host=%s port=%s user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2",
+		strings.Join(hosts, ","), strings.Join(ports, ","))
 }

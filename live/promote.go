@@ -215,6 +215,12 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 			res.Path = fmt.Sprintf("re-point: it shut down cleanly at %s, before %s took over at %s, so nothing diverged and no pg_rewind is needed", cd.CheckpointLSN, prim, lsnText(switchpoint))
 		} else {
 			why := fmt.Sprintf("its control file says %q at %s on timeline %d", cd.State, cd.CheckpointLSN, cd.Timeline)
+			// Before 16, pg_rewind reads the source's timeline from its last
+			// checkpoint, which a fresh promotion has not written yet
+			// (research/postgres.md §2.5).
+			if _, err := pc.Exec(ctx, "CHECKPOINT"); err != nil {
+				return res, fmt.Errorf("CHECKPOINT on %s before pg_rewind: %w", prim, err)
+			}
 			out, rerr := t.Control.Run(ctx, node, pgconf.RewindScript(t.Cluster, pn))
 			if rerr == nil {
 				if strings.Contains(out, "no rewind required") {

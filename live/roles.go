@@ -20,10 +20,9 @@ type RoleOptions struct {
 	Timeout     time.Duration // per wait; default 2 minutes
 	MaxLagBytes int64         // switchover refuses a standby further behind; default 16 MB
 	Fence       bool          // promote: stop and fence a primary that is still up
-	// AfterStop, when set, runs once the old primary has stopped during a
-	// switchover, before anything else: the tests use it to interrupt or
-	// kill at that point.
-	AfterStop func()
+	// Hook, when set, is called at named points of a switchover
+	// ("before-stop", "after-stop"): the tests interrupt or kill there.
+	Hook func(stage string)
 }
 
 func (o *RoleOptions) defaults() {
@@ -45,6 +44,12 @@ type RoleResult struct {
 	Path                   string        // rejoin: re-point, rewind or clone, and why
 	Lost                   string        // promote: what may be lost
 	Routing                string        // the connection URL that keeps working
+}
+
+func (o RoleOptions) hook(stage string) {
+	if o.Hook != nil {
+		o.Hook(stage)
+	}
 }
 
 func say(o RoleOptions, format string, a ...any) { fmt.Fprintf(o.Out, format+"\n", a...) }
@@ -161,14 +166,13 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 	// From here on, an interruption must not leave the cluster without a
 	// primary: the rest runs to the end (or rolls back) even if ctx ends.
 	cctx := context.WithoutCancel(ctx)
+	o.hook("before-stop")
 	start := time.Now()
 	say(o, "stopping %s cleanly (writes pause now)", old)
 	if err := t.Control.Stop(cctx, old); err != nil {
 		return nil, rollback(cctx, t, old, o, fmt.Errorf("stopping %s: %w", old, err))
 	}
-	if o.AfterStop != nil {
-		o.AfterStop()
-	}
+	o.hook("after-stop")
 	if ctx.Err() != nil {
 		return nil, rollback(cctx, t, old, o, fmt.Errorf("interrupted after %s stopped: %w", old, ctx.Err()))
 	}
@@ -324,16 +328,23 @@ func repointOthers(ctx context.Context, t Target, st *Status, old, to string, o 
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
-// waitFollowers waits until every other node streams from the primary.
+// waitFollowers waits until every other node streams from the primary and
+// has replayed past where the primary's WAL was when the wait began (so a
+// node stuck on an old timeline does not count).
 func waitFollowers(ctx context.Context, t Target, pc *pgx.Conn, primary string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	var target string
+	if err := pc.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&target); err != nil {
+		return fmt.Errorf("reading %s's WAL position: %w", primary, err)
+	}
 	for _, n := range t.Cluster.Nodes {
 		if n.Name == primary {
 			continue
 		}
 		for {
 			var state string
-			err := pc.QueryRow(ctx, `SELECT coalesce((SELECT state FROM pg_stat_replication WHERE application_name = $1 LIMIT 1), '')`, n.Name).Scan(&state)
+			err := pc.QueryRow(ctx, `SELECT coalesce((SELECT state || CASE WHEN replay_lsn >= $2::pg_lsn THEN '' ELSE ', behind' END
+				FROM pg_stat_replication WHERE application_name = $1 LIMIT 1), '')`, n.Name, target).Scan(&state)
 			if err != nil {
 				return fmt.Errorf("reading pg_stat_replication on %s: %w", primary, err)
 			}

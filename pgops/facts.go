@@ -51,8 +51,11 @@ func ReadFacts(ctx context.Context, c *pgx.Conn) (Facts, error) {
 	f := Facts{Settings: map[string]string{}}
 	var sysid int64
 	var lsn1, lsn2, lsn3 *string
+	// A primary's timeline is the one its WAL is written on now (the
+	// checkpoint's lags behind a promotion until the next checkpoint).
 	err := c.QueryRow(ctx, `SELECT version(), (SELECT system_identifier FROM pg_control_system()),
-		pg_is_in_recovery(), (SELECT timeline_id FROM pg_control_checkpoint()),
+		pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())
+			ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
 		CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
 		pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
 		pg_last_xact_replay_timestamp(), current_setting('data_checksums') = 'on'`).

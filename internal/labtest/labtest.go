@@ -192,3 +192,42 @@ func Tool(t testing.TB, l *lab.Lab, node, program string, args ...string) string
 	}
 	return string(out)
 }
+
+// WatchWritable samples every node's pg_is_in_recovery() every few
+// milliseconds until stop is called, and fails the test if any round finds
+// more than one writable node. It returns the number of rounds taken.
+func WatchWritable(t testing.TB, l *lab.Lab) (stop func() int) {
+	t.Helper()
+	done := make(chan struct{})
+	result := make(chan int, 1)
+	go func() {
+		rounds := 0
+		for {
+			select {
+			case <-done:
+				result <- rounds
+				return
+			default:
+			}
+			var writable []string
+			for _, n := range l.Cluster.Nodes {
+				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+				c, err := l.Conn(ctx, n.Name)
+				if err == nil {
+					var rec bool
+					if c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec) == nil && !rec {
+						writable = append(writable, n.Name)
+					}
+					c.Close(ctx)
+				}
+				cancel()
+			}
+			if len(writable) > 1 {
+				t.Errorf("two writable nodes at %s: %v", time.Now().Format("15:04:05.000"), writable)
+			}
+			rounds++
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	return func() int { close(done); return <-result }
+}
