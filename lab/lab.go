@@ -401,11 +401,24 @@ func (l *Lab) Stop(ctx context.Context, node string) error {
 		return err
 	}
 	if pid := l.postmasterPID(node); pid > 0 && alive(pid) {
-		stop := exec.CommandContext(ctx, filepath.Join(l.Bin, "pg_ctl"), "-D", l.DataDir(node), "-m", "fast", "-w", "-t", "120", "stop")
+		// pg_ctl sends the fast-shutdown signal; the wait is ours, at a finer
+		// grain than pg_ctl's 100 ms, since it is part of a switchover's pause.
+		stop := exec.CommandContext(ctx, filepath.Join(l.Bin, "pg_ctl"), "-D", l.DataDir(node), "-m", "fast", "-W", "stop")
 		stop.SysProcAttr = &syscall.SysProcAttr{Credential: l.cred}
 		if out, err := stop.CombinedOutput(); err != nil && alive(pid) {
 			return fmt.Errorf("stopping %s with pg_ctl: %v: %s", l.Where(node), err, strings.TrimSpace(string(out)))
 		} // else it is gone (it may have died on its own meanwhile)
+		deadline := time.Now().Add(120 * time.Second)
+		for alive(pid) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s did not shut down within 120 s", l.Where(node))
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
 	}
 	if pid := l.bootPID(node); pid > 0 {
 		syscall.Kill(-pid, syscall.SIGTERM) // the process group the lab created for it

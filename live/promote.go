@@ -76,9 +76,8 @@ func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResu
 		res.Lost = lossReport(ctx, t, res.OldPrimary, to, recv, lastKnown[res.OldPrimary], s.Facts.Timeline)
 		say(o, "  %s", res.Lost)
 	}
-	var ok bool
 	start := time.Now()
-	if err := sc.QueryRow(ctx, `SELECT pg_promote(true, 60)`).Scan(&ok); err != nil || !ok {
+	if err := promote(ctx, sc); err != nil {
 		return res, fmt.Errorf("promoting %s failed: %v; read its log", to, err)
 	}
 	say(o, "  ✓ %s promoted in %d ms: it accepts writes", to, time.Since(start).Milliseconds())

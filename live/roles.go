@@ -172,6 +172,7 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 	if err := t.Control.Stop(cctx, old); err != nil {
 		return nil, rollback(cctx, t, old, o, fmt.Errorf("stopping %s: %w", old, err))
 	}
+	say(o, "  ✓ %s stopped (%d ms)", old, time.Since(start).Milliseconds())
 	o.hook("after-stop")
 	if ctx.Err() != nil {
 		return nil, rollback(cctx, t, old, o, fmt.Errorf("interrupted after %s stopped: %w", old, ctx.Err()))
@@ -202,9 +203,8 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	say(o, "  ✓ %s has all of %s's WAL (shutdown checkpoint %s, received %s)", to, old, cd.CheckpointLSN, recv)
-	var promoted bool
-	if err := sc.QueryRow(cctx, `SELECT pg_promote(true, 60)`).Scan(&promoted); err != nil || !promoted {
+	say(o, "  ✓ %s has all of %s's WAL (shutdown checkpoint %s, received %s; %d ms)", to, old, cd.CheckpointLSN, recv, time.Since(start).Milliseconds())
+	if err := promote(cctx, sc); err != nil {
 		return nil, rollback(cctx, t, old, o, fmt.Errorf("promoting %s failed (%v); if %s is writable now, do not start %s: run `understudy rejoin %s`", to, err, to, old, old))
 	}
 	res.WriteOutage = time.Since(start)
@@ -227,6 +227,29 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 	say(o, "  ✓ %s streams from %s, without pg_rewind", old, to)
 	res.Routing = Routing(t.Cluster, to)
 	return res, nil
+}
+
+// promote promotes a standby and waits until it accepts writes, polling
+// more finely than pg_promote(true)'s 100 ms, since this is the pause.
+func promote(ctx context.Context, c *pgx.Conn) error {
+	var ok bool
+	if err := c.QueryRow(ctx, `SELECT pg_promote(false)`).Scan(&ok); err != nil || !ok {
+		return fmt.Errorf("pg_promote: %v", err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var rec bool
+		if err := c.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&rec); err != nil {
+			return err
+		}
+		if !rec {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("still in recovery after 60 s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // preflight refuses a switchover that could lose a commit or leave a
