@@ -217,7 +217,9 @@ func (l *Lab) writeFiles() error {
 	for _, n := range l.Cluster.Nodes {
 		c := l.Cluster
 		c.DataDir = l.DataDir(n.Name)
-		files[n.Name+".conf"] = pgconf.Conf(c)
+		// The lab passes its address with -c; the file says the same, or a
+		// reload would flag listen_addresses as waiting for a restart.
+		files[n.Name+".conf"] = pgconf.Conf(c) + fmt.Sprintf("# lab: this node's own address\nlisten_addresses = '%s'\n", n.Addr)
 	}
 	for name, content := range files {
 		if err := atomicfile.Write(filepath.Join(l.Dir, "conf", name), []byte(content), 0o755); err != nil {

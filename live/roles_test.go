@@ -234,3 +234,31 @@ func TestPromoteRefusesLivePrimaryUnlessFenced(t *testing.T) {
 		t.Errorf("a cleanly fenced primary rejoined by %q", res.Path)
 	}
 }
+
+// With two standbys, the one left out follows the new primary (re-pointed
+// by a reload, no restart), and so does the old primary.
+func TestSwitchoverThreeNodesOthersFollow(t *testing.T) {
+	t.Parallel()
+	l := labtest.Up(t, labtest.Options{Names: []string{"db", "db-r1", "db-r2"}})
+	ctx := ctxT(t)
+	started := labtest.Query(t, l, "db-r2", "SELECT pg_postmaster_start_time()::text")
+	var out strings.Builder
+	if _, err := live.Switchover(ctx, l.Target(), "db-r1", live.RoleOptions{Out: &out}); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "db-r2 now follows db-r1") {
+		t.Errorf("db-r2 was not re-pointed:\n%s", out.String())
+	}
+	if got := labtest.Query(t, l, "db-r2", "SELECT pg_postmaster_start_time()::text"); got != started {
+		t.Error("db-r2 was restarted; a reload is enough")
+	}
+	labtest.Exec(t, l, "db-r1", "CREATE TABLE after_switch (i int)", "INSERT INTO after_switch VALUES (1)")
+	for _, n := range []string{"db", "db-r2"} {
+		labtest.WaitFor(t, 30*time.Second, n+" to replay the new primary's write", func() bool {
+			return labtest.Query(t, l, n, "SELECT (to_regclass('after_switch') IS NOT NULL)::text") == "true"
+		})
+	}
+	if fs := labtest.Findings(t, l, live.DefaultThresholds); len(fs) > 0 {
+		t.Errorf("after the switchover:\n%s", live.FindingsText(fs))
+	}
+}

@@ -71,3 +71,32 @@ func TestLiveCommandsWithoutTarget(t *testing.T) {
 		t.Errorf("check on a non-lab: exit %d: %s", code, out)
 	}
 }
+
+// switchover, promote and rejoin from the command line.
+func TestRoleCommandsOnLab(t *testing.T) {
+	l := labtest.Up(t, labtest.Options{})
+	out, code := runCLI(t, "switchover", "--lab", l.Dir)
+	if code != 1 || !strings.Contains(out, "name the node") {
+		t.Errorf("switchover without a node: exit %d: %s", code, out)
+	}
+	out, code = runCLI(t, "switchover", "db-replica", "--lab", l.Dir)
+	if code != 0 || !strings.Contains(out, "without pg_rewind") || !strings.Contains(out, "target_session_attrs=read-write") {
+		t.Fatalf("switchover: exit %d:\n%s", code, out)
+	}
+	out, code = runCLI(t, "promote", "--lab", l.Dir, "db")
+	if code != 1 || !strings.Contains(out, "two primaries") {
+		t.Errorf("promote with a live primary: exit %d:\n%s", code, out)
+	}
+	out, code = runCLI(t, "promote", "--lab", l.Dir, "--fence", "db")
+	if code != 0 || !strings.Contains(out, "fenced db-replica") || !strings.Contains(out, "understudy rejoin db-replica") {
+		t.Fatalf("promote --fence: exit %d:\n%s", code, out)
+	}
+	out, code = runCLI(t, "rejoin", "--lab", l.Dir, "db-replica")
+	if code != 0 || !strings.Contains(out, "db-replica: re-point") {
+		t.Fatalf("rejoin: exit %d:\n%s", code, out)
+	}
+	out, code = runCLI(t, "check", "--lab", l.Dir)
+	if code != 0 {
+		t.Errorf("check after the role changes: exit %d:\n%s", code, out)
+	}
+}
