@@ -83,7 +83,7 @@ func run(ctx context.Context, n, workers, pgbenchClients int, gap time.Duration)
 				cmd, _ := l.Tool(loadCtx, "db", "pgbench", "-n", "-c", fmt.Sprint(pgbenchClients), "-T", "600", app)
 				cmd.Run()
 				pgbenchRuns++
-				time.Sleep(10 * time.Millisecond)
+				time.Sleep(50 * time.Millisecond)
 			}
 		}()
 	}

@@ -68,7 +68,10 @@ func (l *Load) worker(ctx context.Context, conn string, id, step int64) {
 			if err != nil {
 				c = nil
 				l.fail()
-				time.Sleep(5 * time.Millisecond)
+				// Like a pool with a short backoff: hammering a node that is
+				// being promoted with connection attempts (each one a fork)
+				// would slow the promotion down.
+				time.Sleep(20 * time.Millisecond)
 				continue
 			}
 		}
