@@ -52,10 +52,16 @@ const ControlDataScript = `pg_controldata "$PGDATA"`
 func RewindScript(c Cluster, source Node) string {
 	return fmt.Sprintf(`set -eu
 PASSFILE="${UNDERSTUDY_RUN_DIR:-/var/run/postgresql}/understudy.pgpass"
+# In a fresh container (kamal accessory exec) the boot script has not written
+# the passfile; the password is in the accessory's env.
+if [ ! -s "$PASSFILE" ] && [ -n "${REPLICATION_PASSWORD:-}" ]; then
+	mkdir -p "$(dirname "$PASSFILE")"
+	( umask 077; printf '*:*:*:%%s:%%s\n' '%s' "$(printf '%%s' "$REPLICATION_PASSWORD" | sed 's/[\\:]/\\&/g')" >"$PASSFILE" )
+fi
 # pg_rewind's crash recovery runs a single-user server, which refuses standby mode.
 rm -f "$PGDATA/standby.signal"
 pg_rewind --target-pgdata="$PGDATA" --progress --source-server="host=%s port=%d user=%s dbname=postgres passfile=$PASSFILE connect_timeout=5" 2>&1
-`, source.Addr, source.Port, c.ReplUser)
+`, c.ReplUser, source.Addr, source.Port, c.ReplUser)
 }
 
 // SetAsideScript moves a cluster that cannot be rewound into
