@@ -234,6 +234,15 @@ func (a *applier) settings(ctx context.Context, c *pgx.Conn, node string) ([]str
 		}
 		return d, live, nil
 	}
+	if want := a.t.Cluster.ConfFile; want != "" {
+		cf, err := pgops.ReadSettings(ctx, c, []string{"config_file"})
+		if err != nil {
+			return nil, err
+		}
+		if got := cf["config_file"].Setting; got != want {
+			return []string{fmt.Sprintf("config_file %s → %s (it runs without understudy's boot script and settings file; a reboot uploads them and starts it with the new cmd)", got, want)}, nil
+		}
+	}
 	d, live, err := differs()
 	if err != nil || len(d) == 0 {
 		return nil, err
@@ -335,11 +344,17 @@ func (a *applier) restart(ctx context.Context, need map[string][]string, prim st
 	}
 	for _, n := range order {
 		start := time.Now()
-		if err := a.t.Control.Stop(ctx, n); err != nil {
-			return fmt.Errorf("stopping %s for its restart: %w", n, err)
-		}
-		if err := a.t.Control.Start(ctx, n); err != nil {
-			return fmt.Errorf("starting %s after stopping it for a restart: %w (start it with `understudy apply`)", n, err)
+		if rb, ok := a.t.Control.(Rebooter); ok {
+			if err := rb.Reboot(ctx, n); err != nil {
+				return fmt.Errorf("rebooting %s: %w (start it with `understudy apply`)", n, err)
+			}
+		} else {
+			if err := a.t.Control.Stop(ctx, n); err != nil {
+				return fmt.Errorf("stopping %s for its restart: %w", n, err)
+			}
+			if err := a.t.Control.Start(ctx, n); err != nil {
+				return fmt.Errorf("starting %s after stopping it for a restart: %w (start it with `understudy apply`)", n, err)
+			}
 		}
 		if _, err := WaitReady(ctx, a.t.Control, n, a.o.Timeout); err != nil {
 			return err

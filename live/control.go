@@ -33,6 +33,13 @@ type Control interface {
 	Run(ctx context.Context, node, script string) (string, error)
 }
 
+// Rebooter is implemented by controls whose restart must also bring new
+// files and command line (Kamal: accessory reboot). apply uses it for a
+// restart instead of Stop and Start.
+type Rebooter interface {
+	Reboot(ctx context.Context, node string) error
+}
+
 // Outsider is implemented by controls that can open a TCP connection from
 // an address that is not a node (the lab's third network namespace), so
 // verify can prove that the nodes refuse replication from anywhere else.

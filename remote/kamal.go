@@ -218,6 +218,12 @@ func (c *Control) Stop(ctx context.Context, node string) error {
 	return err
 }
 
+// Reboot re-creates the container with the current files, env and cmd.
+func (c *Control) Reboot(ctx context.Context, node string) error {
+	_, err := c.Runner.Run(ctx, c.Kamal.Reboot(node))
+	return err
+}
+
 // Run runs a role script in a fresh container with the accessory's volumes.
 func (c *Control) Run(ctx context.Context, node, script string) (string, error) {
 	return c.Runner.Run(ctx, c.Kamal.Exec(node, script))

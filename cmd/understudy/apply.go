@@ -31,12 +31,16 @@ func (c *applyCommand) Run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	t, _, err := tf.open()
+	t, err := tf.open(ctx)
 	if err != nil {
 		return err
 	}
+	defer t.close()
+	if err := t.forChange(ctx); err != nil {
+		return err
+	}
 	start := time.Now()
-	res, err := live.Apply(ctx, t, live.ApplyOptions{Yes: *yes, Confirm: confirmer(c.in, c.out), Out: c.out, Timeout: *timeout})
+	res, err := live.Apply(ctx, t.Target, live.ApplyOptions{Yes: *yes, Confirm: confirmer(c.in, c.out), Out: c.out, Timeout: *timeout})
 	if err != nil {
 		return err
 	}

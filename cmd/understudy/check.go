@@ -26,11 +26,12 @@ func (c *checkCommand) Run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	t, _, err := tf.open()
+	t, err := tf.open(ctx)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
-	st, err := live.Gather(ctx, t)
+	defer t.close()
+	st, err := live.Gather(ctx, t.Target)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}

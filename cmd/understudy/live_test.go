@@ -63,7 +63,7 @@ func TestLiveCommandsOnLab(t *testing.T) {
 func TestLiveCommandsWithoutTarget(t *testing.T) {
 	t.Setenv("UNDERSTUDY_LAB", t.TempDir())
 	out, code := runCLI(t, "status")
-	if code != 1 || !strings.Contains(out, "pass --lab DIR") {
+	if code != 1 || !strings.Contains(out, "--lab DIR") {
 		t.Errorf("status with no target: exit %d: %s", code, out)
 	}
 	out, code = runCLI(t, "check", "--lab", t.TempDir())

@@ -24,11 +24,12 @@ func (c *statusCommand) Run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	t, _, err := tf.open()
+	t, err := tf.open(ctx)
 	if err != nil {
 		return err
 	}
-	st, err := live.Gather(ctx, t)
+	defer t.close()
+	st, err := live.Gather(ctx, t.Target)
 	if err != nil {
 		return err
 	}

@@ -46,13 +46,17 @@ func (c *roleCommand) Run(ctx context.Context, args []string) error {
 	if node == "" {
 		return errors.New("name the node: understudy " + c.name + " NODE (`understudy status` lists them)")
 	}
-	t, _, err := tf.open()
+	t, err := tf.open(ctx)
 	if err != nil {
+		return err
+	}
+	defer t.close()
+	if err := t.forChange(ctx); err != nil {
 		return err
 	}
 	o.Out = c.out
 	start := time.Now()
-	res, err := c.run(ctx, t, node, o)
+	res, err := c.run(ctx, t.Target, node, o)
 	if err != nil {
 		return err
 	}

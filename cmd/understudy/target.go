@@ -1,13 +1,19 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
+	"github.com/understudy-dev/understudy/kamal"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
+	"github.com/understudy-dev/understudy/remote"
+	"github.com/understudy-dev/understudy/setup"
 )
 
 // defaultLabDir is where `lab up` puts a lab unless told otherwise, so the
@@ -19,25 +25,108 @@ func defaultLabDir() string {
 	return filepath.Join(os.TempDir(), "understudy-lab")
 }
 
-// targetFlags selects the nodes a live command works on.
-type targetFlags struct{ lab *string }
-
-func addTargetFlags(fs *flag.FlagSet) *targetFlags {
-	return &targetFlags{lab: fs.String("lab", "", "work on the local lab in this directory (`understudy lab up` makes one; default "+defaultLabDir()+")")}
+// targetFlags select the nodes a live command works on: a lab (--lab), or
+// the Kamal accessories of the app in --app (default: this directory).
+type targetFlags struct {
+	lab, app, config, dest *string
+	pgVersion              *int
 }
 
-// open returns the target and, for a lab, the lab.
-func (t *targetFlags) open() (live.Target, *lab.Lab, error) {
-	dir := *t.lab
-	if dir == "" {
-		if _, err := os.Stat(filepath.Join(defaultLabDir(), "lab.json")); err != nil {
-			return live.Target{}, nil, errors.New("no target: pass --lab DIR for a local lab (`understudy lab up` makes one). Driving Kamal accessories over SSH is not built yet")
-		}
-		dir = defaultLabDir()
+func addTargetFlags(fs *flag.FlagSet) *targetFlags {
+	return &targetFlags{
+		lab:       fs.String("lab", "", "work on the local lab in this directory (`understudy lab up` makes one)"),
+		app:       fs.String("app", "", "the Kamal app directory (holding config/deploy.yml); default: this directory"),
+		config:    fs.String("c", "config/deploy.yml", "Kamal config file, relative to the app directory"),
+		dest:      fs.String("d", "", "Kamal destination"),
+		pgVersion: fs.Int("pg-version", 0, "PostgreSQL major version, when the image tag does not say"),
 	}
+}
+
+// target is an opened target; close releases SSH connections.
+type target struct {
+	live.Target
+	lab   *lab.Lab
+	kamal *remote.Control
+	close func()
+}
+
+// open picks the target: --lab; else the app's deploy.yml when there is
+// one (--app or this directory); else the default lab.
+func (t *targetFlags) open(ctx context.Context) (*target, error) {
+	if *t.lab != "" {
+		return openLab(*t.lab)
+	}
+	app := *t.app
+	if app == "" {
+		if _, err := os.Stat(*t.config); err != nil {
+			if _, err := os.Stat(filepath.Join(defaultLabDir(), "lab.json")); err == nil {
+				return openLab(defaultLabDir())
+			}
+			return nil, errors.New("no target: run in the app directory (with config/deploy.yml), pass --app DIR, or --lab DIR for a local lab (`understudy lab up` makes one)")
+		}
+		app = "."
+	}
+	return openKamal(ctx, app, *t.config, *t.dest, *t.pgVersion)
+}
+
+func openLab(dir string) (*target, error) {
 	l, err := lab.Open(dir)
 	if err != nil {
-		return live.Target{}, nil, err
+		return nil, err
 	}
-	return l.Target(), l, nil
+	return &target{Target: l.Target(), lab: l, close: func() {}}, nil
+}
+
+// openKamal reads the deployment init wrote, resolves the two passwords
+// the way Kamal resolves secrets, and reaches the nodes over SSH.
+func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*target, error) {
+	abs, err := filepath.Abs(app)
+	if err != nil {
+		return nil, err
+	}
+	d, err := setup.LoadDeployed(kamal.DirSource(abs), setup.Options{ConfigPath: config, Destination: dest, Env: os.LookupEnv, PGVersion: pgVersion})
+	if err != nil {
+		return nil, err
+	}
+	dbPassword, err := d.Secrets.Resolve(ctx, abs, d.DBPasswordSecret)
+	if err != nil {
+		return nil, err
+	}
+	replPassword, err := d.Secrets.Resolve(ctx, abs, d.ReplPasswordSecret)
+	if err != nil {
+		return nil, err
+	}
+	o := remote.Options{User: d.SSH.User, Port: d.SSH.Port, Proxy: d.SSH.Proxy, KeysOnly: d.SSH.KeysOnly}
+	for _, k := range d.SSH.Keys {
+		if !filepath.IsAbs(k) && !strings.HasPrefix(k, "~") {
+			k = filepath.Join(abs, k)
+		}
+		o.Keys = append(o.Keys, k)
+	}
+	if kh := os.Getenv("UNDERSTUDY_KNOWN_HOSTS"); kh != "" {
+		o.KnownHost = filepath.SplitList(kh)
+	}
+	dialer := remote.NewDialer(o)
+	ctl := &remote.Control{
+		Kamal:  remote.Kamal{ConfigFile: config, Destination: dest},
+		Runner: remote.ExecRunner{Dir: abs},
+		Dialer: dialer, Nodes: remote.NodesFromCluster(d.Cluster, d.Hosts),
+		DBUser: d.DBUser, DBPassword: dbPassword,
+	}
+	return &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword}, kamal: ctl, close: dialer.Close}, nil
+}
+
+// forChange checks, before a command changes anything on Kamal, that no
+// deploy holds Kamal's lock and that kamal can be run.
+func (t *target) forChange(ctx context.Context) error {
+	if t.kamal == nil {
+		return nil
+	}
+	if err := t.kamal.CheckLock(ctx); err != nil {
+		if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found") {
+			return fmt.Errorf("kamal is not installed here, and understudy drives the accessories through it: install Kamal 2 (gem install kamal), then run again")
+		}
+		return err
+	}
+	return nil
 }

@@ -24,11 +24,12 @@ func (c *verifyCommand) Run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	t, _, err := tf.open()
+	t, err := tf.open(ctx)
 	if err != nil {
 		return err
 	}
-	res, err := live.Verify(ctx, t, *timeout)
+	defer t.close()
+	res, err := live.Verify(ctx, t.Target, *timeout)
 	if err != nil {
 		return err
 	}
