@@ -39,18 +39,30 @@ const EntrypointStandIn = `#!/bin/sh
 set -eu
 [ "${1:-}" = postgres ] && shift
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-	initdb -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C ${POSTGRES_INITDB_ARGS:-} >/dev/null
+	pwopt=
+	if [ -n "${POSTGRES_PASSWORD:-}" ]; then # as the image does: the superuser gets it
+		pwfile="$(dirname "$PGDATA")/.initdb-pw.$$"
+		( umask 077; printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile" )
+		pwopt="--pwfile=$pwfile"
+	fi
+	initdb -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C $pwopt ${POSTGRES_INITDB_ARGS:-} >/dev/null
+	[ -z "$pwopt" ] || rm -f "$pwfile"
 fi
+unset POSTGRES_PASSWORD
 exec postgres -D "$PGDATA" "$@"
 `
 
 // Config says what lab to create.
 type Config struct {
-	Names    []string // node names; the first is the initial primary
-	Ports    []int    // one per node
-	NetNS    bool     // one network namespace per node (root, Linux)
-	Password string   // the replication password
-	WALCap   string   // max_slot_wal_keep_size; default 1GB
+	Names []string // node names; the first is the initial primary
+	Ports []int    // one per node
+	NetNS bool     // one network namespace per node (root, Linux)
+	// ContainerPaths gives each node (in a netns lab) a mount namespace in
+	// which its files are at /understudy, as in the accessory's container,
+	// so the lab's settings name the same paths as a Kamal deployment's.
+	ContainerPaths bool
+	Password       string // the replication password
+	WALCap         string // max_slot_wal_keep_size; default 1GB
 }
 
 // state is lab.json: enough to reopen the lab from another process.
@@ -61,6 +73,8 @@ type state struct {
 	ReplUser       string        `json:"replication_user"`
 	WALCap         string        `json:"wal_cap"`
 	NetNS          string        `json:"netns_id,omitempty"`
+	ContainerPaths bool          `json:"container_paths,omitempty"`
+	MadeMountPoint bool          `json:"made_mount_point,omitempty"`
 }
 
 // Lab is a set of local nodes under one directory.
@@ -69,6 +83,7 @@ type Lab struct {
 	Bin      string
 	Cluster  pgconf.Cluster
 	NetNS    *NetNS // nil on loopback
+	state    state
 	password string
 	cred     *syscall.Credential
 	uid, gid int
@@ -114,7 +129,18 @@ func Create(ctx context.Context, dir string, cfg Config) (*Lab, error) {
 		return nil, err
 	}
 	major, _ := strconv.Atoi(filepath.Base(filepath.Dir(bin)))
-	st := state{InitialPrimary: cfg.Names[0], Major: major, ReplUser: "replicator", WALCap: cfg.WALCap}
+	st := state{InitialPrimary: cfg.Names[0], Major: major, ReplUser: "replicator", WALCap: cfg.WALCap, ContainerPaths: cfg.ContainerPaths}
+	if cfg.ContainerPaths {
+		if !cfg.NetNS {
+			return nil, errors.New("container paths need a --netns lab (root)")
+		}
+		if _, err := os.Stat(MountPoint); os.IsNotExist(err) {
+			if err := os.Mkdir(MountPoint, 0o755); err != nil {
+				return nil, fmt.Errorf("making the mount point %s: %w", MountPoint, err)
+			}
+			st.MadeMountPoint = true
+		}
+	}
 	if st.WALCap == "" {
 		st.WALCap = "1GB"
 	}
@@ -205,24 +231,46 @@ func load(dir, bin string, st state, password string) (*Lab, error) {
 	if st.NetNS != "" {
 		l.NetNS = &NetNS{ID: st.NetNS, Nodes: len(st.Nodes)}
 	}
+	l.state = st
 	l.Cluster = pgconf.Cluster{Nodes: st.Nodes, InitialPrimary: st.InitialPrimary, Major: st.Major, ReplUser: st.ReplUser,
 		WALCap: st.WALCap, HBAFile: filepath.Join(abs, "conf", "pg_hba.conf")}
+	if st.ContainerPaths {
+		l.Cluster.HBAFile, l.Cluster.ConfFile = MountPoint+"/pg_hba.conf", MountPoint+"/postgresql.conf"
+	}
 	return l, nil
 }
 
-// writeFiles renders the cluster's files into conf/: what `init` writes
-// for Kamal, with the lab's paths.
+// MountPoint is where a container-paths lab mounts each node's files, the
+// path the accessory's container has them at.
+const MountPoint = "/understudy"
+
+// writeFiles renders the cluster's files: what `init` writes for Kamal,
+// with the lab's paths (conf/), or per node under nodes/<name>/ for a
+// container-paths lab.
 func (l *Lab) writeFiles() error {
-	files := map[string]string{"pg_hba.conf": pgconf.HBA(l.Cluster), "boot.sh": pgconf.Boot(l.Cluster), "entrypoint.sh": EntrypointStandIn}
+	shared := map[string]string{"pg_hba.conf": pgconf.HBA(l.Cluster), "boot.sh": pgconf.Boot(l.Cluster), "entrypoint.sh": EntrypointStandIn}
+	files := map[string]string{}
 	for _, n := range l.Cluster.Nodes {
 		c := l.Cluster
 		c.DataDir = l.DataDir(n.Name)
 		// The lab passes its address with -c; the file says the same, or a
 		// reload would flag listen_addresses as waiting for a restart.
-		files[n.Name+".conf"] = pgconf.Conf(c) + fmt.Sprintf("# lab: this node's own address\nlisten_addresses = '%s'\n", n.Addr)
+		conf := pgconf.Conf(c) + fmt.Sprintf("# lab: this node's own address\nlisten_addresses = '%s'\n", n.Addr)
+		if l.state.ContainerPaths {
+			for name, content := range shared {
+				files[filepath.Join("nodes", n.Name, name)] = content
+			}
+			files[filepath.Join("nodes", n.Name, "postgresql.conf")] = conf
+		} else {
+			files[filepath.Join("conf", n.Name+".conf")] = conf
+		}
+	}
+	for name, content := range shared {
+		files[filepath.Join("conf", name)] = content
 	}
 	for name, content := range files {
-		if err := atomicfile.Write(filepath.Join(l.Dir, "conf", name), []byte(content), 0o755); err != nil {
+		os.MkdirAll(filepath.Dir(filepath.Join(l.Dir, name)), 0o755)
+		if err := atomicfile.Write(filepath.Join(l.Dir, name), []byte(content), 0o755); err != nil {
 			return fmt.Errorf("writing the lab's %s: %w", name, err)
 		}
 	}
@@ -268,13 +316,23 @@ func (l *Lab) Where(node string) string {
 // BootArgv is how a node is started: the boot script with the accessory's
 // command, as Kamal's docker run passes it, plus the lab's address, port and
 // socket. In a network namespace nsenter enters it and drops to the
-// postgres user. Pure, so the tests check it.
-func BootArgv(dir string, n pgconf.Node, netnsPath string, uid, gid int) []string {
+// postgres user; with container paths the node's files are first mounted
+// at /understudy in a mount namespace of its own. Pure, so the tests check it.
+func BootArgv(dir string, n pgconf.Node, netnsPath string, uid, gid int, containerPaths bool) []string {
 	conf := filepath.Join(dir, "conf")
-	argv := []string{"/bin/sh", filepath.Join(conf, "boot.sh"), "postgres",
-		"-c", "config_file=" + filepath.Join(conf, n.Name+".conf"), "-c", fmt.Sprintf("port=%d", n.Port),
+	boot, confFile := filepath.Join(conf, "boot.sh"), filepath.Join(conf, n.Name+".conf")
+	if containerPaths {
+		boot, confFile = MountPoint+"/boot.sh", MountPoint+"/postgresql.conf"
+	}
+	argv := []string{"/bin/sh", boot, "postgres",
+		"-c", "config_file=" + confFile, "-c", fmt.Sprintf("port=%d", n.Port),
 		"-c", "listen_addresses=" + n.Addr, "-c", "unix_socket_directories=" + filepath.Join(dir, "sock", n.Name)}
-	if netnsPath != "" {
+	switch {
+	case containerPaths:
+		script := fmt.Sprintf("mount --bind %s %s && exec setpriv --reuid=%d --regid=%d --init-groups %s",
+			filepath.Join(dir, "nodes", n.Name), MountPoint, uid, gid, strings.Join(argv, " "))
+		argv = []string{"unshare", "--mount", "--propagation", "private", "--", "nsenter", "--net=" + netnsPath, "--", "/bin/sh", "-c", script}
+	case netnsPath != "":
 		argv = append([]string{"nsenter", "--net=" + netnsPath, "--setuid", strconv.Itoa(uid), "--setgid", strconv.Itoa(gid), "--"}, argv...)
 	}
 	return argv
@@ -298,7 +356,7 @@ func (l *Lab) Start(ctx context.Context, node string) error {
 	if l.NetNS != nil {
 		nsPath = l.NetNS.Path(i)
 	}
-	argv := BootArgv(l.Dir, n, nsPath, l.uid, l.gid)
+	argv := BootArgv(l.Dir, n, nsPath, l.uid, l.gid, l.state.ContainerPaths)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	conf := filepath.Join(l.Dir, "conf")
 	cmd.Dir = l.Dir
@@ -306,6 +364,9 @@ func (l *Lab) Start(ctx context.Context, node string) error {
 		"UNDERSTUDY_NODE="+node, "REPLICATION_PASSWORD="+l.password,
 		"UNDERSTUDY_ENTRYPOINT="+filepath.Join(conf, "entrypoint.sh"), "UNDERSTUDY_RUN_DIR="+filepath.Join(l.Dir, "run"),
 		"UNDERSTUDY_RETRY_SECONDS=1", fmt.Sprintf("PG_MAJOR=%d", l.Cluster.Major))
+	if l.state.ContainerPaths {
+		cmd.Env = append(cmd.Env, "UNDERSTUDY_ENTRYPOINT="+MountPoint+"/entrypoint.sh")
+	}
 	if rate := os.Getenv("UNDERSTUDY_CLONE_MAX_RATE"); rate != "" {
 		cmd.Env = append(cmd.Env, "UNDERSTUDY_CLONE_MAX_RATE="+rate)
 	}
@@ -353,7 +414,9 @@ func (l *Lab) bootPID(node string) int {
 		return 0
 	}
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if !strings.Contains(string(cmdline), filepath.Join(l.Dir, "conf")) && !strings.Contains(string(cmdline), l.DataDir(node)) {
+	// An empty cmdline is a process in the middle of an exec (the start
+	// chain execs several times): still ours.
+	if len(cmdline) > 0 && !strings.Contains(string(cmdline), l.Dir) {
 		return 0 // the PID was reused by something that is not ours
 	}
 	return pid
@@ -494,6 +557,9 @@ func (l *Lab) Down(ctx context.Context) error {
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("the lab in %s is not fully down, so its directory is kept: %w", l.Dir, errors.Join(errs...))
+	}
+	if l.state.MadeMountPoint {
+		os.Remove(MountPoint) // only if empty, as Create made it
 	}
 	// Only what Create made: never a directory that is not a lab.
 	if _, err := os.Stat(filepath.Join(l.Dir, stateFile)); err != nil {

@@ -51,14 +51,19 @@ func TestNetNSCommandsStayInSubnet(t *testing.T) {
 
 func TestBootArgv(t *testing.T) {
 	n := pgconf.Node{Name: "db-replica", Addr: "10.211.7.11", Port: 5433}
-	got := strings.Join(lab.BootArgv("/l", n, "", 0, 0), " ")
+	got := strings.Join(lab.BootArgv("/l", n, "", 0, 0, false), " ")
 	want := "/bin/sh /l/conf/boot.sh postgres -c config_file=/l/conf/db-replica.conf -c port=5433 -c listen_addresses=10.211.7.11 -c unix_socket_directories=/l/sock/db-replica"
 	if got != want {
 		t.Errorf("loopback:\n got %s\nwant %s", got, want)
 	}
-	got = strings.Join(lab.BootArgv("/l", n, "/run/netns/x", 105, 110), " ")
+	got = strings.Join(lab.BootArgv("/l", n, "/run/netns/x", 105, 110, false), " ")
 	if !strings.HasPrefix(got, "nsenter --net=/run/netns/x --setuid 105 --setgid 110 -- /bin/sh /l/conf/boot.sh postgres") {
 		t.Errorf("netns: %s", got)
+	}
+	got = strings.Join(lab.BootArgv("/l", n, "/run/netns/x", 105, 110, true), " ")
+	want = "unshare --mount --propagation private -- nsenter --net=/run/netns/x -- /bin/sh -c mount --bind /l/nodes/db-replica /understudy && exec setpriv --reuid=105 --regid=110 --init-groups /bin/sh /understudy/boot.sh postgres -c config_file=/understudy/postgresql.conf -c port=5433 -c listen_addresses=10.211.7.11 -c unix_socket_directories=/l/sock/db-replica"
+	if got != want {
+		t.Errorf("container paths:\n got %s\nwant %s", got, want)
 	}
 }
 

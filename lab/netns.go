@@ -177,3 +177,41 @@ func DialIn(ctx context.Context, nsPath, network, addr string) (net.Conn, error)
 	r := <-ch
 	return r.c, r.err
 }
+
+// HostAddr is the address the host itself gets on a lab's switch when
+// attached (tests that play the operator's laptop reaching the servers).
+func (n *NetNS) HostAddr() string { return Subnet + ".1" }
+
+// HostCommands plug the host's own network namespace into the lab's
+// switch. Deleting the switch namespace unplugs it again.
+func (n *NetNS) HostCommands() [][]string {
+	sw, h, q := n.name("sw"), "us"+n.ID+"h", "us"+n.ID+"q"
+	return [][]string{
+		{"ip", "link", "add", h, "type", "veth", "peer", "name", q, "netns", sw},
+		{"ip", "addr", "add", n.HostAddr() + "/24", "dev", h},
+		{"ip", "link", "set", h, "up"},
+		{"ip", "-n", sw, "link", "set", q, "master", "br0", "up"},
+	}
+}
+
+// AttachHost plugs this host into the lab's switch and returns its address.
+func (l *Lab) AttachHost(ctx context.Context) (string, error) {
+	if l.NetNS == nil {
+		return "", errors.New("attaching the host needs a --netns lab")
+	}
+	for _, c := range l.NetNS.HostCommands() {
+		if err := runIP(ctx, c); err != nil {
+			return "", err
+		}
+	}
+	return l.NetNS.HostAddr(), nil
+}
+
+// NodeNetNS is the namespace file of a node, or of the outsider ("").
+func (l *Lab) NodeNetNS(node string) string {
+	if node == "" {
+		return l.NetNS.outsiderPath()
+	}
+	i, _, _ := l.index(node)
+	return l.NetNS.Path(i)
+}

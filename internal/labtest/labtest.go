@@ -22,6 +22,10 @@ type Options struct {
 	Names  []string // default db, db-replica
 	NetNS  bool     // one network namespace per node; the test is skipped when not root
 	WALCap string
+	Ports  []int // default: free ports
+	// ContainerPaths mounts each node's files at /understudy (netns only).
+	ContainerPaths bool
+	Password       string // default a fixed test password
 }
 
 // New creates a lab (nothing running) in a fresh temporary directory.
@@ -46,13 +50,19 @@ func New(t testing.TB, o Options) *lab.Lab {
 		t.Fatal(err)
 	}
 	os.Chmod(root, 0o755)
-	ports, err := netutil.FreePorts(len(o.Names))
-	if err != nil {
-		t.Fatal(err)
+	ports := o.Ports
+	if ports == nil {
+		ports, err = netutil.FreePorts(len(o.Names))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if o.Password == "" {
+		o.Password = "lab-test-password-" + strings.Repeat("x", 8)
 	}
 	ctx := context.Background()
 	l, err := lab.Create(ctx, filepath.Join(root, "lab"), lab.Config{Names: o.Names, Ports: ports, NetNS: o.NetNS,
-		Password: "lab-test-password-" + strings.Repeat("x", 8), WALCap: o.WALCap})
+		Password: o.Password, WALCap: o.WALCap, ContainerPaths: o.ContainerPaths})
 	if err != nil {
 		os.RemoveAll(root)
 		t.Fatal(err)
