@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/pgops"
 )
@@ -60,6 +61,9 @@ func (a *applier) did(format string, args ...any) {
 }
 
 func (a *applier) run(ctx context.Context) error {
+	if err := reachAll(ctx, a.t); err != nil {
+		return err
+	}
 	st, err := Gather(ctx, a.t)
 	if err != nil {
 		return err
@@ -456,6 +460,18 @@ func ProgressLine(bb pgops.Basebackup, rate float64) string {
 	return s
 }
 
+// Permanent reports whether a connection error cannot go away by waiting:
+// a refused password or role, or an error that says so itself (SSH host
+// key and login failures).
+func Permanent(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "28") {
+		return true
+	}
+	var p interface{ Permanent() bool }
+	return errors.As(err, &p) && p.Permanent()
+}
+
 // WaitReady waits until a node accepts connections and returns whether it
 // is in recovery.
 func WaitReady(ctx context.Context, ctl Control, node string, timeout time.Duration) (bool, error) {
@@ -472,6 +488,9 @@ func WaitReady(ctx context.Context, ctl Control, node string, timeout time.Durat
 			}
 		}
 		lastErr = err
+		if Permanent(err) {
+			return false, err
+		}
 		if time.Now().After(deadline) {
 			return false, fmt.Errorf("%s did not accept connections within %s: %w", ctl.Where(node), timeout, lastErr)
 		}

@@ -6,6 +6,7 @@ package live
 
 import (
 	"context"
+	"fmt"
 	"net"
 
 	"github.com/jackc/pgx/v5"
@@ -38,6 +39,27 @@ type Control interface {
 // restart instead of Stop and Start.
 type Rebooter interface {
 	Reboot(ctx context.Context, node string) error
+}
+
+// Reacher is implemented by controls that can prove, before anything
+// changes, that every node's server can be reached (Kamal: an SSH login).
+type Reacher interface {
+	Reach(ctx context.Context, node string) error
+}
+
+// reachAll checks every node's server when the control can; a command that
+// changes things calls it first, so bad SSH settings change nothing.
+func reachAll(ctx context.Context, t Target) error {
+	r, ok := t.Control.(Reacher)
+	if !ok {
+		return nil
+	}
+	for _, n := range t.Cluster.Nodes {
+		if err := r.Reach(ctx, n.Name); err != nil {
+			return fmt.Errorf("nothing was changed: %w", err)
+		}
+	}
+	return nil
 }
 
 // Outsider is implemented by controls that can open a TCP connection from

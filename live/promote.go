@@ -22,6 +22,9 @@ import (
 // WAL may be lost: what the old primary wrote that the standby never got.
 func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResult, error) {
 	o.defaults()
+	if err := reachAll(ctx, t); err != nil {
+		return nil, err
+	}
 	st, err := Gather(ctx, t)
 	if err != nil {
 		return nil, err
@@ -154,6 +157,9 @@ func lossReport(ctx context.Context, t Target, old, to, recv, known string, tli 
 // files set aside, not deleted) when rewinding cannot work.
 func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleResult, error) {
 	o.defaults()
+	if err := reachAll(ctx, t); err != nil {
+		return nil, err
+	}
 	st, err := Gather(ctx, t)
 	if err != nil {
 		return nil, err

@@ -127,6 +127,9 @@ func Routing(c pgconf.Cluster, primary string) string {
 // back: the old primary starts again as the primary.
 func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResult, error) {
 	o.defaults()
+	if err := reachAll(ctx, t); err != nil {
+		return nil, err
+	}
 	st, err := Gather(ctx, t)
 	if err != nil {
 		return nil, err

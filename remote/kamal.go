@@ -117,6 +117,16 @@ type Control struct {
 	DBPassword string
 }
 
+// Reach logs in to the node's server over SSH (live.Reacher).
+func (c *Control) Reach(ctx context.Context, node string) error {
+	n, ok := c.Nodes[node]
+	if !ok {
+		return fmt.Errorf("no accessory %q in the plan", node)
+	}
+	_, err := c.Dialer.Client(ctx, n.Host)
+	return err
+}
+
 // Where names a node for messages.
 func (c *Control) Where(node string) string {
 	n := c.Nodes[node]
@@ -149,7 +159,7 @@ func (c *Control) Conn(ctx context.Context, node string) (*pgx.Conn, error) {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		if strings.Contains(err.Error(), "password authentication failed") {
-			return nil, fmt.Errorf("%s refused user %s's password: check POSTGRES_PASSWORD in .kamal/secrets resolves to the password the accessory was created with", c.Where(node), c.DBUser)
+			return nil, fmt.Errorf("%s refused user %s's password: check POSTGRES_PASSWORD in .kamal/secrets resolves to the password the accessory was created with (%w)", c.Where(node), c.DBUser, err)
 		}
 		return nil, fmt.Errorf("connecting to %s: %w", c.Where(node), err)
 	}

@@ -173,15 +173,25 @@ func (d *Dialer) connect(ctx context.Context, conn net.Conn, host, addr, user, v
 	return ssh.NewClient(sc, chans, reqs), nil
 }
 
+// permanentError is an SSH failure that waiting will not fix.
+type permanentError struct{ error }
+
+func (permanentError) Permanent() bool { return true }
+func (e permanentError) Unwrap() error { return e.error }
+
 func explain(err error, host, addr, user, via string, tried, knownHosts []string) error {
+	return permanentError{explainText(err, host, addr, user, via, tried, knownHosts)}
+}
+
+func explainText(err error, host, addr, user, via string, tried, knownHosts []string) error {
 	var ke *knownhosts.KeyError
 	if errors.As(err, &ke) {
 		if len(ke.Want) == 0 {
 			return fmt.Errorf("the host key of %s%s is not in %s, so understudy cannot tell it is the right server. Check and accept it once with `ssh -p %s %s@%s` (or add it with ssh-keyscan), then run again",
 				addr, via, strings.Join(knownHosts, ", "), portOf(addr), user, host)
 		}
-		return fmt.Errorf("the host key of %s%s has CHANGED since it was recorded (%s:%d): either the server was rebuilt, or someone is intercepting the connection. If the change is expected, remove the old key with `ssh-keygen -R %s` and accept the new one; otherwise stop here",
-			addr, via, ke.Want[0].Filename, ke.Want[0].Line, host)
+		return fmt.Errorf("the host key of %s%s has CHANGED since it was recorded (%s:%d): either the server was rebuilt, or someone is intercepting the connection. If the change is expected, remove the old key with `ssh-keygen -R '%s'` and accept the new one; otherwise stop here",
+			addr, via, ke.Want[0].Filename, ke.Want[0].Line, knownhosts.Normalize(addr))
 	}
 	if strings.Contains(err.Error(), "unable to authenticate") {
 		return fmt.Errorf("%s@%s%s refused every key understudy offered (%s): add your public key to %s's ~%s/.ssh/authorized_keys, or set ssh.user / ssh.keys in deploy.yml",
