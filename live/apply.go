@@ -209,43 +209,61 @@ func (a *applier) primary(ctx context.Context, st *Status) (string, error) {
 	return prim, nil
 }
 
-// settings makes a node's live settings match the plan: a reload where that
-// is enough; returns the settings that need a restart, with the reason.
-func (a *applier) settings(ctx context.Context, c *pgx.Conn, node string) ([]string, error) {
-	want := pgconf.Settings(a.t.Cluster)
+// settingsDiff lists the planned settings a running server does not have.
+func settingsDiff(ctx context.Context, c *pgx.Conn, cl pgconf.Cluster) ([]pgconf.Setting, map[string]pgops.LiveSetting, error) {
+	want := pgconf.Settings(cl)
 	names := make([]string, len(want))
 	for i, s := range want {
 		names[i] = s.Name
 	}
-	differs := func() ([]pgconf.Setting, map[string]pgops.LiveSetting, error) {
-		live, err := pgops.ReadSettings(ctx, c, names)
-		if err != nil {
-			return nil, nil, err
-		}
-		var d []pgconf.Setting
-		for _, s := range want {
-			l, ok := live[s.Name]
-			if !ok || SameSetting(s.Value, l.Setting, l.Unit) || l.Source == "command line" {
-				continue // a -c flag is the operator's choice (the lab's port and address)
-			}
-			if s.Name == "hba_file" && a.t.Cluster.HBAFile == "" {
-				continue
-			}
-			if strings.HasPrefix(s.Name, "tcp_keepalives_") && l.Setting == "0" {
-				continue // reads 0 on a Unix-socket session; the file's value applies to TCP ones
-			}
-			d = append(d, s)
-		}
-		return d, live, nil
+	live, err := pgops.ReadSettings(ctx, c, names)
+	if err != nil {
+		return nil, nil, err
 	}
-	if want := a.t.Cluster.ConfFile; want != "" {
-		cf, err := pgops.ReadSettings(ctx, c, []string{"config_file"})
-		if err != nil {
-			return nil, err
+	var d []pgconf.Setting
+	for _, s := range want {
+		l, ok := live[s.Name]
+		if !ok || SameSetting(s.Value, l.Setting, l.Unit) || l.Source == "command line" {
+			continue // a -c flag is the operator's choice (the lab's port and address)
 		}
-		if got := cf["config_file"].Setting; got != want {
-			return []string{fmt.Sprintf("config_file %s → %s (it runs without understudy's boot script and settings file; a reboot uploads them and starts it with the new cmd)", got, want)}, nil
+		if s.Name == "hba_file" && cl.HBAFile == "" {
+			continue
 		}
+		if strings.HasPrefix(s.Name, "tcp_keepalives_") && l.Setting == "0" {
+			continue // reads 0 on a Unix-socket session; the file's value applies to TCP ones
+		}
+		d = append(d, s)
+	}
+	return d, live, nil
+}
+
+// notOurConfig says why a node needs a reboot when it runs without the
+// managed settings file, "" when it runs with it (or the plan names none).
+func notOurConfig(ctx context.Context, c *pgx.Conn, cl pgconf.Cluster) (string, error) {
+	if cl.ConfFile == "" {
+		return "", nil
+	}
+	cf, err := pgops.ReadSettings(ctx, c, []string{"config_file"})
+	if err != nil {
+		return "", err
+	}
+	if got := cf["config_file"].Setting; got != cl.ConfFile {
+		return fmt.Sprintf("config_file %s → %s (it runs without understudy's boot script and settings file; a reboot uploads them and starts it with the new cmd)", got, cl.ConfFile), nil
+	}
+	return "", nil
+}
+
+// settings makes a node's live settings match the plan: a reload where that
+// is enough; returns the settings that need a restart, with the reason.
+func (a *applier) settings(ctx context.Context, c *pgx.Conn, node string) ([]string, error) {
+	if why, err := notOurConfig(ctx, c, a.t.Cluster); err != nil || why != "" {
+		if why != "" {
+			return []string{why}, nil
+		}
+		return nil, err
+	}
+	differs := func() ([]pgconf.Setting, map[string]pgops.LiveSetting, error) {
+		return settingsDiff(ctx, c, a.t.Cluster)
 	}
 	d, live, err := differs()
 	if err != nil || len(d) == 0 {
@@ -285,7 +303,7 @@ func (a *applier) settings(ctx context.Context, c *pgx.Conn, node string) ([]str
 		d = d2
 	}
 	var restart []string
-	live, err = pgops.ReadSettings(ctx, c, names)
+	_, live, err = differs()
 	if err != nil {
 		return nil, err
 	}

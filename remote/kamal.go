@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/understudy-dev/understudy/pgconf"
 )
 
@@ -147,6 +150,12 @@ func (c *Control) ConnConfig(node string) (*pgx.ConnConfig, error) {
 	cfg.User, cfg.Password = c.DBUser, c.DBPassword
 	cfg.LookupFunc = func(_ context.Context, h string) ([]string, error) { return []string{h}, nil }
 	cfg.DialFunc = c.Dialer.DialFunc(n.Host)
+	// pgx's default reaction to a cancelled context is a deadline on the
+	// connection; an SSH channel has no deadlines, so ask the server to
+	// cancel the query too (through the tunnel: see tunnelConn).
+	cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 2 * time.Second}
+	}
 	return cfg, nil
 }
 

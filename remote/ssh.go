@@ -249,13 +249,33 @@ func splitProxy(p string) (user, host string, port int, err error) {
 
 // tunnelConn reports the address it was dialed for, so pgx's cancel
 // request (which re-dials RemoteAddr) goes to the same server through the
-// tunnel (research/postgres.md §4.1).
+// tunnel (research/postgres.md §4.1). SSH channels have no deadlines; a
+// deadline here closes the connection when it passes, which is what a
+// timed-out read or write leads to anyway.
 type tunnelConn struct {
 	net.Conn
 	remote net.Addr
+	mu     *sync.Mutex
+	timer  **time.Timer
 }
 
 func (c tunnelConn) RemoteAddr() net.Addr { return c.remote }
+
+func (c tunnelConn) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if *c.timer != nil {
+		(*c.timer).Stop()
+		*c.timer = nil
+	}
+	if !t.IsZero() {
+		*c.timer = time.AfterFunc(time.Until(t), func() { c.Conn.Close() })
+	}
+	return nil
+}
+
+func (c tunnelConn) SetReadDeadline(t time.Time) error  { return c.SetDeadline(t) }
+func (c tunnelConn) SetWriteDeadline(t time.Time) error { return c.SetDeadline(t) }
 
 // DialFunc returns a pgx DialFunc that opens TCP connections to addresses
 // as seen from host, through its SSH connection.
@@ -270,6 +290,7 @@ func (d *Dialer) DialFunc(host string) func(ctx context.Context, network, addr s
 			return nil, fmt.Errorf("%s cannot reach PostgreSQL at %s (%v): is the accessory running and published on that address?", host, addr, err)
 		}
 		ra, _ := net.ResolveTCPAddr("tcp", addr)
-		return tunnelConn{conn, ra}, nil
+		var timer *time.Timer
+		return tunnelConn{Conn: conn, remote: ra, mu: &sync.Mutex{}, timer: &timer}, nil
 	}
 }

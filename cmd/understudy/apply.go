@@ -28,6 +28,7 @@ func (c *applyCommand) Run(ctx context.Context, args []string) error {
 	tf := addTargetFlags(fs)
 	yes := fs.Bool("yes", false, "agree in advance to restarting nodes whose settings need a restart")
 	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for a node to start, clone and stream")
+	dryRun := fs.Bool("dry-run", false, "show the steps apply would take, and change nothing")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -38,6 +39,19 @@ func (c *applyCommand) Run(ctx context.Context, args []string) error {
 	defer t.close()
 	if err := t.forChange(ctx); err != nil {
 		return err
+	}
+	steps, err := live.PlanApply(ctx, t.Target)
+	if err != nil && *dryRun {
+		return err
+	}
+	if err == nil && len(steps) > 0 {
+		fmt.Fprintf(c.out, "plan:\n%s\n", live.StepsText(steps))
+	}
+	if *dryRun {
+		if len(steps) == 0 {
+			fmt.Fprint(c.out, live.StepsText(nil))
+		}
+		return nil
 	}
 	start := time.Now()
 	res, err := live.Apply(ctx, t.Target, live.ApplyOptions{Yes: *yes, Confirm: confirmer(c.in, c.out), Out: c.out, Timeout: *timeout})

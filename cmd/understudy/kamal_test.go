@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/internal/sshtest"
@@ -119,9 +120,21 @@ func (w *kamalWorld) kamalCalls() []string {
 // then apply again, status, check, verify, and a switchover.
 func TestKamalApplyThroughSSHJumpHost(t *testing.T) {
 	w := newKamalWorld(t, true)
-	out, code := runCLI(t, "apply", "--app", w.app)
+	out, code := runCLI(t, "apply", "--app", w.app, "--dry-run")
+	if code != 0 || !strings.Contains(out, "db: start it") || !strings.Contains(out, "db-replica: start it; if its data directory is empty it clones db") {
+		t.Fatalf("apply --dry-run: exit %d\n%s", code, out)
+	}
+	for _, c := range w.kamalCalls() {
+		if strings.Contains(c, " boot ") {
+			t.Errorf("--dry-run booted: %s", c)
+		}
+	}
+	out, code = runCLI(t, "apply", "--app", w.app)
 	if code != 0 {
 		t.Fatalf("apply: exit %d\n%s", code, out)
+	}
+	if !strings.HasPrefix(out, "plan:") {
+		t.Errorf("apply did not show its plan first:\n%s", out)
 	}
 	for _, want := range []string{"started the primary db", "created replication role", "cloned db-replica"} {
 		if !strings.Contains(out, want) {
@@ -147,6 +160,17 @@ func TestKamalApplyThroughSSHJumpHost(t *testing.T) {
 	}
 	var from string
 	c.QueryRow(context.Background(), "SELECT host(inet_client_addr())").Scan(&from)
+	// A cancelled query is cancelled on the server too: pgx's cancel
+	// request must find its way through the tunnel (research/postgres.md §4.1).
+	qctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, qerr := c.Exec(qctx, "SELECT pg_sleep(30)")
+	cancel()
+	if qerr == nil {
+		t.Error("pg_sleep(30) returned without error under a 300 ms deadline")
+	}
+	labtest.WaitFor(t, 3*time.Second, "the server to cancel the sleeping query", func() bool {
+		return labtest.Query(t, w.lab, "db", "SELECT count(*)::text FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'") == "0"
+	})
 	c.Close(context.Background())
 	tg.close()
 	if from != "10.211.7.10" {
