@@ -164,13 +164,16 @@ func TestPromoteAfterCrashThenRejoin(t *testing.T) {
 	if err := l.Kill("db"); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Cut(ctx, "db-replica", false); err != nil {
-		t.Fatal(err)
-	}
+	// Promote while the standby is still cut off: the dead primary's kernel
+	// would otherwise deliver the WAL still in its socket buffer once the
+	// link is back, and nothing would have diverged.
 	var out strings.Builder
 	res, err := live.Promote(ctx, l.Target(), "db-replica", live.RoleOptions{Out: &out})
 	if err != nil {
 		t.Fatalf("promote: %v\n%s", err, out.String())
+	}
+	if err := l.Cut(ctx, "db-replica", false); err != nil {
+		t.Fatal(err)
 	}
 	if !strings.Contains(res.Lost, "never reached db-replica") {
 		t.Errorf("the loss report does not say what was lost: %q", res.Lost)

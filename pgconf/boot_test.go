@@ -344,11 +344,29 @@ func TestBootNeverTouchesAnExistingCluster(t *testing.T) {
 	b := newBootCluster(t)
 	b.startPrimary(t) // a primary is up, so a careless script would clone
 	b.env.InitDB(b.standby)
-	before := snapshot(t, b.standby)
 
+	// Without standby.signal this cluster would start as a second primary:
+	// the script refuses, and changes nothing.
+	before := snapshot(t, b.standby)
+	proc := b.boot(t, "beta", b.standby, "UNDERSTUDY_ENTRYPOINT=true")
+	waitExit(t, proc)
+	if proc.cmd.ProcessState.ExitCode() != 1 || !strings.Contains(b.bootLog(), "alpha is already the primary") || !strings.Contains(b.bootLog(), "understudy rejoin beta") {
+		t.Fatalf("a second primary was not refused (exit %d):\n%s", proc.cmd.ProcessState.ExitCode(), b.bootLog())
+	}
+	if fmt.Sprint(before) != fmt.Sprint(snapshot(t, b.standby)) {
+		t.Fatal("the existing cluster changed")
+	}
+
+	// As a standby (standby.signal) it is started as it is.
+	sig := filepath.Join(b.standby, "standby.signal")
+	if err := os.WriteFile(sig, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(sig, b.env.UID(), b.env.GID())
+	before = snapshot(t, b.standby)
 	// The stand-in entrypoint is replaced by `true`: we only look at what
 	// the script does before it hands over.
-	proc := b.boot(t, "beta", b.standby, "UNDERSTUDY_ENTRYPOINT=true")
+	proc = b.boot(t, "beta", b.standby, "UNDERSTUDY_ENTRYPOINT=true")
 	waitExit(t, proc)
 	if proc.cmd.ProcessState.ExitCode() != 0 {
 		t.Fatalf("boot script exit %d:\n%s", proc.cmd.ProcessState.ExitCode(), b.bootLog())
