@@ -211,6 +211,8 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 	switch {
 	case err != nil:
 		res.Path = fmt.Sprintf("fresh clone: its control file could not be read (%v)", firstLine(err.Error()))
+	case cd.SystemID != p.Facts.SystemIdentifier:
+		res.Path = fmt.Sprintf("fresh clone: it holds a different cluster (system id %s, the primary's is %s), which can neither follow nor be rewound", cd.SystemID, p.Facts.SystemIdentifier)
 	case cd.Timeline == p.Facts.Timeline:
 		res.Path = fmt.Sprintf("re-point: it is on the primary's timeline %d, so it only has to follow", cd.Timeline)
 	default:

@@ -56,6 +56,7 @@ func say(o RoleOptions, format string, a ...any) { fmt.Fprintf(o.Out, format+"\n
 
 // ControlData is the part of pg_controldata a role change reads.
 type ControlData struct {
+	SystemID      string // Database system identifier
 	State         string // "shut down", "in production", "shut down in recovery", ...
 	CheckpointLSN string // Latest checkpoint location
 	Timeline      int    // Latest checkpoint's TimeLineID
@@ -73,6 +74,8 @@ func ParseControlData(out string) (ControlData, error) {
 		switch strings.TrimSpace(k) {
 		case "Database cluster state":
 			cd.State = v
+		case "Database system identifier":
+			cd.SystemID = v
 		case "Latest checkpoint location":
 			cd.CheckpointLSN = v
 		case "Latest checkpoint's TimeLineID":

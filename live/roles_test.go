@@ -2,6 +2,7 @@ package live_test
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -263,5 +264,34 @@ func TestSwitchoverThreeNodesOthersFollow(t *testing.T) {
 	}
 	if fs := labtest.Findings(t, l, live.DefaultThresholds); len(fs) > 0 {
 		t.Errorf("after the switchover:\n%s", live.FindingsText(fs))
+	}
+}
+
+// A node whose data directory holds some other cluster cannot follow or be
+// rewound: rejoin sets its files aside (nothing deleted) and it clones afresh.
+func TestRejoinForeignClusterClonesAfresh(t *testing.T) {
+	t.Parallel()
+	l := labtest.Up(t, labtest.Options{})
+	ctx := ctxT(t)
+	if err := l.Stop(ctx, "db-replica"); err != nil {
+		t.Fatal(err)
+	}
+	dd := l.DataDir("db-replica")
+	if out, err := l.Run(ctx, "db-replica", `rm -rf "$PGDATA"/* && initdb -D "$PGDATA" -U postgres >/dev/null && touch "$PGDATA/standby.signal" && echo foreign > "$PGDATA/marker.txt"`); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	res, err := live.Rejoin(ctx, l.Target(), "db-replica", live.RoleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(res.Path, "fresh clone: it holds a different cluster") {
+		t.Errorf("path: %s", res.Path)
+	}
+	old, _ := filepath.Glob(filepath.Join(dd, ".understudy-old-*", "marker.txt"))
+	if len(old) != 1 {
+		t.Errorf("the foreign cluster's files were not kept aside: %v", old)
+	}
+	if got, want := labtest.Query(t, l, "db-replica", "SELECT system_identifier::text FROM pg_control_system()"), labtest.Query(t, l, "db", "SELECT system_identifier::text FROM pg_control_system()"); got != want {
+		t.Errorf("after rejoin the standby is system %s, the primary %s", got, want)
 	}
 }
