@@ -495,6 +495,13 @@ func (l *Lab) Stop(ctx context.Context, node string) error {
 			syscall.Kill(-pid, syscall.SIGKILL)
 		}
 	}
+	l.waitDone(node)
+	return nil
+}
+
+// waitDone waits (up to 10 s) for a node's process that this process
+// started to be reaped.
+func (l *Lab) waitDone(node string) {
 	l.mu.Lock()
 	done := l.done[node]
 	l.mu.Unlock()
@@ -504,7 +511,6 @@ func (l *Lab) Stop(ctx context.Context, node string) error {
 		case <-time.After(10 * time.Second):
 		}
 	}
-	return nil
 }
 
 // Kill ends a node's server with SIGKILL, as a crash would (tests and
@@ -520,15 +526,7 @@ func (l *Lab) Kill(node string) error {
 	for deadline := time.Now().Add(10 * time.Second); alive(pid) && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
-	l.mu.Lock()
-	done := l.done[node]
-	l.mu.Unlock()
-	if done != nil {
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-		}
-	}
+	l.waitDone(node)
 	return nil
 }
 

@@ -21,11 +21,7 @@ import (
 // marked the same way when its files can be reached. It reports how much
 // WAL may be lost: what the old primary wrote that the standby never got.
 func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResult, error) {
-	o.defaults()
-	if err := reachAll(ctx, t); err != nil {
-		return nil, err
-	}
-	st, err := Gather(ctx, t)
+	st, err := begin(ctx, t, &o)
 	if err != nil {
 		return nil, err
 	}
@@ -156,11 +152,7 @@ func lossReport(ctx context.Context, t Target, old, to, recv, known string, tli 
 // before the switch, pg_rewind when it diverged, and a fresh clone (the old
 // files set aside, not deleted) when rewinding cannot work.
 func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleResult, error) {
-	o.defaults()
-	if err := reachAll(ctx, t); err != nil {
-		return nil, err
-	}
-	st, err := Gather(ctx, t)
+	st, err := begin(ctx, t, &o)
 	if err != nil {
 		return nil, err
 	}

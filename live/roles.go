@@ -46,6 +46,16 @@ type RoleResult struct {
 	Routing                string        // the connection URL that keeps working
 }
 
+// begin is how every role change starts: defaults, every server reached
+// (so bad SSH settings change nothing), and a reading of every node.
+func begin(ctx context.Context, t Target, o *RoleOptions) (*Status, error) {
+	o.defaults()
+	if err := reachAll(ctx, t); err != nil {
+		return nil, err
+	}
+	return Gather(ctx, t)
+}
+
 func (o RoleOptions) hook(stage string) {
 	if o.Hook != nil {
 		o.Hook(stage)
@@ -129,11 +139,7 @@ func Routing(c pgconf.Cluster, primary string) string {
 // (research/postgres.md §2.10). Anything failing before the promote rolls
 // back: the old primary starts again as the primary.
 func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResult, error) {
-	o.defaults()
-	if err := reachAll(ctx, t); err != nil {
-		return nil, err
-	}
-	st, err := Gather(ctx, t)
+	st, err := begin(ctx, t, &o)
 	if err != nil {
 		return nil, err
 	}

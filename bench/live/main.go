@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -18,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/understudy-dev/understudy/internal/netutil"
+	"github.com/understudy-dev/understudy/bench/benchmain"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/pgops"
@@ -31,33 +30,15 @@ func main() {
 	loadSeconds := flag.Int("load-seconds", 30, "seconds of pgbench write load for the lag figures")
 	clients := flag.Int("clients", 4, "pgbench clients for the write load")
 	flag.Parse()
-	// Interrupted or piped into head, the bench still stops its servers.
-	signal.Ignore(syscall.SIGPIPE)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, *scale, *rounds, *statusRuns, *loadSeconds, *clients); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		stop()
-		os.Exit(1)
-	}
+	benchmain.Run(func(ctx context.Context) error { return run(ctx, *scale, *rounds, *statusRuns, *loadSeconds, *clients) })
 }
 
 func run(ctx context.Context, scale, rounds, statusRuns, loadSeconds, clients int) error {
-	root, err := os.MkdirTemp("", "understudy-bench-")
+	l, done, err := benchmain.Lab(ctx, "10GB")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(root)
-	os.Chmod(root, 0o755)
-	ports, err := netutil.FreePorts(2)
-	if err != nil {
-		return err
-	}
-	l, err := lab.Create(ctx, filepath.Join(root, "lab"), lab.Config{Names: []string{"db", "db-replica"}, Ports: ports, Password: "bench-" + fmt.Sprint(time.Now().UnixNano()), WALCap: "10GB"})
-	if err != nil {
-		return err
-	}
-	defer l.Down(context.WithoutCancel(ctx))
+	defer done()
 	t := l.Target()
 
 	fmt.Printf("# understudy live bench: PostgreSQL %d, pgbench scale %d, %s\n", l.Cluster.Major, scale, time.Now().UTC().Format(time.RFC3339))
@@ -90,9 +71,19 @@ func run(ctx context.Context, scale, rounds, statusRuns, loadSeconds, clients in
 	// same role) against apply's clone of the standby, alternated.
 	var raw, viaApply []float64
 	n := l.Cluster.Nodes[0]
-	for i := 0; i < rounds; i++ {
-		dest := filepath.Join(l.Dir, "data", "raw-clone")     // a directory the servers' user owns
-		if _, err := pc.Exec(ctx, "CHECKPOINT"); err != nil { // both kinds start from a clean checkpoint
+	// Each timed clone starts from the same state: a fresh checkpoint on
+	// the primary and the page cache written back (sync), and the two kinds
+	// take turns going first, so neither always inherits the other's
+	// write-back.
+	settle := func() error {
+		syscall.Sync()
+		_, err := pc.Exec(ctx, "CHECKPOINT")
+		syscall.Sync()
+		return err
+	}
+	rawClone := func() error {
+		dest := filepath.Join(l.Dir, "data", "raw-clone") // a directory the servers' user owns
+		if err := settle(); err != nil {
 			return err
 		}
 		start := time.Now()
@@ -102,12 +93,13 @@ func run(ctx context.Context, scale, rounds, statusRuns, loadSeconds, clients in
 			return fmt.Errorf("raw pg_basebackup: %v: %s", err, out)
 		}
 		raw = append(raw, time.Since(start).Seconds())
-		os.RemoveAll(dest)
-
-		if _, err := pc.Exec(ctx, "CHECKPOINT"); err != nil {
+		return os.RemoveAll(dest)
+	}
+	applyClone := func() error {
+		if err := settle(); err != nil {
 			return err
 		}
-		start = time.Now()
+		start := time.Now()
 		if _, err := live.Apply(ctx, t, live.ApplyOptions{Timeout: 10 * time.Minute, Out: stamped{start, os.Getenv("BENCH_TRACE") != ""}}); err != nil {
 			return fmt.Errorf("apply: %w", err)
 		}
@@ -116,24 +108,36 @@ func run(ctx context.Context, scale, rounds, statusRuns, loadSeconds, clients in
 			b, _ := os.ReadFile(l.LogFile("db-replica"))
 			fmt.Printf("%s\n", b)
 		}
-		fmt.Printf("round %d: raw pg_basebackup %.2f s, apply (slot, clone, start, streaming) %.2f s\n", i+1, raw[i], viaApply[i])
-		if i < rounds-1 { // back to no standby: stop it, remove the lab's copy, drop its slot
-			if err := l.Stop(ctx, "db-replica"); err != nil {
-				return err
-			}
-			if err := os.RemoveAll(l.DataDir("db-replica")); err != nil {
-				return err
-			}
-			if err := pgops.DropSlot(ctx, pc, "understudy_db_replica"); err != nil {
+		// Back to no standby: stop it, remove the lab's copy, drop its slot.
+		if err := l.Stop(ctx, "db-replica"); err != nil {
+			return err
+		}
+		if err := os.RemoveAll(l.DataDir("db-replica")); err != nil {
+			return err
+		}
+		return pgops.DropSlot(ctx, pc, "understudy_db_replica")
+	}
+	for i := 0; i < rounds; i++ {
+		order := []func() error{rawClone, applyClone}
+		if i%2 == 1 {
+			order = []func() error{applyClone, rawClone}
+		}
+		for _, f := range order {
+			if err := f(); err != nil {
 				return err
 			}
 		}
+		fmt.Printf("round %d: raw pg_basebackup %.2f s, apply (slot, clone, start, streaming) %.2f s\n", i+1, raw[i], viaApply[i])
 	}
-	mr, ma := median(raw), median(viaApply)
+	// A standby again, for the status and lag figures below.
+	if _, err := live.Apply(ctx, t, live.ApplyOptions{Timeout: 10 * time.Minute}); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	mr, ma := benchmain.Pct(raw, 50), benchmain.Pct(viaApply, 50)
 	fmt.Printf("clone: raw pg_basebackup median %.2f s; via apply median %.2f s; ratio %.3f (goal <= 1.05)\n\n", mr, ma, ma/mr)
 
 	// status wall time, as a user runs it: the built binary, a fresh process each time.
-	bin := filepath.Join(root, "understudy")
+	bin := filepath.Join(l.Dir, "understudy")
 	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/understudy").CombinedOutput(); err != nil {
 		return fmt.Errorf("building understudy: %v: %s", err, out)
 	}
@@ -146,7 +150,7 @@ func run(ctx context.Context, scale, rounds, statusRuns, loadSeconds, clients in
 		walls = append(walls, time.Since(start).Seconds()*1000)
 	}
 	sort.Float64s(walls)
-	fmt.Printf("understudy status: %d runs, wall p50 %.1f ms, max %.1f ms (goal <= 200 ms)\n\n", statusRuns, pct(walls, 50), walls[len(walls)-1])
+	fmt.Printf("understudy status: %d runs, wall p50 %.1f ms, max %.1f ms (goal <= 200 ms)\n\n", statusRuns, benchmain.Pct(walls, 50), walls[len(walls)-1])
 
 	// Replay lag under a write load, sampled from pg_stat_replication.
 	var mu sync.Mutex
@@ -188,7 +192,7 @@ func run(ctx context.Context, scale, rounds, statusRuns, loadSeconds, clients in
 	sort.Float64s(lagBytes)
 	fmt.Printf("write load: pgbench -c %d -T %d (%s)\n", clients, loadSeconds, tps)
 	fmt.Printf("replay lag over %d samples: p50 %.1f ms, p95 %.1f ms, max %.1f ms; bytes p50 %.0f, p95 %.0f\n",
-		len(lagMS), pct(lagMS, 50), pct(lagMS, 95), lagMS[len(lagMS)-1], pct(lagBytes, 50), pct(lagBytes, 95))
+		len(lagMS), benchmain.Pct(lagMS, 50), benchmain.Pct(lagMS, 95), lagMS[len(lagMS)-1], benchmain.Pct(lagBytes, 50), benchmain.Pct(lagBytes, 95))
 	return nil
 }
 
@@ -220,19 +224,4 @@ func toolOut(ctx context.Context, l *lab.Lab, program string, args ...string) (s
 		return "", fmt.Errorf("%s: %v: %s", program, err, out)
 	}
 	return string(out), nil
-}
-
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return pct(s, 50)
-}
-
-// pct is the nearest-rank percentile of sorted values.
-func pct(sorted []float64, p float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(float64(len(sorted))*p/100+0.5) - 1
-	return sorted[min(max(i, 0), len(sorted)-1)]
 }

@@ -10,16 +10,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"path/filepath"
 	"sort"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/understudy-dev/understudy/bench/benchmain"
 	"github.com/understudy-dev/understudy/internal/ledger"
-	"github.com/understudy-dev/understudy/internal/netutil"
-	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
 )
 
@@ -29,32 +25,15 @@ func main() {
 	pgbenchClients := flag.Int("pgbench-clients", 2, "pgbench clients writing alongside (0: none)")
 	gap := flag.Duration("gap", 2*time.Second, "time between switchovers")
 	flag.Parse()
-	signal.Ignore(syscall.SIGPIPE)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, *n, *workers, *pgbenchClients, *gap); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		stop()
-		os.Exit(1)
-	}
+	benchmain.Run(func(ctx context.Context) error { return run(ctx, *n, *workers, *pgbenchClients, *gap) })
 }
 
 func run(ctx context.Context, n, workers, pgbenchClients int, gap time.Duration) error {
-	root, err := os.MkdirTemp("", "understudy-bench-")
+	l, done, err := benchmain.Lab(ctx, "")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(root)
-	os.Chmod(root, 0o755)
-	ports, err := netutil.FreePorts(2)
-	if err != nil {
-		return err
-	}
-	l, err := lab.Create(ctx, filepath.Join(root, "lab"), lab.Config{Names: []string{"db", "db-replica"}, Ports: ports, Password: fmt.Sprint("bench-", time.Now().UnixNano())})
-	if err != nil {
-		return err
-	}
-	defer l.Down(context.WithoutCancel(ctx))
+	defer done()
 	if _, err := live.Apply(ctx, l.Target(), live.ApplyOptions{Yes: true}); err != nil {
 		return err
 	}
@@ -125,15 +104,10 @@ func run(ctx context.Context, n, workers, pgbenchClients int, gap time.Duration)
 	}
 	sort.Float64s(outages)
 	sort.Float64s(pauses)
-	fmt.Printf("\nwrite outage seen by the client: p50 %.1f ms, max %.1f ms (goal <= 300 ms)\n", pct(outages, 50), outages[len(outages)-1])
-	fmt.Printf("server-side pause (clean stop → promoted): p50 %.1f ms, max %.1f ms\n", pct(pauses, 50), pauses[len(pauses)-1])
+	fmt.Printf("\nwrite outage seen by the client: p50 %.1f ms, max %.1f ms (goal <= 300 ms)\n", benchmain.Pct(outages, 50), outages[len(outages)-1])
+	fmt.Printf("server-side pause (clean stop → promoted): p50 %.1f ms, max %.1f ms\n", benchmain.Pct(pauses, 50), pauses[len(pauses)-1])
 	fmt.Printf("acknowledged commits: %d; lost: %d (goal 0); failed attempts during switchovers: %d; pgbench restarts: %d\n", acked, lost, failed, pgbenchRuns)
 	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-func pct(sorted []float64, p float64) float64 {
-	i := int(float64(len(sorted))*p/100+0.5) - 1
-	return sorted[min(max(i, 0), len(sorted)-1)]
-}
