@@ -341,6 +341,21 @@ func BootArgv(dir string, n pgconf.Node, netnsPath string, uid, gid int, contain
 // Start runs a node the way its accessory starts: the boot script, then the
 // entrypoint stand-in, then postgres. It returns once the process runs.
 func (l *Lab) Start(ctx context.Context, node string) error {
+	return l.start(ctx, node, false)
+}
+
+// StartPlain runs a node the way a PostgreSQL accessory runs before
+// understudy: the image's entrypoint and postgres with its own settings,
+// and the image's default rules (password logins from anywhere). The tests
+// use it for a deployment that apply has to reboot into the plan.
+func (l *Lab) StartPlain(ctx context.Context, node string) error {
+	return l.start(ctx, node, true)
+}
+
+// plainHBA is what the postgres image leaves in pg_hba.conf.
+const plainHBA = "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all all scram-sha-256\n"
+
+func (l *Lab) start(ctx context.Context, node string, plain bool) error {
 	i, n, err := l.index(node)
 	if err != nil {
 		return err
@@ -357,6 +372,17 @@ func (l *Lab) Start(ctx context.Context, node string) error {
 		nsPath = l.NetNS.Path(i)
 	}
 	argv := BootArgv(l.Dir, n, nsPath, l.uid, l.gid, l.state.ContainerPaths)
+	if plain {
+		hba := filepath.Join(l.Dir, "conf", "plain_hba.conf")
+		if err := atomicfile.Write(hba, []byte(plainHBA), 0o644); err != nil {
+			return err
+		}
+		argv = []string{"/bin/sh", filepath.Join(l.Dir, "conf", "entrypoint.sh"), "postgres", "-c", fmt.Sprintf("port=%d", n.Port),
+			"-c", "listen_addresses=" + n.Addr, "-c", "unix_socket_directories=" + l.sockDir(node), "-c", "hba_file=" + hba}
+		if nsPath != "" {
+			argv = append([]string{"nsenter", "--net=" + nsPath, "--setuid", strconv.Itoa(l.uid), "--setgid", strconv.Itoa(l.gid), "--"}, argv...)
+		}
+	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	conf := filepath.Join(l.Dir, "conf")
 	cmd.Dir = l.Dir

@@ -33,6 +33,9 @@ func PlanApply(ctx context.Context, t Target) ([]Step, error) {
 			}
 		}
 		prim = t.Cluster.InitialPrimary
+		if n := st.Node(prim); n.Running != nil && *n.Running {
+			return nil, fmt.Errorf("%s runs but cannot be reached: %s", t.Control.Where(prim), n.Error)
+		}
 		add(prim, "start it", "a new, empty cluster is created if no node holds data; otherwise its own")
 	}
 	var dbBytes int64

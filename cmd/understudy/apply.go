@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/understudy-dev/understudy/live"
+	"golang.org/x/sys/unix"
 )
 
 type applyCommand struct {
@@ -73,8 +74,8 @@ func confirmer(in io.Reader, out io.Writer) func(string) bool {
 	if !ok {
 		return nil
 	}
-	if st, err := f.Stat(); err != nil || st.Mode()&os.ModeCharDevice == 0 {
-		return nil
+	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+		return nil // not a terminal (/dev/null is a character device too)
 	}
 	return func(prompt string) bool {
 		fmt.Fprintf(out, "%s [y/N] ", prompt)

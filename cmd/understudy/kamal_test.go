@@ -263,3 +263,49 @@ func TestKamalBadInputChangesNothing(t *testing.T) {
 	t.Setenv("UNDERSTUDY_STANDIN_LOCKED", "1")
 	try("deploy lock", "deploy lock is held", "kamal lock release")
 }
+
+// The guide's situation: the primary already runs, as the postgres image
+// runs it (its own settings, no boot script). apply names the reboot it
+// needs and why, refuses without consent (nothing changed), and with
+// --yes reboots it through kamal, then makes the role and slot and clones
+// the standby.
+func TestKamalApplyRebootsARunningPrimaryWithConsent(t *testing.T) {
+	w := newKamalWorld(t, false)
+	t.Setenv("UNDERSTUDY_STANDIN_PLAIN", "db")
+	boot := exec.Command("kamal", "accessory", "boot", "db")
+	boot.Dir = w.app // kamal reads .kamal/secrets from the app
+	if out, err := boot.CombinedOutput(); err != nil {
+		t.Fatalf("booting the plain primary: %v %s", err, out)
+	}
+	labtest.WaitFor(t, 30*time.Second, "the plain primary to answer", func() bool {
+		_, err := w.lab.Conn(context.Background(), "db")
+		return err == nil
+	})
+	labtest.Exec(t, w.lab, "db", "CREATE TABLE orders (id int)", "INSERT INTO orders VALUES (1), (2), (3)")
+	os.Remove(w.standinLog)
+
+	out, code := runCLI(t, "apply", "--app", w.app)
+	t.Logf("apply without consent:\n%s", out)
+	if code == 0 || !strings.Contains(out, "reboot: config_file") || !strings.Contains(out, "--yes") {
+		t.Fatalf("apply without consent: exit %d\n%s", code, out)
+	}
+	for _, c := range w.kamalCalls() {
+		if strings.Contains(c, " reboot ") || strings.Contains(c, " boot ") {
+			t.Errorf("without consent kamal was asked to %s", c)
+		}
+	}
+	out, code = runCLI(t, "apply", "--app", w.app, "--yes")
+	if code != 0 {
+		t.Fatalf("apply --yes: exit %d\n%s", code, out)
+	}
+	calls := strings.Join(w.kamalCalls(), "\n")
+	if !strings.Contains(calls, "kamal accessory reboot db") || !strings.Contains(calls, "kamal accessory boot db-replica") {
+		t.Errorf("kamal calls:\n%s", calls)
+	}
+	if got := labtest.Query(t, w.lab, "db-replica", "SELECT count(*)::text FROM orders"); got != "3" {
+		t.Errorf("the standby has %s of the primary's 3 rows", got)
+	}
+	if got := labtest.Query(t, w.lab, "db", "SHOW config_file"); got != "/understudy/postgresql.conf" {
+		t.Errorf("after the reboot the primary reads %s", got)
+	}
+}

@@ -9,7 +9,9 @@
 //
 // Environment: UNDERSTUDY_STANDIN_LAB (the lab directory),
 // UNDERSTUDY_STANDIN_LOG (a file each argv is appended to),
-// UNDERSTUDY_STANDIN_LOCKED (set: the deploy lock is held).
+// UNDERSTUDY_STANDIN_LOCKED (set: the deploy lock is held),
+// UNDERSTUDY_STANDIN_PLAIN (an accessory name: its first boot runs it as it
+// ran before understudy's init, with the image's own command and settings).
 package main
 
 import (
@@ -85,6 +87,9 @@ func run(args []string) error {
 			return err
 		}
 		os.WriteFile(container, nil, 0o644)
+		if os.Getenv("UNDERSTUDY_STANDIN_PLAIN") == name {
+			return l.StartPlain(ctx, name)
+		}
 		return l.Start(ctx, name)
 	case "reboot":
 		if err := l.Stop(ctx, name); err != nil {
