@@ -213,13 +213,6 @@ func existing(paths []string) []string {
 			out = append(out, p)
 		}
 	}
-	if len(out) == 0 { // knownhosts needs a file; an empty one knows no host
-		f, err := os.CreateTemp("", "understudy-known-hosts-")
-		if err == nil {
-			f.Close()
-			out = append(out, f.Name())
-		}
-	}
 	return out
 }
 
