@@ -30,17 +30,11 @@ func (c *applyCommand) Run(ctx context.Context, args []string) error {
 	yes := fs.Bool("yes", false, "agree in advance to restarting nodes whose settings need a restart")
 	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for a node to start, clone and stream")
 	dryRun := fs.Bool("dry-run", false, "show the steps apply would take, and change nothing")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	t, err := tf.open(ctx)
+	t, err := tf.parse(ctx, fs, args, true)
 	if err != nil {
 		return err
 	}
 	defer t.close()
-	if err := t.forChange(ctx); err != nil {
-		return err
-	}
 	steps, err := live.PlanApply(ctx, t.Target)
 	if err != nil && *dryRun {
 		return err

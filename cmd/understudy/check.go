@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -23,10 +24,10 @@ func (c *checkCommand) Run(ctx context.Context, args []string) error {
 	fs.Int64Var(&th.MaxLagBytes, "max-lag-bytes", th.MaxLagBytes, "warn when a standby's replay is more than this many bytes behind")
 	fs.DurationVar(&th.MaxLag, "max-lag", th.MaxLag, "warn when a standby's replay is more than this far behind in time")
 	asJSON := fs.Bool("json", false, "print the findings as JSON")
-	if err := fs.Parse(args); err != nil {
+	t, err := tf.parse(ctx, fs, args, false)
+	if errors.Is(err, flag.ErrHelp) {
 		return err
 	}
-	t, err := tf.open(ctx)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}

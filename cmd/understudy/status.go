@@ -21,10 +21,7 @@ func (c *statusCommand) Run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	tf := addTargetFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON (schema: docs/status-json.md)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	t, err := tf.open(ctx)
+	t, err := tf.parse(ctx, fs, args, false)
 	if err != nil {
 		return err
 	}

@@ -116,6 +116,25 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 	return &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword}, kamal: ctl, close: dialer.Close}, nil
 }
 
+// parse parses a live command's flags and opens its target; for a command
+// that changes things (change), it also checks Kamal's deploy lock.
+func (t *targetFlags) parse(ctx context.Context, fs *flag.FlagSet, args []string, change bool) (*target, error) {
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	tg, err := t.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if change {
+		if err := tg.forChange(ctx); err != nil {
+			tg.close()
+			return nil, err
+		}
+	}
+	return tg, nil
+}
+
 // forChange checks, before a command changes anything on Kamal, that no
 // deploy holds Kamal's lock and that kamal can be run.
 func (t *target) forChange(ctx context.Context) error {

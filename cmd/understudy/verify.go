@@ -21,10 +21,7 @@ func (c *verifyCommand) Run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
 	tf := addTargetFlags(fs)
 	timeout := fs.Duration("timeout", 10*time.Second, "how long a canary may take to arrive")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	t, err := tf.open(ctx)
+	t, err := tf.parse(ctx, fs, args, false)
 	if err != nil {
 		return err
 	}
