@@ -452,7 +452,7 @@ func (a *applier) standby(ctx context.Context, pc *pgx.Conn, st *Status, prim st
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	if cloned {

@@ -128,10 +128,11 @@ listening() { as_postgres pg_isready -q -h "$1" -p "$2" -t 3 >/dev/null 2>&1 || 
 find_primary() {
 	printf '%s' "$NODES" | while read -r name addr port slot; do
 		[ -n "$name" ] && [ "$name" != "$NODE" ] || continue
-		if [ "$(sql "$addr" "$port" 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; then
-			echo "$name $addr $port"
-			break
-		fi
+		# One query says whether it is the primary and whether our slot is there.
+		case "$(sql "$addr" "$port" "SELECT CASE WHEN pg_is_in_recovery() THEN 't' ELSE 'f' END || '/' || (SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$MY_SLOT')" 2>/dev/null)" in
+		f/1) echo "$name $addr $port slot"; break ;;
+		f/*) echo "$name $addr $port"; break ;;
+		esac
 	done
 }
 
@@ -151,23 +152,23 @@ prepare_pgdata() {
 # Moves a complete clone into place. PG_VERSION goes last: until it is there,
 # neither this script nor the image's entrypoint treats PGDATA as a database.
 install_clone() {
-	for f in $(ls -A "$STAGE"); do
-		case "$f" in PG_VERSION|.understudy-complete) continue ;; esac
-		mv "$STAGE/$f" "$PGDATA/$f"
-	done
-	mv "$STAGE/PG_VERSION" "$PGDATA/PG_VERSION"
+	# PG_VERSION is parked under a dot name so that one mv moves everything
+	# else (a glob skips dot names), then goes into place on its own. Safe to
+	# run again after a kill at any point: only what is left is moved.
+	if [ -f "$STAGE/PG_VERSION" ]; then mv "$STAGE/PG_VERSION" "$STAGE/.understudy-pg-version"; fi
+	set -- "$STAGE"/*
+	if [ -e "$1" ]; then mv "$@" "$PGDATA/"; fi
+	mv "$STAGE/.understudy-pg-version" "$PGDATA/PG_VERSION"
 	rm -f "$DONE"
 	rmdir "$STAGE"
 	log "clone installed in $PGDATA"
 }
 
-clone_from() { # name address port
+clone_from() { # name address port has-slot
 	# Only our own unfinished clone is removed here: it has no completion mark.
 	rm -rf "$STAGE"
 	create=
-	if [ "$(sql "$2" "$3" "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$MY_SLOT'")" != 1 ]; then
-		create=--create-slot
-	fi
+	[ -n "$4" ] || create=--create-slot
 	log "cloning from $1 ($2:$3) over slot $MY_SLOT ${create:+(creating it)}"
 	rate=
 	[ -z "${UNDERSTUDY_CLONE_MAX_RATE:-}" ] || rate="--max-rate=$UNDERSTUDY_CLONE_MAX_RATE"
@@ -223,9 +224,10 @@ waited=0
 while :; do
 	primary=$(find_primary)
 	if [ -n "$primary" ]; then
-		name=${primary%% *}; rest=${primary#* }; addr=${rest%% *}; port=${rest#* }
+		name=${primary%% *}; rest=${primary#* }; addr=${rest%% *}; rest=${rest#* }; port=${rest%% *}
+		has_slot=; [ "${rest#* }" = slot ] && has_slot=yes
 		if can_replicate "$addr" "$port"; then
-			if clone_from "$name" "$addr" "$port"; then
+			if clone_from "$name" "$addr" "$port" "$has_slot"; then
 				install_clone
 				start "$@"
 			fi
