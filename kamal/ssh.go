@@ -13,7 +13,6 @@ type SSH struct {
 	ProxyCommand string   // not supported by understudy; reported
 	Keys         []string // private key files
 	KeysOnly     bool     // use only Keys, not the agent or default keys
-	Where        string   // file:line of the section, for messages
 }
 
 // SSH reads the ssh: section with Kamal's defaults.
@@ -23,7 +22,6 @@ func (c *Config) SSH() (SSH, error) {
 	if v == nil || v.IsNull() {
 		return s, nil
 	}
-	s.Where = v.Pos()
 	if !v.IsMap() {
 		return s, fmt.Errorf("%s: ssh: must be a map (user:, port:, proxy:, keys:)", v.Pos())
 	}

@@ -333,9 +333,14 @@ func BootArgv(dir string, n pgconf.Node, netnsPath string, uid, gid int, contain
 			filepath.Join(dir, "nodes", n.Name), MountPoint, uid, gid, strings.Join(argv, " "))
 		argv = []string{"unshare", "--mount", "--propagation", "private", "--", "nsenter", "--net=" + netnsPath, "--", "/bin/sh", "-c", script}
 	case netnsPath != "":
-		argv = append([]string{"nsenter", "--net=" + netnsPath, "--setuid", strconv.Itoa(uid), "--setgid", strconv.Itoa(gid), "--"}, argv...)
+		argv = inNetNS(netnsPath, uid, gid, argv)
 	}
 	return argv
+}
+
+// inNetNS runs argv inside a network namespace as uid:gid (nsenter).
+func inNetNS(nsPath string, uid, gid int, argv []string) []string {
+	return append([]string{"nsenter", "--net=" + nsPath, "--setuid", strconv.Itoa(uid), "--setgid", strconv.Itoa(gid), "--"}, argv...)
 }
 
 // Start runs a node the way its accessory starts: the boot script, then the
@@ -380,7 +385,7 @@ func (l *Lab) start(ctx context.Context, node string, plain bool) error {
 		argv = []string{"/bin/sh", filepath.Join(l.Dir, "conf", "entrypoint.sh"), "postgres", "-c", fmt.Sprintf("port=%d", n.Port),
 			"-c", "listen_addresses=" + n.Addr, "-c", "unix_socket_directories=" + l.sockDir(node), "-c", "hba_file=" + hba}
 		if nsPath != "" {
-			argv = append([]string{"nsenter", "--net=" + nsPath, "--setuid", strconv.Itoa(l.uid), "--setgid", strconv.Itoa(l.gid), "--"}, argv...)
+			argv = inNetNS(nsPath, l.uid, l.gid, argv)
 		}
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
@@ -601,7 +606,7 @@ func (l *Lab) Run(ctx context.Context, node, script string) (string, error) {
 	}
 	argv := []string{"/bin/sh", "-c", script}
 	if l.NetNS != nil {
-		argv = append([]string{"nsenter", "--net=" + l.NetNS.Path(i), "--setuid", strconv.Itoa(l.uid), "--setgid", strconv.Itoa(l.gid), "--"}, argv...)
+		argv = inNetNS(l.NetNS.Path(i), l.uid, l.gid, argv)
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "PATH="+l.Bin+":"+os.Getenv("PATH"), "PGDATA="+l.DataDir(node),

@@ -9,27 +9,8 @@ import (
 
 	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/internal/ledger"
-	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
 )
-
-// writable lists the nodes that accept writes now.
-func writable(t *testing.T, l *lab.Lab) []string {
-	var w []string
-	for _, n := range l.Cluster.Nodes {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		c, err := l.Conn(ctx, n.Name)
-		if err == nil {
-			var rec bool
-			if c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec) == nil && !rec {
-				w = append(w, n.Name)
-			}
-			c.Close(ctx)
-		}
-		cancel()
-	}
-	return w
-}
 
 // Switchovers back and forth under a write load: every acknowledged commit
 // is on the final primary, the other node streams again each time without
@@ -50,7 +31,7 @@ func TestSwitchoverBackAndForthLosesNothing(t *testing.T) {
 		if err != nil {
 			t.Fatalf("switchover %d to %s: %v\n%s", i+1, to, err, out.String())
 		}
-		if got := writable(t, l); len(got) != 1 || got[0] != to {
+		if got := labtest.Writable(l); len(got) != 1 || got[0] != to {
 			t.Fatalf("after switchover %d the writable nodes are %v", i+1, got)
 		}
 		t.Logf("switchover %d to %s: writes paused %d ms", i+1, to, res.WriteOutage.Milliseconds())
@@ -98,7 +79,7 @@ func TestSwitchoverRefusedWhenStandbyNotReady(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not a running standby") {
 		t.Errorf("stopped standby: %v", err)
 	}
-	if got := writable(t, l); len(got) != 1 || got[0] != "db" {
+	if got := labtest.Writable(l); len(got) != 1 || got[0] != "db" {
 		t.Errorf("after refusals the writable nodes are %v", got)
 	}
 }
@@ -132,7 +113,7 @@ func TestSwitchoverInterruptedRollsBack(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "rolled back") {
 			t.Errorf("%s: want a rollback, got %v", stage, err)
 		}
-		if got := writable(t, l); len(got) != 1 || got[0] != "db" {
+		if got := labtest.Writable(l); len(got) != 1 || got[0] != "db" {
 			t.Errorf("%s: writable nodes after the rollback: %v", stage, got)
 		}
 		time.Sleep(300 * time.Millisecond)
@@ -189,7 +170,7 @@ func TestPromoteAfterCrashThenRejoin(t *testing.T) {
 	if rec, err := live.WaitReady(ctx, l, "db", time.Minute); err != nil || !rec {
 		t.Fatalf("restarted old primary: in recovery %v, %v", rec, err)
 	}
-	if got := writable(t, l); len(got) != 1 || got[0] != "db-replica" {
+	if got := labtest.Writable(l); len(got) != 1 || got[0] != "db-replica" {
 		t.Fatalf("writable nodes: %v", got)
 	}
 	out.Reset()
@@ -218,7 +199,7 @@ func TestPromoteRefusesLivePrimaryUnlessFenced(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "two primaries") || !strings.Contains(err.Error(), "--fence") {
 		t.Fatalf("promote with a live primary: %v", err)
 	}
-	if got := writable(t, l); len(got) != 1 || got[0] != "db" {
+	if got := labtest.Writable(l); len(got) != 1 || got[0] != "db" {
 		t.Fatalf("after the refusal: %v", got)
 	}
 	stopWatch := labtest.WatchWritable(t, l)

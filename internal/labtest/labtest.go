@@ -203,6 +203,24 @@ func Tool(t testing.TB, l *lab.Lab, node, program string, args ...string) string
 	return string(out)
 }
 
+// Writable lists the nodes that accept writes now (pg_is_in_recovery() false).
+func Writable(l *lab.Lab) []string {
+	var w []string
+	for _, n := range l.Cluster.Nodes {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c, err := l.Conn(ctx, n.Name)
+		if err == nil {
+			var rec bool
+			if c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec) == nil && !rec {
+				w = append(w, n.Name)
+			}
+			c.Close(ctx)
+		}
+		cancel()
+	}
+	return w
+}
+
 // WatchWritable samples every node's pg_is_in_recovery() every few
 // milliseconds until stop is called, and fails the test if any round finds
 // more than one writable node. It returns the number of rounds taken.
@@ -219,19 +237,7 @@ func WatchWritable(t testing.TB, l *lab.Lab) (stop func() int) {
 				return
 			default:
 			}
-			var writable []string
-			for _, n := range l.Cluster.Nodes {
-				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-				c, err := l.Conn(ctx, n.Name)
-				if err == nil {
-					var rec bool
-					if c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec) == nil && !rec {
-						writable = append(writable, n.Name)
-					}
-					c.Close(ctx)
-				}
-				cancel()
-			}
+			writable := Writable(l)
 			if len(writable) > 1 {
 				t.Errorf("two writable nodes at %s: %v", time.Now().Format("15:04:05.000"), writable)
 			}
