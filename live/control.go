@@ -47,15 +47,21 @@ type Reacher interface {
 	Reach(ctx context.Context, node string) error
 }
 
-// reachAll checks every node's server when the control can; a command that
-// changes things calls it first, so bad SSH settings change nothing.
-func reachAll(ctx context.Context, t Target) error {
+// reachAll checks the named nodes' servers (all when none is named) when
+// the control can; a command that changes things calls it first, so bad SSH
+// settings change nothing.
+func reachAll(ctx context.Context, t Target, nodes ...string) error {
 	r, ok := t.Control.(Reacher)
 	if !ok {
 		return nil
 	}
-	for _, n := range t.Cluster.Nodes {
-		if err := r.Reach(ctx, n.Name); err != nil {
+	if len(nodes) == 0 {
+		for _, n := range t.Cluster.Nodes {
+			nodes = append(nodes, n.Name)
+		}
+	}
+	for _, n := range nodes {
+		if err := r.Reach(ctx, n); err != nil {
 			return fmt.Errorf("nothing was changed: %w", err)
 		}
 	}

@@ -21,7 +21,9 @@ import (
 // marked the same way when its files can be reached. It reports how much
 // WAL may be lost: what the old primary wrote that the standby never got.
 func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResult, error) {
-	st, err := begin(ctx, t, &o)
+	// Only the standby must be reachable: the old primary's server may be
+	// the thing that is lost, and fencing copes without it.
+	st, err := begin(ctx, t, &o, to)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +154,7 @@ func lossReport(ctx context.Context, t Target, old, to, recv, known string, tli 
 // before the switch, pg_rewind when it diverged, and a fresh clone (the old
 // files set aside, not deleted) when rewinding cannot work.
 func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleResult, error) {
-	st, err := begin(ctx, t, &o)
+	st, err := begin(ctx, t, &o, node)
 	if err != nil {
 		return nil, err
 	}

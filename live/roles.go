@@ -46,11 +46,12 @@ type RoleResult struct {
 	Routing                string        // the connection URL that keeps working
 }
 
-// begin is how every role change starts: defaults, every server reached
-// (so bad SSH settings change nothing), and a reading of every node.
-func begin(ctx context.Context, t Target, o *RoleOptions) (*Status, error) {
+// begin is how every role change starts: defaults, the servers it must
+// act on reached (all when none is named; so bad SSH settings change
+// nothing), and a reading of every node.
+func begin(ctx context.Context, t Target, o *RoleOptions, mustReach ...string) (*Status, error) {
 	o.defaults()
-	if err := reachAll(ctx, t); err != nil {
+	if err := reachAll(ctx, t, mustReach...); err != nil {
 		return nil, err
 	}
 	return Gather(ctx, t)
