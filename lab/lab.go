@@ -31,6 +31,14 @@ import (
 	"github.com/understudy-dev/understudy/atomicfile"
 	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/pgconf"
+	"github.com/understudy-dev/understudy/pgops"
+)
+
+// The capabilities the lab's Control has beyond live.Control.
+var (
+	_ live.Control       = (*Lab)(nil)
+	_ live.ControlReader = (*Lab)(nil)
+	_ live.Outsider      = (*Lab)(nil)
 )
 
 // EntrypointStandIn plays the postgres image's docker-entrypoint.sh.
@@ -620,6 +628,18 @@ func (l *Lab) Run(ctx context.Context, node, script string) (string, error) {
 		return string(out), fmt.Errorf("on %s: %w: %s", l.Where(node), err, strings.TrimSpace(string(out)))
 	}
 	return string(out), nil
+}
+
+// ReadControl reads a node's global/pg_control (live.ControlReader).
+func (l *Lab) ReadControl(ctx context.Context, node string) (pgops.ControlData, error) {
+	if _, _, err := l.index(node); err != nil {
+		return pgops.ControlData{}, err
+	}
+	b, err := os.ReadFile(filepath.Join(l.DataDir(node), "global", "pg_control"))
+	if err != nil {
+		return pgops.ControlData{}, err
+	}
+	return pgops.ParseControlFile(b)
 }
 
 // Tool builds a command for a PostgreSQL client program (pgbench, psql)

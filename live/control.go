@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/understudy-dev/understudy/pgconf"
+	"github.com/understudy-dev/understudy/pgops"
 )
 
 // Control is how to reach and control the nodes of one cluster.
@@ -39,6 +40,23 @@ type Control interface {
 // restart instead of Stop and Start.
 type Rebooter interface {
 	Reboot(ctx context.Context, node string) error
+}
+
+// ControlReader is implemented by controls that can read a stopped node's
+// control file without starting anything next to it (Kamal: docker cp of
+// global/pg_control out of the stopped container; the lab: the file). A
+// switchover reads it between the stop and the promote, while writes wait.
+type ControlReader interface {
+	ReadControl(ctx context.Context, node string) (pgops.ControlData, error)
+}
+
+// RoleChangePreparer is implemented by controls whose role-change steps
+// can fail for reasons of their own (Kamal: docker access on the server,
+// the image present there, a fresh container with the node's volumes).
+// A role change calls it for every node it will act on before it stops
+// anything, so whatever fails afterwards has already worked once.
+type RoleChangePreparer interface {
+	PrepareRoleChange(ctx context.Context, nodes ...string) error
 }
 
 // Reacher is implemented by controls that can prove, before anything

@@ -129,7 +129,10 @@ var walEndRE = regexp.MustCompile(`(?:invalid record length|invalid magic number
 
 // lossReport compares the last WAL position each side knew.
 func lossReport(ctx context.Context, t Target, old, to, recv, known string, tli int) string {
-	r, _ := ParseLSN(recv)
+	r, err := pgops.ParseLSN(recv)
+	if err != nil {
+		return fmt.Sprintf("%s's received WAL position could not be read (%v), so what may be lost is unknown", to, err)
+	}
 	end := known
 	if end == "" {
 		out, err := t.Control.Run(ctx, old, pgconf.EndOfWALScript(recv, tli))
@@ -142,8 +145,11 @@ func lossReport(ctx context.Context, t Target, old, to, recv, known string, tli 
 	if end == "" {
 		return fmt.Sprintf("%s has WAL up to %s. %s's own WAL could not be read, so what it wrote after that is unknown and would be lost", to, recv, old)
 	}
-	e, err := ParseLSN(end)
-	if err != nil || e <= r {
+	e, err := pgops.ParseLSN(end)
+	if err != nil {
+		return fmt.Sprintf("%s has WAL up to %s; where %s's own WAL ends could not be read (%v), so what it wrote after that is unknown and would be lost", to, recv, old, err)
+	}
+	if e <= r {
 		return fmt.Sprintf("nothing lost: %s had received all of %s's WAL (up to %s)", to, old, recv)
 	}
 	return fmt.Sprintf("%s has WAL up to %s, but %s's WAL goes on to %s: %s of changes never reached %s and will not be in the new primary", to, recv, old, end, bytesText(int64(e-r)), to)
@@ -178,6 +184,9 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 			return nil, fmt.Errorf("%s accepts writes, and so does %s: rejoining %s discards what was written to it since they split. Re-run with --fence if %s is the one to keep", node, prim, node, prim)
 		}
 	}
+	if err := prepare(ctx, t, node); err != nil {
+		return nil, fmt.Errorf("rejoin refused, nothing was changed: %w", err)
+	}
 	res := &RoleResult{NewPrimary: prim, OldPrimary: node}
 	pn, _ := t.Cluster.Node(prim)
 	me, _ := t.Cluster.Node(node)
@@ -211,11 +220,10 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 		res.Path = fmt.Sprintf("re-point: it is on the primary's timeline %d, so it only has to follow", cd.Timeline)
 	default:
 		switchpoint, herr := switchpointFor(ctx, pc, p.Facts.Timeline, cd.Timeline)
-		ck, _ := ParseLSN(cd.CheckpointLSN)
-		if herr == nil && cd.State == "shut down" && ck < switchpoint {
-			res.Path = fmt.Sprintf("re-point: it shut down cleanly at %s, before %s took over at %s, so nothing diverged and no pg_rewind is needed", cd.CheckpointLSN, prim, lsnText(switchpoint))
+		if herr == nil && cd.State == "shut down" && cd.Checkpoint < switchpoint {
+			res.Path = fmt.Sprintf("re-point: it shut down cleanly at %s, before %s took over at %s, so nothing diverged and no pg_rewind is needed", cd.Checkpoint, prim, switchpoint)
 		} else {
-			why := fmt.Sprintf("its control file says %q at %s on timeline %d", cd.State, cd.CheckpointLSN, cd.Timeline)
+			why := fmt.Sprintf("its control file says %q at %s on timeline %d", cd.State, cd.Checkpoint, cd.Timeline)
 			// Before 16, pg_rewind reads the source's timeline from its last
 			// checkpoint, which a fresh promotion has not written yet
 			// (research/postgres.md §2.5).
@@ -257,7 +265,7 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 
 // switchpointFor reads the primary's timeline history and returns where
 // timeline `from` ended.
-func switchpointFor(ctx context.Context, pc *pgx.Conn, current, from int) (uint64, error) {
+func switchpointFor(ctx context.Context, pc *pgx.Conn, current, from int) (pgops.LSN, error) {
 	var hist string
 	err := pc.QueryRow(ctx, `SELECT pg_read_file('pg_wal/' || lpad(upper(to_hex($1::int)), 8, '0') || '.history')`, current).Scan(&hist)
 	if err != nil {
@@ -266,13 +274,11 @@ func switchpointFor(ctx context.Context, pc *pgx.Conn, current, from int) (uint6
 	for _, line := range strings.Split(hist, "\n") {
 		f := strings.Fields(line)
 		if len(f) >= 2 && f[0] == strconv.Itoa(from) {
-			return ParseLSN(f[1])
+			return pgops.ParseLSN(f[1])
 		}
 	}
 	return 0, fmt.Errorf("timeline %d is not in timeline %d's history: the node belongs to another branch", from, current)
 }
-
-func lsnText(v uint64) string { return fmt.Sprintf("%X/%X", v>>32, uint32(v)) }
 
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"time"
 
@@ -65,60 +64,22 @@ func (o RoleOptions) hook(stage string) {
 
 func say(o RoleOptions, format string, a ...any) { fmt.Fprintf(o.Out, format+"\n", a...) }
 
-// ControlData is the part of pg_controldata a role change reads.
-type ControlData struct {
-	SystemID      string // Database system identifier
-	State         string // "shut down", "in production", "shut down in recovery", ...
-	CheckpointLSN string // Latest checkpoint location
-	Timeline      int    // Latest checkpoint's TimeLineID
-}
-
-// ParseControlData reads pg_controldata's output.
-func ParseControlData(out string) (ControlData, error) {
-	var cd ControlData
-	for _, line := range strings.Split(out, "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
+// controlData reads a stopped node's control file: directly where the
+// control can (ControlReader: a copy of one file, no new process or
+// container), else with pg_controldata run in the node's environment.
+func controlData(ctx context.Context, t Target, node string) (pgops.ControlData, error) {
+	if r, ok := t.Control.(ControlReader); ok {
+		cd, err := r.ReadControl(ctx, node)
+		if err != nil {
+			return cd, fmt.Errorf("reading %s's control file: %w", node, err)
 		}
-		v = strings.TrimSpace(v)
-		switch strings.TrimSpace(k) {
-		case "Database cluster state":
-			cd.State = v
-		case "Database system identifier":
-			cd.SystemID = v
-		case "Latest checkpoint location":
-			cd.CheckpointLSN = v
-		case "Latest checkpoint's TimeLineID":
-			cd.Timeline, _ = strconv.Atoi(v)
-		}
+		return cd, nil
 	}
-	if cd.State == "" || cd.CheckpointLSN == "" {
-		return cd, fmt.Errorf("pg_controldata output not understood: %.200q", out)
-	}
-	return cd, nil
-}
-
-// ParseLSN reads "X/Y" into a number.
-func ParseLSN(s string) (uint64, error) {
-	hi, lo, ok := strings.Cut(strings.TrimSpace(s), "/")
-	if !ok {
-		return 0, fmt.Errorf("%q is not an LSN", s)
-	}
-	h, err1 := strconv.ParseUint(hi, 16, 32)
-	l, err2 := strconv.ParseUint(lo, 16, 32)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("%q is not an LSN", s)
-	}
-	return h<<32 | l, nil
-}
-
-func controlData(ctx context.Context, t Target, node string) (ControlData, error) {
 	out, err := t.Control.Run(ctx, node, pgconf.ControlDataScript)
 	if err != nil {
-		return ControlData{}, fmt.Errorf("reading %s's control file: %w", node, err)
+		return pgops.ControlData{}, fmt.Errorf("reading %s's control file: %w", node, err)
 	}
-	return ParseControlData(out)
+	return pgops.ParseControlData(out)
 }
 
 // Routing is the advice printed after a role change.
@@ -146,6 +107,9 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 	}
 	old := st.Primary
 	if err := preflight(st, t, to, o); err != nil {
+		return nil, fmt.Errorf("switchover refused, nothing was changed: %w", err)
+	}
+	if err := prepare(ctx, t, old, to); err != nil {
 		return nil, fmt.Errorf("switchover refused, nothing was changed: %w", err)
 	}
 	res := &RoleResult{OldPrimary: old, NewPrimary: to}
@@ -197,7 +161,7 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 	if cd.State != "shut down" {
 		return nil, rollback(cctx, t, old, o, fmt.Errorf("%s did not shut down cleanly (its control file says %q), so the standby cannot be proven complete", old, cd.State))
 	}
-	ckpt, _ := ParseLSN(cd.CheckpointLSN)
+	ckpt := cd.Checkpoint
 	// The walsender sends up to and including the shutdown checkpoint
 	// before it exits, so a complete standby has received past its start.
 	var recv, replay string
@@ -206,17 +170,20 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 		if err := sc.QueryRow(cctx, `SELECT coalesce(pg_last_wal_receive_lsn()::text, '0/0'), coalesce(pg_last_wal_replay_lsn()::text, '0/0')`).Scan(&recv, &replay); err != nil {
 			return nil, rollback(cctx, t, old, o, fmt.Errorf("reading %s's WAL position: %w", to, err))
 		}
-		r, _ := ParseLSN(recv)
-		p, _ := ParseLSN(replay)
+		r, err1 := pgops.ParseLSN(recv)
+		p, err2 := pgops.ParseLSN(replay)
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, rollback(cctx, t, old, o, fmt.Errorf("reading %s's WAL position: %w", to, err))
+		}
 		if r > ckpt && p >= r {
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, rollback(cctx, t, old, o, fmt.Errorf("%s received WAL up to %s and replayed to %s, short of %s's shutdown checkpoint at %s", to, recv, replay, old, cd.CheckpointLSN))
+			return nil, rollback(cctx, t, old, o, fmt.Errorf("%s received WAL up to %s and replayed to %s, short of %s's shutdown checkpoint at %s", to, recv, replay, old, cd.Checkpoint))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	say(o, "  ✓ %s has all of %s's WAL (shutdown checkpoint %s, received %s; %d ms)", to, old, cd.CheckpointLSN, recv, time.Since(start).Milliseconds())
+	say(o, "  ✓ %s has all of %s's WAL (shutdown checkpoint %s, received %s; %d ms)", to, old, cd.Checkpoint, recv, time.Since(start).Milliseconds())
 	if err := promote(cctx, sc); err != nil {
 		return nil, rollback(cctx, t, old, o, fmt.Errorf("promoting %s failed (%v); if %s is writable now, do not start %s: run `understudy rejoin %s`", to, err, to, old, old))
 	}
@@ -240,6 +207,15 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 	say(o, "  ✓ %s streams from %s, without pg_rewind", old, to)
 	res.Routing = Routing(t.Cluster, to)
 	return res, nil
+}
+
+// prepare proves, where the control has steps of its own that can fail,
+// that they work on these nodes before anything is stopped.
+func prepare(ctx context.Context, t Target, nodes ...string) error {
+	if p, ok := t.Control.(RoleChangePreparer); ok {
+		return p.PrepareRoleChange(ctx, nodes...)
+	}
+	return nil
 }
 
 // promote promotes a standby and waits until it accepts writes, polling

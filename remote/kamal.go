@@ -117,6 +117,7 @@ type Control struct {
 	Dialer     *Dialer
 	Nodes      map[string]Node
 	DBUser     string
+	DBUserFrom string // where DBUser came from, for messages
 	DBPassword string
 }
 
@@ -168,7 +169,12 @@ func (c *Control) Conn(ctx context.Context, node string) (*pgx.Conn, error) {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		if strings.Contains(err.Error(), "password authentication failed") {
-			return nil, fmt.Errorf("%s refused user %s's password: check POSTGRES_PASSWORD in .kamal/secrets resolves to the password the accessory was created with (%w)", c.Where(node), c.DBUser, err)
+			// PostgreSQL answers a missing role and a wrong password alike.
+			from := c.DBUserFrom
+			if from == "" {
+				from = "POSTGRES_USER"
+			}
+			return nil, fmt.Errorf("%s refused the login of user %q (from %s): check that POSTGRES_USER and POSTGRES_PASSWORD resolve to the user and password the accessory was first booted with; its log says which one is wrong (%w)", c.Where(node), c.DBUser, from, err)
 		}
 		return nil, fmt.Errorf("connecting to %s: %w", c.Where(node), err)
 	}

@@ -15,10 +15,18 @@ type Deployed struct {
 	Cluster pgconf.Cluster
 	Hosts   map[string]string // node → the server Kamal reaches over SSH
 	SSH     kamal.SSH
-	DBUser  string // POSTGRES_USER of the accessories, default postgres
+	// DBUser is POSTGRES_USER of the primary's accessory when it is clear
+	// (default postgres); DBUserSecret names the secret it comes from when
+	// it is in env.secret instead (the guide's app), and then wins.
+	DBUser, DBUserSecret string
 	// Secret names the nodes' env uses, as Kamal looks them up.
 	DBPasswordSecret, ReplPasswordSecret string
 	Secrets                              *kamal.Secrets
+	// Services maps each node to its container's name (Kamal's
+	// service_name: "<service>-<accessory>", or the accessory's service:).
+	Services map[string]string
+	// Service is the app's service: (Kamal's env files and lock are named after it).
+	Service string
 }
 
 var bootVarRE = regexp.MustCompile(`(?m)^(INITIAL_PRIMARY|REPL_USER)='([^']*)'$`)
@@ -35,7 +43,7 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Deployed{Config: cfg, Hosts: map[string]string{}, DBUser: "postgres"}
+	d := &Deployed{Config: cfg, Hosts: map[string]string{}, DBUser: "postgres", Services: map[string]string{}, Service: cfg.Service()}
 	gen := GeneratedDir(o.Destination)
 	boot, err := src.ReadFile(gen + "/boot.sh")
 	if err != nil {
@@ -70,6 +78,7 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 		}
 		c.Nodes = append(c.Nodes, pgconf.Node{Name: a.Name, Addr: port.BindIP, Port: port.HostPort})
 		d.Hosts[a.Name] = hosts[0]
+		d.Services[a.Name] = a.ServiceName()
 		if a.Name == c.InitialPrimary {
 			img, _ := a.Str("image")
 			if img == "" {
@@ -88,6 +97,8 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 				switch s.Name {
 				case "POSTGRES_PASSWORD":
 					d.DBPasswordSecret = s.Secret
+				case "POSTGRES_USER":
+					d.DBUserSecret = s.Secret
 				case PasswordSecret:
 					d.ReplPasswordSecret = s.Secret
 				}

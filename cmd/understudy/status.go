@@ -31,10 +31,21 @@ func (c *statusCommand) Run(ctx context.Context, args []string) error {
 		return err
 	}
 	if *asJSON {
-		return writeJSON(c.out, st)
+		err = writeJSON(c.out, st)
+	} else {
+		fmt.Fprint(c.out, live.StatusText(st))
 	}
-	fmt.Fprint(c.out, live.StatusText(st))
-	return nil
+	if err != nil {
+		return err
+	}
+	// A status that reached no node is not a status: say so in the exit code
+	// too, so a script or cron job notices.
+	for _, n := range st.Nodes {
+		if n.Reachable {
+			return nil
+		}
+	}
+	return &exitError{code: 2, err: fmt.Errorf("no node answered (see each node's error above); run `understudy check` for the fixes")}
 }
 
 // writeJSON prints v as indented JSON.

@@ -96,6 +96,15 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 	if err != nil {
 		return nil, err
 	}
+	dbUser, userFrom := d.DBUser, "POSTGRES_USER in env.clear, or the image's default"
+	if d.DBUserSecret != "" {
+		// The image creates POSTGRES_USER from the secret at first boot, so
+		// that is the role to log in as (the guide's app keeps it there).
+		if dbUser, err = d.Secrets.Resolve(ctx, abs, d.DBUserSecret); err != nil {
+			return nil, err
+		}
+		userFrom = "secret " + d.DBUserSecret + " in " + d.Config.SecretsPath()
+	}
 	o := remote.Options{User: d.SSH.User, Port: d.SSH.Port, Proxy: d.SSH.Proxy, KeysOnly: d.SSH.KeysOnly}
 	for _, k := range d.SSH.Keys {
 		if !filepath.IsAbs(k) && !strings.HasPrefix(k, "~") {
@@ -111,7 +120,7 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 		Kamal:  remote.Kamal{ConfigFile: config, Destination: dest},
 		Runner: remote.ExecRunner{Dir: abs},
 		Dialer: dialer, Nodes: remote.NodesFromCluster(d.Cluster, d.Hosts),
-		DBUser: d.DBUser, DBPassword: dbPassword,
+		DBUser: dbUser, DBUserFrom: userFrom, DBPassword: dbPassword,
 	}
 	return &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword}, kamal: ctl, close: dialer.Close}, nil
 }
