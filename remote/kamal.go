@@ -2,7 +2,6 @@ package remote
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -11,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+	"github.com/understudy-dev/understudy/kamal"
+	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/pgconf"
 )
 
@@ -38,42 +39,17 @@ func (k Kamal) base(words ...string) []string {
 	return argv
 }
 
-// Boot runs the accessory's container (uploads its files first). Kamal
-// skips it where a container, running or stopped, already exists.
+// Boot runs the accessory's container (uploads its files and env file
+// first). Kamal skips it where a container, running or stopped, already
+// exists (lib/kamal/cli/accessory.rb, boot).
 func (k Kamal) Boot(name string) []string { return k.base("accessory", "boot", name) }
 
 // Reboot pulls, stops and removes the container, then boots it: the way to
 // apply changed files, env or cmd.
 func (k Kamal) Reboot(name string) []string { return k.base("accessory", "reboot", name) }
 
-// Start starts the existing container (docker container start).
-func (k Kamal) Start(name string) []string { return k.base("accessory", "start", name) }
-
-// Stop stops the container (docker container stop, with the accessory's
-// stop-timeout): never postgres inside it, which Docker would restart.
-func (k Kamal) Stop(name string) []string { return k.base("accessory", "stop", name) }
-
-// Details lists the accessory's container (docker ps --filter label=service=...).
-func (k Kamal) Details(name string) []string { return k.base("accessory", "details", name) }
-
-// Logs prints the container's last lines.
-func (k Kamal) Logs(name string, lines int) []string {
-	return k.base("accessory", "logs", name, "--lines", fmt.Sprint(lines))
-}
-
 // LockStatus shows the deploy lock.
 func (k Kamal) LockStatus() []string { return k.base("lock", "status") }
-
-// Exec runs a script in a fresh container with the accessory's image, env
-// and volumes (kamal accessory exec without --reuse), so it works while the
-// accessory is stopped. Kamal joins the command's words and hands them to
-// the remote shell unescaped, so the script travels base64-encoded (an
-// alphabet with no shell meaning) and runs as the postgres user.
-func (k Kamal) Exec(name, script string) []string {
-	b64 := base64.StdEncoding.EncodeToString([]byte(script))
-	cmd := "sh -c 'echo " + b64 + " | base64 -d >/tmp/understudy.sh && if command -v gosu >/dev/null; then exec gosu postgres sh /tmp/understudy.sh; else exec su-exec postgres sh /tmp/understudy.sh; fi'"
-	return k.base("accessory", "exec", name, cmd)
-}
 
 // Runner runs argv in the app directory and returns its output.
 type Runner interface {
@@ -104,17 +80,21 @@ func lastLines(s string, n int) string {
 
 // Node is one accessory as the Kamal control sees it.
 type Node struct {
-	Host string // the server Kamal reaches over SSH
-	Addr string // the private address PostgreSQL listens on there
-	Port int
+	Host     string // the server Kamal reaches over SSH
+	Addr     string // the private address PostgreSQL listens on there
+	Port     int
+	Commands *kamal.AccessoryCommands // what Kamal runs for it (container name, env file)
 }
 
 // Control is live.Control for Kamal accessories: SQL through an SSH tunnel
-// to each node's private address, container work through kamal.
+// to each node's private address; container steps with docker over the
+// same SSH connection (docker.go), and the kamal executable only where it
+// adds something: boot and reboot upload the files, env file and cmd.
 type Control struct {
 	Kamal      Kamal
 	Runner     Runner
 	Dialer     *Dialer
+	Shell      Shell // runs docker on a server; usually the Dialer
 	Nodes      map[string]Node
 	DBUser     string
 	DBUserFrom string // where DBUser came from, for messages
@@ -181,77 +161,10 @@ func (c *Control) Conn(ctx context.Context, node string) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// container reads `kamal accessory details`: whether a container exists and runs.
-func (c *Control) container(ctx context.Context, node string) (exists, running bool, err error) {
-	out, err := c.Runner.Run(ctx, c.Kamal.Details(node))
-	if err != nil {
-		return false, false, err
-	}
-	return ParseDetails(out)
-}
-
-// ParseDetails reads docker ps output as kamal accessory details prints it.
-func ParseDetails(out string) (exists, running bool, err error) {
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] == "CONTAINER" || strings.HasSuffix(line, ":") || !isHex(f[0]) {
-			continue
-		}
-		exists = true
-		if strings.Contains(line, " Up ") {
-			running = true
-		}
-	}
-	return exists, running, nil
-}
-
-func isHex(s string) bool {
-	if len(s) < 6 {
-		return false
-	}
-	for _, r := range s {
-		if !strings.ContainsRune("0123456789abcdef", r) {
-			return false
-		}
-	}
-	return true
-}
-
-// Running reports whether the accessory's container runs.
-func (c *Control) Running(ctx context.Context, node string) (bool, error) {
-	_, running, err := c.container(ctx, node)
-	return running, err
-}
-
-// Start starts the container if one exists, else boots the accessory.
-func (c *Control) Start(ctx context.Context, node string) error {
-	exists, running, err := c.container(ctx, node)
-	if err != nil || running {
-		return err
-	}
-	argv := c.Kamal.Boot(node)
-	if exists {
-		argv = c.Kamal.Start(node)
-	}
-	_, err = c.Runner.Run(ctx, argv)
-	return err
-}
-
-// Stop stops the container.
-func (c *Control) Stop(ctx context.Context, node string) error {
-	_, err := c.Runner.Run(ctx, c.Kamal.Stop(node))
-	return err
-}
-
 // Reboot re-creates the container with the current files, env and cmd.
 func (c *Control) Reboot(ctx context.Context, node string) error {
 	_, err := c.Runner.Run(ctx, c.Kamal.Reboot(node))
 	return err
-}
-
-// Run runs a role script in a fresh container with the accessory's volumes.
-func (c *Control) Run(ctx context.Context, node, script string) (string, error) {
-	return c.Runner.Run(ctx, c.Kamal.Exec(node, script))
 }
 
 // CheckLock refuses to go on while someone holds Kamal's deploy lock.
@@ -266,11 +179,23 @@ func (c *Control) CheckLock(ctx context.Context) error {
 	return nil
 }
 
-// NodesFromCluster pairs the plan's nodes with their servers.
-func NodesFromCluster(c pgconf.Cluster, hosts map[string]string) map[string]Node {
+// NodesFromCluster pairs the plan's nodes with their servers and their
+// Kamal commands.
+func NodesFromCluster(c pgconf.Cluster, hosts map[string]string, cmds map[string]*kamal.AccessoryCommands) map[string]Node {
 	out := map[string]Node{}
 	for _, n := range c.Nodes {
-		out[n.Name] = Node{Host: hosts[n.Name], Addr: n.Addr, Port: n.Port}
+		out[n.Name] = Node{Host: hosts[n.Name], Addr: n.Addr, Port: n.Port, Commands: cmds[n.Name]}
 	}
 	return out
 }
+
+// The capabilities the Kamal Control has beyond live.Control; live finds
+// them by type assertion, so these keep a drifting method from silently
+// dropping one (the "nothing was changed" guards depend on Reach).
+var (
+	_ live.Control            = (*Control)(nil)
+	_ live.Rebooter           = (*Control)(nil)
+	_ live.Reacher            = (*Control)(nil)
+	_ live.ControlReader      = (*Control)(nil)
+	_ live.RoleChangePreparer = (*Control)(nil)
+)

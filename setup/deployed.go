@@ -22,11 +22,6 @@ type Deployed struct {
 	// Secret names the nodes' env uses, as Kamal looks them up.
 	DBPasswordSecret, ReplPasswordSecret string
 	Secrets                              *kamal.Secrets
-	// Services maps each node to its container's name (Kamal's
-	// service_name: "<service>-<accessory>", or the accessory's service:).
-	Services map[string]string
-	// Service is the app's service: (Kamal's env files and lock are named after it).
-	Service string
 }
 
 var bootVarRE = regexp.MustCompile(`(?m)^(INITIAL_PRIMARY|REPL_USER)='([^']*)'$`)
@@ -43,7 +38,7 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Deployed{Config: cfg, Hosts: map[string]string{}, DBUser: "postgres", Services: map[string]string{}, Service: cfg.Service()}
+	d := &Deployed{Config: cfg, Hosts: map[string]string{}, DBUser: "postgres"}
 	gen := GeneratedDir(o.Destination)
 	boot, err := src.ReadFile(gen + "/boot.sh")
 	if err != nil {
@@ -78,7 +73,6 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 		}
 		c.Nodes = append(c.Nodes, pgconf.Node{Name: a.Name, Addr: port.BindIP, Port: port.HostPort})
 		d.Hosts[a.Name] = hosts[0]
-		d.Services[a.Name] = a.ServiceName()
 		if a.Name == c.InitialPrimary {
 			img, _ := a.Str("image")
 			if img == "" {

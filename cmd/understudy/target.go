@@ -115,11 +115,19 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 	if kh := os.Getenv("UNDERSTUDY_KNOWN_HOSTS"); kh != "" {
 		o.KnownHost = filepath.SplitList(kh)
 	}
+	var names []string
+	for _, n := range d.Cluster.Nodes {
+		names = append(names, n.Name)
+	}
+	cmds, err := remote.NodeCommands(d.Config, names)
+	if err != nil {
+		return nil, err
+	}
 	dialer := remote.NewDialer(o)
 	ctl := &remote.Control{
 		Kamal:  remote.Kamal{ConfigFile: config, Destination: dest},
 		Runner: remote.ExecRunner{Dir: abs},
-		Dialer: dialer, Nodes: remote.NodesFromCluster(d.Cluster, d.Hosts),
+		Dialer: dialer, Shell: dialer, Nodes: remote.NodesFromCluster(d.Cluster, d.Hosts, cmds),
 		DBUser: dbUser, DBUserFrom: userFrom, DBPassword: dbPassword,
 	}
 	return &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword}, kamal: ctl, close: dialer.Close}, nil
