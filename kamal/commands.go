@@ -415,20 +415,20 @@ func lockDir(app, dest string) string {
 // directory, then its details decoded.
 func LockStatus(app, dest string) string {
 	d := lockDir(app, dest)
-	return line("/usr/bin/env", "stat", d, ">", "/dev/null", "&&", "/usr/bin/env", "cat", d+"/details", "|", "/usr/bin/env", "base64", "-d")
+	return line("/usr/bin/env", "stat", d, ">", "/dev/null", "&&", "cat", d+"/details", "|", "base64", "-d")
 }
 
 // LockAcquire takes the lock: mkdir fails while someone holds it.
 // detailsB64 is Base64.encode64 of the details text (with its line breaks).
 func LockAcquire(app, dest, detailsB64 string) string {
 	d := lockDir(app, dest)
-	return line("/usr/bin/env", "mkdir", d, "&&", "/usr/bin/env", "echo", `"`+detailsB64+`"`, ">", d+"/details")
+	return line("/usr/bin/env", "mkdir", d, "&&", "echo", `"`+detailsB64+`"`, ">", d+"/details")
 }
 
 // LockRelease removes the lock.
 func LockRelease(app, dest string) string {
 	d := lockDir(app, dest)
-	return line("/usr/bin/env", "rm", d+"/details", "&&", "/usr/bin/env", "rm", "-r", d)
+	return line("/usr/bin/env", "rm", d+"/details", "&&", "rm", "-r", d)
 }
 
 // argumentize is Kamal::Utils.argumentize for one key and value.
@@ -463,11 +463,9 @@ func escapeDollars(s string) string {
 	for i := 0; i < len(s); i++ {
 		if s[i] == '$' {
 			rest := s[i+1:]
-			if strings.HasPrefix(rest, "{") {
-				if j := strings.IndexByte(rest[1:], '}'); j >= 0 && !strings.Contains(rest[1:1+j], "}") {
-					b.WriteByte('$')
-					continue
-				}
+			if strings.HasPrefix(rest, "{") && strings.Contains(rest[1:], "}") {
+				b.WriteByte('$')
+				continue
 			}
 			b.WriteString(`\$`)
 			continue
@@ -480,15 +478,15 @@ func escapeDollars(s string) string {
 // splitASCII is scan(/[\x00-\x7F]+|[^\x00-\x7F]+/).
 func splitASCII(s string) []string {
 	var out []string
+	if s == "" {
+		return nil // Ruby's "".scan gives [], and [].join gives ""
+	}
 	start := 0
 	for i := 1; i <= len(s); i++ {
 		if i == len(s) || (s[i] < utf8.RuneSelf) != (s[start] < utf8.RuneSelf) {
 			out = append(out, s[start:i])
 			start = i
 		}
-	}
-	if len(s) == 0 {
-		return []string{""}
 	}
 	return out
 }
@@ -542,7 +540,7 @@ func dump(s string) string {
 func escapeEnvFileValue(s string) string {
 	var b strings.Builder
 	for _, run := range splitASCII(s) {
-		if run != "" && run[0] >= utf8.RuneSelf {
+		if run[0] >= utf8.RuneSelf {
 			b.WriteString(run)
 			continue
 		}

@@ -65,7 +65,8 @@ func TestSwitchoverRefusedWhenStandbyNotReady(t *testing.T) {
 	labtest.Exec(t, l, "db-replica", "SELECT pg_wal_replay_pause()")
 	labtest.Exec(t, l, "db", "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 20000) g")
 	labtest.WaitFor(t, 30*time.Second, "the replay lag to pass 1 MB", func() bool {
-		return labtest.Query(t, l, "db", "SELECT (pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) > 1048576)::text FROM pg_stat_replication") == "true"
+		// replay_lsn is NULL until the standby has sent its first feedback.
+		return labtest.Query(t, l, "db", "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) > 1048576, false)::text FROM pg_stat_replication") == "true"
 	})
 	_, err := live.Switchover(ctx, l.Target(), "db-replica", live.RoleOptions{MaxLagBytes: 1 << 20})
 	if err == nil || !strings.Contains(err.Error(), "behind") || !strings.Contains(err.Error(), "nothing was changed") {

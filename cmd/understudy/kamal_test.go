@@ -9,117 +9,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/internal/sshtest"
-	"github.com/understudy-dev/understudy/lab"
+	"github.com/understudy-dev/understudy/live"
 )
 
-// kamalWorld is a Kamal deployment in miniature: two servers (network
-// namespaces) each running a real sshd, a jump host, PostgreSQL nodes
-// behind them on their private addresses, this host attached as the
-// operator's laptop, a stand-in for the kamal executable that acts on the
-// lab, and an app directory whose deploy.yml names it all.
-type kamalWorld struct {
-	lab        *lab.Lab
-	app        string
-	standinLog string
-	key        sshtest.Key
-	servers    map[string]*sshtest.Server // node name, or "jump"
-	knownHosts string
-}
-
-const dbPassword = "app-db-password-1"
-
-func newKamalWorld(t *testing.T, jump bool) *kamalWorld {
-	sshtest.Skip(t)
-	w := &kamalWorld{servers: map[string]*sshtest.Server{}}
-	w.lab = labtest.New(t, labtest.Options{NetNS: true, ContainerPaths: true, Ports: []int{5432, 5432}, WALCap: "10GB",
-		Password: "repl-password-for-kamal-test"})
-	ctx := context.Background()
-	if _, err := w.lab.AttachHost(ctx); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	w.key = sshtest.NewKey(t, dir, "id_test")
-	var known []string
-	for _, n := range w.lab.Cluster.Nodes {
-		s := sshtest.Start(t, dir, w.lab.NodeNetNS(n.Name), n.Addr, 2222, w.key.Authorized)
-		w.servers[n.Name] = s
-		known = append(known, s.KnownHost)
-	}
-	if jump {
-		s := sshtest.Start(t, dir, w.lab.NodeNetNS(""), w.lab.OutsiderAddr(), 2222, w.key.Authorized)
-		w.servers["jump"] = s
-		known = append(known, s.KnownHost)
-	}
-	w.knownHosts = filepath.Join(dir, "known_hosts")
-	os.WriteFile(w.knownHosts, []byte(strings.Join(known, "\n")+"\n"), 0o600)
-
-	// The stand-in for kamal, built from internal/kamalstandin.
-	bin := filepath.Join(dir, "bin")
-	os.MkdirAll(bin, 0o755)
-	if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "kamal"), "github.com/understudy-dev/understudy/internal/kamalstandin").CombinedOutput(); err != nil {
-		t.Fatalf("building the kamal stand-in: %v\n%s", err, out)
-	}
-	w.standinLog = filepath.Join(dir, "kamal.log")
-	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
-	t.Setenv("UNDERSTUDY_STANDIN_LAB", w.lab.Dir)
-	t.Setenv("UNDERSTUDY_STANDIN_LOG", w.standinLog)
-	t.Setenv("UNDERSTUDY_KNOWN_HOSTS", w.knownHosts)
-	t.Setenv("TEST_DB_PASSWORD", dbPassword)
-	t.Setenv("REPLICATION_PASSWORD", w.lab.Password())
-
-	// The app, as a user has it before understudy: one PostgreSQL accessory.
-	w.app = filepath.Join(dir, "app")
-	os.MkdirAll(filepath.Join(w.app, "config"), 0o755)
-	os.MkdirAll(filepath.Join(w.app, ".kamal"), 0o755)
-	proxy := ""
-	if jump {
-		proxy = "\n  proxy: root@" + w.servers["jump"].Addr
-	}
-	db := w.lab.Cluster.Nodes[0]
-	deploy := `service: shop
-image: shop/app
-servers:
-  - ` + db.Addr + `
-ssh:
-  user: root
-  port: 2222
-  keys_only: true
-  keys:
-    - ` + w.key.Path + proxy + `
-accessories:
-  db:
-    image: postgres:15
-    host: ` + db.Addr + `
-    port: "` + db.Addr + `:5432:5432"
-    env:
-      clear:
-        POSTGRES_USER: postgres
-      secret:
-        - POSTGRES_PASSWORD
-    directories:
-      - data:/var/lib/postgresql/data
-`
-	os.WriteFile(filepath.Join(w.app, "config", "deploy.yml"), []byte(deploy), 0o644)
-	os.WriteFile(filepath.Join(w.app, ".kamal", "secrets"), []byte("POSTGRES_PASSWORD=$TEST_DB_PASSWORD\n"), 0o644)
-	r := w.lab.Cluster.Nodes[1]
-	if out, code := runCLI(t, "init", "--app", w.app, "--replica-host", r.Addr, "--replica-ip", r.Addr); code != 0 {
-		t.Fatalf("init: exit %d\n%s", code, out)
-	}
-	return w
-}
-
-func (w *kamalWorld) kamalCalls() []string {
-	b, _ := os.ReadFile(w.standinLog)
-	return strings.Split(strings.TrimSpace(string(b)), "\n")
-}
-
-// The production path end to end: apply from nothing, through kamal (the
-// stand-in) for containers and a real SSH tunnel via a jump host for SQL,
-// then apply again, status, check, verify, and a switchover.
+// The production path end to end on real Docker: apply from nothing
+// (through kamal for the boots, a real SSH tunnel via a jump host for SQL),
+// then apply again, status, check, verify, and switchovers both ways. The
+// app is in the guide's shape, with POSTGRES_USER a secret.
 func TestKamalApplyThroughSSHJumpHost(t *testing.T) {
-	w := newKamalWorld(t, true)
+	w := newKamalWorld(t, worldOptions{jump: true})
 	out, code := runCLI(t, "apply", "--app", w.app, "--dry-run")
 	if code != 0 || !strings.Contains(out, "db: start it") || !strings.Contains(out, "db-replica: start it; if its data directory is empty it clones db") {
 		t.Fatalf("apply --dry-run: exit %d\n%s", code, out)
@@ -129,6 +28,9 @@ func TestKamalApplyThroughSSHJumpHost(t *testing.T) {
 			t.Errorf("--dry-run booted: %s", c)
 		}
 	}
+	if s := w.state(t, "db"); s != "absent" {
+		t.Errorf("--dry-run left db's container %s", s)
+	}
 	out, code = runCLI(t, "apply", "--app", w.app)
 	if code != 0 {
 		t.Fatalf("apply: exit %d\n%s", code, out)
@@ -136,10 +38,15 @@ func TestKamalApplyThroughSSHJumpHost(t *testing.T) {
 	if !strings.HasPrefix(out, "plan:") {
 		t.Errorf("apply did not show its plan first:\n%s", out)
 	}
-	for _, want := range []string{"started the primary db", "created replication role", "cloned db-replica"} {
+	for _, want := range []string{"started the primary db", "cloned db-replica"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("apply output lacks %q:\n%s", want, out)
 		}
+	}
+	// On the real image the first-boot role script (docker-entrypoint-initdb.d)
+	// made the replication role, so apply had nothing to add.
+	if got := w.query(t, "db", "SELECT count(*)::text FROM pg_roles WHERE rolname = 'replicator' AND rolreplication"); got != "1" {
+		t.Errorf("there are %s replication roles named replicator", got)
 	}
 	calls := strings.Join(w.kamalCalls(), "\n")
 	for _, want := range []string{"kamal lock status", "kamal accessory boot db", "kamal accessory boot db-replica"} {
@@ -148,8 +55,8 @@ func TestKamalApplyThroughSSHJumpHost(t *testing.T) {
 		}
 	}
 	// The SQL goes through the tunnel: the server sees the connection come
-	// from its own address (sshd forwarding on that server), not from this
-	// host (10.211.7.1), and the SSH connection went via the jump host.
+	// from its own address (sshd forwarding on that server, then Docker's
+	// published port), not from this host (10.211.7.1).
 	tg, err := openKamal(context.Background(), w.app, "config/deploy.yml", "", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -158,23 +65,27 @@ func TestKamalApplyThroughSSHJumpHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var from string
-	c.QueryRow(context.Background(), "SELECT host(inet_client_addr())").Scan(&from)
+	var user string
+	c.QueryRow(context.Background(), "SELECT current_user").Scan(&user)
 	// A cancelled query is cancelled on the server too: pgx's cancel
-	// request must find its way through the tunnel (research/postgres.md §4.1).
+	// request must find its way through the tunnel.
 	qctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	_, qerr := c.Exec(qctx, "SELECT pg_sleep(30)")
 	cancel()
 	if qerr == nil {
 		t.Error("pg_sleep(30) returned without error under a 300 ms deadline")
 	}
-	labtest.WaitFor(t, 3*time.Second, "the server to cancel the sleeping query", func() bool {
-		return labtest.Query(t, w.lab, "db", "SELECT count(*)::text FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'") == "0"
-	})
+	deadline := time.Now().Add(5 * time.Second)
+	for w.query(t, "db", "SELECT count(*)::text FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'") != "0" {
+		if time.Now().After(deadline) {
+			t.Fatal("the server did not cancel the sleeping query")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	c.Close(context.Background())
 	tg.close()
-	if from != "10.211.7.10" {
-		t.Errorf("the server saw the connection from %q, not through sshd on 10.211.7.10", from)
+	if user != dbUser {
+		t.Errorf("understudy logged in as %q, not POSTGRES_USER from the secrets (%q)", user, dbUser)
 	}
 	out, code = runCLI(t, "apply", "--app", w.app)
 	if code != 0 || !strings.Contains(out, "nothing to do") {
@@ -192,23 +103,141 @@ func TestKamalApplyThroughSSHJumpHost(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "was readable on db-replica") {
 		t.Errorf("verify: exit %d\n%s", code, out)
 	}
-	out, code = runCLI(t, "switchover", "db-replica", "--app", w.app)
-	if code != 0 || !strings.Contains(out, "without pg_rewind") {
-		t.Fatalf("switchover on Kamal: exit %d\n%s", code, out)
+	w.exec(t, "db", "CREATE TABLE orders (id int)", "INSERT INTO orders VALUES (1)")
+	os.Remove(w.standinLog)
+	for _, to := range []string{"db-replica", "db"} {
+		out, code = runCLI(t, "switchover", to, "--app", w.app)
+		if code != 0 || !strings.Contains(out, "without pg_rewind") {
+			t.Fatalf("switchover %s on Kamal: exit %d\n%s", to, code, out)
+		}
+		other := "db"
+		if to == "db" {
+			other = "db-replica"
+		}
+		// Bug 2 of the real-Kamal run: the old primary must run again, as a
+		// standby, not stay exited.
+		if s := w.state(t, other); s != "running" {
+			t.Fatalf("after switchover %s the old primary %s is %s", to, other, s)
+		}
+		if got := w.query(t, to, "SELECT pg_is_in_recovery()::text"); got != "false" {
+			t.Errorf("%s is in recovery after the switchover to it", to)
+		}
+		w.exec(t, to, "INSERT INTO orders VALUES (2)")
 	}
-	calls = strings.Join(w.kamalCalls(), "\n")
-	if !strings.Contains(calls, "kamal accessory stop db") || !strings.Contains(calls, "kamal accessory exec db sh -c") || !strings.Contains(calls, "kamal accessory start db") {
-		t.Errorf("switchover did not stop, re-point and start the old primary through kamal:\n%s", calls)
+	// The role changes ran docker over SSH, never the kamal executable.
+	for _, c := range w.kamalCalls() {
+		if c != "kamal lock status" {
+			t.Errorf("switchover ran kamal: %s", c)
+		}
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for w.query(t, "db-replica", "SELECT count(*)::text FROM orders") != "3" {
+		if time.Now().After(deadline) {
+			t.Fatal("db-replica does not have the 3 rows written across the switchovers")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
+// Bug 3 of the real-Kamal run: with the registry refusing logins (a
+// laptop without the registry password, an outage), a switchover still
+// works, since nothing in it asks the registry; and one interrupted right
+// after the stop rolls back with `docker start`, leaving db the primary.
+func TestKamalSwitchoverNeedsNoRegistryAndRollsBack(t *testing.T) {
+	w := newKamalWorld(t, worldOptions{})
+	if out, code := runCLI(t, "apply", "--app", w.app); code != 0 {
+		t.Fatalf("apply: exit %d\n%s", code, out)
+	}
+	for _, n := range nodes {
+		os.WriteFile(filepath.Join(w.docker[n].Home, ".registry-refuses"), nil, 0o644)
+	}
+	// The stand-in logs in as Kamal does, and is refused as Kamal would be.
+	if out, err := runKamal(w, "accessory", "exec", "db", "true"); err == nil {
+		t.Fatalf("kamal accessory exec worked with the registry refusing:\n%s", out)
+	}
+	out, code := runCLI(t, "switchover", "db-replica", "--app", w.app)
+	if code != 0 {
+		t.Fatalf("switchover with the registry refusing: exit %d\n%s", code, out)
+	}
+	if s := w.state(t, "db"); s != "running" {
+		t.Fatalf("the old primary db is %s", s)
+	}
+
+	// An interruption right after the stop: the switchover rolls back.
+	tg, err := openKamal(context.Background(), w.app, "config/deploy.yml", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var stoppedState string
+	_, err = live.Switchover(ctx, tg.Target, "db", live.RoleOptions{Out: testWriter{t}, Hook: func(stage string) {
+		if stage == "after-stop" {
+			stoppedState = w.state(t, "db-replica")
+			cancel()
+		}
+	}})
+	if err == nil || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("an interrupted switchover gave %v, want a rollback", err)
+	}
+	if stoppedState != "exited" {
+		t.Errorf("at the hook the primary's container was %q, not stopped", stoppedState)
+	}
+	if s := w.state(t, "db-replica"); s != "running" {
+		t.Fatalf("after the rollback db-replica is %s", s)
+	}
+	w.waitSQL(t, "db-replica", 30*time.Second)
+	if got := w.query(t, "db-replica", "SELECT pg_is_in_recovery()::text"); got != "false" {
+		t.Errorf("after the rollback db-replica is in recovery")
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func runKamal(w *kamalWorld, args ...string) (string, error) {
+	c := exec.Command("kamal", args...)
+	c.Dir = w.app
+	out, err := c.CombinedOutput()
+	return string(out), err
+}
+
+// What misled the first version: Kamal's boot skips a server where a
+// container exists, running or stopped, and says so with exit 0. The
+// stand-in runs Kamal's own commands, so it does the same.
+func TestKamalStandInBootSkipsAStoppedContainer(t *testing.T) {
+	w := newKamalWorld(t, worldOptions{plain: true})
+	w.kamal(t, "accessory", "stop", "db")
+	if s := w.state(t, "db"); s != "exited" {
+		t.Fatalf("after kamal accessory stop db is %s", s)
+	}
+	out := w.kamal(t, "accessory", "boot", "db")
+	if !strings.Contains(out, "Skipping booting `db`") || !strings.Contains(out, "a container already exists") {
+		t.Errorf("boot of a stopped accessory:\n%s", out)
+	}
+	if s := w.state(t, "db"); s != "exited" {
+		t.Errorf("boot changed the stopped container: %s", s)
+	}
+	if out := w.kamal(t, "accessory", "details", "db"); strings.Contains(out, "Exited") || !strings.Contains(out, "CONTAINER ID") {
+		t.Errorf("details lists a stopped container (Kamal's details is docker ps without -a):\n%s", out)
+	}
+	w.kamal(t, "accessory", "start", "db")
+	w.waitSQL(t, "db", 30*time.Second)
+}
+
 // Bad SSH and database input: each gives an error that names the host and
-// the fix, and nothing is changed (no kamal command runs).
+// the fix, and nothing is changed: no kamal verb runs and every container
+// on both servers is as it was.
 func TestKamalBadInputChangesNothing(t *testing.T) {
-	w := newKamalWorld(t, false)
+	w := newKamalWorld(t, worldOptions{})
 	deploy := filepath.Join(w.app, "config", "deploy.yml")
 	orig, _ := os.ReadFile(deploy)
 	os.Remove(w.standinLog)
+	before := w.containers(t)
 	try := func(name string, want ...string) {
 		t.Helper()
 		out, code := runCLI(t, "apply", "--app", w.app, "--timeout", "20s")
@@ -227,6 +256,9 @@ func TestKamalBadInputChangesNothing(t *testing.T) {
 					t.Errorf("%s: kamal was asked to %s", name, c)
 				}
 			}
+		}
+		if now := w.containers(t); now != before {
+			t.Errorf("%s: the containers changed:\nbefore:\n%snow:\n%s", name, before, now)
 		}
 		os.Remove(w.standinLog)
 	}
@@ -255,13 +287,25 @@ func TestKamalBadInputChangesNothing(t *testing.T) {
 		t.Fatalf("apply: %s", out)
 	}
 	os.Remove(w.standinLog)
+	before = w.containers(t)
 	t.Setenv("TEST_DB_PASSWORD", "not-the-password")
-	try("wrong database password", "accessory db on 10.211.7.10", "POSTGRES_PASSWORD")
+	try("wrong database password", "accessory db on 10.211.7.10", `user "shop"`, "POSTGRES_PASSWORD")
 
-	// A held deploy lock stops apply before it does anything.
+	// A held deploy lock (Kamal's own lock directory on the primary host)
+	// stops apply before it does anything.
 	t.Setenv("TEST_DB_PASSWORD", dbPassword)
-	t.Setenv("UNDERSTUDY_STANDIN_LOCKED", "1")
+	w.kamal(t, "lock", "acquire")
+	os.Remove(w.standinLog)
 	try("deploy lock", "deploy lock is held", "kamal lock release")
+
+	// With no node answering, status says so in its exit code.
+	w.kamal(t, "lock", "release")
+	for _, n := range nodes {
+		w.kamal(t, "accessory", "stop", n)
+	}
+	if out, code := runCLI(t, "status", "--app", w.app); code == 0 || !strings.Contains(out, "no node answered") {
+		t.Errorf("status with every node stopped: exit %d\n%s", code, out)
+	}
 }
 
 // The guide's situation: the primary already runs, as the postgres image
@@ -270,18 +314,8 @@ func TestKamalBadInputChangesNothing(t *testing.T) {
 // --yes reboots it through kamal, then makes the role and slot and clones
 // the standby.
 func TestKamalApplyRebootsARunningPrimaryWithConsent(t *testing.T) {
-	w := newKamalWorld(t, false)
-	t.Setenv("UNDERSTUDY_STANDIN_PLAIN", "db")
-	boot := exec.Command("kamal", "accessory", "boot", "db")
-	boot.Dir = w.app // kamal reads .kamal/secrets from the app
-	if out, err := boot.CombinedOutput(); err != nil {
-		t.Fatalf("booting the plain primary: %v %s", err, out)
-	}
-	labtest.WaitFor(t, 30*time.Second, "the plain primary to answer", func() bool {
-		_, err := w.lab.Conn(context.Background(), "db")
-		return err == nil
-	})
-	labtest.Exec(t, w.lab, "db", "CREATE TABLE orders (id int)", "INSERT INTO orders VALUES (1), (2), (3)")
+	w := newKamalWorld(t, worldOptions{plain: true})
+	w.exec(t, "db", "CREATE TABLE orders (id int)", "INSERT INTO orders VALUES (1), (2), (3)")
 	os.Remove(w.standinLog)
 
 	out, code := runCLI(t, "apply", "--app", w.app)
@@ -302,10 +336,10 @@ func TestKamalApplyRebootsARunningPrimaryWithConsent(t *testing.T) {
 	if !strings.Contains(calls, "kamal accessory reboot db") || !strings.Contains(calls, "kamal accessory boot db-replica") {
 		t.Errorf("kamal calls:\n%s", calls)
 	}
-	if got := labtest.Query(t, w.lab, "db-replica", "SELECT count(*)::text FROM orders"); got != "3" {
+	if got := w.query(t, "db-replica", "SELECT count(*)::text FROM orders"); got != "3" {
 		t.Errorf("the standby has %s of the primary's 3 rows", got)
 	}
-	if got := labtest.Query(t, w.lab, "db", "SHOW config_file"); got != "/understudy/postgresql.conf" {
+	if got := w.query(t, "db", "SHOW config_file"); got != "/understudy/postgresql.conf" {
 		t.Errorf("after the reboot the primary reads %s", got)
 	}
 }

@@ -68,6 +68,23 @@ type Server struct {
 // accepting the authorized keys, with a fresh host key.
 func Start(t testing.TB, dir, nsPath, ip string, port int, authorized ...string) *Server {
 	t.Helper()
+	return StartWith(t, dir, Options{NetNS: nsPath, IP: ip, Port: port}, authorized...)
+}
+
+// Options place an sshd: its namespaces, address, and the environment its
+// sessions get (sshd_config SetEnv), e.g. DOCKER_HOST for a test server.
+type Options struct {
+	NetNS   string
+	MountNS string // a persistent mount namespace file, "" for the host's
+	IP      string
+	Port    int
+	SetEnv  []string
+}
+
+// StartWith runs sshd as Options say.
+func StartWith(t testing.TB, dir string, o Options, authorized ...string) *Server {
+	t.Helper()
+	nsPath, ip, port := o.NetNS, o.IP, o.Port
 	os.MkdirAll("/run/sshd", 0o755) // sshd's privilege separation directory
 	sdir, err := os.MkdirTemp(dir, "sshd-")
 	if err != nil {
@@ -89,11 +106,20 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 AllowTcpForwarding yes
+MaxSessions 50
+MaxStartups 50:30:100
 LogLevel ERROR
 `, port, ip, hostKey, filepath.Join(sdir, "sshd.pid"), filepath.Join(sdir, "authorized_keys"))
+	if len(o.SetEnv) > 0 {
+		cfg += "SetEnv " + strings.Join(o.SetEnv, " ") + "\n"
+	}
 	cfgPath := filepath.Join(sdir, "sshd_config")
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
-	cmd := exec.Command("nsenter", "--net="+nsPath, "--", SSHD, "-D", "-e", "-f", cfgPath)
+	ns := []string{"--net=" + nsPath}
+	if o.MountNS != "" {
+		ns = append(ns, "--mount="+o.MountNS)
+	}
+	cmd := exec.Command("nsenter", append(ns, "--", SSHD, "-D", "-e", "-f", cfgPath)...)
 	logf, _ := os.Create(filepath.Join(sdir, "sshd.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
