@@ -123,6 +123,9 @@ func (c *Control) containerOf(node string) (Node, error) {
 }
 
 // inspect reads the node's container; errNoContainer when there is none.
+// What cannot change while the container exists (image, network, PGDATA)
+// is kept, so the steps between a switchover's stop and its promote
+// (reading the control file) need no inspect of their own.
 func (c *Control) inspect(ctx context.Context, node string) (ContainerInfo, error) {
 	n, err := c.containerOf(node)
 	if err != nil {
@@ -130,12 +133,40 @@ func (c *Control) inspect(ctx context.Context, node string) (ContainerInfo, erro
 	}
 	out, err := c.Shell.Exec(ctx, n.Host, InspectCmd(n.Commands.ServiceName), nil)
 	if err != nil {
+		c.forget(node)
 		if errors.Is(err, ErrRemoteCommand) && strings.Contains(strings.ToLower(err.Error()), "no such") {
 			return ContainerInfo{}, fmt.Errorf("%s: %w", c.Where(node), errNoContainer)
 		}
 		return ContainerInfo{}, fmt.Errorf("reading %s's container with docker: %w", c.Where(node), err)
 	}
-	return ParseInspect(string(out))
+	ci, err := ParseInspect(string(out))
+	if err == nil {
+		c.mu.Lock()
+		if c.known == nil {
+			c.known = map[string]ContainerInfo{}
+		}
+		c.known[node] = ci
+		c.mu.Unlock()
+	}
+	return ci, err
+}
+
+// knownContainer is the last inspect of the node's container, if any.
+func (c *Control) knownContainer(ctx context.Context, node string) (ContainerInfo, error) {
+	c.mu.Lock()
+	ci, ok := c.known[node]
+	c.mu.Unlock()
+	if ok {
+		return ci, nil
+	}
+	return c.inspect(ctx, node)
+}
+
+// forget drops what was known of a node's container (it was re-created).
+func (c *Control) forget(node string) {
+	c.mu.Lock()
+	delete(c.known, node)
+	c.mu.Unlock()
 }
 
 // Running reports whether the accessory's container runs.
@@ -159,6 +190,7 @@ func (c *Control) Start(ctx context.Context, node string) error {
 	ci, err := c.inspect(ctx, node)
 	switch {
 	case errors.Is(err, errNoContainer):
+		c.forget(node)
 		_, err = c.Runner.Run(ctx, c.Kamal.Boot(node))
 		return err
 	case err != nil:
@@ -206,7 +238,7 @@ func (c *Control) Run(ctx context.Context, node, script string) (string, error) 
 // ReadControl copies the node's pg_control out of its container (running
 // or stopped) and reads it (live.ControlReader).
 func (c *Control) ReadControl(ctx context.Context, node string) (pgops.ControlData, error) {
-	ci, err := c.inspect(ctx, node)
+	ci, err := c.knownContainer(ctx, node)
 	if err != nil {
 		return pgops.ControlData{}, err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -99,6 +100,9 @@ type Control struct {
 	DBUser     string
 	DBUserFrom string // where DBUser came from, for messages
 	DBPassword string
+
+	mu    sync.Mutex
+	known map[string]ContainerInfo // the last inspect of each node's container
 }
 
 // Reach logs in to the node's server over SSH (live.Reacher).
@@ -163,6 +167,7 @@ func (c *Control) Conn(ctx context.Context, node string) (*pgx.Conn, error) {
 
 // Reboot re-creates the container with the current files, env and cmd.
 func (c *Control) Reboot(ctx context.Context, node string) error {
+	c.forget(node)
 	_, err := c.Runner.Run(ctx, c.Kamal.Reboot(node))
 	return err
 }

@@ -53,7 +53,7 @@ func tree(t *testing.T, dir string) map[string]string {
 	return out
 }
 
-func runCLI(t *testing.T, args ...string) (string, int) {
+func runCLI(t testing.TB, args ...string) (string, int) {
 	t.Helper()
 	var out bytes.Buffer
 	code := run(context.Background(), args, &out, &out)

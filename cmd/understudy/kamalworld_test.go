@@ -50,7 +50,7 @@ var imageOnce struct {
 	err error
 }
 
-func testImage(t *testing.T) string {
+func testImage(t testing.TB) string {
 	t.Helper()
 	imageOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -67,7 +67,7 @@ func testImage(t *testing.T) string {
 // boots db before init, as the guide's app runs it.
 type worldOptions struct{ jump, plain bool }
 
-func newKamalWorld(t *testing.T, o worldOptions) *kamalWorld {
+func newKamalWorld(t testing.TB, o worldOptions) *kamalWorld {
 	sshtest.Skip(t)
 	dockertest.Skip(t)
 	tar := testImage(t)
@@ -189,7 +189,7 @@ accessories:
 }
 
 // kamal runs the stand-in in the app directory, as a user would run kamal.
-func (w *kamalWorld) kamal(t *testing.T, args ...string) string {
+func (w *kamalWorld) kamal(t testing.TB, args ...string) string {
 	t.Helper()
 	c := exec.Command("kamal", args...)
 	c.Dir = w.app
@@ -206,7 +206,7 @@ func (w *kamalWorld) kamalCalls() []string {
 }
 
 // state is the node's container as Docker on its server sees it.
-func (w *kamalWorld) state(t *testing.T, node string) string {
+func (w *kamalWorld) state(t testing.TB, node string) string {
 	t.Helper()
 	out, err := exec.Command("docker", "-H", w.docker[node].DockerHost(), "container", "inspect", "--format", "{{.State.Status}}", "shop-"+node).CombinedOutput()
 	if err != nil {
@@ -217,7 +217,7 @@ func (w *kamalWorld) state(t *testing.T, node string) string {
 
 // containers lists every container on every server with its state and id,
 // to prove that something changed nothing.
-func (w *kamalWorld) containers(t *testing.T) string {
+func (w *kamalWorld) containers(t testing.TB) string {
 	t.Helper()
 	var b strings.Builder
 	for _, n := range nodes {
@@ -233,7 +233,7 @@ func (w *kamalWorld) containers(t *testing.T) string {
 
 // conn connects to a node as the app's database user, straight to its
 // published port from this host (the laptop is on the servers' switch).
-func (w *kamalWorld) conn(t *testing.T, node string) *pgx.Conn {
+func (w *kamalWorld) conn(t testing.TB, node string) *pgx.Conn {
 	t.Helper()
 	cfg, err := pgx.ParseConfig("host=" + w.addr[node] + " port=5432 dbname=postgres sslmode=disable connect_timeout=5")
 	if err != nil {
@@ -247,7 +247,7 @@ func (w *kamalWorld) conn(t *testing.T, node string) *pgx.Conn {
 	return c
 }
 
-func (w *kamalWorld) query(t *testing.T, node, sql string) string {
+func (w *kamalWorld) query(t testing.TB, node, sql string) string {
 	t.Helper()
 	c := w.conn(t, node)
 	defer c.Close(context.Background())
@@ -258,7 +258,7 @@ func (w *kamalWorld) query(t *testing.T, node, sql string) string {
 	return s
 }
 
-func (w *kamalWorld) exec(t *testing.T, node string, sqls ...string) {
+func (w *kamalWorld) exec(t testing.TB, node string, sqls ...string) {
 	t.Helper()
 	c := w.conn(t, node)
 	defer c.Close(context.Background())
@@ -269,7 +269,7 @@ func (w *kamalWorld) exec(t *testing.T, node string, sqls ...string) {
 	}
 }
 
-func (w *kamalWorld) waitSQL(t *testing.T, node string, timeout time.Duration) {
+func (w *kamalWorld) waitSQL(t testing.TB, node string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
