@@ -267,8 +267,12 @@ done
 // It runs only when the image initialises a brand-new cluster, and creates the
 // replication role so that a standby booted at the same time can clone. It
 // reads the password from the passfile the boot script wrote, and turns
-// statement logging off for its session so the password cannot reach the log
-// (research/postgres.md §2.8). Existing clusters get the role from
+// statement logging, pg_stat_activity's query text and pg_stat_statements
+// off for its session (all three are superuser-settable), so the statement
+// carrying the password reaches no log, view or statistics file (PostgreSQL
+// docs: "Error Reporting and Logging", "Run-time Statistics",
+// "pg_stat_statements"; a placeholder SET is accepted when the module is
+// not loaded). Existing clusters get the role from
 // `understudy apply`, as a SCRAM verifier computed client-side.
 func RoleScript(c Cluster) string {
 	return strings.NewReplacer("@REPL_USER@", c.ReplUser).Replace(roleTemplate)
@@ -288,6 +292,8 @@ psql -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname postgre
 SET log_statement = 'none';
 SET log_min_error_statement = 'panic';
 SET log_min_duration_statement = -1;
+SET track_activities = off;
+SET pg_stat_statements.track = 'none';
 SET password_encryption = 'scram-sha-256';
 CREATE ROLE "@REPL_USER@" WITH LOGIN REPLICATION PASSWORD '$pw';
 SQL

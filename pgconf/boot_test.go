@@ -451,3 +451,42 @@ func waitExit(t *testing.T, p *bootProc) {
 		return p.exited(), "running"
 	})
 }
+
+// With pg_stat_statements preloaded (a common cmd), the first-boot role
+// script's statement, which carries the password, is kept nowhere:
+// not in pg_stat_statements, not in its query-text file, not in the log.
+func TestRoleScriptLeavesNoPasswordInStatementStatistics(t *testing.T) {
+	e := pgtest.New(t)
+	data, run := e.Dir("pgss"), e.Dir("run")
+	e.InitDB(data)
+	port := pgtest.FreePort(t)
+	e.Start(data, fmt.Sprintf("-c port=%d -c listen_addresses='' -c unix_socket_directories=%s -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all -c log_statement=all", port, data))
+	psql := func(sql string) string {
+		t.Helper()
+		return strings.TrimSpace(e.Run("psql", "-XAtq", "-h", data, "-p", fmt.Sprint(port), "-U", "postgres", "-d", "postgres", "-c", sql))
+	}
+	psql("CREATE EXTENSION pg_stat_statements")
+	c := pgconf.Cluster{ReplUser: "replicator"}
+	pass := filepath.Join(run, "understudy.pgpass")
+	os.WriteFile(pass, []byte("*:*:*:replicator:"+testPassword+"\n"), 0o600)
+	os.Chown(pass, e.UID(), e.GID())
+	script := filepath.Join(run, "role.sh")
+	os.WriteFile(script, []byte(pgconf.RoleScript(c)), 0o755)
+	cmd := e.Command("/bin/sh", script)
+	cmd.Env = append(cmd.Env, "UNDERSTUDY_RUN_DIR="+run, "PGHOST="+data, fmt.Sprintf("PGPORT=%d", port))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("role script: %v\n%s", err, out)
+	}
+	if got := psql("SELECT count(*) FROM pg_roles WHERE rolname = 'replicator'"); got != "1" {
+		t.Fatalf("the role was not created (%s)", got)
+	}
+	if got := psql("SELECT count(*) FROM pg_stat_statements WHERE query ILIKE '%CREATE ROLE%'"); got != "0" {
+		t.Errorf("pg_stat_statements recorded the CREATE ROLE statement (%s rows)", got)
+	}
+	psql("SELECT pg_stat_statements_reset()") // flushes nothing, but the text file must already be clean
+	for _, f := range []string{filepath.Join(data, "pg_stat_tmp", "pgss_query_texts.stat"), filepath.Join(data, "..", "pgss.log")} {
+		if b, err := os.ReadFile(f); err == nil && bytes.Contains(b, []byte(testPassword)) {
+			t.Errorf("%s holds the password", f)
+		}
+	}
+}
