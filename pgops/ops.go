@@ -3,6 +3,7 @@ package pgops
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -92,3 +93,36 @@ func EnsureRewindGrants(ctx context.Context, c *pgx.Conn, role string) (bool, er
 	}
 	return granted, nil
 }
+
+// Setting names ALTER SYSTEM may be used on by understudy. Names are SQL
+// identifiers and cannot be bound as parameters, so only these are accepted.
+type SystemSetting string
+
+const (
+	// WALRetrieveRetryInterval is how long a standby's startup process
+	// waits after a failed attempt to get WAL before trying again
+	// (PostgreSQL docs, "Standby Servers": wal_retrieve_retry_interval).
+	WALRetrieveRetryInterval SystemSetting = "wal_retrieve_retry_interval"
+	// PrimaryConninfo is a standby's connection to its upstream (reloadable since 13).
+	PrimaryConninfo SystemSetting = "primary_conninfo"
+)
+
+// SetSystem writes a setting into postgresql.auto.conf and reloads, so it
+// takes effect without a restart for settings of context sighup.
+func SetSystem(ctx context.Context, c *pgx.Conn, name SystemSetting, value string) error {
+	if _, err := c.Exec(ctx, "ALTER SYSTEM SET "+string(name)+" = "+QuoteLiteral(value)); err != nil {
+		return fmt.Errorf("ALTER SYSTEM SET %s: %w", name, err)
+	}
+	return Reload(ctx, c)
+}
+
+// ResetSystem removes a setting from postgresql.auto.conf and reloads.
+func ResetSystem(ctx context.Context, c *pgx.Conn, name SystemSetting) error {
+	if _, err := c.Exec(ctx, "ALTER SYSTEM RESET "+string(name)); err != nil {
+		return fmt.Errorf("ALTER SYSTEM RESET %s: %w", name, err)
+	}
+	return Reload(ctx, c)
+}
+
+// QuoteLiteral quotes a string as an SQL literal (standard_conforming_strings on).
+func QuoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
