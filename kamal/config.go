@@ -52,6 +52,9 @@ func DestinationPath(configPath, dest string) string {
 	return strings.TrimSuffix(configPath, ext) + "." + dest + ext
 }
 
+// MaxConfigBytes bounds one config file.
+const MaxConfigBytes = 1 << 20
+
 // Load reads the configuration as Kamal does (research/kamal.md §4.1).
 // env answers ERB's ENV lookups; KAMAL_DESTINATION is set as Kamal sets it.
 func Load(src Source, configPath, dest string, env func(string) (string, bool)) (*Config, error) {
@@ -83,13 +86,20 @@ func Load(src Source, configPath, dest string, env func(string) (string, bool)) 
 		if err != nil {
 			return nil, fmt.Errorf("reading %s: %w", p, err)
 		}
+		if len(text) > MaxConfigBytes {
+			return nil, fmt.Errorf("%s is %d bytes; a Kamal config is a few kilobytes, and understudy reads at most %d: check that this is the right file", p, len(text), MaxConfigBytes)
+		}
 		f, err := parseFile(p, text)
 		if err != nil {
 			return nil, err
 		}
 		c.Files = append(c.Files, f)
 		if f.doc != nil {
-			c.Root = merge(c.Root, build(f, nil, f.doc))
+			v, err := build(f, nil, f.doc)
+			if err != nil {
+				return nil, err
+			}
+			c.Root = merge(c.Root, v)
 		}
 	}
 	if c.Root == nil {

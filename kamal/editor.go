@@ -70,6 +70,51 @@ func directGet(m *yaml.Node, key string) (k, v *yaml.Node) {
 	return nil, nil
 }
 
+// aliasedNodes is every node that an alias in the document refers to.
+func aliasedNodes(doc *yaml.Node) map[*yaml.Node]bool {
+	out := map[*yaml.Node]bool{}
+	var walk func(n *yaml.Node)
+	walk = func(n *yaml.Node) {
+		if n == nil {
+			return
+		}
+		if n.Kind == yaml.AliasNode {
+			out[n.Alias] = true
+			return
+		}
+		for _, c := range n.Content {
+			walk(c)
+		}
+	}
+	walk(doc)
+	return out
+}
+
+// mergeProvides reports whether a merge key's value (a mapping, an alias
+// of one, or a list of them) has key.
+func mergeProvides(v *yaml.Node, key string) bool {
+	v = resolveAlias(v)
+	if v == nil {
+		return false
+	}
+	if v.Kind == yaml.SequenceNode {
+		for _, it := range v.Content {
+			if mergeProvides(it, key) {
+				return true
+			}
+		}
+		return false
+	}
+	k, _ := directGet(v, key)
+	if k != nil {
+		return true
+	}
+	if mk, mv := directGet(v, "<<"); mk != nil && mv != v {
+		return mergeProvides(mv, key)
+	}
+	return false
+}
+
 // locate walks path in the edit file. It returns the deepest mapping reached,
 // its indentation, and how many path elements were found.
 type location struct {
@@ -82,13 +127,24 @@ type location struct {
 func (e *Editor) locate(f *File, path []string) (location, error) {
 	loc := location{mapping: f.doc}
 	cur := f.doc
+	shared := aliasedNodes(f.doc)
 	for i, p := range path {
 		k, v := directGet(cur, p)
 		if k == nil {
+			// Writing the key directly would hide what a merge key (<<)
+			// gives it, and Kamal would see only understudy's part.
+			if mk, mv := directGet(cur, "<<"); mk != nil && mergeProvides(mv, p) {
+				return loc, fmt.Errorf("%s:%d: %s comes from the merge key (<<) at line %d; understudy must change it, and a direct %s: would replace the merged one: write %s: out in full in %s",
+					f.Path, mk.Line, strings.Join(path[:i+1], "/"), mk.Line, p, p, strings.Join(path[:i], "/"))
+			}
 			return loc, nil
 		}
 		if v.Kind == yaml.AliasNode {
 			return loc, fmt.Errorf("%s:%d: %s is a YAML alias (*%s); understudy must change it, so write it out in full there", f.Path, k.Line, strings.Join(path[:i+1], "/"), v.Value)
+		}
+		if shared[v] {
+			return loc, fmt.Errorf("%s:%d: %s is the anchor &%s, which other places use through *%s; understudy must change it, and that would change them too: give %s its own copy instead of the anchor",
+				f.Path, k.Line, strings.Join(path[:i+1], "/"), v.Anchor, v.Anchor, strings.Join(path[:i+1], "/"))
 		}
 		if i < len(path)-1 && hasERB(v.Value) {
 			return loc, fmt.Errorf("%s:%d: %s comes from ERB, which understudy must change; write it as plain YAML", f.Path, k.Line, strings.Join(path[:i+1], "/"))
@@ -178,6 +234,12 @@ func (e *Editor) EnsureScalar(acc string, path []string, value Raw) error {
 func (e *Editor) EnsureListItem(acc string, path []string, item any, match func(*Val) bool) error {
 	full := append([]string{"accessories", acc}, path...)
 	merged := e.cfg.Root.Get(full...)
+	if merged != nil && !merged.IsSeq() && !merged.IsNull() {
+		// Kamal refuses it too ("should be an array"); rewriting it as a
+		// list would silently drop what is there.
+		return fmt.Errorf("%s: %s must be a list, not a %s (Kamal refuses it: \"should be an array\"); write it as a list, e.g.\n  %s:\n    - %s",
+			merged.Pos(), strings.Join(full, "/"), kindName(merged.Node), full[len(full)-1], merged.Node.Value)
+	}
 	for _, it := range merged.Items() {
 		if match(it) {
 			return nil

@@ -97,27 +97,83 @@ func resolveAlias(n *yaml.Node) *yaml.Node {
 	return n
 }
 
-func build(f *File, key, n *yaml.Node) *Val {
+// Limits on what a file can make the reader do. A Kamal config has a few
+// hundred values; aliases can multiply them (each alias of a list of
+// aliases copies it again), so expansion is counted, as mature YAML loaders
+// bound it, and a value that contains itself is refused.
+const (
+	maxValues = 100_000
+	maxDepth  = 100
+)
+
+// builder turns one file's nodes into values, within the limits.
+type builder struct {
+	f      *File
+	values int
+	onPath map[*yaml.Node]bool // mappings and lists being built: an alias back to one is a cycle
+	err    error
+}
+
+func build(f *File, key, n *yaml.Node) (*Val, error) {
+	b := &builder{f: f, onPath: map[*yaml.Node]bool{}}
+	v := b.build(key, n, 0)
+	if b.err != nil {
+		return nil, b.err
+	}
+	return v, nil
+}
+
+func (b *builder) fail(n *yaml.Node, format string, a ...any) *Val {
+	if b.err == nil {
+		b.err = fmt.Errorf("%s:%d: "+format, append([]any{b.f.Path, n.Line}, a...)...)
+	}
+	return &Val{Node: &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null"}, File: b.f}
+}
+
+func (b *builder) build(key, n *yaml.Node, depth int) *Val {
+	if b.err != nil {
+		return b.fail(n, "")
+	}
+	if n.Kind == yaml.AliasNode {
+		if t := resolveAlias(n); t == nil || b.onPath[t] {
+			return b.fail(n, "the alias *%s refers to a value that contains it, so the value would be endless; give it a finite value (Kamal cannot use it either)", n.Value)
+		}
+	}
 	n = resolveAlias(n)
-	v := &Val{Node: n, KeyNode: key, File: f}
+	if b.values++; b.values > maxValues {
+		return b.fail(n, "the aliases in this file expand to more than %d values (nested anchors of lists of aliases multiply); write the values out, or use fewer levels of aliases", maxValues)
+	}
+	if depth > maxDepth {
+		return b.fail(n, "values are nested more than %d levels deep; a Kamal config needs a few", maxDepth)
+	}
+	v := &Val{Node: n, KeyNode: key, File: b.f}
+	if n.Kind == yaml.MappingNode || n.Kind == yaml.SequenceNode {
+		b.onPath[n] = true
+		defer delete(b.onPath, n)
+	}
 	switch n.Kind {
 	case yaml.MappingNode:
 		v.fields = map[string]*Val{}
 		var merges []*Val
+		seen := map[string]*yaml.Node{}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, val := n.Content[i], n.Content[i+1]
 			if k.Value == "<<" && k.Tag == "!!merge" {
 				src := resolveAlias(val)
-				if src.Kind == yaml.SequenceNode {
+				if src != nil && src.Kind == yaml.SequenceNode {
 					for _, s := range src.Content {
-						merges = append(merges, build(f, nil, s))
+						merges = append(merges, b.build(nil, s, depth+1))
 					}
 				} else {
-					merges = append(merges, build(f, nil, src))
+					merges = append(merges, b.build(nil, val, depth+1))
 				}
 				continue
 			}
-			v.set(k.Value, build(f, k, val))
+			if first, dup := seen[k.Value]; dup {
+				return b.fail(k, "%s: appears twice in this mapping (first at line %d). YAML loaders keep the last one, so Kamal ignores line %d; merge the two into one %s: entry", k.Value, first.Line, first.Line, k.Value)
+			}
+			seen[k.Value] = k
+			v.set(k.Value, b.build(k, val, depth+1))
 		}
 		// Keys given directly win over merged ones.
 		for _, m := range merges {
@@ -129,7 +185,7 @@ func build(f *File, key, n *yaml.Node) *Val {
 		}
 	case yaml.SequenceNode:
 		for _, it := range n.Content {
-			v.items = append(v.items, build(f, nil, it))
+			v.items = append(v.items, b.build(nil, it, depth+1))
 		}
 	}
 	return v

@@ -319,3 +319,36 @@ func TestSecretFollowsHowThePasswordIsFetched(t *testing.T) {
 		t.Errorf("warnings should flag the plain-text password without repeating it: %q", w)
 	}
 }
+
+// Issue 10, items 3-7: files whose meaning init cannot keep while editing
+// them. Each gives an error naming the file and line and the fix; none
+// panics, and none is written (Build only reads).
+func TestRefusesEditsThatWouldChangeWhatKamalSees(t *testing.T) {
+	ok := app("postgres:16", "10.0.0.2:5432:5432", "postgres")["config/deploy.yml"]
+	withSecrets := func(deploy string) mapSource {
+		return mapSource{"config/deploy.yml": deploy, ".kamal/secrets": "POSTGRES_PASSWORD=$POSTGRES_PASSWORD\n"}
+	}
+	merged := strings.Replace(ok, "accessories:\n  db:\n", "x-pg: &pg\n  env:\n    secret:\n      - POSTGRES_PASSWORD\naccessories:\n  db:\n    <<: *pg\n", 1)
+	merged = strings.Replace(merged, "    env:\n      secret:\n        - POSTGRES_PASSWORD\n    directories:", "    directories:", 1)
+	sharedList := strings.Replace(ok, "      secret:\n        - POSTGRES_PASSWORD\n", "      secret: &secrets\n        - POSTGRES_PASSWORD\n", 1) +
+		"  cache:\n    image: redis:7\n    host: 192.0.2.5\n    env:\n      secret: *secrets\n"
+	stringSecret := strings.Replace(ok, "      secret:\n        - POSTGRES_PASSWORD\n", "      secret: POSTGRES_PASSWORD\n", 1)
+	cases := []struct{ name, deploy, want string }{
+		{"second accessories key", ok + "accessories:\n  redis:\n    image: redis:7\n", "config/deploy.yml:22: accessories: appears twice in this mapping (first at line 11)"},
+		{"duplicate accessory", strings.Replace(ok, "accessories:\n", "accessories:\n  db:\n    image: postgres:15\n", 1), "config/deploy.yml:14: db: appears twice in this mapping (first at line 12)"},
+		{"env through a merge key", merged, "comes from the merge key (<<)"},
+		{"secret list shared by an anchor", sharedList, "is the anchor &secrets, which other places use through *secrets"},
+		{"env.secret as a string", stringSecret, `must be a list, not a scalar (Kamal refuses it: "should be an array")`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Build(withSecrets(c.deploy), replica)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v\nwant an error containing %q", err, c.want)
+			}
+			if !strings.HasPrefix(err.Error(), "config/deploy.yml:") {
+				t.Errorf("the error does not start with file:line: %v", err)
+			}
+		})
+	}
+}

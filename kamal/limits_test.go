@@ -1,0 +1,61 @@
+package kamal
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+func loadRaw(t *testing.T, text string) (*Config, error) {
+	t.Helper()
+	src := &Overlay{Base: DirSource(t.TempDir()), Files: map[string]string{"config/deploy.yml": text}}
+	return Load(src, "config/deploy.yml", "", nil)
+}
+
+// Hostile YAML that Kamal's own loader accepts: understudy answers each
+// with an error naming the line, at once and in bounded memory, never a
+// crash or an endless expansion.
+func TestHostileYAMLIsRefusedPromptly(t *testing.T) {
+	// Nine nested anchors, each a list of nine aliases of the one before:
+	// 9^9 (387 million) values when expanded.
+	var bomb strings.Builder
+	bomb.WriteString("service: shop\na0: &a0 [x, x, x, x, x, x, x, x, x]\n")
+	for i := 1; i <= 9; i++ {
+		fmt.Fprintf(&bomb, "a%d: &a%d [", i, i)
+		for j := 0; j < 9; j++ {
+			if j > 0 {
+				bomb.WriteString(", ")
+			}
+			fmt.Fprintf(&bomb, "*a%d", i-1)
+		}
+		bomb.WriteString("]\n")
+	}
+	cases := []struct{ name, text, want string }{
+		{"alias bomb", bomb.String(), "expand to more than"},
+		{"recursive list", "service: shop\nx: &r [1, *r]\n", "contains it"},
+		{"recursive map", "service: shop\nm: &m\n  self: *m\n", "contains it"},
+		{"second accessories key", "service: shop\naccessories:\n  db:\n    image: postgres:17\nimage: x\naccessories:\n  redis:\n    image: redis\n", "accessories: appears twice in this mapping (first at line 2)"},
+		{"duplicate accessory", "service: shop\naccessories:\n  db:\n    image: postgres:16\n  db:\n    image: postgres:17\n", "db: appears twice in this mapping (first at line 3)"},
+		{"deep nesting", "service: shop\nx: " + strings.Repeat("[", 150) + strings.Repeat("]", 150) + "\n", "nested more than"},
+		{"huge file", "service: shop\n" + strings.Repeat("# padding\n", MaxConfigBytes/10+1), "reads at most"},
+	}
+	for _, c := range cases {
+		start := time.Now()
+		_, err := loadRaw(t, c.text)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want an error containing %q", c.name, err, c.want)
+			continue
+		}
+		if !strings.HasPrefix(err.Error(), "config/deploy.yml") {
+			t.Errorf("%s: the error does not name the file: %v", c.name, err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("%s: took %s", c.name, d)
+		}
+	}
+	// Aliases used the ordinary way still load.
+	if _, err := loadRaw(t, "service: shop\nx: &e {A: 1}\ny: *e\nz:\n  <<: *e\n  B: 2\n"); err != nil {
+		t.Errorf("ordinary aliases refused: %v", err)
+	}
+}
