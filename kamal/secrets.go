@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"regexp"
 	"strings"
 )
 
@@ -24,47 +23,13 @@ type SecretLine struct {
 	Line int    // 1-based
 }
 
-var secretLineRE = regexp.MustCompile(`^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$`)
-
+// parseSecrets reads the assignments as dotenv matches them (dotenv.go).
 func parseSecrets(path, text string) *SecretsFile {
 	f := &SecretsFile{Path: path, Text: text}
-	lines := strings.Split(text, "\n")
-	for i := 0; i < len(lines); i++ {
-		l := lines[i]
-		if strings.HasPrefix(strings.TrimSpace(l), "#") {
-			continue
-		}
-		g := secretLineRE.FindStringSubmatch(l)
-		if g == nil {
-			continue
-		}
-		raw := g[2]
-		start := i
-		// A double-quoted value may span lines.
-		if strings.HasPrefix(raw, `"`) && !closedDoubleQuote(raw[1:]) {
-			for i+1 < len(lines) {
-				i++
-				raw += "\n" + lines[i]
-				if closedDoubleQuote(lines[i]) {
-					break
-				}
-			}
-		}
-		f.Lines = append(f.Lines, SecretLine{Key: g[1], Raw: raw, Line: start + 1})
+	for _, e := range parseDotenv(text) {
+		f.Lines = append(f.Lines, SecretLine{Key: e.Key, Raw: strings.TrimSpace(e.Value), Line: e.Line})
 	}
 	return f
-}
-
-func closedDoubleQuote(s string) bool {
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '\\':
-			i++
-		case '"':
-			return true
-		}
-	}
-	return false
 }
 
 // Secrets is the ordered set of secrets files Kamal reads for a destination:
@@ -112,25 +77,18 @@ func (s *Secrets) Lookup(name string) (*SecretsFile, *SecretLine) {
 // ($VAR, ${VAR}, $(command)) rather than holding it: Kamal 2 commits
 // .kamal/secrets, so a literal password there is a leaked password.
 func IsReference(raw string) bool {
-	r := strings.TrimSpace(raw)
-	if strings.HasPrefix(r, "'") {
-		return false // single quotes: no substitution at all
-	}
-	r = strings.Trim(r, `"`)
-	return strings.Contains(r, "$")
+	v, quote := dotenvValue(raw)
+	return quote != '\'' && strings.Contains(v, "$")
 }
 
 // Literal returns a secret's value when it is written plainly (no
 // substitution), which needs no command or environment to read.
 func Literal(raw string) (string, bool) {
-	r := strings.TrimSpace(raw)
-	if strings.HasPrefix(r, "'") && strings.HasSuffix(r, "'") && len(r) >= 2 {
-		return r[1 : len(r)-1], true
-	}
-	if IsReference(r) {
+	v, quote := dotenvValue(raw)
+	if quote != '\'' && strings.Contains(v, "$") {
 		return "", false
 	}
-	return strings.Trim(r, `"`), true
+	return v, true
 }
 
 var errNotExist = fs.ErrNotExist
