@@ -89,4 +89,3 @@ func FuzzInit(f *testing.F) {
 		}
 	})
 }
-
