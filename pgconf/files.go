@@ -2,6 +2,7 @@ package pgconf
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -107,6 +108,27 @@ func ManagedSetting(c Cluster, name string) bool {
 	for _, s := range Settings(c) {
 		if s.Name == name {
 			return true
+		}
+	}
+	return false
+}
+
+// StrongerThanManaged reports whether a user's value for a managed setting
+// asks for more than the settings file gives, so that dropping it would take
+// something away: wal_level=logical (logical replication, CDC) over replica,
+// or more WAL senders or slots than the file's. Such a -c flag is kept in the
+// cmd, where it overrides the file on every node alike.
+func StrongerThanManaged(c Cluster, name, value string) bool {
+	switch name {
+	case "wal_level":
+		return strings.EqualFold(value, "logical")
+	case "max_wal_senders", "max_replication_slots":
+		for _, s := range Settings(c) {
+			if s.Name == name {
+				mine, err1 := strconv.Atoi(s.Value)
+				theirs, err2 := strconv.Atoi(value)
+				return err1 == nil && err2 == nil && theirs > mine
+			}
 		}
 	}
 	return false

@@ -534,12 +534,21 @@ func newCmd(cfg *kamal.Config, a *kamal.Accessory, c pgconf.Cluster) (string, []
 			kept = append(kept, w)
 			continue
 		}
-		name, _, _ := strings.Cut(strings.Trim(setting, `"'`), "=")
+		name, value, _ := strings.Cut(strings.Trim(setting, `"'`), "=")
 		name = strings.ReplaceAll(strings.ToLower(name), "-", "_")
+		value = strings.Trim(value, `"'`)
 		if name == "config_file" && strings.Contains(setting, ConfPath) {
 			continue // ours
 		}
+		if name == "config_file" {
+			return "", nil, refuse(fieldPos(a, "cmd"), fmt.Sprintf("accessory %s's cmd reads its settings from its own file (%s); understudy must start postgres with config_file=%s, so yours would silently stop being read", a.Name, text, ConfPath),
+				"move the settings you need from that file into -c flags in cmd (understudy keeps them), then run init again")
+		}
 		if pgconf.ManagedSetting(c, name) {
+			if pgconf.StrongerThanManaged(c, name, value) {
+				kept = append(kept, text) // the user's needs more than replication does: keep it
+				continue
+			}
 			dropped = append(dropped, text)
 			continue
 		}

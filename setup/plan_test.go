@@ -352,3 +352,32 @@ func TestRefusesEditsThatWouldChangeWhatKamalSees(t *testing.T) {
 		})
 	}
 }
+
+// Issue 10 item 8: a user's cmd that asks for more than replication needs
+// keeps it (logical decoding, more senders); a cmd with its own config
+// file is refused, since understudy's config_file would replace it.
+func TestUserCmdSettingsThatMeanMoreAreKept(t *testing.T) {
+	src := app("postgres:16", "10.0.0.2:5432:5432", "postgres -c wal_level=logical -c max_wal_senders=20 -c max_replication_slots=4")
+	p, err := Build(src, replica)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deploy string
+	for _, c := range p.Changes {
+		if c.Path == "config/deploy.yml" {
+			deploy = c.New
+		}
+	}
+	want := "cmd: /understudy/boot.sh postgres -c config_file=/understudy/postgresql.conf -c wal_level=logical -c max_wal_senders=20\n"
+	if !strings.Contains(deploy, want) {
+		t.Fatalf("want %q in:\n%s", want, deploy)
+	}
+	if notes := strings.Join(p.Notes, "\n"); !strings.Contains(notes, "-c max_replication_slots=4") {
+		t.Errorf("the weaker max_replication_slots=4 is not reported as dropped:\n%s", notes)
+	}
+	_, err = Build(app("postgres:16", "10.0.0.2:5432:5432", "postgres -c config_file=/etc/postgresql/mine.conf"), replica)
+	var r *Refusal
+	if !errors.As(err, &r) || r.Where != "config/deploy.yml:16" || !strings.Contains(r.Error(), "its own file") {
+		t.Fatalf("own config_file: %v", err)
+	}
+}
