@@ -146,7 +146,7 @@ func (e *Editor) locate(f *File, path []string) (location, error) {
 			return loc, fmt.Errorf("%s:%d: %s is the anchor &%s, which other places use through *%s; understudy must change it, and that would change them too: give %s its own copy instead of the anchor",
 				f.Path, k.Line, strings.Join(path[:i+1], "/"), v.Anchor, v.Anchor, strings.Join(path[:i+1], "/"))
 		}
-		if i < len(path)-1 && hasERB(v.Value) {
+		if i < len(path)-1 && f.text.has(v.Value) {
 			return loc, fmt.Errorf("%s:%d: %s comes from ERB, which understudy must change; write it as plain YAML", f.Path, k.Line, strings.Join(path[:i+1], "/"))
 		}
 		loc.key, loc.val, loc.found = k, v, i+1

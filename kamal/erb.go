@@ -64,22 +64,70 @@ func lineAt(s string, off int) int { return strings.Count(s[:off], "\n") + 1 }
 
 var controlFlow = regexp.MustCompile(`^(if|unless|else|elsif|end|case|when|while|until|for|begin|rescue|ensure)\b|\bdo\s*(\|[^|]*\|)?\s*$|\{\s*\|`)
 
-// placeholder returns the same-length stand-in for output tag number i.
-func placeholder(i, length int) (string, bool) {
-	p := "ERB" + strconv.Itoa(i)
+// placeholder returns the same-length stand-in for output tag number i:
+// "ERB", the file's nonce, the number, then underscores to the tag's length.
+// The nonce is three letters that occur nowhere in the file, so text of
+// the user's never reads as a placeholder, and each placeholder is matched
+// at its exact length, so an underscore after a tag stays the user's.
+func placeholder(nonce string, i, length int) (string, bool) {
+	p := "ERB" + nonce + strconv.Itoa(i)
 	if len(p) > length {
 		return "", false
 	}
 	return p + strings.Repeat("_", length-len(p)), true
 }
 
-var placeholderRE = regexp.MustCompile(`ERB([0-9]+)_*`)
+// pickNonce finds three capital letters that do not occur after "ERB" in src.
+func pickNonce(src string) string {
+	for a := 'Q'; a <= 'Z'; a++ {
+		for b := 'A'; b <= 'Z'; b++ {
+			for c := 'A'; c <= 'Z'; c++ {
+				n := string([]rune{a, b, c})
+				if !strings.Contains(src, "ERB"+n) {
+					return n
+				}
+			}
+		}
+	}
+	return "QQQ" // unreachable for a file of at most MaxConfigBytes
+}
 
-// maskedText is a file's text with ERB tags masked, plus what was masked.
 type maskedText struct {
 	original string
 	masked   string
+	nonce    string
 	tags     []erbTag // output tags, indexed by placeholder number
+	holders  []string // their placeholders
+}
+
+// each calls f for every placeholder in s, in order, with its tag number,
+// and returns s with each replaced by f's result.
+func (m *maskedText) each(s string, f func(n int) string) string {
+	if m == nil || m.nonce == "" {
+		return s
+	}
+	mark := "ERB" + m.nonce
+	var b strings.Builder
+	for {
+		i := strings.Index(s, mark)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		j := i + len(mark)
+		for j < len(s) && s[j] >= '0' && s[j] <= '9' {
+			j++
+		}
+		n, err := strconv.Atoi(s[i+len(mark) : j])
+		if err == nil && n < len(m.holders) && strings.HasPrefix(s[i:], m.holders[n]) {
+			b.WriteString(s[:i])
+			b.WriteString(f(n))
+			s = s[i+len(m.holders[n]):]
+			continue
+		}
+		b.WriteString(s[:j])
+		s = s[j:]
+	}
 }
 
 // mask replaces output tags with placeholders and blanks statement and
@@ -91,15 +139,16 @@ func mask(src string) (*maskedText, error) {
 		return nil, err
 	}
 	b := []byte(src)
-	m := &maskedText{original: src}
+	m := &maskedText{original: src, nonce: pickNonce(src)}
 	for _, t := range tags {
 		if t.output {
-			p, ok := placeholder(len(m.tags), t.end-t.start)
+			p, ok := placeholder(m.nonce, len(m.tags), t.end-t.start)
 			if !ok {
 				return nil, fmt.Errorf("line %d: ERB tag %q is too short for understudy to track; write it with spaces, e.g. <%%= %s %%>", t.line, src[t.start:t.end], t.code)
 			}
 			copy(b[t.start:t.end], p)
 			m.tags = append(m.tags, t)
+			m.holders = append(m.holders, p)
 			continue
 		}
 		if !t.comment && controlFlow.MatchString(t.code) {
@@ -117,29 +166,22 @@ func mask(src string) (*maskedText, error) {
 
 // unmask puts the original ERB text back into a string taken from the masked text.
 func (m *maskedText) unmask(s string) string {
-	return placeholderRE.ReplaceAllStringFunc(s, func(p string) string {
-		n, _ := strconv.Atoi(placeholderRE.FindStringSubmatch(p)[1])
-		if n >= len(m.tags) {
-			return p
-		}
-		t := m.tags[n]
-		return m.original[t.start:t.end]
-	})
+	return m.each(s, func(n int) string { t := m.tags[n]; return m.original[t.start:t.end] })
 }
 
-// hasERB reports whether a masked string contains a placeholder.
-func hasERB(s string) bool { return placeholderRE.MatchString(s) }
+// has reports whether a masked string contains a placeholder.
+func (m *maskedText) has(s string) bool {
+	found := false
+	m.each(s, func(int) string { found = true; return "" })
+	return found
+}
 
 // resolve substitutes each placeholder with the value of its Ruby expression.
 // Only the forms that are plain environment lookups are evaluated; anything
 // else makes the value unknown (ok == false) and the caller asks for it by flag.
 func (m *maskedText) resolve(s string, env func(string) (string, bool)) (string, bool) {
 	ok := true
-	out := placeholderRE.ReplaceAllStringFunc(s, func(p string) string {
-		n, _ := strconv.Atoi(placeholderRE.FindStringSubmatch(p)[1])
-		if n >= len(m.tags) {
-			return p
-		}
+	out := m.each(s, func(n int) string {
 		v, good := evalRuby(m.tags[n].code, env)
 		if !good {
 			ok = false
@@ -199,13 +241,11 @@ var envNameRE = regexp.MustCompile(`ENV(?:\[|\.fetch\(\s*)["']([A-Za-z_][A-Za-z0
 // erbVars lists the environment variables the ERB in a masked string reads.
 func (m *maskedText) erbVars(s string) []string {
 	var out []string
-	for _, g := range placeholderRE.FindAllStringSubmatch(s, -1) {
-		n, _ := strconv.Atoi(g[1])
-		if n < len(m.tags) {
-			for _, v := range envNameRE.FindAllStringSubmatch(m.tags[n].code, -1) {
-				out = append(out, v[1])
-			}
+	m.each(s, func(n int) string {
+		for _, v := range envNameRE.FindAllStringSubmatch(m.tags[n].code, -1) {
+			out = append(out, v[1])
 		}
-	}
+		return ""
+	})
 	return out
 }

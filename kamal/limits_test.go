@@ -59,3 +59,25 @@ func TestHostileYAMLIsRefusedPromptly(t *testing.T) {
 		t.Errorf("ordinary aliases refused: %v", err)
 	}
 }
+
+// Issue 10 item 10: an underscore right after an ERB tag is the user's
+// text, and text that looks like understudy's placeholders is left alone.
+func TestERBPlaceholdersAreExact(t *testing.T) {
+	text := "service: <%= ENV[\"APP\"] %>_production\nimage: ERB1____x\nlabel: ERB0_\n"
+	cfg, err := Load(&Overlay{Base: DirSource(t.TempDir()), Files: map[string]string{"config/deploy.yml": text}}, "config/deploy.yml", "",
+		func(k string) (string, bool) { return map[string]string{"APP": "shop"}[k], k == "APP" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.Service(); s != "shop_production" {
+		t.Errorf("service = %q, want shop_production", s)
+	}
+	for key, want := range map[string]string{"image": "ERB1____x", "label": "ERB0_"} {
+		if got, _ := cfg.Str(cfg.Root.Get(key)); got != want {
+			t.Errorf("%s = %q, want the literal %q", key, got, want)
+		}
+		if cfg.Root.Get(key).HasERB() {
+			t.Errorf("%s is taken for ERB", key)
+		}
+	}
+}

@@ -262,7 +262,7 @@ func (v *Val) Masked() string { return v.Node.Value }
 func (v *Val) Source() string { return v.File.text.unmask(v.Node.Value) }
 
 // HasERB reports whether the scalar's value comes (partly) from ERB.
-func (v *Val) HasERB() bool { return v.IsScalar() && hasERB(v.Node.Value) }
+func (v *Val) HasERB() bool { return v.IsScalar() && v.File.text.has(v.Node.Value) }
 
 // Resolve gives the scalar's value as Kamal would see it, evaluating ERB that
 // is a plain environment lookup. ok is false when some ERB could not be evaluated.
