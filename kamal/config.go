@@ -18,8 +18,14 @@ type Source interface {
 // DirSource reads from a directory on disk.
 type DirSource string
 
+// ReadFile reads a path relative to the directory; an absolute path (an
+// absolute secrets_path, as Kamal allows) is read where it is.
 func (d DirSource) ReadFile(rel string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(string(d), rel))
+	p := rel
+	if !filepath.IsAbs(rel) {
+		p = filepath.Join(string(d), rel)
+	}
+	b, err := os.ReadFile(p)
 	return string(b), err
 }
 

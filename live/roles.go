@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -86,7 +88,7 @@ func controlData(ctx context.Context, t Target, node string) (pgops.ControlData,
 func Routing(c pgconf.Cluster, primary string) string {
 	var hosts []string
 	for _, n := range c.Nodes {
-		hosts = append(hosts, fmt.Sprintf("%s:%d", n.Addr, n.Port))
+		hosts = append(hosts, net.JoinHostPort(n.Addr, strconv.Itoa(n.Port)))
 	}
 	return fmt.Sprintf("%s is the primary now. An app whose DATABASE_URL lists every node with target_session_attrs=read-write\n"+
 		"  postgres://USER:PASSWORD@%s/DB?target_session_attrs=read-write\n"+

@@ -381,3 +381,38 @@ func TestUserCmdSettingsThatMeanMoreAreKept(t *testing.T) {
 		t.Fatalf("own config_file: %v", err)
 	}
 }
+
+// Issue 10 items 11 and 12: an absolute secrets_path is read where it is;
+// IPv6 nodes get brackets in the DATABASE_URL, as libpq needs.
+func TestAbsoluteSecretsPathAndIPv6URL(t *testing.T) {
+	dir := t.TempDir()
+	abs := filepath.Join(dir, "elsewhere", "secrets")
+	os.MkdirAll(filepath.Dir(abs), 0o755)
+	os.WriteFile(abs, []byte("POSTGRES_PASSWORD=$POSTGRES_PASSWORD\n"), 0o600)
+	app := t.TempDir()
+	os.MkdirAll(filepath.Join(app, "config"), 0o755)
+	deploy := strings.Replace(base, "%IMAGE%", "postgres:16", 1)
+	deploy = strings.Replace(deploy, "%CMD%", "postgres", 1)
+	deploy = strings.Replace(deploy, `"%PORT%"`, `"[fd00::2]:5432:5432"`, 1)
+	deploy = "secrets_path: " + abs + "\n" + deploy
+	os.WriteFile(filepath.Join(app, "config", "deploy.yml"), []byte(deploy), 0o644)
+	p, err := Build(kamal.DirSource(app), Options{ReplicaHost: "192.0.2.3", ReplicaIP: "fd00::3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(p.AppURL, "@[fd00::2]:5432,[fd00::3]:5432/") {
+		t.Errorf("DATABASE_URL %s lacks bracketed IPv6 hosts", p.AppURL)
+	}
+	edited := false
+	for _, c := range p.Changes {
+		if c.Path == abs {
+			edited = true
+		}
+		if strings.HasPrefix(c.Path, ".kamal") || strings.Contains(c.Path, filepath.Join(app, "elsewhere")) {
+			t.Errorf("the secrets went to %s instead of %s", c.Path, abs)
+		}
+	}
+	if !edited {
+		t.Errorf("the absolute secrets file %s was not edited", abs)
+	}
+}

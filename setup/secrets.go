@@ -2,7 +2,9 @@ package setup
 
 import (
 	"fmt"
+	"net"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/understudy-dev/understudy/kamal"
@@ -156,7 +158,7 @@ func (p *Plan) appAdvice(src kamal.Source, cfg *kamal.Config, prim *kamal.Access
 	db := value("POSTGRES_DB", user)
 	hosts := make([]string, 0, len(p.Cluster.Nodes))
 	for _, n := range p.Cluster.Nodes {
-		hosts = append(hosts, fmt.Sprintf("%s:%d", n.Addr, n.Port))
+		hosts = append(hosts, net.JoinHostPort(n.Addr, strconv.Itoa(n.Port)))
 	}
 	p.AppURL = fmt.Sprintf("postgres://%s:<POSTGRES_PASSWORD>@%s/%s?target_session_attrs=read-write", user, strings.Join(hosts, ","), db)
 	sb := p.Cluster.Nodes[1]
@@ -164,7 +166,7 @@ func (p *Plan) appAdvice(src kamal.Source, cfg *kamal.Config, prim *kamal.Access
   primary:
     url: <%%= ENV["DATABASE_URL"] %%>
   primary_replica:
-    url: <%%= ENV["DATABASE_REPLICA_URL"] %%>   # postgres://%s:<POSTGRES_PASSWORD>@%s:%d/%s
+    url: <%%= ENV["DATABASE_REPLICA_URL"] %%>   # postgres://%s:<POSTGRES_PASSWORD>@%s/%s
     replica: true
-`, user, sb.Addr, sb.Port, db)
+`, user, net.JoinHostPort(sb.Addr, strconv.Itoa(sb.Port)), db)
 }

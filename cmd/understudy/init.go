@@ -55,7 +55,11 @@ func destFlag(d string) string {
 // nothing that is missing.
 func writeChanges(dir string, changes []setup.FileChange) error {
 	for _, c := range changes {
-		if err := atomicfile.Write(filepath.Join(dir, c.Path), []byte(c.New), c.Mode); err != nil {
+		target := c.Path
+		if !filepath.IsAbs(target) { // an absolute secrets_path stays where it is
+			target = filepath.Join(dir, c.Path)
+		}
+		if err := atomicfile.Write(target, []byte(c.New), c.Mode); err != nil {
 			return err
 		}
 	}
