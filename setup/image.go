@@ -14,6 +14,21 @@ type Image struct {
 	Postgres bool   // the official image or one built on it
 	Major    int    // 0 when the reference does not say
 	Alpine   bool
+	// Foreign names a PostgreSQL image with an entrypoint of its own
+	// (Bitnami, Crunchy, Spilo...): not the official image's
+	// docker-entrypoint.sh and PGDATA, which the boot script hands over to.
+	Foreign string
+}
+
+// foreignImages are PostgreSQL images known not to be built on the
+// official one, by repository path or name.
+var foreignImages = []struct{ match, who string }{
+	{"bitnami/", "Bitnami's image"},
+	{"bitnamilegacy/", "Bitnami's image"},
+	{"crunchydata/", "Crunchy Data's image"},
+	{"zalando/spilo", "Spilo (Patroni)"},
+	{"cloudnative-pg/", "CloudNativePG's operand image"},
+	{"postgresql-repmgr", "a repmgr image"},
 }
 
 // Images built FROM the official postgres image (so the same entrypoint,
@@ -42,10 +57,15 @@ func ParseImage(ref string) Image {
 	name, tag, _ := strings.Cut(last, ":")
 	im.Name, im.Tag = name, tag
 	im.Postgres = postgresFamily[name]
+	for _, f := range foreignImages {
+		if strings.Contains(r, f.match) {
+			im.Postgres, im.Foreign = false, f.who
+		}
+	}
 	im.Alpine = strings.Contains(tag, "alpine")
 	if g := pgTagRE.FindStringSubmatch(tag); g != nil {
 		im.Major, _ = strconv.Atoi(g[1])
-	} else if g := leadingVerRE.FindStringSubmatch(tag); g != nil && (name == "postgres" || name == "postgis") {
+	} else if g := leadingVerRE.FindStringSubmatch(tag); g != nil && (name == "postgres" || name == "postgis" || im.Foreign != "") {
 		im.Major, _ = strconv.Atoi(g[1])
 	}
 	if im.Major >= 1 && im.Major < 10 { // 9.6 and older: not a current major

@@ -10,6 +10,7 @@ import (
 	"path"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/understudy-dev/understudy/kamal"
@@ -274,9 +275,13 @@ func isManagedStandby(a *kamal.Accessory, all []*kamal.Accessory, o Options) boo
 func pickPrimary(cfg *kamal.Config, o Options) (*kamal.Accessory, error) {
 	var pg, other []*kamal.Accessory
 	var names []string
+	var foreign []*kamal.Accessory
 	for _, a := range cfg.Accessories() {
 		img, _ := a.Str("image")
 		names = append(names, a.Name)
+		if ParseImage(img).Foreign != "" {
+			foreign = append(foreign, a)
+		}
 		if ParseImage(img).Postgres {
 			pg = append(pg, a)
 		} else {
@@ -288,7 +293,13 @@ func pickPrimary(cfg *kamal.Config, o Options) (*kamal.Accessory, error) {
 		if a == nil {
 			return nil, refuse(cfg.ConfigPath, fmt.Sprintf("there is no accessory named %q", o.Accessory), "pass one of: %s", strings.Join(names, ", "))
 		}
+		if err := refuseForeign(a); err != nil {
+			return nil, err
+		}
 		return a, nil
+	}
+	if len(pg) == 0 && len(foreign) > 0 {
+		return nil, refuseForeign(foreign[0])
 	}
 	var cands []*kamal.Accessory
 	for _, a := range pg {
@@ -312,6 +323,26 @@ func pickPrimary(cfg *kamal.Config, o Options) (*kamal.Accessory, error) {
 		cn = append(cn, a.Name)
 	}
 	return nil, refuse(cfg.ConfigPath, fmt.Sprintf("several PostgreSQL accessories could be the primary: %s", strings.Join(cn, ", ")), "pass --accessory NAME to choose one")
+}
+
+// refuseForeign refuses a PostgreSQL image whose entrypoint is not the
+// official one: the boot script would run, then hand over to an entrypoint
+// that is not there, or one that sets up replication its own way.
+func refuseForeign(a *kamal.Accessory) error {
+	img, _ := a.Str("image")
+	im := ParseImage(img)
+	if im.Foreign == "" {
+		return nil
+	}
+	return refuse(fieldPos(a, "image"), fmt.Sprintf("accessory %s runs %s (%s), which is PostgreSQL with an entrypoint and data layout of its own, not the official postgres image that understudy's boot script hands over to", a.Name, im.Foreign, img),
+		"use the official image (postgres:%s, moving the data with pg_dump and pg_restore), or set up replication with that image's own mechanism; understudy would write a setup that cannot start", majorOr(im.Major))
+}
+
+func majorOr(m int) string {
+	if m == 0 {
+		return "17"
+	}
+	return strconv.Itoa(m)
 }
 
 func fieldPos(a *kamal.Accessory, key string) string {

@@ -416,3 +416,16 @@ func TestAbsoluteSecretsPathAndIPv6URL(t *testing.T) {
 		t.Errorf("the absolute secrets file %s was not edited", abs)
 	}
 }
+
+// Issue 10 item 13: an image with its own entrypoint (Bitnami's) is
+// refused at its image line, with or without --accessory, never accepted
+// with a boot script that cannot start.
+func TestForeignPostgresImageIsRefused(t *testing.T) {
+	for _, o := range []Options{replica, {Accessory: "db", ReplicaHost: "192.0.2.3", ReplicaIP: "10.0.0.3"}} {
+		_, err := Build(app("bitnami/postgresql:16", "10.0.0.2:5432:5432", "postgres"), o)
+		var r *Refusal
+		if !errors.As(err, &r) || r.Where != "config/deploy.yml:13" || !strings.Contains(r.Error(), "Bitnami") || !strings.Contains(r.Fix, "postgres:16") {
+			t.Errorf("--accessory %q: %v", o.Accessory, err)
+		}
+	}
+}
