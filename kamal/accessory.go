@@ -59,6 +59,9 @@ func (a *Accessory) Hosts() (hosts []string, key string, err error) {
 		key = k
 		switch k {
 		case "host":
+			if !v.IsScalar() && !v.HasERB() {
+				return nil, k, fmt.Errorf("%s: accessories/%s/host is a %s; host: takes one server (Kamal's hosts: takes a list)", v.Pos(), a.Name, kindName(v.Node))
+			}
 			s, ok := a.cfg.Str(v)
 			if !ok {
 				return nil, k, fmt.Errorf("%s: accessories/%s/host (%s) comes from ERB that gives no value here\n  fix: %s, or write the host plainly", v.Pos(), a.Name, v.Source(), v.ERBHint())

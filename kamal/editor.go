@@ -38,11 +38,16 @@ func (e *Editor) reload() error {
 // Config is the configuration as edited so far.
 func (e *Editor) Config() *Config { return e.cfg }
 
-// Changed returns the files whose text differs from what is on disk.
+// Changed returns the files whose text differs from what is on disk. A
+// file written with CRLF line ends gets CRLF on the lines understudy adds.
 func (e *Editor) Changed() map[string]string {
 	out := map[string]string{}
 	for p, s := range e.src.Files {
-		if orig, err := e.src.Base.ReadFile(p); err != nil || orig != s {
+		orig, err := e.src.Base.ReadFile(p)
+		if err == nil && strings.Contains(orig, "\r\n") {
+			s = strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\n", "\r\n")
+		}
+		if err != nil || orig != s {
 			out[p] = s
 		}
 	}

@@ -23,6 +23,9 @@ func (f *File) Original() string { return f.text.original }
 var yamlLineRE = regexp.MustCompile(`^yaml: (?:line (\d+): )?(.*)$`)
 
 func parseFile(path, src string) (*File, error) {
+	if strings.HasPrefix(src, "\ufeff") {
+		return nil, fmt.Errorf("%s:1: the file starts with a UTF-8 byte-order mark, which Kamal's YAML reader refuses; save it as UTF-8 without a BOM", path)
+	}
 	m, err := mask(src)
 	if err != nil {
 		return nil, fmt.Errorf("%s:%s", path, strings.TrimPrefix(err.Error(), "line "))

@@ -170,6 +170,9 @@ func Create(ctx context.Context, dir string, cfg Config) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := l.reachable(); err != nil {
+		return nil, err
+	}
 	if err := l.Cluster.Validate(); err != nil {
 		return nil, err
 	}
@@ -628,6 +631,29 @@ func (l *Lab) Run(ctx context.Context, node, script string) (string, error) {
 		return string(out), fmt.Errorf("on %s: %w: %s", l.Where(node), err, strings.TrimSpace(string(out)))
 	}
 	return string(out), nil
+}
+
+// reachable checks, when the servers run as another user (root runs them
+// as postgres), that this user can enter every directory above the lab:
+// otherwise the first start fails with a bare "permission denied".
+func (l *Lab) reachable() error {
+	if l.cred == nil {
+		return nil
+	}
+	for d := filepath.Dir(l.Dir); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return nil // made by Create; nothing to check yet
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		m := st.Mode().Perm()
+		if ok && !(m&0o001 != 0 || (int(sys.Uid) == l.uid && m&0o100 != 0) || (int(sys.Gid) == l.gid && m&0o010 != 0)) {
+			return fmt.Errorf("the lab directory %s is inside %s (mode %#o), which the postgres user the servers run as (uid %d) cannot enter: pick a directory under one it can reach, such as /tmp, or run `chmod o+x %s`", l.Dir, d, m, l.uid, d)
+		}
+		if d == "/" || d == "." {
+			return nil
+		}
+	}
 }
 
 // ReadControl reads a node's global/pg_control (live.ControlReader).

@@ -106,3 +106,21 @@ func TestCreateOpenDown(t *testing.T) {
 		t.Error("Open accepted a directory without lab.json")
 	}
 }
+
+// Issue 10: `lab up --dir` inside a directory the postgres user cannot
+// enter (a fresh mktemp -d, mode 0700, as root) names the directory and
+// the user instead of failing with "fork/exec /bin/sh: permission denied".
+func TestLabDirThePostgresUserCannotEnter(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root runs the servers as another user")
+	}
+	if _, err := lab.BinDir(); err != nil {
+		t.Skip(err)
+	}
+	parent := t.TempDir()
+	os.Chmod(parent, 0o700)
+	_, err := lab.Create(context.Background(), filepath.Join(parent, "lab"), lab.Config{Names: []string{"db", "db-replica"}, Ports: []int{55431, 55432}, Password: "x"})
+	if err == nil || !strings.Contains(err.Error(), parent) || !strings.Contains(err.Error(), "postgres user") {
+		t.Fatalf("got %v", err)
+	}
+}

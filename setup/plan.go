@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/netip"
 	"path"
 	"regexp"
 	"sort"
@@ -396,6 +397,10 @@ func checkPrimary(cfg *kamal.Config, a *kamal.Accessory, o Options, p *Plan) (pg
 		return n, refuse(a.Val.Pos(), fmt.Sprintf("accessory %s publishes no port, so a standby on another server cannot reach it", a.Name),
 			"add port: \"<private-ip>:5432:5432\" with the primary server's private IP, then kamal accessory reboot %s", a.Name)
 	}
+	if !pv.IsScalar() && !pv.HasERB() {
+		return n, refuse(pv.Pos(), fmt.Sprintf("accessory %s's port: is a list or mapping; Kamal's accessory port: takes one mapping", a.Name),
+			"write it as one value, port: \"<private-ip>:5432:5432\"")
+	}
 	portText, resolved := cfg.Str(pv)
 	port, perr := kamal.ParsePort(portText)
 	if !resolved || (perr != nil && pv.HasERB()) {
@@ -478,13 +483,75 @@ func checkReplicaFlags(cfg *kamal.Config, o Options, p *Plan, prim pgconf.Node) 
 		return n, refuse("--replica-ip", fmt.Sprintf("%q is not a usable private IP", o.ReplicaIP),
 			"give the address on the private network the two servers share (e.g. 10.0.1.3); loopback and 0.0.0.0 cannot be reached from the primary's server")
 	}
-	if o.ReplicaHost == p.PrimaryHost || o.ReplicaIP == prim.Addr {
+	if !validHost(o.ReplicaHost) {
+		return n, refuse("--replica-host", fmt.Sprintf("%q is not a server name or address", o.ReplicaHost),
+			"pass the standby server as Kamal reaches it over SSH: a host name (letters, digits, dots, dashes) or an IP address")
+	}
+	for _, h := range []string{o.ReplicaHost, p.PrimaryHost, o.ReplicaIP, prim.Addr} {
+		if leadingZeroIPv4(h) {
+			return n, refuse("--replica-host", fmt.Sprintf("%s has a leading zero in a part, which some programs read as octal (so 020 is 16) and others as decimal", h),
+				"write the address without leading zeros, here and in deploy.yml")
+		}
+	}
+	if sameHost(o.ReplicaHost, p.PrimaryHost) || sameHost(o.ReplicaIP, prim.Addr) {
 		return n, refuse("--replica-host", fmt.Sprintf("the standby would run on the same server as the primary (%s)", p.PrimaryHost),
 			"a standby protects you from losing that server only if it runs on another one: pass another server's --replica-host and --replica-ip")
 	}
 	p.StandbyHost = o.ReplicaHost
 	n.Addr = o.ReplicaIP
 	return n, nil
+}
+
+// validHost accepts a DNS name or an IP address, nothing with blanks,
+// control characters or shell syntax (the value is written into deploy.yml
+// and used by ssh).
+func validHost(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	if _, err := netip.ParseAddr(strings.Trim(h, "[]")); err == nil {
+		return true
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r == '-' || r == '_' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// leadingZeroIPv4 spots dotted quads like 192.0.2.020.
+func leadingZeroIPv4(h string) bool {
+	parts := strings.Split(h, ".")
+	if len(parts) != 4 {
+		return false
+	}
+	zero := false
+	for _, p := range parts {
+		if p == "" || strings.Trim(p, "0123456789") != "" {
+			return false
+		}
+		if len(p) > 1 && p[0] == '0' {
+			zero = true
+		}
+	}
+	return zero
+}
+
+// sameHost compares two hosts as addresses when both are, else as names
+// (case-insensitively).
+func sameHost(a, b string) bool {
+	x, err1 := netip.ParseAddr(strings.Trim(a, "[]"))
+	y, err2 := netip.ParseAddr(strings.Trim(b, "[]"))
+	if err1 == nil && err2 == nil {
+		return x.Unmap() == y.Unmap()
+	}
+	return strings.EqualFold(strings.TrimSuffix(a, "."), strings.TrimSuffix(b, "."))
 }
 
 // standbyPort is the primary's port with the standby's IP.

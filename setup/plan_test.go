@@ -429,3 +429,52 @@ func TestForeignPostgresImageIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// Issue 10, the smaller items: CRLF files keep CRLF on every line; a BOM,
+// an unusable --replica-host, and a leading-zero address are refused; the
+// same server written two ways is still the same server.
+func TestSmallerInputRules(t *testing.T) {
+	ok := app("postgres:16", "10.0.0.2:5432:5432", "postgres")
+	crlf := mapSource{}
+	for k, v := range ok {
+		crlf[k] = strings.ReplaceAll(v, "\n", "\r\n")
+	}
+	p, err := Build(crlf, replica)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range p.Changes {
+		if !c.Exists {
+			continue
+		}
+		if lone := strings.Count(c.New, "\n") - strings.Count(c.New, "\r\n"); lone != 0 {
+			t.Errorf("%s: %d lines end in a bare LF in a CRLF file", c.Path, lone)
+		}
+	}
+	bom := mapSource{"config/deploy.yml": "\ufeff" + ok["config/deploy.yml"], ".kamal/secrets": ok[".kamal/secrets"]}
+	if _, err := Build(bom, replica); err == nil || !strings.Contains(err.Error(), "config/deploy.yml:1: the file starts with a UTF-8 byte-order mark") {
+		t.Errorf("BOM: %v", err)
+	}
+	for host, want := range map[string]string{"192.0.2.3\nrm -rf /": "not a server name", "192.0.2.030": "leading zero"} {
+		_, err := Build(ok, Options{ReplicaHost: host, ReplicaIP: "10.0.0.3"})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("--replica-host %q: %v", host, err)
+		}
+	}
+	if _, err := Build(ok, Options{ReplicaHost: "192.0.2.9", ReplicaIP: "::ffff:10.0.0.2"}); err == nil || !strings.Contains(err.Error(), "same server") {
+		t.Errorf("the primary's IP written as IPv4-mapped IPv6 was not taken for the same server: %v", err)
+	}
+}
+
+func TestListValuedHostAndPortAreNamedAsLists(t *testing.T) {
+	ok := app("postgres:16", "10.0.0.2:5432:5432", "postgres")["config/deploy.yml"]
+	for what, deploy := range map[string]string{
+		"host": strings.Replace(ok, "    host: 192.0.2.2\n", "    host:\n      - 192.0.2.2\n", 1),
+		"port": strings.Replace(ok, `    port: "10.0.0.2:5432:5432"`+"\n", "    port:\n      - 10.0.0.2:5432:5432\n", 1),
+	} {
+		_, err := Build(mapSource{"config/deploy.yml": deploy}, replica)
+		if err == nil || strings.Contains(err.Error(), "ERB") || !strings.Contains(err.Error(), "list") {
+			t.Errorf("%s as a list: %v", what, err)
+		}
+	}
+}

@@ -86,6 +86,9 @@ func planSecret(src kamal.Source, cfg *kamal.Config, prim *kamal.Accessory, o Op
 	if extra != nil {
 		out = extra.apply(out, dbSecret)
 	}
+	if strings.Contains(text, "\r\n") { // keep a CRLF file CRLF
+		out = strings.ReplaceAll(strings.ReplaceAll(out, "\r\n", "\n"), "\n", "\r\n")
+	}
 	p.SecretHowTo = fmt.Sprintf("%s reads %s; %s", target, newLine, how)
 	return &FileChange{Path: target, New: out}, nil
 }
