@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // Runner runs one $(command) of a secrets file: a command line for the
@@ -35,7 +37,14 @@ func (ExecRunner) Kamal(ctx context.Context, dir string, args []string) (string,
 	return output(cmd)
 }
 
+// output runs cmd in a process group of its own, so that when ctx ends
+// the command and whatever it started (a password manager under the shell)
+// are killed together and understudy stops at once instead of waiting for
+// them to close its pipe.
 func output(cmd *exec.Cmd) (string, error) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

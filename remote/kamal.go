@@ -64,6 +64,7 @@ type ExecRunner struct{ Dir string }
 func (r ExecRunner) Run(ctx context.Context, argv []string) (string, error) {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = r.Dir
+	cmd.WaitDelay = 2 * time.Second // an interrupted kamal must not hold understudy on its pipes
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("`%s` failed: %w: %s", strings.Join(argv[:min(len(argv), 4)], " "), err, strings.TrimSpace(lastLines(string(out), 5)))

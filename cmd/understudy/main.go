@@ -77,6 +77,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				}
 				return ee.code
 			}
+			if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+				fmt.Fprintln(stderr, "understudy: interrupted:", err)
+				return 130
+			}
 			fmt.Fprintln(stderr, "understudy:", err)
 			return 1
 		}
