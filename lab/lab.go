@@ -170,9 +170,6 @@ func Create(ctx context.Context, dir string, cfg Config) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := l.reachable(); err != nil {
-		return nil, err
-	}
 	if err := l.Cluster.Validate(); err != nil {
 		return nil, err
 	}
@@ -372,6 +369,9 @@ func (l *Lab) StartPlain(ctx context.Context, node string) error {
 const plainHBA = "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all all scram-sha-256\n"
 
 func (l *Lab) start(ctx context.Context, node string, plain bool) error {
+	if err := l.reachable(); err != nil {
+		return err
+	}
 	i, n, err := l.index(node)
 	if err != nil {
 		return err

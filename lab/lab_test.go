@@ -119,7 +119,11 @@ func TestLabDirThePostgresUserCannotEnter(t *testing.T) {
 	}
 	parent := t.TempDir()
 	os.Chmod(parent, 0o700)
-	_, err := lab.Create(context.Background(), filepath.Join(parent, "lab"), lab.Config{Names: []string{"db", "db-replica"}, Ports: []int{55431, 55432}, Password: "x"})
+	l, err := lab.Create(context.Background(), filepath.Join(parent, "lab"), lab.Config{Names: []string{"db", "db-replica"}, Ports: []int{55431, 55432}, Password: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = l.Start(context.Background(), "db")
 	if err == nil || !strings.Contains(err.Error(), parent) || !strings.Contains(err.Error(), "postgres user") {
 		t.Fatalf("got %v", err)
 	}

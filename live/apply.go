@@ -22,8 +22,10 @@ type ApplyOptions struct {
 	Timeout time.Duration            // how long to wait for a node to start, clone or stream
 }
 
-// ApplyResult is what apply changed; empty when the nodes already matched the plan.
+// ApplyResult is what apply did: the steps it carried out (the plan), and
+// what they changed; Actions is empty when the nodes already matched.
 type ApplyResult struct {
+	Steps   []Step
 	Actions []string
 }
 
@@ -34,8 +36,22 @@ var ErrRestartDeclined = errors.New("restart not agreed")
 // role has the planned password, settings are in force (reloaded where a
 // reload is enough; restarted only with consent), every standby has its
 // slot before it is cloned, and every standby streams. Re-running it on a
-// healthy cluster changes nothing.
+// healthy cluster changes nothing. It is PlanApply followed by ExecuteApply.
 func Apply(ctx context.Context, t Target, o ApplyOptions) (*ApplyResult, error) {
+	if err := reachAll(ctx, t); err != nil {
+		return &ApplyResult{}, err
+	}
+	steps, err := PlanApply(ctx, t)
+	if err != nil {
+		return &ApplyResult{}, err
+	}
+	return ExecuteApply(ctx, t, steps, o)
+}
+
+// ExecuteApply carries out the steps DecideApply chose, in order, and
+// nothing else. Steps that need consent run only after the user agrees
+// (once, for all of them, when the first is reached).
+func ExecuteApply(ctx context.Context, t Target, steps []Step, o ApplyOptions) (*ApplyResult, error) {
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
@@ -43,13 +59,28 @@ func Apply(ctx context.Context, t Target, o ApplyOptions) (*ApplyResult, error) 
 		o.Timeout = 10 * time.Minute
 	}
 	a := &applier{t: t, o: o, res: &ApplyResult{}}
-	return a.res, a.run(ctx)
+	defer a.closePrimary(ctx)
+	for i, s := range steps {
+		if s.Consent && !a.agreed {
+			if err := a.consent(steps[i:]); err != nil {
+				return a.res, err
+			}
+		}
+		if err := a.step(ctx, s); err != nil {
+			return a.res, err
+		}
+		a.res.Steps = append(a.res.Steps, s)
+	}
+	return a.res, nil
 }
 
 type applier struct {
-	t   Target
-	o   ApplyOptions
-	res *ApplyResult
+	t      Target
+	o      ApplyOptions
+	res    *ApplyResult
+	agreed bool
+	prim   string
+	pc     *pgx.Conn
 }
 
 func (a *applier) say(format string, args ...any) { fmt.Fprintf(a.o.Out, format+"\n", args...) }
@@ -60,66 +91,94 @@ func (a *applier) did(format string, args ...any) {
 	a.say("  ✓ %s", s)
 }
 
-func (a *applier) run(ctx context.Context) error {
-	if err := reachAll(ctx, a.t); err != nil {
-		return err
+// primary is the connection to the primary (the node of the role, grant
+// and slot steps), opened on first use and after a restart.
+func (a *applier) primary(ctx context.Context, node string) (*pgx.Conn, error) {
+	if a.pc != nil && a.prim == node {
+		return a.pc, nil
 	}
-	st, err := Gather(ctx, a.t)
+	a.closePrimary(ctx)
+	c, err := a.t.Control.Conn(ctx, node)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("connecting to the primary %s: %w", node, err)
 	}
-	prim, err := a.primary(ctx, st)
-	if err != nil {
-		return err
+	if a.prim == "" {
+		a.say("primary: %s", a.t.Control.Where(node))
 	}
-	a.say("primary: %s", a.t.Control.Where(prim))
-	pc, err := a.t.Control.Conn(ctx, prim)
-	if err != nil {
-		return fmt.Errorf("connecting to the primary %s: %w", prim, err)
-	}
-	defer func() { pc.Close(context.WithoutCancel(ctx)) }()
+	a.prim, a.pc = node, c
+	return c, nil
+}
 
-	// Settings first: a restart of the primary must come before the clone.
-	restarts := map[string][]string{}
-	for _, n := range a.t.Cluster.Nodes {
-		ns := st.Node(n.Name)
-		if !ns.Reachable {
+func (a *applier) closePrimary(ctx context.Context) {
+	if a.pc != nil {
+		a.pc.Close(context.WithoutCancel(ctx))
+		a.pc = nil
+	}
+}
+
+// consent asks once for every step from here on that interrupts a node.
+func (a *applier) consent(rest []Step) error {
+	var b strings.Builder
+	for _, s := range rest {
+		if !s.Consent {
 			continue
 		}
-		c := pc
-		if n.Name != prim {
-			if c, err = a.t.Control.Conn(ctx, n.Name); err != nil {
-				return fmt.Errorf("connecting to %s: %w", a.t.Control.Where(n.Name), err)
-			}
+		role := "standby: replication pauses while it restarts"
+		if s.Node == a.t.Cluster.InitialPrimary && a.prim == "" || s.Node == a.prim {
+			role = "the PRIMARY: the app cannot write for the few seconds it takes"
 		}
-		need, err := a.settings(ctx, c, n.Name)
-		if c != pc {
-			c.Close(ctx)
+		fmt.Fprintf(&b, "  %s (%s) needs a restart for:\n", s.Node, role)
+		for _, w := range s.Settings {
+			fmt.Fprintf(&b, "    - %s\n", w)
 		}
+	}
+	a.say("%s", strings.TrimRight(b.String(), "\n"))
+	if !a.o.Yes && (a.o.Confirm == nil || !a.o.Confirm("Restart these nodes now?")) {
+		return fmt.Errorf("%w: these settings need a restart and none was done:\n%s\nRe-run `understudy apply --yes` when a short interruption is acceptable", ErrRestartDeclined, strings.TrimRight(b.String(), "\n"))
+	}
+	a.agreed = true
+	return nil
+}
+
+// step carries out one step.
+func (a *applier) step(ctx context.Context, s Step) error {
+	switch s.Kind {
+	case StepStartPrimary:
+		return a.startPrimary(ctx, s.Node)
+	case StepReload:
+		c, done, err := a.conn(ctx, s.Node)
 		if err != nil {
 			return err
 		}
-		if len(need) > 0 {
-			restarts[n.Name] = need
-		}
-	}
-	if len(restarts) > 0 {
-		if err := a.restart(ctx, restarts, prim); err != nil {
+		defer done()
+		return a.reload(ctx, c, s.Node)
+	case StepCheckSettings:
+		c, err := a.primary(ctx, s.Node)
+		if err != nil {
 			return err
 		}
-		if _, ok := restarts[prim]; ok {
-			pc.Close(ctx)
-			if pc, err = a.t.Control.Conn(ctx, prim); err != nil {
-				return fmt.Errorf("reconnecting to the primary %s after its restart: %w", prim, err)
-			}
+		r, err := readApplyNode(ctx, c, a.t.Cluster)
+		if err != nil {
+			return err
 		}
-	}
-
-	role, err := pgops.ReadRole(ctx, pc, a.t.Cluster.ReplUser, a.t.Password)
-	if err != nil {
-		return err
-	}
-	if !role.OK() {
+		if r.NotOurConfig != "" {
+			return fmt.Errorf("%s started without understudy's settings file (%s); re-run `understudy init`, then apply", s.Node, r.NotOurConfig)
+		}
+		if len(r.Gaps) > 0 {
+			return a.reload(ctx, c, s.Node)
+		}
+		return nil
+	case StepRestart:
+		return a.restart(ctx, s)
+	case StepEnsureRole:
+		pc, err := a.primary(ctx, s.Node)
+		if err != nil {
+			return err
+		}
+		role, err := pgops.ReadRole(ctx, pc, a.t.Cluster.ReplUser, a.t.Password)
+		if err != nil || role.OK() {
+			return err
+		}
 		if err := pgops.EnsureReplicationRole(ctx, pc, a.t.Cluster.ReplUser, a.t.Password); err != nil {
 			return err
 		}
@@ -128,89 +187,99 @@ func (a *applier) run(ctx context.Context) error {
 			verb = "updated"
 		}
 		a.did("%s replication role %s from a SCRAM verifier computed here (the password never reached the server)", verb, a.t.Cluster.ReplUser)
-	}
-
-	if granted, err := pgops.EnsureRewindGrants(ctx, pc, a.t.Cluster.ReplUser); err != nil {
-		return err
-	} else if granted {
-		a.did("let %s read the files pg_rewind needs, so a crashed primary can rejoin without a full clone", a.t.Cluster.ReplUser)
-	}
-
-	rules, err := pgops.ReadHBARules(ctx, pc)
-	if err != nil {
-		return err
-	}
-	for _, n := range a.t.Cluster.Nodes {
-		if n.Name == prim {
-			continue
+		return nil
+	case StepRewindGrants:
+		pc, err := a.primary(ctx, s.Node)
+		if err != nil {
+			return err
 		}
-		if v := HBADecides(rules, "replication", a.t.Cluster.ReplUser, n.Addr); !v.Allowed {
-			return fmt.Errorf("the primary %s's pg_hba file does not let %s (%s) connect for replication (%s). Mount understudy's pg_hba file (re-run `understudy init`) and run apply again",
-				prim, n.Name, n.Addr, describeVerdict(v))
+		if granted, err := pgops.EnsureRewindGrants(ctx, pc, a.t.Cluster.ReplUser); err != nil {
+			return err
+		} else if granted {
+			a.did("let %s read the files pg_rewind needs, so a crashed primary can rejoin without a full clone", a.t.Cluster.ReplUser)
 		}
-		created, err := pgops.EnsureSlot(ctx, pc, n.Slot())
+		return nil
+	case StepCheckPrimHBA:
+		pc, err := a.primary(ctx, s.Node)
+		if err != nil {
+			return err
+		}
+		rules, err := pgops.ReadHBARules(ctx, pc)
+		if err != nil {
+			return err
+		}
+		for _, n := range a.t.Cluster.Nodes {
+			if n.Name == s.Node {
+				continue
+			}
+			if v := HBADecides(rules, "replication", a.t.Cluster.ReplUser, n.Addr); !v.Allowed {
+				return fmt.Errorf("the primary %s's pg_hba file does not let %s (%s) connect for replication (%s). Mount understudy's pg_hba file (re-run `understudy init`) and run apply again",
+					s.Node, n.Name, n.Addr, describeVerdict(v))
+			}
+		}
+		return nil
+	case StepEnsureSlot:
+		pc, err := a.primary(ctx, s.Node)
+		if err != nil {
+			return err
+		}
+		created, err := pgops.EnsureSlot(ctx, pc, s.Slot)
 		if err != nil {
 			return err
 		}
 		if created {
-			a.did("created slot %s on %s before cloning, so the primary keeps every WAL segment %s will need", n.Slot(), prim, n.Name)
+			a.did("created slot %s on %s before cloning, so the primary keeps every WAL segment its standby will need", s.Slot, s.Node)
 		}
+		return nil
+	case StepStartStandby, StepAwaitStandby:
+		n, ok := a.t.Cluster.Node(s.Node)
+		if !ok {
+			return fmt.Errorf("there is no node %q", s.Node)
+		}
+		return a.standby(ctx, n)
 	}
-	for _, n := range a.t.Cluster.Nodes {
-		if n.Name == prim {
-			continue
-		}
-		if err := a.standby(ctx, pc, st, prim, n); err != nil {
-			return err
-		}
-	}
-	return nil
+	return fmt.Errorf("internal error: apply has no step %q", s.Kind)
 }
 
-// primary finds the writable node, starting the initial primary when no
-// node runs at all.
-func (a *applier) primary(ctx context.Context, st *Status) (string, error) {
-	var writable []string
-	for _, n := range st.Nodes {
-		if n.Role == "primary" {
-			writable = append(writable, n.Name)
-		}
+// conn opens a connection to any node; done closes it unless it is the
+// primary's shared one.
+func (a *applier) conn(ctx context.Context, node string) (*pgx.Conn, func(), error) {
+	if node == a.prim && a.pc != nil {
+		return a.pc, func() {}, nil
 	}
-	switch {
-	case len(writable) == 1:
-		return writable[0], nil
-	case len(writable) > 1:
-		return "", fmt.Errorf("more than one node accepts writes (%s): apply will not choose between them. Keep the one the app writes to and bring the other back with `understudy rejoin`", strings.Join(writable, ", "))
+	c, err := a.t.Control.Conn(ctx, node)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connecting to %s: %w", a.t.Control.Where(node), err)
 	}
-	for _, n := range st.Nodes {
-		if n.Reachable {
-			return "", fmt.Errorf("no node accepts writes, but %s is up as a standby: apply will not invent a primary. Start the primary, or promote the standby with `understudy promote`", n.Name)
-		}
-	}
-	prim := a.t.Cluster.InitialPrimary
+	return c, func() { c.Close(context.WithoutCancel(ctx)) }, nil
+}
+
+// startPrimary starts the initial primary when it does not run, and waits
+// until it answers as a primary.
+func (a *applier) startPrimary(ctx context.Context, prim string) error {
 	running, err := a.t.Control.Running(ctx, prim)
 	if err != nil {
-		return "", err
+		return err
 	}
 	if !running {
 		a.say("starting %s", a.t.Control.Where(prim))
 		if err := a.t.Control.Start(ctx, prim); err != nil {
-			return "", err
+			return err
 		}
 		a.did("started the primary %s", prim)
 	}
 	inRecovery, err := WaitReady(ctx, a.t.Control, prim, a.o.Timeout)
 	if err != nil {
-		return "", err
+		return err
 	}
 	if inRecovery {
-		return "", fmt.Errorf("%s started as a standby, so there is no primary to apply to. Start the node that was the primary, or promote %s with `understudy promote`", prim, prim)
+		return fmt.Errorf("%s started as a standby, so there is no primary to apply to. Start the node that was the primary, or promote %s with `understudy promote`", prim, prim)
 	}
-	return prim, nil
+	return nil
 }
 
-// settingsDiff lists the planned settings a running server does not have.
-func settingsDiff(ctx context.Context, c *pgx.Conn, cl pgconf.Cluster) ([]pgconf.Setting, map[string]pgops.LiveSetting, error) {
+// settingGaps lists the planned settings a running server does not have.
+func settingGaps(ctx context.Context, c *pgx.Conn, cl pgconf.Cluster) ([]SettingGap, error) {
 	want := pgconf.Settings(cl)
 	names := make([]string, len(want))
 	for i, s := range want {
@@ -218,9 +287,9 @@ func settingsDiff(ctx context.Context, c *pgx.Conn, cl pgconf.Cluster) ([]pgconf
 	}
 	live, err := pgops.ReadSettings(ctx, c, names)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	var d []pgconf.Setting
+	var d []SettingGap
 	for _, s := range want {
 		l, ok := live[s.Name]
 		if !ok || SameSetting(s.Value, l.Setting, l.Unit) || l.Source == "command line" {
@@ -232,9 +301,9 @@ func settingsDiff(ctx context.Context, c *pgx.Conn, cl pgconf.Cluster) ([]pgconf
 		if strings.HasPrefix(s.Name, "tcp_keepalives_") && l.Setting == "0" {
 			continue // reads 0 on a Unix-socket session; the file's value applies to TCP ones
 		}
-		d = append(d, s)
+		d = append(d, SettingGap{Setting: s, Live: l})
 	}
-	return d, live, nil
+	return d, nil
 }
 
 // notOurConfig says why a node needs a reboot when it runs without the
@@ -253,75 +322,52 @@ func notOurConfig(ctx context.Context, c *pgx.Conn, cl pgconf.Cluster) (string, 
 	return "", nil
 }
 
-// settings makes a node's live settings match the plan: a reload where that
-// is enough; returns the settings that need a restart, with the reason.
-func (a *applier) settings(ctx context.Context, c *pgx.Conn, node string) ([]string, error) {
-	if why, err := notOurConfig(ctx, c, a.t.Cluster); err != nil || why != "" {
-		if why != "" {
-			return []string{why}, nil
-		}
-		return nil, err
+// reload makes a node's reloadable settings match the plan: ALTER SYSTEM
+// overrides of managed settings are reset, then the configuration is
+// reloaded and checked. What still differs must need a restart (a later
+// step), or apply stops.
+func (a *applier) reload(ctx context.Context, c *pgx.Conn, node string) error {
+	gaps, err := settingGaps(ctx, c, a.t.Cluster)
+	if err != nil || len(gaps) == 0 {
+		return err
 	}
-	differs := func() ([]pgconf.Setting, map[string]pgops.LiveSetting, error) {
-		return settingsDiff(ctx, c, a.t.Cluster)
-	}
-	d, live, err := differs()
-	if err != nil || len(d) == 0 {
-		return nil, err
-	}
-	reloadable := false
-	for _, s := range d {
-		l := live[s.Name]
-		if strings.HasSuffix(l.SourceFile, "postgresql.auto.conf") {
-			if _, err := c.Exec(ctx, "ALTER SYSTEM RESET "+pgx.Identifier{s.Name}.Sanitize()); err != nil {
-				return nil, fmt.Errorf("resetting %s (set by ALTER SYSTEM) on %s: %w", s.Name, node, err)
+	for _, g := range gaps {
+		if strings.HasSuffix(g.Live.SourceFile, "postgresql.auto.conf") {
+			if err := pgops.ResetAutoConf(ctx, c, g.Setting.Name); err != nil {
+				return fmt.Errorf("resetting %s (set by ALTER SYSTEM) on %s: %w", g.Setting.Name, node, err)
 			}
-			a.did("reset %s on %s: ALTER SYSTEM had set it to %s, overriding the managed settings file", s.Name, node, l.Setting)
-		}
-		if l.Context != "postmaster" && !l.PendingRestart {
-			reloadable = true
+			a.did("reset %s on %s: ALTER SYSTEM had set it to %s, overriding the managed settings file", g.Setting.Name, node, g.Live.Setting)
 		}
 	}
-	if reloadable {
-		if err := pgops.Reload(ctx, c); err != nil {
-			return nil, err
-		}
-		time.Sleep(200 * time.Millisecond) // the postmaster signals backends asynchronously
-		var changed []string
-		d2, _, err := differs()
-		if err != nil {
-			return nil, err
-		}
-		for _, s := range d {
-			if !containsSetting(d2, s.Name) {
-				changed = append(changed, s.Name+" = "+s.Value)
-			}
-		}
-		if len(changed) > 0 {
-			a.did("reloaded %s: %s", node, strings.Join(changed, ", "))
-		}
-		d = d2
+	if err := pgops.Reload(ctx, c); err != nil {
+		return err
 	}
-	var restart []string
-	_, live, err = differs()
+	time.Sleep(200 * time.Millisecond) // the postmaster signals backends asynchronously
+	after, err := settingGaps(ctx, c, a.t.Cluster)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	for _, s := range d {
-		l := live[s.Name]
-		if l.Context == "postmaster" {
-			restart = append(restart, fmt.Sprintf("%s %s → %s (%s)", s.Name, l.Setting+l.Unit, s.Value, s.Why))
-			continue
+	var changed []string
+	for _, g := range gaps {
+		if !hasGap(after, g.Setting.Name) {
+			changed = append(changed, g.Setting.Name+" = "+g.Setting.Value)
 		}
-		return nil, fmt.Errorf("%s is %s on %s (from %s), but the plan says %s, and a reload did not change it. Check that understudy's settings file is the one the server reads (config_file), then run apply again",
-			s.Name, l.Setting+l.Unit, node, sourceText(l), s.Value)
 	}
-	return restart, nil
+	if len(changed) > 0 {
+		a.did("reloaded %s: %s", node, strings.Join(changed, ", "))
+	}
+	for _, g := range after {
+		if g.Live.Context != "postmaster" {
+			return fmt.Errorf("%s is %s on %s (from %s), but the plan says %s, and a reload did not change it. Check that understudy's settings file is the one the server reads (config_file), then run apply again",
+				g.Setting.Name, g.Live.Setting+g.Live.Unit, node, sourceText(g.Live), g.Setting.Value)
+		}
+	}
+	return nil
 }
 
-func containsSetting(list []pgconf.Setting, name string) bool {
-	for _, s := range list {
-		if s.Name == name {
+func hasGap(list []SettingGap, name string) bool {
+	for _, g := range list {
+		if g.Setting.Name == name {
 			return true
 		}
 	}
@@ -335,69 +381,50 @@ func sourceText(l pgops.LiveSetting) string {
 	return l.Source
 }
 
-// restart restarts nodes whose settings need it, standbys first, after the
-// user agrees.
-func (a *applier) restart(ctx context.Context, need map[string][]string, prim string) error {
-	var b strings.Builder
-	for _, n := range a.t.Cluster.Nodes {
-		if r, ok := need[n.Name]; ok {
-			role := "standby: replication pauses while it restarts"
-			if n.Name == prim {
-				role = "the PRIMARY: the app cannot write for the few seconds it takes"
-			}
-			fmt.Fprintf(&b, "  %s (%s) needs a restart for:\n", n.Name, role)
-			for _, s := range r {
-				fmt.Fprintf(&b, "    - %s\n", s)
-			}
+// restart restarts one node (agreed to already): a reboot where the
+// control has one (Kamal: new files and cmd), else a stop and a start.
+func (a *applier) restart(ctx context.Context, s Step) error {
+	n := s.Node
+	if n == a.prim {
+		a.closePrimary(ctx)
+		defer func() { a.prim = n }()
+	}
+	start := time.Now()
+	if rb, ok := a.t.Control.(Rebooter); ok {
+		if err := rb.Reboot(ctx, n); err != nil {
+			return fmt.Errorf("rebooting %s: %w (start it with `understudy apply`)", n, err)
+		}
+	} else {
+		if err := a.t.Control.Stop(ctx, n); err != nil {
+			return fmt.Errorf("stopping %s for its restart: %w", n, err)
+		}
+		if err := a.t.Control.Start(ctx, n); err != nil {
+			return fmt.Errorf("starting %s after stopping it for a restart: %w (start it with `understudy apply`)", n, err)
 		}
 	}
-	a.say("%s", strings.TrimRight(b.String(), "\n"))
-	if !a.o.Yes && (a.o.Confirm == nil || !a.o.Confirm("Restart these nodes now?")) {
-		return fmt.Errorf("%w: these settings need a restart and none was done:\n%s\nRe-run `understudy apply --yes` when a short interruption is acceptable", ErrRestartDeclined, strings.TrimRight(b.String(), "\n"))
+	if _, err := WaitReady(ctx, a.t.Control, n, a.o.Timeout); err != nil {
+		return err
 	}
-	order := []string{}
-	for _, n := range a.t.Cluster.Nodes {
-		if _, ok := need[n.Name]; ok && n.Name != prim {
-			order = append(order, n.Name)
-		}
-	}
-	if _, ok := need[prim]; ok {
-		order = append(order, prim)
-	}
-	for _, n := range order {
-		start := time.Now()
-		if rb, ok := a.t.Control.(Rebooter); ok {
-			if err := rb.Reboot(ctx, n); err != nil {
-				return fmt.Errorf("rebooting %s: %w (start it with `understudy apply`)", n, err)
-			}
-		} else {
-			if err := a.t.Control.Stop(ctx, n); err != nil {
-				return fmt.Errorf("stopping %s for its restart: %w", n, err)
-			}
-			if err := a.t.Control.Start(ctx, n); err != nil {
-				return fmt.Errorf("starting %s after stopping it for a restart: %w (start it with `understudy apply`)", n, err)
-			}
-		}
-		if _, err := WaitReady(ctx, a.t.Control, n, a.o.Timeout); err != nil {
-			return err
-		}
-		a.did("restarted %s in %.1f s (%s)", n, time.Since(start).Seconds(), strings.Join(need[n], "; "))
-	}
+	a.did("restarted %s in %.1f s (%s)", n, time.Since(start).Seconds(), strings.Join(s.Settings, "; "))
 	return nil
 }
 
-// standby boots a standby if needed and follows its clone until it streams.
-func (a *applier) standby(ctx context.Context, pc *pgx.Conn, st *Status, prim string, n pgconf.Node) error {
-	ns := st.Node(n.Name)
-	streaming := func() (string, error) {
-		var state string
-		err := pc.QueryRow(ctx, `SELECT coalesce((SELECT state FROM pg_stat_replication WHERE application_name = $1 LIMIT 1), '')`, n.Name).Scan(&state)
-		return state, err
+// standby boots a standby if needed and follows its clone until it
+// streams from the primary.
+func (a *applier) standby(ctx context.Context, n pgconf.Node) error {
+	prim := a.prim
+	pc, err := a.primary(ctx, prim)
+	if err != nil {
+		return err
 	}
+	streaming := func() (string, error) { return pgops.StandbyState(ctx, pc, n.Name) }
 	if state, err := streaming(); err != nil {
 		return err
-	} else if state == "streaming" && ns.Reachable {
-		return nil
+	} else if state == "streaming" {
+		if c, err := a.t.Control.Conn(ctx, n.Name); err == nil {
+			c.Close(ctx)
+			return nil
+		}
 	}
 	running, err := a.t.Control.Running(ctx, n.Name)
 	if err != nil {

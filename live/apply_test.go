@@ -121,3 +121,52 @@ func TestApplyReloadsAndRestartsOnlyWithConsent(t *testing.T) {
 		t.Errorf("third apply: %v %v", res.Actions, err)
 	}
 }
+
+// What `apply --dry-run` shows is what apply runs, on five starting states
+// of a real cluster: the steps PlanApply decides and the steps Apply then
+// carries out are the same, kind by kind and node by node.
+func TestApplyRunsExactlyThePlanShown(t *testing.T) {
+	t.Parallel()
+	l := labtest.New(t, labtest.Options{})
+	ctx := ctxT(t)
+	kinds := func(steps []live.Step) string {
+		var k []string
+		for _, s := range steps {
+			k = append(k, string(s.Kind)+"@"+s.Node)
+		}
+		return strings.Join(k, " ")
+	}
+	check := func(state, want string) {
+		t.Helper()
+		plan, err := live.PlanApply(ctx, l.Target())
+		if err != nil {
+			t.Fatalf("%s: plan: %v", state, err)
+		}
+		res, err := live.Apply(ctx, l.Target(), live.ApplyOptions{Yes: true, Timeout: 2 * time.Minute})
+		if err != nil {
+			t.Fatalf("%s: apply: %v", state, err)
+		}
+		if kinds(plan) != kinds(res.Steps) {
+			t.Errorf("%s: the plan shown was\n  %s\nbut apply ran\n  %s", state, kinds(plan), kinds(res.Steps))
+		}
+		if kinds(plan) != want {
+			t.Errorf("%s: plan %q, want %q", state, kinds(plan), want)
+		}
+	}
+	check("fresh", "start-primary@db check-settings@db ensure-role@db rewind-grants@db check-hba@db ensure-slot@db start-standby@db-replica")
+	check("healthy", "")
+
+	if err := l.Stop(ctx, "db-replica"); err != nil {
+		t.Fatal(err)
+	}
+	labtest.Exec(t, l, "db", "SELECT pg_drop_replication_slot('understudy_db_replica')")
+	check("slot missing", "ensure-slot@db start-standby@db-replica")
+
+	labtest.Exec(t, l, "db-replica", "ALTER SYSTEM SET wal_log_hints = off")
+	labtest.Restart(t, l, "db-replica")
+	check("restart needed", "reload@db-replica restart@db-replica")
+
+	labtest.Exec(t, l, "db", "ALTER ROLE replicator PASSWORD 'not-the-planned-one'")
+	check("role password changed", "ensure-role@db")
+	check("healthy again", "")
+}

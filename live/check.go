@@ -57,7 +57,7 @@ func Check(st *Status, c pgconf.Cluster, th Thresholds) []Finding {
 	}
 	var primaries []string
 	for _, n := range st.Nodes {
-		if n.Role == "primary" {
+		if n.Role == RolePrimary {
 			primaries = append(primaries, n.Name)
 		}
 	}
@@ -89,7 +89,7 @@ func Check(st *Status, c pgconf.Cluster, th Thresholds) []Finding {
 			continue
 		}
 		out = append(out, checkNode(n, c)...)
-		if n.Role == "standby" && p != nil {
+		if n.Role == RoleStandby && p != nil {
 			out = append(out, checkStandby(n, p, th)...)
 		}
 	}
@@ -178,7 +178,7 @@ type slotView struct {
 func countStandbys(st *Status) int {
 	k := 0
 	for _, n := range st.Nodes {
-		if n.Role == "standby" {
+		if n.Role == RoleStandby {
 			k++
 		}
 	}
@@ -213,7 +213,7 @@ func checkNode(n *NodeStatus, c pgconf.Cluster) []Finding {
 		add(Critical, "hba-error", "its pg_hba file has an invalid "+e+"; the server keeps the rules it loaded last and refuses to reload new ones",
 			"fix the line (re-run `understudy init` to restore the managed file), then `understudy apply`")
 	}
-	if n.Role == "standby" {
+	if n.Role == RoleStandby {
 		for peer, v := range n.HBA {
 			if !v.Allowed {
 				add(Warning, "hba-missing", fmt.Sprintf("%s's pg_hba does not let %s connect for replication (%s): a switchover to %s would leave %s unable to follow",

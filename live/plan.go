@@ -5,112 +5,301 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/pgops"
 )
 
-// Step is one thing apply would do, for the plan shown before it runs.
+// apply in three parts, as Check is: ReadApplyFacts reads every node once
+// (impure), DecideApply turns the reading into typed steps (pure, so
+// `apply --dry-run` shows exactly what runs and the decisions are tested
+// without servers), and ExecuteApply (apply.go) carries the steps out.
+
+// StepKind is what a step does.
+type StepKind string
+
+const (
+	StepStartPrimary  StepKind = "start-primary"  // no node runs: start the initial primary
+	StepReload        StepKind = "reload"         // ALTER SYSTEM overrides reset, then a reload
+	StepRestart       StepKind = "restart"        // settings that need a restart (asks first)
+	StepEnsureRole    StepKind = "ensure-role"    // the replication role, from a SCRAM verifier
+	StepRewindGrants  StepKind = "rewind-grants"  // EXECUTE on the functions pg_rewind uses
+	StepEnsureSlot    StepKind = "ensure-slot"    // a standby's slot, before its clone
+	StepStartStandby  StepKind = "start-standby"  // start it (it clones when empty) and wait until it streams
+	StepAwaitStandby  StepKind = "await-standby"  // it runs but does not stream yet: wait
+	StepCheckPrimHBA  StepKind = "check-hba"      // after a start: the primary's pg_hba lets every standby in
+	StepCheckSettings StepKind = "check-settings" // after a start: the new primary's settings, reloaded if needed
+)
+
+// Step is one thing apply does: the kind, the node, what it changes and
+// what the app notices. Consent marks a step that interrupts the node and
+// runs only after the user agrees (or --yes).
 type Step struct {
-	Node   string `json:"node"`
-	Action string `json:"action"`
-	Effect string `json:"effect"` // what the app notices
+	Kind     StepKind `json:"kind"`
+	Node     string   `json:"node"`
+	Action   string   `json:"action"`
+	Effect   string   `json:"effect"` // what the app notices
+	Consent  bool     `json:"consent,omitempty"`
+	Settings []string `json:"settings,omitempty"` // restart: each setting and why
+	Slot     string   `json:"slot,omitempty"`
 }
 
-// PlanApply reads the nodes and lists what Apply would do, changing
-// nothing: which nodes start, reload or restart (and what that costs the
-// app), the role, the slots, and how much each clone copies.
-func PlanApply(ctx context.Context, t Target) ([]Step, error) {
-	st, err := Gather(ctx, t)
-	if err != nil {
-		return nil, err
-	}
-	var steps []Step
-	add := func(node, action, effect string) { steps = append(steps, Step{node, action, effect}) }
-	prim := st.Primary
-	if prim == "" {
-		for _, n := range st.Nodes {
-			if n.Role == "primary" || n.Reachable {
-				return nil, fmt.Errorf("no single writable primary (%s is %s): run `understudy check`", n.Name, n.Role)
-			}
-		}
-		prim = t.Cluster.InitialPrimary
-		if n := st.Node(prim); n.Running != nil && *n.Running {
-			return nil, fmt.Errorf("%s runs but cannot be reached: %s", t.Control.Where(prim), n.Error)
-		}
-		add(prim, "start it", "a new, empty cluster is created if no node holds data; otherwise its own")
-	}
-	var dbBytes int64
+// SettingGap is one planned setting a running node does not have.
+type SettingGap struct {
+	Setting pgconf.Setting
+	Live    pgops.LiveSetting
+}
+
+// NodeReading is what apply reads from one reachable node.
+type NodeReading struct {
+	NotOurConfig string       // why the node needs a reboot: it runs without the managed settings file
+	Gaps         []SettingGap // planned settings it does not have
+}
+
+// ApplyFacts is apply's whole reading of the cluster.
+type ApplyFacts struct {
+	Status *Status
+	Nodes  map[string]NodeReading // reachable nodes only
+	// On the primary, when one answers:
+	Role          *pgops.RoleState
+	GrantsMissing bool
+	HBA           []pgops.HBARule
+	DBBytes       int64
+	// PrimaryRunsUnreachable: no node answers, but the initial primary's
+	// server or boot script runs (it is starting, or broken).
+	PrimaryRunsUnreachable bool
+}
+
+// ReadApplyFacts reads, once, everything DecideApply needs.
+func ReadApplyFacts(ctx context.Context, t Target, st *Status) (*ApplyFacts, error) {
+	f := &ApplyFacts{Status: st, Nodes: map[string]NodeReading{}}
 	for _, n := range st.Nodes {
 		if !n.Reachable {
 			continue
 		}
 		c, err := t.Control.Conn(ctx, n.Name)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("connecting to %s: %w", t.Control.Where(n.Name), err)
 		}
-		why, err := notOurConfig(ctx, c, t.Cluster)
-		var diff []string
-		var restart bool
-		if err == nil && why == "" {
-			d, live, derr := settingsDiff(ctx, c, t.Cluster)
-			err = derr
-			for _, s := range d {
-				diff = append(diff, s.Name+" → "+s.Value)
-				restart = restart || live[s.Name].Context == "postmaster"
-			}
-		}
-		if n.Name == prim {
-			if err == nil {
-				var role pgops.RoleState
-				if role, err = pgops.ReadRole(ctx, c, t.Cluster.ReplUser, t.Password); err == nil && !role.OK() {
-					add(n.Name, "create or update the replication role "+t.Cluster.ReplUser, "none")
+		r, err := readApplyNode(ctx, c, t.Cluster)
+		if err == nil && n.Name == st.Primary {
+			var role pgops.RoleState
+			if role, err = pgops.ReadRole(ctx, c, t.Cluster.ReplUser, t.Password); err == nil {
+				f.Role = &role
+				if f.GrantsMissing, err = pgops.RewindGrantsMissing(ctx, c, t.Cluster.ReplUser); err == nil {
+					if f.HBA, err = pgops.ReadHBARules(ctx, c); err == nil {
+						f.DBBytes, err = pgops.DatabaseBytes(ctx, c)
+					}
 				}
-			}
-			if err == nil {
-				err = c.QueryRow(ctx, "SELECT sum(pg_database_size(oid))::bigint FROM pg_database").Scan(&dbBytes)
 			}
 		}
 		c.Close(ctx)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("reading %s: %w", n.Name, err)
+		}
+		f.Nodes[n.Name] = r
+	}
+	if st.Primary == "" {
+		if n := st.Node(t.Cluster.InitialPrimary); n != nil && n.Running != nil && *n.Running {
+			f.PrimaryRunsUnreachable = true
+		}
+	}
+	return f, nil
+}
+
+func readApplyNode(ctx context.Context, c *pgx.Conn, cl pgconf.Cluster) (NodeReading, error) {
+	var r NodeReading
+	why, err := notOurConfig(ctx, c, cl)
+	if err != nil || why != "" {
+		r.NotOurConfig = why
+		return r, err
+	}
+	r.Gaps, err = settingGaps(ctx, c, cl)
+	return r, err
+}
+
+// DecideApply is apply's decision: the steps, in the order they run, that
+// bring the cluster to the plan. Settings first (a restart of the primary
+// comes before any clone), then the role and grants, the pg_hba proof, the
+// slots, and the standbys. An error means apply must not start.
+func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
+	st := f.Status
+	var steps []Step
+	add := func(s Step) { steps = append(steps, s) }
+	prim := st.Primary
+	fresh := false
+	if prim == "" {
+		var writable []string
+		for _, n := range st.Nodes {
+			if n.Role == RolePrimary {
+				writable = append(writable, n.Name)
+			}
+		}
+		if len(writable) > 1 {
+			return nil, fmt.Errorf("more than one node accepts writes (%s): apply will not choose between them. Keep the one the app writes to and bring the other back with `understudy rejoin`", strings.Join(writable, ", "))
+		}
+		for _, n := range st.Nodes {
+			if n.Reachable {
+				return nil, fmt.Errorf("no node accepts writes, but %s is up as a standby: apply will not invent a primary. Start the primary, or promote the standby with `understudy promote`", n.Name)
+			}
+		}
+		prim, fresh = c.InitialPrimary, true
+		if f.PrimaryRunsUnreachable {
+			add(Step{Kind: StepStartPrimary, Node: prim, Action: "wait until it answers (it runs but does not answer yet)", Effect: "none"})
+		} else {
+			add(Step{Kind: StepStartPrimary, Node: prim, Action: "start it", Effect: "a new, empty cluster is created if no node holds data; otherwise its own"})
+		}
+	}
+
+	// Settings of the nodes that answer now; a primary started above is
+	// checked once it answers.
+	var restarts []Step
+	for _, n := range c.Nodes {
+		r, ok := f.Nodes[n.Name]
+		if !ok {
+			continue
 		}
 		pause := "replication pauses for a few seconds"
 		if n.Name == prim {
 			pause = "the app cannot write for the few seconds it takes (asked first, or --yes)"
 		}
+		if r.NotOurConfig != "" {
+			restarts = append(restarts, Step{Kind: StepRestart, Node: n.Name, Action: "reboot: " + r.NotOurConfig, Effect: pause, Consent: true, Settings: []string{r.NotOurConfig}})
+			continue
+		}
+		var reload, restart []string
+		var why []string
+		for _, g := range r.Gaps {
+			if g.Live.Context == "postmaster" {
+				restart = append(restart, g.Setting.Name+" → "+g.Setting.Value)
+				why = append(why, fmt.Sprintf("%s %s → %s (%s)", g.Setting.Name, g.Live.Setting+g.Live.Unit, g.Setting.Value, g.Setting.Why))
+			} else {
+				reload = append(reload, g.Setting.Name+" → "+g.Setting.Value)
+			}
+		}
+		if len(reload) > 0 || hasAutoConfOverride(r.Gaps) {
+			add(Step{Kind: StepReload, Node: n.Name, Action: "reload for: " + strings.Join(append(reload, restart...), ", "), Effect: "none"})
+		}
+		if len(restart) > 0 {
+			restarts = append(restarts, Step{Kind: StepRestart, Node: n.Name, Action: "restart for: " + strings.Join(restart, ", "), Effect: pause, Consent: true, Settings: why})
+		}
+	}
+	// Standbys restart before the primary.
+	for _, s := range restarts {
+		if s.Node != prim {
+			add(s)
+		}
+	}
+	for _, s := range restarts {
+		if s.Node == prim {
+			add(s)
+		}
+	}
+	if fresh {
+		add(Step{Kind: StepCheckSettings, Node: prim, Action: "once it answers: its settings are the plan's (reload where needed; a restart only with consent)", Effect: "none"})
+	}
+
+	if fresh || f.Role == nil || !f.Role.OK() {
+		action := "create the replication role " + c.ReplUser + " from a SCRAM verifier computed here"
 		switch {
-		case why != "":
-			add(n.Name, "reboot: "+why, pause)
-		case restart:
-			add(n.Name, "restart for: "+strings.Join(diff, ", "), pause)
-		case len(diff) > 0:
-			add(n.Name, "reload for: "+strings.Join(diff, ", "), "none")
+		case fresh:
+			action = "create or update the replication role " + c.ReplUser + " if its first boot did not"
+		case f.Role.Exists:
+			action = "update the replication role " + c.ReplUser + " (login, replication, password) from a SCRAM verifier computed here"
+		}
+		add(Step{Kind: StepEnsureRole, Node: prim, Action: action, Effect: "none"})
+	}
+	if fresh || f.GrantsMissing {
+		add(Step{Kind: StepRewindGrants, Node: prim, Action: "let " + c.ReplUser + " read the files pg_rewind needs", Effect: "none"})
+	}
+	if fresh {
+		add(Step{Kind: StepCheckPrimHBA, Node: prim, Action: "check that its pg_hba file lets every standby in for replication", Effect: "none"})
+	} else {
+		for _, n := range c.Nodes {
+			if n.Name == prim {
+				continue
+			}
+			if v := HBADecides(f.HBA, "replication", c.ReplUser, n.Addr); !v.Allowed {
+				return nil, fmt.Errorf("the primary %s's pg_hba file does not let %s (%s) connect for replication (%s). Mount understudy's pg_hba file (re-run `understudy init`) and run apply again",
+					prim, n.Name, n.Addr, describeVerdict(v))
+			}
 		}
 	}
 	p := st.Node(prim)
-	for _, n := range t.Cluster.Nodes {
+	for _, n := range c.Nodes {
 		if n.Name == prim {
 			continue
 		}
-		has := false
-		if p != nil {
-			for _, s := range p.Slots {
-				has = has || s.Name == n.Slot()
-			}
-		}
-		if !has {
-			add(prim, "create slot "+n.Slot()+" before "+n.Name+" clones", "none")
-		}
-		ns := st.Node(n.Name)
-		if ns.Reachable {
+		if !fresh && hasSlot(p, n.Slot()) {
 			continue
 		}
-		what := fmt.Sprintf("start it; if its data directory is empty it clones %s (about %s)", prim, bytesText(dbBytes))
-		if dbBytes == 0 {
-			what = "start it; if its data directory is empty it clones " + prim
+		add(Step{Kind: StepEnsureSlot, Node: prim, Slot: n.Slot(), Action: "create slot " + n.Slot() + " before " + n.Name + " clones", Effect: "none"})
+	}
+	for _, n := range c.Nodes {
+		if n.Name == prim {
+			continue
 		}
-		add(n.Name, what, "none: the primary keeps serving; the clone reads its disk")
+		ns := st.Node(n.Name)
+		switch {
+		case ns.Reachable && !fresh && streamingFrom(p, n.Name):
+		case ns.Reachable:
+			add(Step{Kind: StepAwaitStandby, Node: n.Name, Action: "wait until it streams from " + prim, Effect: "none"})
+		default:
+			what := fmt.Sprintf("start it; if its data directory is empty it clones %s (about %s)", prim, bytesText(f.DBBytes))
+			if f.DBBytes == 0 {
+				what = "start it; if its data directory is empty it clones " + prim
+			}
+			add(Step{Kind: StepStartStandby, Node: n.Name, Slot: n.Slot(), Action: what, Effect: "none: the primary keeps serving; the clone reads its disk"})
+		}
 	}
 	return steps, nil
+}
+
+func hasAutoConfOverride(gaps []SettingGap) bool {
+	for _, g := range gaps {
+		if strings.HasSuffix(g.Live.SourceFile, "postgresql.auto.conf") {
+			return true
+		}
+	}
+	return false
+}
+
+func hasSlot(p *NodeStatus, slot string) bool {
+	if p == nil {
+		return false
+	}
+	for _, s := range p.Slots {
+		if s.Name == slot {
+			return true
+		}
+	}
+	return false
+}
+
+func streamingFrom(p *NodeStatus, node string) bool {
+	if p == nil {
+		return false
+	}
+	for _, r := range p.Replication {
+		if r.Name == node && r.State == "streaming" {
+			return true
+		}
+	}
+	return false
+}
+
+// PlanApply reads the nodes and decides, changing nothing: what
+// `apply --dry-run` prints, and what ExecuteApply then runs.
+func PlanApply(ctx context.Context, t Target) ([]Step, error) {
+	st, err := Gather(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	f, err := ReadApplyFacts(ctx, t, st)
+	if err != nil {
+		return nil, err
+	}
+	return DecideApply(f, t.Cluster)
 }
 
 // StepsText renders a plan.

@@ -31,7 +31,7 @@ func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResu
 	if s == nil {
 		return nil, fmt.Errorf("there is no node %q", to)
 	}
-	if s.Role != "standby" {
+	if s.Role != RoleStandby {
 		return nil, fmt.Errorf("%s is not a running standby (%s): only a standby can be promoted", to, s.Role)
 	}
 	res := &RoleResult{NewPrimary: to}
@@ -42,7 +42,7 @@ func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResu
 			continue
 		}
 		switch {
-		case n.Role == "primary":
+		case n.Role == RolePrimary:
 			res.OldPrimary = n.Name
 			if !o.Fence {
 				return nil, fmt.Errorf("%s is up and accepts writes: promoting %s now would make two primaries. For a planned swap with no loss run `understudy switchover %s`; if %s must be taken out, re-run with --fence (it stops %s and marks it a standby of %s)", n.Name, to, to, n.Name, n.Name, to)
@@ -54,7 +54,7 @@ func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResu
 	}
 	// Fence every node that is not the new primary and not a healthy standby.
 	for _, n := range st.Nodes {
-		if n.Name == to || n.Role == "standby" {
+		if n.Name == to || n.Role == RoleStandby {
 			continue
 		}
 		if res.OldPrimary == "" {
@@ -172,7 +172,7 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 	if prim == "" || prim == node {
 		others := []string{}
 		for _, x := range st.Nodes {
-			if x.Role == "primary" && x.Name != node {
+			if x.Role == RolePrimary && x.Name != node {
 				others = append(others, x.Name)
 			}
 		}

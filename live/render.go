@@ -25,7 +25,7 @@ func StatusText(st *Status) string {
 		f := n.Facts
 		lsn, lag, conn := f.CurrentLSN, "-", ""
 		switch n.Role {
-		case "primary":
+		case RolePrimary:
 			var parts []string
 			for _, r := range n.Replication {
 				parts = append(parts, fmt.Sprintf("%s %s", r.Name, r.State))
@@ -34,7 +34,7 @@ func StatusText(st *Status) string {
 			if len(parts) == 0 {
 				conn = "no standby connected"
 			}
-		case "standby":
+		case RoleStandby:
 			lsn = f.ReplayLSN + " replayed"
 			if n.LagBytes != nil {
 				lag = fmt.Sprintf("%s / %s", bytesText(*n.LagBytes), (time.Duration(*n.LagSeconds * float64(time.Second))).Round(time.Millisecond))

@@ -273,7 +273,7 @@ func preflight(st *Status, t Target, to string, o RoleOptions) error {
 	if s == nil {
 		return fmt.Errorf("there is no node %q", to)
 	}
-	if s.Role != "standby" {
+	if s.Role != RoleStandby {
 		return fmt.Errorf("%s is not a running standby (%s)", to, s.Role)
 	}
 	p := st.Node(st.Primary)
@@ -327,7 +327,7 @@ func rollback(ctx context.Context, t Target, old string, o RoleOptions, cause er
 func repointOthers(ctx context.Context, t Target, st *Status, old, to string, o RoleOptions) error {
 	newNode, _ := t.Cluster.Node(to)
 	for _, n := range t.Cluster.Nodes {
-		if n.Name == old || n.Name == to || st.Node(n.Name).Role != "standby" {
+		if n.Name == old || n.Name == to || st.Node(n.Name).Role != RoleStandby {
 			continue
 		}
 		c, err := t.Control.Conn(ctx, n.Name)

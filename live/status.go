@@ -27,7 +27,7 @@ type NodeStatus struct {
 	Reachable bool   `json:"reachable"`
 	Running   *bool  `json:"running,omitempty"` // set when the node is unreachable
 	Error     string `json:"error,omitempty"`
-	Role      string `json:"role"` // primary, standby or down
+	Role      Role   `json:"role"`
 
 	Facts *pgops.Facts `json:"facts,omitempty"`
 	// On a primary: its walsenders and slots.
@@ -41,6 +41,15 @@ type NodeStatus struct {
 	LagBytes   *int64   `json:"lag_bytes,omitempty"`
 	LagSeconds *float64 `json:"lag_seconds,omitempty"`
 }
+
+// Role is what a node is doing.
+type Role string
+
+const (
+	RolePrimary Role = "primary" // answers and accepts writes
+	RoleStandby Role = "standby" // answers, in recovery
+	RoleDown    Role = "down"    // does not answer
+)
 
 // Node returns a node's status.
 func (s *Status) Node(name string) *NodeStatus {
@@ -57,7 +66,7 @@ func Gather(ctx context.Context, t Target) (*Status, error) {
 	st := &Status{Taken: time.Now().UTC(), WALCap: t.Cluster.WALCap, Nodes: make([]NodeStatus, len(t.Cluster.Nodes))}
 	var wg sync.WaitGroup
 	for i, n := range t.Cluster.Nodes {
-		st.Nodes[i] = NodeStatus{Name: n.Name, Addr: n.Addr, Port: n.Port, Where: t.Control.Where(n.Name), Role: "down", HBA: map[string]HBAVerdict{}}
+		st.Nodes[i] = NodeStatus{Name: n.Name, Addr: n.Addr, Port: n.Port, Where: t.Control.Where(n.Name), Role: RoleDown, HBA: map[string]HBAVerdict{}}
 		wg.Add(1)
 		go func(ns *NodeStatus) {
 			defer wg.Done()
@@ -66,7 +75,7 @@ func Gather(ctx context.Context, t Target) (*Status, error) {
 	}
 	wg.Wait()
 	for i := range st.Nodes {
-		if st.Nodes[i].Role == "primary" {
+		if st.Nodes[i].Role == RolePrimary {
 			if st.Primary != "" {
 				st.Primary = "" // two writable nodes: no single primary
 				break
@@ -76,7 +85,7 @@ func Gather(ctx context.Context, t Target) (*Status, error) {
 	}
 	if p := st.Node(st.Primary); p != nil {
 		for _, r := range p.Replication {
-			if s := st.Node(r.Name); s != nil && s.Role == "standby" {
+			if s := st.Node(r.Name); s != nil && s.Role == RoleStandby {
 				b, sec := r.LagBytes, r.ReplayLag
 				s.LagBytes, s.LagSeconds = &b, &sec
 			}
@@ -102,9 +111,9 @@ func readNode(ctx context.Context, t Target, ns *NodeStatus) {
 		return
 	}
 	ns.Reachable, ns.Facts = true, &f
-	ns.Role = "primary"
+	ns.Role = RolePrimary
 	if f.InRecovery {
-		ns.Role = "standby"
+		ns.Role = RoleStandby
 	}
 	if ns.Slots, err = pgops.ReadSlots(ctx, c); err != nil {
 		fail(err)

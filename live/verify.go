@@ -54,7 +54,7 @@ func Verify(ctx context.Context, t Target, timeout time.Duration) (*VerifyResult
 			continue
 		}
 		ns := st.Node(n.Name)
-		if ns.Role != "standby" {
+		if ns.Role != RoleStandby {
 			return res, fmt.Errorf("%s is not running as a standby (%s); run `understudy check`", n.Name, ns.Role)
 		}
 		sc, err := t.Control.Conn(ctx, n.Name)

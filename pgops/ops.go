@@ -73,6 +73,58 @@ var RewindFunctions = []string{
 	"pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
 }
 
+// RewindGrantsMissing reports whether the replication role lacks EXECUTE
+// on any function pg_rewind uses.
+func RewindGrantsMissing(ctx context.Context, c *pgx.Conn, role string) (bool, error) {
+	for _, f := range RewindFunctions {
+		var has bool
+		if err := c.QueryRow(ctx, `SELECT has_function_privilege($1, $2, 'EXECUTE')`, role, f).Scan(&has); err != nil {
+			return false, fmt.Errorf("checking EXECUTE on %s for %s: %w", f, role, err)
+		}
+		if !has {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// DatabaseBytes is the size of every database: what a clone copies.
+func DatabaseBytes(ctx context.Context, c *pgx.Conn) (int64, error) {
+	var n int64
+	if err := c.QueryRow(ctx, `SELECT coalesce(sum(pg_database_size(oid)), 0)::bigint FROM pg_database`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("reading the database size: %w", err)
+	}
+	return n, nil
+}
+
+// ResetAutoConf removes a setting an ALTER SYSTEM put in postgresql.auto.conf.
+func ResetAutoConf(ctx context.Context, c *pgx.Conn, name string) error {
+	if _, err := c.Exec(ctx, "ALTER SYSTEM RESET "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return fmt.Errorf("ALTER SYSTEM RESET %s: %w", name, err)
+	}
+	return nil
+}
+
+// StandbyState is the state of a standby's walsender on the primary
+// (streaming, catchup, ...), "" when it is not connected.
+func StandbyState(ctx context.Context, c *pgx.Conn, node string) (string, error) {
+	var state string
+	err := c.QueryRow(ctx, `SELECT coalesce((SELECT state FROM pg_stat_replication WHERE application_name = $1 LIMIT 1), '')`, node).Scan(&state)
+	if err != nil {
+		return "", fmt.Errorf("reading pg_stat_replication: %w", err)
+	}
+	return state, nil
+}
+
+// InRecovery reports pg_is_in_recovery().
+func InRecovery(ctx context.Context, c *pgx.Conn) (bool, error) {
+	var rec bool
+	if err := c.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&rec); err != nil {
+		return false, fmt.Errorf("reading pg_is_in_recovery(): %w", err)
+	}
+	return rec, nil
+}
+
 // EnsureRewindGrants lets the replication role serve pg_rewind, so a
 // crashed former primary can be rewound without a superuser password. It
 // reports whether it granted anything.

@@ -35,11 +35,13 @@ func (c *applyCommand) Run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer t.close()
+	// One reading, one decision: what --dry-run prints is the slice that runs.
+	start := time.Now()
 	steps, err := live.PlanApply(ctx, t.Target)
-	if err != nil && *dryRun {
+	if err != nil {
 		return err
 	}
-	if err == nil && len(steps) > 0 {
+	if len(steps) > 0 {
 		fmt.Fprintf(c.out, "plan:\n%s\n", live.StepsText(steps))
 	}
 	if *dryRun {
@@ -48,8 +50,7 @@ func (c *applyCommand) Run(ctx context.Context, args []string) error {
 		}
 		return nil
 	}
-	start := time.Now()
-	res, err := live.Apply(ctx, t.Target, live.ApplyOptions{Yes: *yes, Confirm: confirmer(c.in, c.out), Out: c.out, Timeout: *timeout})
+	res, err := live.ExecuteApply(ctx, t.Target, steps, live.ApplyOptions{Yes: *yes, Confirm: confirmer(c.in, c.out), Out: c.out, Timeout: *timeout})
 	if err != nil {
 		return err
 	}
