@@ -48,7 +48,7 @@ func (a *Accessory) ServiceName() string {
 	return a.cfg.Service() + "-" + a.Name
 }
 
-// Hosts resolves host/hosts/role/roles/tag/tags (research/kamal.md §1.2).
+// Hosts resolves host/hosts/role/roles/tag/tags (Kamal: lib/kamal/configuration/accessory.rb).
 // Tags cannot be resolved without Kamal's tag model and are reported by key.
 func (a *Accessory) Hosts() (hosts []string, key string, err error) {
 	for _, k := range []string{"host", "hosts", "role", "roles", "tag", "tags"} {
@@ -164,7 +164,7 @@ type Env struct {
 	Secret []SecretRef
 }
 
-// SecretRef is one env.secret item: NAME or NAME:SECRET (research/kamal.md §1.5).
+// SecretRef is one env.secret item: NAME or NAME:SECRET (Kamal: lib/kamal/configuration/env.rb).
 type SecretRef struct {
 	Name   string // the variable the container sees
 	Secret string // the key looked up in .kamal/secrets*

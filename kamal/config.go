@@ -61,7 +61,7 @@ func DestinationPath(configPath, dest string) string {
 // MaxConfigBytes bounds one config file.
 const MaxConfigBytes = 1 << 20
 
-// Load reads the configuration as Kamal does (research/kamal.md §4.1).
+// Load reads the configuration as Kamal does (Kamal: lib/kamal/configuration.rb, deep_merge of the destination file).
 // env answers ERB's ENV lookups; KAMAL_DESTINATION is set as Kamal sets it.
 func Load(src Source, configPath, dest string, env func(string) (string, bool)) (*Config, error) {
 	if configPath == "" {

@@ -8,7 +8,7 @@ import (
 )
 
 // Kamal renders config/deploy.yml through ERB before it parses the YAML
-// (research/kamal.md §4.1). understudy must both read values the way Kamal
+// (Kamal: lib/kamal/configuration.rb, deep_merge of the destination file). understudy must both read values the way Kamal
 // would and edit the file without disturbing its ERB, so it never renders the
 // text. Instead every ERB tag is replaced by a placeholder of exactly the same
 // length ("masking"): the YAML parser then sees a document whose line and

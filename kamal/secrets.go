@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-// SecretsFile is one dotenv-style secrets file (research/kamal.md §3). Only
+// SecretsFile is one dotenv-style secrets file (Kamal: lib/kamal/secrets.rb). Only
 // names and the raw (unexpanded) right-hand sides are read here: resolving a
 // value may run a password manager and happens only when a command needs it.
 type SecretsFile struct {

@@ -5,7 +5,7 @@ import (
 	"strconv"
 )
 
-// SSH is the deploy.yml ssh: section as Kamal reads it (research/kamal.md §4.5).
+// SSH is the deploy.yml ssh: section as Kamal reads it (Kamal: lib/kamal/configuration/ssh.rb).
 type SSH struct {
 	User         string   // default root
 	Port         int      // default 22

@@ -71,7 +71,7 @@ func kindName(n *yaml.Node) string {
 
 // Val is a value of the merged configuration: a node of one file, or a
 // mapping built by deep-merging a destination file over the base file
-// (hashes merge, arrays and scalars are replaced: research/kamal.md §4.1).
+// (hashes merge, arrays and scalars are replaced: Kamal: lib/kamal/configuration.rb, deep_merge of the destination file).
 type Val struct {
 	Node    *yaml.Node // the (alias-resolved) node this value was read from
 	KeyNode *yaml.Node // the key of the entry holding this value, if any

@@ -525,8 +525,7 @@ func WaitReady(ctx context.Context, ctl Control, node string, timeout time.Durat
 	for {
 		c, err := ctl.Conn(ctx, node)
 		if err == nil {
-			var rec bool
-			err = c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
+			rec, err := pgops.InRecovery(ctx, c)
 			c.Close(ctx)
 			if err == nil {
 				return rec, nil

@@ -25,10 +25,41 @@ func (s Severity) String() string { return [...]string{"info", "warning", "criti
 // MarshalText makes Severity read as a word in JSON.
 func (s Severity) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// FindingCode names a kind of finding; docs/status-json.md lists them.
+type FindingCode string
+
+// The finding codes.
+const (
+	CodeCatchingUp FindingCode = "catching-up"
+	CodeHbaError FindingCode = "hba-error"
+	CodeHbaMissing FindingCode = "hba-missing"
+	CodeHotStandby FindingCode = "hot-standby"
+	CodeLag FindingCode = "lag"
+	CodeNoPrimary FindingCode = "no-primary"
+	CodeNotStreaming FindingCode = "not-streaming"
+	CodeOtherCluster FindingCode = "other-cluster"
+	CodeParity FindingCode = "parity"
+	CodePendingRestart FindingCode = "pending-restart"
+	CodeRewindImpossible FindingCode = "rewind-impossible"
+	CodeSlotAbandoned FindingCode = "slot-abandoned"
+	CodeSlotCapUnlimited FindingCode = "slot-cap-unlimited"
+	CodeSlotInactive FindingCode = "slot-inactive"
+	CodeSlotLost FindingCode = "slot-lost"
+	CodeSlotMissing FindingCode = "slot-missing"
+	CodeSlotNearCap FindingCode = "slot-near-cap"
+	CodeSlotUnreserved FindingCode = "slot-unreserved"
+	CodeSplitBrain FindingCode = "split-brain"
+	CodeSyncSingle FindingCode = "sync-single"
+	CodeTimeline FindingCode = "timeline"
+	CodeTlsOff FindingCode = "tls-off"
+	CodeUnreachable FindingCode = "unreachable"
+	CodeWalLevel FindingCode = "wal-level"
+)
+
 // Finding is one problem check found, and the exact fix.
 type Finding struct {
 	Severity Severity `json:"severity"`
-	Code     string   `json:"code"`
+	Code     FindingCode `json:"code"`
 	Node     string   `json:"node,omitempty"`
 	Problem  string   `json:"problem"`
 	Fix      string   `json:"fix"`
@@ -45,14 +76,14 @@ type Thresholds struct {
 var DefaultThresholds = Thresholds{MaxLagBytes: 64 << 20, MaxLag: 30 * time.Second, SlotHeadroom: 0.25}
 
 // ParitySettings must be no smaller on a standby than on its primary
-// (hot-standby.html; research/postgres.md §2.9).
+// (PostgreSQL docs, hot-standby.html).
 var ParitySettings = []string{"max_connections", "max_prepared_transactions", "max_locks_per_transaction", "max_wal_senders", "max_worker_processes"}
 
 // Check judges a Status. It is pure: every finding comes from the
 // reading, so each can be provoked and tested on real servers.
 func Check(st *Status, c pgconf.Cluster, th Thresholds) []Finding {
 	var out []Finding
-	add := func(sev Severity, code, node, problem, fix string) {
+	add := func(sev Severity, code FindingCode, node, problem, fix string) {
 		out = append(out, Finding{sev, code, node, problem, fix})
 	}
 	var primaries []string
@@ -69,14 +100,14 @@ func Check(st *Status, c pgconf.Cluster, th Thresholds) []Finding {
 		if n.Running != nil && *n.Running {
 			fix = "it is running but does not answer: read its log (lab: <lab>/" + n.Name + ".log; Kamal: kamal accessory logs " + n.Name + ")"
 		}
-		add(Critical, "unreachable", n.Name, fmt.Sprintf("cannot reach %s: %s", n.Where, n.Error), fix)
+		add(Critical, CodeUnreachable, n.Name, fmt.Sprintf("cannot reach %s: %s", n.Where, n.Error), fix)
 	}
 	switch {
 	case len(primaries) > 1:
-		add(Critical, "split-brain", "", fmt.Sprintf("more than one node accepts writes: %s", strings.Join(primaries, ", ")),
+		add(Critical, CodeSplitBrain, "", fmt.Sprintf("more than one node accepts writes: %s", strings.Join(primaries, ", ")),
 			"stop the app's writes now; keep the node the app has been writing to, stop the other and bring it back as a standby with `understudy rejoin`")
 	case len(primaries) == 0 && reachableCount(st) > 0:
-		add(Critical, "no-primary", "", "no reachable node accepts writes",
+		add(Critical, CodeNoPrimary, "", "no reachable node accepts writes",
 			"start the primary (`understudy apply`); if its server is lost for good, promote a standby with `understudy promote`")
 	}
 	p := st.Node(st.Primary)
@@ -110,7 +141,7 @@ func reachableCount(st *Status) int {
 // checkPrimary: slots for every standby, peers allowed in, abandoned slots.
 func checkPrimary(st *Status, p *NodeStatus, c pgconf.Cluster, th Thresholds) []Finding {
 	var out []Finding
-	add := func(sev Severity, code, node, problem, fix string) {
+	add := func(sev Severity, code FindingCode, node, problem, fix string) {
 		out = append(out, Finding{sev, code, node, problem, fix})
 	}
 	capBytes, _ := ParseSize(p.Facts.Settings["max_slot_wal_keep_size"], "MB")
@@ -121,7 +152,7 @@ func checkPrimary(st *Status, p *NodeStatus, c pgconf.Cluster, th Thresholds) []
 			continue
 		}
 		if v, ok := p.HBA[n.Name]; ok && !v.Allowed {
-			add(Critical, "hba-missing", p.Name, fmt.Sprintf("%s's pg_hba does not let %s (%s) connect for replication as %s (%s)",
+			add(Critical, CodeHbaMissing, p.Name, fmt.Sprintf("%s's pg_hba does not let %s (%s) connect for replication as %s (%s)",
 				p.Name, n.Name, n.Addr, c.ReplUser, describeVerdict(v)),
 				"mount understudy's pg_hba file (hba_file) on "+p.Name+" and reload: `understudy apply`; or re-run `understudy init` if the node's address changed")
 		}
@@ -132,37 +163,37 @@ func checkPrimary(st *Status, p *NodeStatus, c pgconf.Cluster, th Thresholds) []
 			}
 		}
 		if slot == nil {
-			add(Critical, "slot-missing", n.Name, fmt.Sprintf("the primary %s has no replication slot %s for %s, so it may remove WAL the standby still needs", p.Name, n.Slot(), n.Name),
+			add(Critical, CodeSlotMissing, n.Name, fmt.Sprintf("the primary %s has no replication slot %s for %s, so it may remove WAL the standby still needs", p.Name, n.Slot(), n.Name),
 				"create it: `understudy apply` (it creates the slot before anything else)")
 			continue
 		}
 		switch slot.walStatus {
 		case "lost":
-			add(Critical, "slot-lost", n.Name, fmt.Sprintf("slot %s was invalidated: %s fell more than max_slot_wal_keep_size (%s) behind and the WAL it needs is gone", n.Slot(), n.Name, p.Facts.Settings["max_slot_wal_keep_size"]+"MB"),
+			add(Critical, CodeSlotLost, n.Name, fmt.Sprintf("slot %s was invalidated: %s fell more than max_slot_wal_keep_size (%s) behind and the WAL it needs is gone", n.Slot(), n.Name, p.Facts.Settings["max_slot_wal_keep_size"]+"MB"),
 				"re-clone "+n.Name+": stop it, move its data directory aside, drop the slot, then `understudy apply`")
 		case "unreserved":
-			add(Critical, "slot-unreserved", n.Name, fmt.Sprintf("slot %s holds more WAL than the cap allows; the next checkpoint will invalidate it", n.Slot()),
+			add(Critical, CodeSlotUnreserved, n.Name, fmt.Sprintf("slot %s holds more WAL than the cap allows; the next checkpoint will invalidate it", n.Slot()),
 				"bring "+n.Name+" back to streaming now (`understudy apply`), or raise --wal-cap if the disk has room")
 		default:
 			if slot.safe != nil && capBytes > 0 && float64(*slot.safe) < th.SlotHeadroom*float64(capBytes) {
-				add(Warning, "slot-near-cap", n.Name, fmt.Sprintf("slot %s retains %s; only %s is left before it hits the %s cap and %s must re-clone",
+				add(Warning, CodeSlotNearCap, n.Name, fmt.Sprintf("slot %s retains %s; only %s is left before it hits the %s cap and %s must re-clone",
 					n.Slot(), bytesText(slot.retained), bytesText(*slot.safe), bytesText(capBytes), n.Name),
 					"get "+n.Name+" streaming again (`understudy status` shows why it is not), or raise --wal-cap if the disk has room")
 			}
 		}
 		if !slot.active {
-			add(Warning, "slot-inactive", n.Name, fmt.Sprintf("slot %s is not in use: %s is not replicating, and the primary keeps WAL for it (%s so far)", n.Slot(), n.Name, bytesText(slot.retained)),
+			add(Warning, CodeSlotInactive, n.Name, fmt.Sprintf("slot %s is not in use: %s is not replicating, and the primary keeps WAL for it (%s so far)", n.Slot(), n.Name, bytesText(slot.retained)),
 				"start "+n.Name+" (`understudy apply`); if it is gone for good, drop the slot: SELECT pg_drop_replication_slot('"+n.Slot()+"') on "+p.Name)
 		}
 	}
 	for _, s := range p.Slots {
 		if !owned[s.Name] && !s.Active {
-			add(Warning, "slot-abandoned", p.Name, fmt.Sprintf("slot %s belongs to no node and keeps %s of WAL on %s", s.Name, bytesText(s.RetainedBytes), p.Name),
+			add(Warning, CodeSlotAbandoned, p.Name, fmt.Sprintf("slot %s belongs to no node and keeps %s of WAL on %s", s.Name, bytesText(s.RetainedBytes), p.Name),
 				"if nothing uses it, drop it: SELECT pg_drop_replication_slot('"+s.Name+"')")
 		}
 	}
 	if v := p.Facts.Settings["synchronous_standby_names"]; v != "" && countStandbys(st) < 2 {
-		add(Warning, "sync-single", p.Name, fmt.Sprintf("synchronous_standby_names is %q with fewer than two standbys: every commit waits while the standby is down", v),
+		add(Warning, CodeSyncSingle, p.Name, fmt.Sprintf("synchronous_standby_names is %q with fewer than two standbys: every commit waits while the standby is down", v),
 			"unset synchronous_standby_names, or run two standbys with ANY 1 (...)")
 	}
 	return out
@@ -188,35 +219,35 @@ func countStandbys(st *Status) int {
 // checkNode: settings every node needs whatever its role.
 func checkNode(n *NodeStatus, c pgconf.Cluster) []Finding {
 	var out []Finding
-	add := func(sev Severity, code, problem, fix string) {
+	add := func(sev Severity, code FindingCode, problem, fix string) {
 		out = append(out, Finding{sev, code, n.Name, problem, fix})
 	}
 	s := n.Facts.Settings
 	if s["wal_level"] == "minimal" {
-		add(Critical, "wal-level", "wal_level is minimal: no standby can follow this node", "start it with understudy's settings file: `understudy apply --yes` (restarts it)")
+		add(Critical, CodeWalLevel, "wal_level is minimal: no standby can follow this node", "start it with understudy's settings file: `understudy apply --yes` (restarts it)")
 	}
 	if s["hot_standby"] == "off" {
-		add(Warning, "hot-standby", "hot_standby is off: as a standby this node answers no queries, and verify cannot read from it", "`understudy apply --yes` (restarts it)")
+		add(Warning, CodeHotStandby, "hot_standby is off: as a standby this node answers no queries, and verify cannot read from it", "`understudy apply --yes` (restarts it)")
 	}
 	if s["max_slot_wal_keep_size"] == "-1" {
-		add(Warning, "slot-cap-unlimited", "max_slot_wal_keep_size is -1: a standby that stays away can fill this node's disk with WAL", "`understudy apply` sets the cap ("+c.WALCap+") and reloads")
+		add(Warning, CodeSlotCapUnlimited, "max_slot_wal_keep_size is -1: a standby that stays away can fill this node's disk with WAL", "`understudy apply` sets the cap ("+c.WALCap+") and reloads")
 	}
 	if s["wal_log_hints"] == "off" && !n.Facts.DataChecksums {
-		add(Warning, "rewind-impossible", "neither wal_log_hints nor data checksums are on: after a crash failover this node cannot be rewound and must be re-cloned in full",
+		add(Warning, CodeRewindImpossible, "neither wal_log_hints nor data checksums are on: after a crash failover this node cannot be rewound and must be re-cloned in full",
 			"`understudy apply --yes` turns wal_log_hints on (restarts it); it protects divergences from then on")
 	}
 	if len(n.Facts.PendingRestart) > 0 {
-		add(Warning, "pending-restart", "settings changed in the files but waiting for a restart: "+strings.Join(n.Facts.PendingRestart, ", "),
+		add(Warning, CodePendingRestart, "settings changed in the files but waiting for a restart: "+strings.Join(n.Facts.PendingRestart, ", "),
 			"`understudy apply --yes` restarts the node to take them")
 	}
 	for _, e := range n.HBAErrors {
-		add(Critical, "hba-error", "its pg_hba file has an invalid "+e+"; the server keeps the rules it loaded last and refuses to reload new ones",
+		add(Critical, CodeHbaError, "its pg_hba file has an invalid "+e+"; the server keeps the rules it loaded last and refuses to reload new ones",
 			"fix the line (re-run `understudy init` to restore the managed file), then `understudy apply`")
 	}
 	if n.Role == RoleStandby {
 		for peer, v := range n.HBA {
 			if !v.Allowed {
-				add(Warning, "hba-missing", fmt.Sprintf("%s's pg_hba does not let %s connect for replication (%s): a switchover to %s would leave %s unable to follow",
+				add(Warning, CodeHbaMissing, fmt.Sprintf("%s's pg_hba does not let %s connect for replication (%s): a switchover to %s would leave %s unable to follow",
 					n.Name, peer, describeVerdict(v), n.Name, peer),
 					"mount understudy's pg_hba file (hba_file) on "+n.Name+" and reload: `understudy apply`")
 			}
@@ -228,11 +259,11 @@ func checkNode(n *NodeStatus, c pgconf.Cluster) []Finding {
 // checkStandby: is it following the primary, closely, over a private or TLS link.
 func checkStandby(n, p *NodeStatus, th Thresholds) []Finding {
 	var out []Finding
-	add := func(sev Severity, code, problem, fix string) {
+	add := func(sev Severity, code FindingCode, problem, fix string) {
 		out = append(out, Finding{sev, code, n.Name, problem, fix})
 	}
 	if n.Facts.SystemIdentifier != p.Facts.SystemIdentifier {
-		add(Critical, "other-cluster", fmt.Sprintf("%s holds a different database cluster (system id %s) from the primary %s (%s): it can never follow it",
+		add(Critical, CodeOtherCluster, fmt.Sprintf("%s holds a different database cluster (system id %s) from the primary %s (%s): it can never follow it",
 			n.Name, n.Facts.SystemIdentifier, p.Name, p.Facts.SystemIdentifier),
 			"re-clone it: stop "+n.Name+", move its data directory aside (do not delete it until you know what it holds), then `understudy apply`")
 		return out
@@ -249,17 +280,17 @@ func checkStandby(n, p *NodeStatus, th Thresholds) []Finding {
 		if n.Facts.Receiver != nil {
 			why = fmt.Sprintf("its WAL receiver is %s (%s:%d)", n.Facts.Receiver.Status, n.Facts.Receiver.SenderHost, n.Facts.Receiver.SenderPort)
 		}
-		add(Critical, "not-streaming", fmt.Sprintf("%s is a standby but is not replicating from %s: %s", n.Name, p.Name, why),
+		add(Critical, CodeNotStreaming, fmt.Sprintf("%s is a standby but is not replicating from %s: %s", n.Name, p.Name, why),
 			"read "+n.Name+"'s log for the replication error; `understudy apply` fixes a missing slot, role or pg_hba line")
 	case rep.state != "streaming":
-		add(Warning, "catching-up", fmt.Sprintf("%s is connected to %s but %s, not streaming yet", n.Name, p.Name, rep.state), "wait, then run check again; if it stays so, compare its lag in `understudy status`")
+		add(Warning, CodeCatchingUp, fmt.Sprintf("%s is connected to %s but %s, not streaming yet", n.Name, p.Name, rep.state), "wait, then run check again; if it stays so, compare its lag in `understudy status`")
 	}
 	if n.Facts.Timeline < p.Facts.Timeline && rep == nil {
-		add(Critical, "timeline", fmt.Sprintf("%s is on timeline %d but the primary %s is on timeline %d", n.Name, n.Facts.Timeline, p.Name, p.Facts.Timeline),
+		add(Critical, CodeTimeline, fmt.Sprintf("%s is on timeline %d but the primary %s is on timeline %d", n.Name, n.Facts.Timeline, p.Name, p.Facts.Timeline),
 			"make sure recovery_target_timeline is latest (`understudy apply`); if its log says it diverged, bring it back with `understudy rejoin "+n.Name+"`")
 	}
 	if n.LagBytes != nil && *n.LagBytes > th.MaxLagBytes || n.LagSeconds != nil && *n.LagSeconds > th.MaxLag.Seconds() {
-		add(Warning, "lag", fmt.Sprintf("%s is %s / %.1f s behind %s (thresholds %s / %s)", n.Name, bytesText(deref(n.LagBytes)), deref(n.LagSeconds), p.Name, bytesText(th.MaxLagBytes), th.MaxLag),
+		add(Warning, CodeLag, fmt.Sprintf("%s is %s / %.1f s behind %s (thresholds %s / %s)", n.Name, bytesText(deref(n.LagBytes)), deref(n.LagSeconds), p.Name, bytesText(th.MaxLagBytes), th.MaxLag),
 			"look for long queries on "+n.Name+" (max_standby_streaming_delay), its disk or network; a failover now would lose up to this much")
 	}
 	for _, name := range ParitySettings {
@@ -273,7 +304,7 @@ func checkStandby(n, p *NodeStatus, th Thresholds) []Finding {
 		if si < pi {
 			sev, what = Critical, "a standby with a smaller value pauses replay when the primary uses more"
 		}
-		add(sev, "parity", fmt.Sprintf("%s is %s on %s but %s on the primary %s: %s", name, sv, n.Name, pv, p.Name, what),
+		add(sev, CodeParity, fmt.Sprintf("%s is %s on %s but %s on the primary %s: %s", name, sv, n.Name, pv, p.Name, what),
 			"set "+name+" to the same value on every node (in each cluster's postgresql.conf, or a -c flag in the accessory cmd), then restart the standby first")
 	}
 	if !privateLink(n.Addr) || !privateLink(p.Addr) {
@@ -284,7 +315,7 @@ func checkStandby(n, p *NodeStatus, th Thresholds) []Finding {
 			}
 		}
 		if !ssl {
-			add(Warning, "tls-off", fmt.Sprintf("replication from %s (%s) to %s (%s) crosses a public address without TLS: WAL (every row written) travels in clear text", p.Name, p.Addr, n.Name, n.Addr),
+			add(Warning, CodeTlsOff, fmt.Sprintf("replication from %s (%s) to %s (%s) crosses a public address without TLS: WAL (every row written) travels in clear text", p.Name, p.Addr, n.Name, n.Addr),
 				"give the nodes private IPs (re-run `understudy init --replica-ip ... --primary-ip ...`), or put them on a private network or WireGuard")
 		}
 	}

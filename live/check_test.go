@@ -160,7 +160,7 @@ func TestCheckHBAAndSlotHygiene(t *testing.T) {
 		"ALTER SYSTEM SET max_slot_wal_keep_size = -1", "SELECT pg_reload_conf()")
 	fs := labtest.Findings(t, l, live.DefaultThresholds)
 	for _, want := range []struct {
-		code string
+		code live.FindingCode
 		sev  live.Severity
 		node string
 	}{{"hba-missing", live.Critical, "db"}, {"slot-abandoned", live.Warning, "db"}, {"slot-cap-unlimited", live.Warning, "db"}} {

@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/pgops"
 )
@@ -69,16 +67,17 @@ func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResu
 		return nil, err
 	}
 	defer sc.Close(context.WithoutCancel(ctx))
-	var recv string
-	if err := sc.QueryRow(ctx, `SELECT coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text`).Scan(&recv); err != nil {
+	pos, err := pgops.ReadWALPositions(ctx, sc)
+	if err != nil {
 		return nil, fmt.Errorf("reading %s's WAL position: %w", to, err)
 	}
+	recv := pos.Known().String()
 	if res.OldPrimary != "" {
 		res.Lost = lossReport(ctx, t, res.OldPrimary, to, recv, lastKnown[res.OldPrimary], s.Facts.Timeline)
 		say(o, "  %s", res.Lost)
 	}
 	start := time.Now()
-	if err := promote(ctx, sc); err != nil {
+	if err := pgops.Promote(ctx, sc, 60*time.Second); err != nil {
 		return res, fmt.Errorf("promoting %s failed: %v; read its log", to, err)
 	}
 	say(o, "  ✓ %s promoted in %d ms: it accepts writes", to, time.Since(start).Milliseconds())
@@ -219,15 +218,15 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 	case cd.Timeline == p.Facts.Timeline:
 		res.Path = fmt.Sprintf("re-point: it is on the primary's timeline %d, so it only has to follow", cd.Timeline)
 	default:
-		switchpoint, herr := switchpointFor(ctx, pc, p.Facts.Timeline, cd.Timeline)
+		switchpoint, herr := pgops.TimelineSwitchpoint(ctx, pc, p.Facts.Timeline, cd.Timeline)
 		if herr == nil && cd.State == "shut down" && cd.Checkpoint < switchpoint {
 			res.Path = fmt.Sprintf("re-point: it shut down cleanly at %s, before %s took over at %s, so nothing diverged and no pg_rewind is needed", cd.Checkpoint, prim, switchpoint)
 		} else {
 			why := fmt.Sprintf("its control file says %q at %s on timeline %d", cd.State, cd.Checkpoint, cd.Timeline)
 			// Before 16, pg_rewind reads the source's timeline from its last
 			// checkpoint, which a fresh promotion has not written yet
-			// (research/postgres.md §2.5).
-			if _, err := pc.Exec(ctx, "CHECKPOINT"); err != nil {
+			// (PostgreSQL docs, app-pgrewind.html).
+			if err := pgops.Checkpoint(ctx, pc); err != nil {
 				return res, fmt.Errorf("CHECKPOINT on %s before pg_rewind: %w", prim, err)
 			}
 			out, rerr := t.Control.Run(ctx, node, pgconf.RewindScript(t.Cluster, pn))
@@ -263,22 +262,6 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 	return res, nil
 }
 
-// switchpointFor reads the primary's timeline history and returns where
-// timeline `from` ended.
-func switchpointFor(ctx context.Context, pc *pgx.Conn, current, from int) (pgops.LSN, error) {
-	var hist string
-	err := pc.QueryRow(ctx, `SELECT pg_read_file('pg_wal/' || lpad(upper(to_hex($1::int)), 8, '0') || '.history')`, current).Scan(&hist)
-	if err != nil {
-		return 0, fmt.Errorf("reading timeline %d's history: %w", current, err)
-	}
-	for _, line := range strings.Split(hist, "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == strconv.Itoa(from) {
-			return pgops.ParseLSN(f[1])
-		}
-	}
-	return 0, fmt.Errorf("timeline %d is not in timeline %d's history: the node belongs to another branch", from, current)
-}
 
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")

@@ -100,7 +100,7 @@ func Routing(c pgconf.Cluster, primary string) string {
 // preflight, CHECKPOINT, clean stop of the primary, proof that the standby
 // has everything up to the old primary's shutdown checkpoint, promote, and
 // the old primary back as a standby of the new one without pg_rewind
-// (research/postgres.md §2.10). Anything failing before the promote rolls
+// (PostgreSQL docs, warm-standby.html, failover and switchover). Anything failing before the promote rolls
 // back: the old primary starts again as the primary.
 func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResult, error) {
 	st, err := begin(ctx, t, &o)
@@ -153,7 +153,7 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 	if err != nil {
 		return nil, err
 	}
-	if _, err := pc.Exec(ctx, "CHECKPOINT"); err != nil {
+	if err := pgops.Checkpoint(ctx, pc); err != nil {
 		pc.Close(ctx)
 		return nil, fmt.Errorf("switchover refused: CHECKPOINT on %s failed: %w", old, err)
 	}
@@ -183,27 +183,22 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 	ckpt := cd.Checkpoint
 	// The walsender sends up to and including the shutdown checkpoint
 	// before it exits, so a complete standby has received past its start.
-	var recv, replay string
+	var pos pgops.WALPositions
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if err := sc.QueryRow(cctx, `SELECT coalesce(pg_last_wal_receive_lsn()::text, '0/0'), coalesce(pg_last_wal_replay_lsn()::text, '0/0')`).Scan(&recv, &replay); err != nil {
+		if pos, err = pgops.ReadWALPositions(cctx, sc); err != nil {
 			return nil, rollback(cctx, t, old, o, fmt.Errorf("reading %s's WAL position: %w", to, err))
 		}
-		r, err1 := pgops.ParseLSN(recv)
-		p, err2 := pgops.ParseLSN(replay)
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, rollback(cctx, t, old, o, fmt.Errorf("reading %s's WAL position: %w", to, err))
-		}
-		if r > ckpt && p >= r {
+		if pos.Received > ckpt && pos.Replayed >= pos.Received {
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, rollback(cctx, t, old, o, fmt.Errorf("%s received WAL up to %s and replayed to %s, short of %s's shutdown checkpoint at %s", to, recv, replay, old, cd.Checkpoint))
+			return nil, rollback(cctx, t, old, o, fmt.Errorf("%s received WAL up to %s and replayed to %s, short of %s's shutdown checkpoint at %s", to, pos.Received, pos.Replayed, old, cd.Checkpoint))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	say(o, "  ✓ %s has all of %s's WAL (shutdown checkpoint %s, received %s; %d ms)", to, old, cd.Checkpoint, recv, time.Since(start).Milliseconds())
-	if err := promote(cctx, sc); err != nil {
+	say(o, "  ✓ %s has all of %s's WAL (shutdown checkpoint %s, received %s; %d ms)", to, old, cd.Checkpoint, pos.Received, time.Since(start).Milliseconds())
+	if err := pgops.Promote(cctx, sc, 60*time.Second); err != nil {
 		return nil, rollback(cctx, t, old, o, fmt.Errorf("promoting %s failed (%v); if %s is writable now, do not start %s: run `understudy rejoin %s`", to, err, to, old, old))
 	}
 	res.WriteOutage = time.Since(start)
@@ -237,29 +232,6 @@ func prepare(ctx context.Context, t Target, nodes ...string) error {
 	return nil
 }
 
-// promote promotes a standby and waits until it accepts writes, polling
-// more finely than pg_promote(true)'s 100 ms, since this is the pause.
-func promote(ctx context.Context, c *pgx.Conn) error {
-	var ok bool
-	if err := c.QueryRow(ctx, `SELECT pg_promote(false)`).Scan(&ok); err != nil || !ok {
-		return fmt.Errorf("pg_promote: %v", err)
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		var rec bool
-		if err := c.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&rec); err != nil {
-			return err
-		}
-		if !rec {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return errors.New("still in recovery after 60 s")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // preflight refuses a switchover that could lose a commit or leave a
 // node unable to follow.
 func preflight(st *Status, t Target, to string, o RoleOptions) error {
@@ -291,7 +263,7 @@ func preflight(st *Status, t Target, to string, o RoleOptions) error {
 	}
 	for _, f := range Check(st, t.Cluster, DefaultThresholds) {
 		switch f.Code {
-		case "parity", "split-brain", "other-cluster", "hba-error":
+		case CodeParity, CodeSplitBrain, CodeOtherCluster, CodeHbaError:
 			return fmt.Errorf("%s: %s (fix: %s)", f.Code, f.Problem, f.Fix)
 		}
 	}
@@ -335,8 +307,11 @@ func repointOthers(ctx context.Context, t Target, st *Status, old, to string, o 
 			return fmt.Errorf("re-pointing %s at %s: %w", n.Name, to, err)
 		}
 		// Keep the passfile the node already uses.
-		var cur string
-		c.QueryRow(ctx, "SHOW primary_conninfo").Scan(&cur)
+		cur, err := pgops.PrimaryConninfoSetting(ctx, c)
+		if err != nil {
+			c.Close(ctx)
+			return fmt.Errorf("re-pointing %s at %s: %w", n.Name, to, err)
+		}
 		passfile := "/var/run/postgresql/understudy.pgpass"
 		for _, f := range strings.Fields(cur) {
 			if p, ok := strings.CutPrefix(f, "passfile="); ok {
@@ -358,8 +333,8 @@ func repointOthers(ctx context.Context, t Target, st *Status, old, to string, o 
 // node stuck on an old timeline does not count).
 func waitFollowers(ctx context.Context, t Target, pc *pgx.Conn, primary string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	var target string
-	if err := pc.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&target); err != nil {
+	target, err := pgops.CurrentWALLSN(ctx, pc)
+	if err != nil {
 		return fmt.Errorf("reading %s's WAL position: %w", primary, err)
 	}
 	for _, n := range t.Cluster.Nodes {
@@ -367,9 +342,7 @@ func waitFollowers(ctx context.Context, t Target, pc *pgx.Conn, primary string, 
 			continue
 		}
 		for {
-			var state string
-			err := pc.QueryRow(ctx, `SELECT coalesce((SELECT state || CASE WHEN replay_lsn >= $2::pg_lsn THEN '' ELSE ', behind' END
-				FROM pg_stat_replication WHERE application_name = $1 LIMIT 1), '')`, n.Name, target).Scan(&state)
+			state, err := pgops.FollowerState(ctx, pc, n.Name, target)
 			if err != nil {
 				return fmt.Errorf("reading pg_stat_replication on %s: %w", primary, err)
 			}

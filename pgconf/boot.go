@@ -12,9 +12,9 @@ import (
 //
 // Why not /docker-entrypoint-initdb.d: those scripts run only after initdb,
 // next to a temporary server on the same PGDATA, which is what breaks the
-// hand-written procedure (research/postgres.md §0 rows 4a, 4b, 4f; §1.7).
+// hand-written procedure (the postgres image's docs: initialization scripts run next to a temporary server).
 // Cloning before the entrypoint runs is what the image's maintainers advise
-// (docker-library/postgres#629, research/postgres.md §0).
+// (docker-library/postgres#629).
 //
 // Environment: UNDERSTUDY_NODE (this node's name), REPLICATION_PASSWORD (the
 // replication role's password, from Kamal secrets), PGDATA and PG_MAJOR (set by

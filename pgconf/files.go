@@ -8,7 +8,7 @@ import (
 
 // AppAuthMethod is the method for ordinary password logins, matching what the
 // official image writes (it follows password_encryption: md5 before 14,
-// scram-sha-256 from 14; research/postgres.md §1.3). md5 also accepts SCRAM
+// scram-sha-256 from 14: PostgreSQL docs, password_encryption). md5 also accepts SCRAM
 // verifiers, so on 13 both kinds of stored password keep working.
 func AppAuthMethod(major int) string {
 	if major < 14 {
@@ -20,7 +20,7 @@ func AppAuthMethod(major int) string {
 // HBA renders the managed pg_hba file. It replaces $PGDATA/pg_hba.conf (via
 // hba_file, so it survives a re-clone and is the same on every node), allows
 // replication only between the nodes in both directions, and keeps the
-// image's password login for everything else (research/postgres.md §0 row 2, §2.6).
+// image's password login for everything else (the postgres image's docs, POSTGRES_HOST_AUTH_METHOD).
 func HBA(c Cluster) string {
 	var b strings.Builder
 	b.WriteString("# pg_hba.conf managed by understudy: the same file on every node.\n")
@@ -66,7 +66,7 @@ type Setting struct {
 }
 
 // Settings are the replication settings, the same on every node so that a
-// switchover needs no edit (research/postgres.md §2.9 parity).
+// switchover needs no edit (PostgreSQL docs, hot-standby.html: settings a standby needs at least as high as its primary).
 func Settings(c Cluster) []Setting {
 	s := []Setting{
 		{"hba_file", quote(c.HBAFile), "the managed rules above, kept outside PGDATA", true},

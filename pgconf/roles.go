@@ -42,8 +42,9 @@ func Conninfo(c Cluster, node, upstream Node, passfile string) string {
 		upstream.Addr, upstream.Port, c.ReplUser, passfile, node.Name)
 }
 
-// ControlDataScript prints pg_controldata for the node's cluster.
-const ControlDataScript = `pg_controldata "$PGDATA"`
+// ControlDataScript prints pg_controldata for the node's cluster, with the
+// C locale: pgops.ParseControlData reads its English labels.
+const ControlDataScript = `LC_ALL=C pg_controldata "$PGDATA"`
 
 // RewindScript runs pg_rewind against the current primary, connecting as
 // the replication role (granted the functions pg_rewind needs; see

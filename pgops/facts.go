@@ -37,7 +37,7 @@ type Receiver struct {
 }
 
 // FactSettings are the settings Facts reads: replication, parity
-// (hot-standby.html; research/postgres.md §2.9) and TLS.
+// (PostgreSQL docs, hot-standby.html) and TLS.
 var FactSettings = []string{
 	"wal_level", "hot_standby", "wal_log_hints", "full_page_writes", "max_wal_senders",
 	"max_replication_slots", "max_slot_wal_keep_size", "wal_sender_timeout", "wal_receiver_timeout",

@@ -11,7 +11,7 @@ import (
 // EnsureReplicationRole creates or updates the replication role from a
 // verifier computed here: the plaintext never reaches the server. Statement
 // logging is turned off for the session as a second guard (the verifier is
-// still a secret; research/postgres.md §2.8).
+// still a secret; PostgreSQL docs, CREATE ROLE: the password can end up in logs).
 func EnsureReplicationRole(ctx context.Context, c *pgx.Conn, role, password string) error {
 	v, err := SCRAMVerifier(password, nil, SCRAMIterations)
 	if err != nil {
@@ -65,7 +65,7 @@ func ReadRole(ctx context.Context, c *pgx.Conn, role, password string) (RoleStat
 }
 
 // RewindFunctions are what pg_rewind's source role needs besides LOGIN
-// (app-pgrewind.html; research/postgres.md §2.5).
+// (PostgreSQL docs, app-pgrewind.html).
 var RewindFunctions = []string{
 	"pg_catalog.pg_ls_dir(text, boolean, boolean)",
 	"pg_catalog.pg_stat_file(text, boolean)",

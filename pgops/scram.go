@@ -16,8 +16,8 @@ import (
 const SCRAMIterations = 4096
 
 // SCRAMVerifier computes the SCRAM-SHA-256 verifier PostgreSQL stores for a
-// password (src/common/scram-common.c scram_build_secret; research/postgres.md
-// §2.8, §4.3). CREATE/ALTER ROLE store a verifier as given, so the plaintext
+// password (PostgreSQL's src/common/scram-common.c, scram_build_secret; RFC
+// 7677). CREATE/ALTER ROLE store a verifier as given, so the plaintext
 // never reaches the server or its log. Passwords should be ASCII: the server
 // applies SASLprep, which is the identity on printable ASCII.
 func SCRAMVerifier(password string, salt []byte, iterations int) (string, error) {

@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -18,7 +19,7 @@ import (
 
 // Kamal builds the kamal invocations for one app. Every method is pure: it
 // returns argv, and the tests hold it against Kamal's behaviour
-// (research/kamal.md §2).
+// (Kamal: lib/kamal/cli/accessory.rb).
 type Kamal struct {
 	Bin         string // default "kamal"
 	ConfigFile  string // -c, when not config/deploy.yml
@@ -153,7 +154,8 @@ func (c *Control) Conn(ctx context.Context, node string) (*pgx.Conn, error) {
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		if strings.Contains(err.Error(), "password authentication failed") {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000") { // invalid_password, invalid_authorization_specification
 			// PostgreSQL answers a missing role and a wrong password alike.
 			from := c.DBUserFrom
 			if from == "" {

@@ -242,7 +242,7 @@ func splitProxy(p string) (user, host string, port int, err error) {
 
 // tunnelConn reports the address it was dialed for, so pgx's cancel
 // request (which re-dials RemoteAddr) goes to the same server through the
-// tunnel (research/postgres.md §4.1). SSH channels have no deadlines; a
+// tunnel (pgx: pgconn.CancelRequestContextWatcherHandler). SSH channels have no deadlines; a
 // deadline here closes the connection when it passes, which is what a
 // timed-out read or write leads to anyway.
 type tunnelConn struct {

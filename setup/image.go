@@ -75,7 +75,7 @@ func ParseImage(ref string) Image {
 }
 
 // DefaultPGDATA is where the official image keeps the cluster.
-// postgres:18 moved it (research/postgres.md §1.6).
+// postgres:18 moved it (the postgres image's docs: PGDATA for 18).
 func DefaultPGDATA(major int) string {
 	if major >= 18 {
 		return "/var/lib/postgresql/" + strconv.Itoa(major) + "/docker"

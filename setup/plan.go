@@ -431,7 +431,7 @@ func checkPrimary(cfg *kamal.Config, a *kamal.Accessory, o Options, p *Plan) (pg
 	n.Addr, n.Port = port.BindIP, port.HostPort
 
 	// The data directory must be on a mount, and on postgres:18 the mount
-	// must cover the new PGDATA (research/postgres.md §1.6).
+	// must cover the new PGDATA (the postgres image's docs: PGDATA for 18).
 	dd := dataDir(cfg, a, img.Major)
 	var covering, old *kamal.Mount
 	mounts := a.Mounts()

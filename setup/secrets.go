@@ -12,7 +12,7 @@ import (
 
 // planSecret adds REPLICATION_PASSWORD to the secrets file that holds the
 // database password, written the same way that password is fetched: Kamal 2
-// commits .kamal/secrets, so it may only hold references (research/kamal.md §3).
+// commits .kamal/secrets, so it may only hold references (Kamal: lib/kamal/secrets.rb).
 // It never reads or generates the password itself.
 func planSecret(src kamal.Source, cfg *kamal.Config, prim *kamal.Accessory, o Options, p *Plan) (*FileChange, error) {
 	sec, err := kamal.LoadSecrets(src, cfg.SecretsPath(), o.Destination)
@@ -135,7 +135,7 @@ func (e *fetchEdit) apply(text, after string) string {
 }
 
 // appAdvice suggests the app's connection settings: a multi-host URL that
-// always lands on the writable node (research/anchors.md §0 item 6).
+// always lands on the writable node (libpq docs, target_session_attrs).
 func (p *Plan) appAdvice(src kamal.Source, cfg *kamal.Config, prim *kamal.Accessory) {
 	sec, _ := kamal.LoadSecrets(src, cfg.SecretsPath(), cfg.Destination)
 	env := prim.Env()

@@ -9,7 +9,7 @@ import (
 )
 
 // accessoryKeys are the keys Kamal 2 accepts in an accessory
-// (research/kamal.md §1.2); any other key makes kamal refuse the file.
+// (Kamal: lib/kamal/configuration/accessory.rb); any other key makes kamal refuse the file.
 var accessoryKeys = map[string]bool{
 	"service": true, "image": true, "registry": true, "host": true, "hosts": true,
 	"role": true, "roles": true, "tag": true, "tags": true, "cmd": true, "port": true,

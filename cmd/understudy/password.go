@@ -30,7 +30,7 @@ func (c *passwordCommand) Run(ctx context.Context, args []string) error {
 }
 
 // newPassword draws letters and digits only, so SASLprep leaves it unchanged
-// and no quoting is ever needed (research/postgres.md §2.8).
+// and no quoting is ever needed (PostgreSQL docs, CREATE ROLE: the password can end up in logs).
 func newPassword(n int) string {
 	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 	b := make([]byte, n)

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -159,7 +160,7 @@ func (t *target) forChange(ctx context.Context) error {
 		return nil
 	}
 	if err := t.kamal.CheckLock(ctx); err != nil {
-		if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found") {
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("kamal is not installed here, and understudy drives the accessories through it: install Kamal 2 (gem install kamal), then run again")
 		}
 		return err

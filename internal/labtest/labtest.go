@@ -166,7 +166,7 @@ func Findings(t testing.TB, l *lab.Lab, th live.Thresholds) []live.Finding {
 }
 
 // Has reports whether a finding with this code and severity is about node.
-func Has(fs []live.Finding, code string, sev live.Severity, node string) bool {
+func Has(fs []live.Finding, code live.FindingCode, sev live.Severity, node string) bool {
 	for _, f := range fs {
 		if f.Code == code && f.Severity == sev && (node == "" || f.Node == node) {
 			return true
