@@ -30,39 +30,39 @@ type FindingCode string
 
 // The finding codes.
 const (
-	CodeCatchingUp FindingCode = "catching-up"
-	CodeHbaError FindingCode = "hba-error"
-	CodeHbaMissing FindingCode = "hba-missing"
-	CodeHotStandby FindingCode = "hot-standby"
-	CodeLag FindingCode = "lag"
-	CodeNoPrimary FindingCode = "no-primary"
-	CodeNotStreaming FindingCode = "not-streaming"
-	CodeOtherCluster FindingCode = "other-cluster"
-	CodeParity FindingCode = "parity"
-	CodePendingRestart FindingCode = "pending-restart"
+	CodeCatchingUp       FindingCode = "catching-up"
+	CodeHbaError         FindingCode = "hba-error"
+	CodeHbaMissing       FindingCode = "hba-missing"
+	CodeHotStandby       FindingCode = "hot-standby"
+	CodeLag              FindingCode = "lag"
+	CodeNoPrimary        FindingCode = "no-primary"
+	CodeNotStreaming     FindingCode = "not-streaming"
+	CodeOtherCluster     FindingCode = "other-cluster"
+	CodeParity           FindingCode = "parity"
+	CodePendingRestart   FindingCode = "pending-restart"
 	CodeRewindImpossible FindingCode = "rewind-impossible"
-	CodeSlotAbandoned FindingCode = "slot-abandoned"
+	CodeSlotAbandoned    FindingCode = "slot-abandoned"
 	CodeSlotCapUnlimited FindingCode = "slot-cap-unlimited"
-	CodeSlotInactive FindingCode = "slot-inactive"
-	CodeSlotLost FindingCode = "slot-lost"
-	CodeSlotMissing FindingCode = "slot-missing"
-	CodeSlotNearCap FindingCode = "slot-near-cap"
-	CodeSlotUnreserved FindingCode = "slot-unreserved"
-	CodeSplitBrain FindingCode = "split-brain"
-	CodeSyncSingle FindingCode = "sync-single"
-	CodeTimeline FindingCode = "timeline"
-	CodeTlsOff FindingCode = "tls-off"
-	CodeUnreachable FindingCode = "unreachable"
-	CodeWalLevel FindingCode = "wal-level"
+	CodeSlotInactive     FindingCode = "slot-inactive"
+	CodeSlotLost         FindingCode = "slot-lost"
+	CodeSlotMissing      FindingCode = "slot-missing"
+	CodeSlotNearCap      FindingCode = "slot-near-cap"
+	CodeSlotUnreserved   FindingCode = "slot-unreserved"
+	CodeSplitBrain       FindingCode = "split-brain"
+	CodeSyncSingle       FindingCode = "sync-single"
+	CodeTimeline         FindingCode = "timeline"
+	CodeTlsOff           FindingCode = "tls-off"
+	CodeUnreachable      FindingCode = "unreachable"
+	CodeWalLevel         FindingCode = "wal-level"
 )
 
 // Finding is one problem check found, and the exact fix.
 type Finding struct {
-	Severity Severity `json:"severity"`
+	Severity Severity    `json:"severity"`
 	Code     FindingCode `json:"code"`
-	Node     string   `json:"node,omitempty"`
-	Problem  string   `json:"problem"`
-	Fix      string   `json:"fix"`
+	Node     string      `json:"node,omitempty"`
+	Problem  string      `json:"problem"`
+	Fix      string      `json:"fix"`
 }
 
 // Thresholds for the checks that need one.

@@ -262,7 +262,6 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 	return res, nil
 }
 
-
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
