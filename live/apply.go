@@ -292,7 +292,7 @@ func settingGaps(ctx context.Context, c *pgx.Conn, cl pgconf.Cluster) ([]Setting
 	var d []SettingGap
 	for _, s := range want {
 		l, ok := live[s.Name]
-		if !ok || SameSetting(s.Value, l.Setting, l.Unit) || l.Source == "command line" {
+		if !ok || pgconf.SameSetting(s.Value, l.Setting, l.Unit) || l.Source == "command line" {
 			continue // a -c flag is the operator's choice (the lab's port and address)
 		}
 		if s.Name == "hba_file" && cl.HBAFile == "" {

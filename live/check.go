@@ -112,7 +112,7 @@ func Check(st *Status, c pgconf.Cluster, th Thresholds) []Finding {
 	}
 	p := st.Node(st.Primary)
 	if p != nil {
-		out = append(out, checkPrimary(st, p, c, th)...)
+		out = append(out, primaryFindings(st, p, c, th)...)
 	}
 	for i := range st.Nodes {
 		n := &st.Nodes[i]
@@ -138,13 +138,13 @@ func reachableCount(st *Status) int {
 	return k
 }
 
-// checkPrimary: slots for every standby, peers allowed in, abandoned slots.
-func checkPrimary(st *Status, p *NodeStatus, c pgconf.Cluster, th Thresholds) []Finding {
+// primaryFindings: slots for every standby, peers allowed in, abandoned slots.
+func primaryFindings(st *Status, p *NodeStatus, c pgconf.Cluster, th Thresholds) []Finding {
 	var out []Finding
 	add := func(sev Severity, code FindingCode, node, problem, fix string) {
 		out = append(out, Finding{sev, code, node, problem, fix})
 	}
-	capBytes, _ := ParseSize(p.Facts.Settings["max_slot_wal_keep_size"], "MB")
+	capBytes, capErr := pgconf.ParseSize(p.Facts.Settings["max_slot_wal_keep_size"], "MB")
 	owned := map[string]bool{}
 	for _, n := range c.Nodes {
 		owned[n.Slot()] = true
@@ -175,7 +175,7 @@ func checkPrimary(st *Status, p *NodeStatus, c pgconf.Cluster, th Thresholds) []
 			add(Critical, CodeSlotUnreserved, n.Name, fmt.Sprintf("slot %s holds more WAL than the cap allows; the next checkpoint will invalidate it", n.Slot()),
 				"bring "+n.Name+" back to streaming now (`understudy apply`), or raise --wal-cap if the disk has room")
 		default:
-			if slot.safe != nil && capBytes > 0 && float64(*slot.safe) < th.SlotHeadroom*float64(capBytes) {
+			if slot.safe != nil && capErr == nil && capBytes > 0 && float64(*slot.safe) < th.SlotHeadroom*float64(capBytes) {
 				add(Warning, CodeSlotNearCap, n.Name, fmt.Sprintf("slot %s retains %s; only %s is left before it hits the %s cap and %s must re-clone",
 					n.Slot(), bytesText(slot.retained), bytesText(*slot.safe), bytesText(capBytes), n.Name),
 					"get "+n.Name+" streaming again (`understudy status` shows why it is not), or raise --wal-cap if the disk has room")

@@ -30,7 +30,7 @@ func TestSameSettingAcrossUnits(t *testing.T) {
 		{"'latest'", "latest", "", true},
 	}
 	for _, c := range cases {
-		if got := live.SameSetting(c.want, c.setting, c.unit); got != c.same {
+		if got := pgconf.SameSetting(c.want, c.setting, c.unit); got != c.same {
 			t.Errorf("SameSetting(%q, %q, %q) = %v", c.want, c.setting, c.unit, got)
 		}
 	}

@@ -1,87 +1,16 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"io"
-	"time"
 
 	"github.com/understudy-dev/understudy/live"
 )
 
-// roleCommand is switchover, promote or rejoin: one node name, a few flags.
-type roleCommand struct {
-	out     io.Writer
-	name    string
-	summary string
-	run     func(context.Context, live.Target, string, live.RoleOptions) (*live.RoleResult, error)
-	fence   string // help for --fence; "" when the command has none
-}
-
-func (c *roleCommand) Name() string    { return c.name }
-func (c *roleCommand) Summary() string { return c.summary }
-
-func (c *roleCommand) Run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
-	tf := addTargetFlags(fs)
-	var o live.RoleOptions
-	fs.DurationVar(&o.Timeout, "timeout", 2*time.Minute, "how long to wait for a node to stop, start or stream")
-	if c.fence != "" {
-		fs.BoolVar(&o.Fence, "fence", false, c.fence)
-	}
-	fs.Usage = func() { fmt.Fprintf(fs.Output(), "usage: understudy %s [flags] NODE\n", c.name); fs.PrintDefaults() }
-	// The node name may come before or after the flags.
-	var node string
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		node, args = args[0], args[1:]
-	}
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if node == "" && fs.NArg() == 1 {
-		node = fs.Arg(0)
-	}
-	if node == "" {
-		return errors.New("name the node: understudy " + c.name + " NODE (`understudy status` lists them)")
-	}
-	t, err := tf.open(ctx)
-	if err != nil {
-		return err
-	}
-	defer t.close()
-	if err := t.forChange(ctx); err != nil {
-		return err
-	}
-	o.Out = c.out
-	start := time.Now()
-	res, err := c.run(ctx, t.Target, node, o)
-	if err != nil {
-		return err
-	}
-	if res.Path != "" {
-		fmt.Fprintf(c.out, "%s: %s\n", node, res.Path)
-	}
-	if res.WriteOutage > 0 {
-		fmt.Fprintf(c.out, "writes were paused for %d ms\n", res.WriteOutage.Milliseconds())
-	}
-	if res.Routing != "" {
-		fmt.Fprintln(c.out, res.Routing)
-	}
-	fmt.Fprintf(c.out, "done in %.1f s\n", time.Since(start).Seconds())
-	return nil
+func switchoverCommand(out io.Writer) command {
+	return &roleCommand{out: out, name: "switchover", run: live.Switchover,
+		summary: "planned swap: make standby NODE the primary with no lost commit; the old primary follows it"}
 }
 
 func roleCommands(out io.Writer) []command {
-	return []command{
-		&roleCommand{out: out, name: "switchover", run: live.Switchover,
-			summary: "planned swap: make standby NODE the primary with no lost commit; the old primary follows it"},
-		&roleCommand{out: out, name: "promote", run: live.Promote,
-			summary: "emergency: make standby NODE the primary when the primary is lost (fences the old one)",
-			fence:   "stop a primary that is still up and mark it a standby of NODE before promoting"},
-		&roleCommand{out: out, name: "rejoin", run: live.Rejoin,
-			summary: "bring former primary NODE back as a standby: re-point, pg_rewind or fresh clone",
-			fence:   "also when NODE still accepts writes: what was written to it since the split is discarded"},
-	}
+	return []command{switchoverCommand(out), promoteCommand(out), rejoinCommand(out)}
 }

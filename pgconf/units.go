@@ -1,4 +1,4 @@
-package live
+package pgconf
 
 import (
 	"fmt"
@@ -7,7 +7,9 @@ import (
 	"time"
 )
 
-// memory and time units PostgreSQL accepts in settings (config-setting.html).
+// Units of the settings table: the memory and time units PostgreSQL
+// accepts in settings (PostgreSQL docs, config-setting.html), so a value
+// written in the settings file can be compared with pg_settings.
 var memUnits = map[string]int64{"B": 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
 var timeUnits = map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second,
 	"min": time.Minute, "h": time.Hour, "d": 24 * time.Hour}
