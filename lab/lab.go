@@ -74,15 +74,13 @@ type Config struct {
 }
 
 // state is lab.json: enough to reopen the lab from another process.
+// The cluster model is embedded as cluster.json has it (the same keys the
+// lab wrote before it embedded it, so older labs reopen).
 type state struct {
-	Nodes          []pgconf.Node `json:"nodes"`
-	InitialPrimary string        `json:"initial_primary"`
-	Major          int           `json:"major"`
-	ReplUser       string        `json:"replication_user"`
-	WALCap         string        `json:"wal_cap"`
-	NetNS          string        `json:"netns_id,omitempty"`
-	ContainerPaths bool          `json:"container_paths,omitempty"`
-	MadeMountPoint bool          `json:"made_mount_point,omitempty"`
+	pgconf.Cluster
+	NetNS          string `json:"netns_id,omitempty"`
+	ContainerPaths bool   `json:"container_paths,omitempty"`
+	MadeMountPoint bool   `json:"made_mount_point,omitempty"`
 }
 
 // Lab is a set of local nodes under one directory.
@@ -137,7 +135,7 @@ func Create(ctx context.Context, dir string, cfg Config) (*Lab, error) {
 		return nil, err
 	}
 	major, _ := strconv.Atoi(filepath.Base(filepath.Dir(bin)))
-	st := state{InitialPrimary: cfg.Names[0], Major: major, ReplUser: "replicator", WALCap: cfg.WALCap, ContainerPaths: cfg.ContainerPaths}
+	st := state{Cluster: pgconf.Cluster{InitialPrimary: cfg.Names[0], Major: major, ReplUser: pgconf.DefaultReplUser, WALCap: cfg.WALCap}, ContainerPaths: cfg.ContainerPaths}
 	if cfg.ContainerPaths {
 		if !cfg.NetNS {
 			return nil, errors.New("container paths need a --netns lab (root)")
@@ -150,7 +148,7 @@ func Create(ctx context.Context, dir string, cfg Config) (*Lab, error) {
 		}
 	}
 	if st.WALCap == "" {
-		st.WALCap = "1GB"
+		st.WALCap = pgconf.DefaultLabWALCap
 	}
 	var ns *NetNS
 	if cfg.NetNS {
@@ -240,8 +238,9 @@ func load(dir, bin string, st state, password string) (*Lab, error) {
 		l.NetNS = &NetNS{ID: st.NetNS, Nodes: len(st.Nodes)}
 	}
 	l.state = st
-	l.Cluster = pgconf.Cluster{Nodes: st.Nodes, InitialPrimary: st.InitialPrimary, Major: st.Major, ReplUser: st.ReplUser,
-		WALCap: st.WALCap, HBAFile: filepath.Join(abs, "conf", "pg_hba.conf")}
+	l.Cluster = st.Cluster
+	// Paths follow the lab's directory, wherever it is reopened from.
+	l.Cluster.HBAFile, l.Cluster.ConfFile, l.Cluster.DataDir, l.Cluster.ContainerDefaults = filepath.Join(abs, "conf", "pg_hba.conf"), "", "", false
 	if st.ContainerPaths {
 		l.Cluster.HBAFile, l.Cluster.ConfFile = MountPoint+"/pg_hba.conf", MountPoint+"/postgresql.conf"
 	}
@@ -250,7 +249,7 @@ func load(dir, bin string, st state, password string) (*Lab, error) {
 
 // MountPoint is where a container-paths lab mounts each node's files, the
 // path the accessory's container has them at.
-const MountPoint = "/understudy"
+const MountPoint = pgconf.MountPoint
 
 // writeFiles renders the cluster's files: what `init` writes for Kamal,
 // with the lab's paths (conf/), or per node under nodes/<name>/ for a

@@ -219,7 +219,7 @@ func repointOthers(ctx context.Context, t Target, st *Status, old, to string, o 
 			c.Close(ctx)
 			return fmt.Errorf("re-pointing %s at %s: %w", n.Name, to, err)
 		}
-		passfile := "/var/run/postgresql/understudy.pgpass"
+		passfile := pgconf.DefaultPassfile
 		for _, f := range strings.Fields(cur) {
 			if p, ok := strings.CutPrefix(f, "passfile="); ok {
 				passfile = p

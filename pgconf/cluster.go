@@ -6,6 +6,8 @@
 package pgconf
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -13,9 +15,9 @@ import (
 
 // Node is one PostgreSQL server of the cluster.
 type Node struct {
-	Name string // accessory (or lab node) name; also its application_name
-	Addr string // IP address peers use to reach it
-	Port int    // port peers use to reach it
+	Name string `json:"name"` // accessory (or lab node) name; also its application_name
+	Addr string `json:"addr"` // IP address peers use to reach it
+	Port int    `json:"port"` // port peers use to reach it
 }
 
 // Slot is the physical replication slot that holds WAL for this node while
@@ -30,22 +32,70 @@ func SlotName(node string) string {
 }
 
 // Cluster is everything the rendered files depend on.
+// It is written once, as data (cluster.json, MarshalCluster), and read
+// back from there: never re-read from the rendered files.
 type Cluster struct {
-	Nodes          []Node
-	InitialPrimary string // the node that may initialise a brand-new cluster
-	Major          int    // PostgreSQL major version, 13..18
-	ReplUser       string // the replication role
-	WALCap         string // max_slot_wal_keep_size, e.g. "10GB"
+	Nodes          []Node `json:"nodes"`
+	InitialPrimary string `json:"initial_primary"` // the node that may initialise a brand-new cluster
+	Major          int    `json:"major"`           // PostgreSQL major version, 13..18
+	ReplUser       string `json:"replication_user"`
+	WALCap         string `json:"wal_cap"` // max_slot_wal_keep_size, e.g. "10GB"
 
 	// Paths as the server sees them.
-	DataDir  string // PGDATA
-	ConfFile string // this package's settings file
-	HBAFile  string // this package's pg_hba file
+	DataDir  string `json:"data_dir,omitempty"`  // PGDATA ("" for the image's)
+	ConfFile string `json:"conf_file,omitempty"` // this package's settings file
+	HBAFile  string `json:"hba_file,omitempty"`  // this package's pg_hba file
 
 	// ContainerDefaults keeps the official image's in-container trust rules
 	// (local socket and loopback inside the container). The lab, where
 	// loopback is shared by every node, leaves them out.
-	ContainerDefaults bool
+	ContainerDefaults bool `json:"container_defaults,omitempty"`
+}
+
+// Defaults shared by init and the lab.
+const (
+	DefaultReplUser  = "replicator" // the replication role
+	DefaultLabWALCap = "1GB"        // a lab's slot cap (init's default is setup.DefaultWALCap)
+	// MountPoint is where an accessory's container has understudy's files
+	// (and where a container-paths lab mounts them).
+	MountPoint = "/understudy"
+	// PassfileName is the replication passfile, in the node's run directory
+	// (the image's /var/run/postgresql, or the lab's run/).
+	PassfileName = "understudy.pgpass"
+	// DefaultPassfile is its path in the official image.
+	DefaultPassfile = "/var/run/postgresql/" + PassfileName
+)
+
+// passfileLine is the shell line the role scripts use to find the passfile.
+const passfileLine = `PASSFILE="${UNDERSTUDY_RUN_DIR:-/var/run/postgresql}/` + PassfileName + `"`
+
+// ClusterFileVersion is the version of cluster.json this code writes.
+const ClusterFileVersion = 1
+
+type clusterFile struct {
+	Version int `json:"version"`
+	Cluster
+}
+
+// MarshalCluster renders cluster.json: the model, with a version. Pure.
+func MarshalCluster(c Cluster) string {
+	b, _ := json.MarshalIndent(clusterFile{Version: ClusterFileVersion, Cluster: c}, "", "  ")
+	return string(b) + "\n"
+}
+
+// UnmarshalCluster reads cluster.json and validates it.
+func UnmarshalCluster(b []byte) (Cluster, error) {
+	var f clusterFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return Cluster{}, fmt.Errorf("not a cluster file: %w", err)
+	}
+	switch {
+	case f.Version == 0:
+		return Cluster{}, errors.New("no version: not a cluster file written by understudy")
+	case f.Version > ClusterFileVersion:
+		return Cluster{}, fmt.Errorf("version %d was written by a newer understudy (this one reads %d): upgrade understudy", f.Version, ClusterFileVersion)
+	}
+	return f.Cluster, f.Cluster.Validate()
 }
 
 // Node returns the named node.

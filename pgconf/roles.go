@@ -19,7 +19,7 @@ func FollowScript(c Cluster, node, upstream Node, fenceNote string) string {
 	conninfo := Conninfo(c, node, upstream, "$PASSFILE")
 	var b strings.Builder
 	b.WriteString("set -eu\n")
-	b.WriteString(`PASSFILE="${UNDERSTUDY_RUN_DIR:-/var/run/postgresql}/understudy.pgpass"` + "\n")
+	b.WriteString(passfileLine + "\n")
 	b.WriteString(`[ -s "$PGDATA/PG_VERSION" ] || { echo "no cluster in $PGDATA" >&2; exit 1; }` + "\n")
 	b.WriteString(`AUTO="$PGDATA/postgresql.auto.conf"` + "\n")
 	b.WriteString(`touch "$AUTO"` + "\n")

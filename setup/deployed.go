@@ -22,8 +22,14 @@ type Deployed struct {
 	// Secret names the nodes' env uses, as Kamal looks them up.
 	DBPasswordSecret, ReplPasswordSecret string
 	Secrets                              *kamal.Secrets
+	// Legacy is set when the cluster came from an older init's rendered
+	// files (no cluster.json): what to tell the user.
+	Legacy string
 }
 
+// Setups written before cluster.json existed are read once from the
+// rendered boot.sh and postgresql.conf (Deployed.Legacy says so); the next
+// init writes cluster.json.
 var bootVarRE = regexp.MustCompile(`(?m)^(INITIAL_PRIMARY|REPL_USER)='([^']*)'$`)
 var confWALCapRE = regexp.MustCompile(`(?m)^max_slot_wal_keep_size = '([^']*)'$`)
 
@@ -40,20 +46,34 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 	}
 	d := &Deployed{Config: cfg, Hosts: map[string]string{}, DBUser: "postgres"}
 	gen := GeneratedDir(o.Destination)
-	boot, err := src.ReadFile(gen + "/boot.sh")
-	if err != nil {
-		return nil, fmt.Errorf("%s/boot.sh is missing: run `understudy init` first (it writes the replication setup this command works on)", gen)
-	}
-	vars := map[string]string{}
-	for _, m := range bootVarRE.FindAllStringSubmatch(boot, -1) {
-		vars[m[1]] = m[2]
-	}
-	c := pgconf.Cluster{InitialPrimary: vars["INITIAL_PRIMARY"], ReplUser: vars["REPL_USER"], WALCap: DefaultWALCap,
-		DataDir: "", ConfFile: ConfPath, HBAFile: HBAPath, ContainerDefaults: true}
-	if conf, err := src.ReadFile(gen + "/postgresql.conf"); err == nil {
-		if m := confWALCapRE.FindStringSubmatch(conf); m != nil {
-			c.WALCap = m[1]
+	var c, model pgconf.Cluster
+	if text, err := src.ReadFile(gen + "/" + ClusterFile); err == nil {
+		if model, err = pgconf.UnmarshalCluster([]byte(text)); err != nil {
+			return nil, fmt.Errorf("%s/%s: %v; re-run `understudy init` to write it again", gen, ClusterFile, err)
 		}
+		c = pgconf.Cluster{InitialPrimary: model.InitialPrimary, ReplUser: model.ReplUser, WALCap: model.WALCap,
+			DataDir: model.DataDir, ConfFile: model.ConfFile, HBAFile: model.HBAFile, ContainerDefaults: model.ContainerDefaults}
+	} else {
+		boot, err := src.ReadFile(gen + "/boot.sh")
+		if err != nil {
+			return nil, fmt.Errorf("%s/%s is missing: run `understudy init` first (it writes the replication setup this command works on)", gen, ClusterFile)
+		}
+		vars := map[string]string{}
+		for _, m := range bootVarRE.FindAllStringSubmatch(boot, -1) {
+			vars[m[1]] = m[2]
+		}
+		c = pgconf.Cluster{InitialPrimary: vars["INITIAL_PRIMARY"], ReplUser: vars["REPL_USER"], WALCap: DefaultWALCap,
+			ConfFile: ConfPath, HBAFile: HBAPath, ContainerDefaults: true}
+		conf, err := src.ReadFile(gen + "/postgresql.conf")
+		if err != nil {
+			return nil, fmt.Errorf("%s/postgresql.conf is missing: re-run `understudy init`", gen)
+		}
+		m := confWALCapRE.FindStringSubmatch(conf)
+		if m == nil || c.InitialPrimary == "" || c.ReplUser == "" {
+			return nil, fmt.Errorf("%s was written by an older understudy and cannot be read back: re-run `understudy init` (it writes %s/%s)", gen, gen, ClusterFile)
+		}
+		c.WALCap = m[1]
+		d.Legacy = fmt.Sprintf("read the cluster from %s/boot.sh and postgresql.conf (written by an older understudy); run `understudy init` once to write %s/%s", gen, gen, ClusterFile)
 	}
 	for _, a := range cfg.Accessories() {
 		if _, ok := a.Env().Clear[NodeEnv]; !ok {
@@ -102,11 +122,23 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 	if len(c.Nodes) < 2 {
 		return nil, fmt.Errorf("%s has fewer than two understudy nodes (accessories with %s in env): run `understudy init` first", configPath, NodeEnv)
 	}
+	if c.Major == 0 && model.Major != 0 {
+		c.Major = model.Major // an image tag without a version: init was told it
+	}
 	if c.Major == 0 {
 		return nil, fmt.Errorf("cannot tell the PostgreSQL version from %s's image: pass --pg-version", c.InitialPrimary)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
+	}
+	if len(model.Nodes) > 0 {
+		// deploy.yml is what Kamal runs: it must still say what init wrote.
+		if err := sameNodes(model, c); err != nil {
+			return nil, fmt.Errorf("%s and %s/%s disagree (%v): deploy.yml was edited after init; re-run `understudy init` to bring them together", configPath, gen, ClusterFile, err)
+		}
+		if o.PGVersion == 0 && c.Major != model.Major {
+			return nil, fmt.Errorf("the image in %s is PostgreSQL %d, but the setup in %s was made for %d: a major upgrade needs a new cluster (pg_upgrade or dump and restore); to keep %d, put its image back", configPath, c.Major, gen, model.Major, model.Major)
+		}
 	}
 	d.Cluster = c
 	if d.DBPasswordSecret == "" {
@@ -122,4 +154,21 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// sameNodes compares the nodes init wrote with the ones deploy.yml has now.
+func sameNodes(model, now pgconf.Cluster) error {
+	if len(model.Nodes) != len(now.Nodes) {
+		return fmt.Errorf("%d nodes against %d", len(now.Nodes), len(model.Nodes))
+	}
+	for _, n := range model.Nodes {
+		m, ok := now.Node(n.Name)
+		if !ok {
+			return fmt.Errorf("node %s is gone", n.Name)
+		}
+		if m != n {
+			return fmt.Errorf("node %s is at %s:%d, the setup has %s:%d", n.Name, m.Addr, m.Port, n.Addr, n.Port)
+		}
+	}
+	return nil
 }

@@ -35,7 +35,7 @@ type Options struct {
 
 // Container paths of the managed files.
 const (
-	MountDir       = "/understudy"
+	MountDir       = pgconf.MountPoint
 	BootPath       = MountDir + "/boot.sh"
 	ConfPath       = MountDir + "/postgresql.conf"
 	HBAPath        = MountDir + "/pg_hba.conf"
@@ -43,6 +43,7 @@ const (
 	PasswordSecret = "REPLICATION_PASSWORD"
 	NodeEnv        = "UNDERSTUDY_NODE"
 	DefaultWALCap  = "10GB"
+	ClusterFile    = "cluster.json" // in GeneratedDir: the cluster model as data
 	StopTimeout    = "120"
 )
 
@@ -101,7 +102,7 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 		o.ConfigPath = "config/deploy.yml"
 	}
 	if o.ReplUser == "" {
-		o.ReplUser = "replicator"
+		o.ReplUser = pgconf.DefaultReplUser
 	}
 	if o.Env == nil {
 		o.Env = func(string) (string, bool) { return "", false }
@@ -206,6 +207,8 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 		path.Join(p.GenDir, "postgresql.conf"):            pgconf.Conf(p.Cluster),
 		path.Join(p.GenDir, "pg_hba.conf"):                pgconf.HBA(p.Cluster),
 		path.Join(p.GenDir, "replication-role.initdb.sh"): pgconf.RoleScript(p.Cluster),
+		// The model itself, as data: what the live commands read back.
+		path.Join(p.GenDir, ClusterFile): pgconf.MarshalCluster(p.Cluster),
 	}
 	names := make([]string, 0, len(gen))
 	for n := range gen {

@@ -2,6 +2,7 @@ package setup
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -476,5 +477,49 @@ func TestListValuedHostAndPortAreNamedAsLists(t *testing.T) {
 		if err == nil || strings.Contains(err.Error(), "ERB") || !strings.Contains(err.Error(), "list") {
 			t.Errorf("%s as a list: %v", what, err)
 		}
+	}
+}
+
+// Issue 11: init writes the cluster model as data (cluster.json) and the
+// live commands read it back from there, cross-checked with deploy.yml;
+// an older init's setup (no cluster.json) is still read, and says so.
+func TestClusterModelIsWrittenAndReadAsData(t *testing.T) {
+	src := app("postgres:16", "10.0.0.2:5432:5432", "postgres")
+	p, err := Build(src, replica)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range p.Changes {
+		src[c.Path] = c.New
+	}
+	if !strings.Contains(src["config/understudy/cluster.json"], `"version": 1`) {
+		t.Fatalf("no versioned cluster.json:\n%s", src["config/understudy/cluster.json"])
+	}
+	d, err := LoadDeployed(src, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(d.Cluster) != fmt.Sprint(p.Cluster) || d.Legacy != "" {
+		t.Errorf("read back %+v\nwrote     %+v (legacy %q)", d.Cluster, p.Cluster, d.Legacy)
+	}
+	moved := mapSource{}
+	for k, v := range src {
+		moved[k] = v
+	}
+	moved["config/deploy.yml"] = strings.Replace(src["config/deploy.yml"], "10.0.0.3:5432:5432", "10.0.0.4:5432:5432", 1)
+	if _, err := LoadDeployed(moved, Options{}); err == nil || !strings.Contains(err.Error(), "disagree") || !strings.Contains(err.Error(), "db-replica") {
+		t.Errorf("deploy.yml edited after init: %v", err)
+	}
+	legacy := mapSource{}
+	for k, v := range src {
+		legacy[k] = v
+	}
+	delete(legacy, "config/understudy/cluster.json")
+	d, err = LoadDeployed(legacy, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(d.Legacy, "older understudy") || fmt.Sprint(d.Cluster.Nodes) != fmt.Sprint(p.Cluster.Nodes) || d.Cluster.WALCap != p.Cluster.WALCap {
+		t.Errorf("legacy read: %+v (%q)", d.Cluster, d.Legacy)
 	}
 }

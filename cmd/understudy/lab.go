@@ -12,6 +12,7 @@ import (
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
+	"github.com/understudy-dev/understudy/pgconf"
 )
 
 // labCommand runs the cluster as local PostgreSQL processes.
@@ -45,7 +46,7 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 	nodes := fs.String("nodes", "db,db-replica", "node names, the initial primary first")
 	netns := fs.Bool("netns", false, "give each node its own network namespace and address in "+lab.Subnet+".0/24 (root)")
 	bare := fs.Bool("bare", false, "only create the lab's files; start nothing (then: understudy apply --lab DIR)")
-	walCap := fs.String("wal-cap", "1GB", "max_slot_wal_keep_size for the lab")
+	walCap := fs.String("wal-cap", pgconf.DefaultLabWALCap, "max_slot_wal_keep_size for the lab")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}

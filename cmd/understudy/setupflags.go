@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/setup"
 )
 
@@ -27,7 +28,7 @@ func (s *setupFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.opts.PrimaryIP, "primary-ip", "", "the primary's private IP, when the port is ERB understudy cannot read")
 	fs.IntVar(&s.opts.PGVersion, "pg-version", 0, "PostgreSQL major version, when the image tag does not say")
 	fs.StringVar(&s.opts.WALCap, "wal-cap", "", "most WAL a slot may hold for an absent standby (max_slot_wal_keep_size), e.g. 20GB")
-	fs.StringVar(&s.opts.ReplUser, "replication-user", "replicator", "name of the replication role")
+	fs.StringVar(&s.opts.ReplUser, "replication-user", pgconf.DefaultReplUser, "name of the replication role")
 }
 
 func (s *setupFlags) parse(fs *flag.FlagSet, args []string) error {

@@ -61,6 +61,7 @@ func (t *targetFlags) open(ctx context.Context) (*target, error) {
 	if app == "" {
 		if _, err := os.Stat(*t.config); err != nil {
 			if _, err := os.Stat(filepath.Join(defaultLabDir(), "lab.json")); err == nil {
+				fmt.Fprintf(os.Stderr, "understudy: no %s here, so this is the lab in %s (--lab DIR or --app DIR to choose)\n", *t.config, defaultLabDir())
 				return openLab(defaultLabDir())
 			}
 			return nil, errors.New("no target: run in the app directory (with config/deploy.yml), pass --app DIR, or --lab DIR for a local lab (`understudy lab up` makes one)")
@@ -88,6 +89,9 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 	d, err := setup.LoadDeployed(kamal.DirSource(abs), setup.Options{ConfigPath: config, Destination: dest, Env: os.LookupEnv, PGVersion: pgVersion})
 	if err != nil {
 		return nil, err
+	}
+	if d.Legacy != "" {
+		fmt.Fprintln(os.Stderr, "understudy: note:", d.Legacy)
 	}
 	dbPassword, err := d.Secrets.Resolve(ctx, abs, d.DBPasswordSecret)
 	if err != nil {
