@@ -49,7 +49,7 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 	p := st.Node(prim)
 	for _, r := range p.Replication {
 		if r.Name == node && r.State == "streaming" {
-			res.Path = "nothing to do: it already streams from " + prim
+			res.Kind, res.Path = RejoinNothing, "nothing to do: it already streams from "+prim
 			return res, nil
 		}
 	}
@@ -69,15 +69,15 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 	cd, err := controlData(ctx, t, node)
 	switch {
 	case err != nil:
-		res.Path = fmt.Sprintf("fresh clone: its control file could not be read (%v)", firstLine(err.Error()))
+		res.Kind, res.Path = RejoinClone, fmt.Sprintf("fresh clone: its control file could not be read (%v)", firstLine(err.Error()))
 	case cd.SystemID != p.Facts.SystemIdentifier:
-		res.Path = fmt.Sprintf("fresh clone: it holds a different cluster (system id %s, the primary's is %s), which can neither follow nor be rewound", cd.SystemID, p.Facts.SystemIdentifier)
+		res.Kind, res.Path = RejoinClone, fmt.Sprintf("fresh clone: it holds a different cluster (system id %s, the primary's is %s), which can neither follow nor be rewound", cd.SystemID, p.Facts.SystemIdentifier)
 	case cd.Timeline == p.Facts.Timeline:
-		res.Path = fmt.Sprintf("re-point: it is on the primary's timeline %d, so it only has to follow", cd.Timeline)
+		res.Kind, res.Path = RejoinRepoint, fmt.Sprintf("re-point: it is on the primary's timeline %d, so it only has to follow", cd.Timeline)
 	default:
 		switchpoint, herr := pgops.TimelineSwitchpoint(ctx, pc, p.Facts.Timeline, cd.Timeline)
 		if herr == nil && cd.State == "shut down" && cd.Checkpoint < switchpoint {
-			res.Path = fmt.Sprintf("re-point: it shut down cleanly at %s, before %s took over at %s, so nothing diverged and no pg_rewind is needed", cd.Checkpoint, prim, switchpoint)
+			res.Kind, res.Path = RejoinRepoint, fmt.Sprintf("re-point: it shut down cleanly at %s, before %s took over at %s, so nothing diverged and no pg_rewind is needed", cd.Checkpoint, prim, switchpoint)
 		} else {
 			why := fmt.Sprintf("its control file says %q at %s on timeline %d", cd.State, cd.Checkpoint, cd.Timeline)
 			// Before 16, pg_rewind reads the source's timeline from its last
@@ -89,16 +89,16 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 			out, rerr := t.Control.Run(ctx, node, pgconf.RewindScript(t.Cluster, pn))
 			if rerr == nil {
 				if strings.Contains(out, "no rewind required") {
-					res.Path = "re-point: pg_rewind found nothing to undo (" + why + ")"
+					res.Kind, res.Path = RejoinRepoint, "re-point: pg_rewind found nothing to undo ("+why+")"
 				} else {
-					res.Path = "pg_rewind: it may have written WAL the new primary never got (" + why + "); those changes were undone"
+					res.Kind, res.Path = RejoinRewind, "pg_rewind: it may have written WAL the new primary never got ("+why+"); those changes were undone"
 				}
 			} else {
-				res.Path = fmt.Sprintf("fresh clone: pg_rewind could not run (%s)", lastLine(out))
+				res.Kind, res.Path = RejoinClone, fmt.Sprintf("fresh clone: pg_rewind could not run (%s)", lastLine(out))
 			}
 		}
 	}
-	if strings.HasPrefix(res.Path, "fresh clone") {
+	if res.Kind == RejoinClone {
 		stamp := time.Now().UTC().Format("20060102T150405Z")
 		if _, err := t.Control.Run(ctx, node, pgconf.SetAsideScript(stamp)); err != nil {
 			return res, fmt.Errorf("setting %s's old files aside for a fresh clone: %w", node, err)

@@ -40,10 +40,21 @@ func (o *RoleOptions) defaults() {
 type RoleResult struct {
 	OldPrimary, NewPrimary string
 	WriteOutage            time.Duration // from the old primary's stop to the new one's promotion
-	Path                   string        // rejoin: re-point, rewind or clone, and why
+	Kind                   RejoinPath    // rejoin: which way it took
+	Path                   string        // rejoin: that way, and why
 	Lost                   string        // promote: what may be lost
 	Routing                string        // the connection URL that keeps working
 }
+
+// RejoinPath is the way rejoin brings a node back.
+type RejoinPath string
+
+const (
+	RejoinNothing RejoinPath = "nothing" // it already streams
+	RejoinRepoint RejoinPath = "re-point"
+	RejoinRewind  RejoinPath = "pg_rewind"
+	RejoinClone   RejoinPath = "fresh clone" // old files set aside in PGDATA
+)
 
 // begin is how every role change starts: defaults, the servers it must
 // act on reached (all when none is named; so bad SSH settings change

@@ -62,38 +62,37 @@ func HBA(c Cluster) string {
 // Setting is one line of the settings file.
 type Setting struct {
 	Name, Value, Why string
-	Restart          bool // changing it needs a server restart, not a reload
 }
 
 // Settings are the replication settings, the same on every node so that a
 // switchover needs no edit (PostgreSQL docs, hot-standby.html: settings a standby needs at least as high as its primary).
 func Settings(c Cluster) []Setting {
 	s := []Setting{
-		{"hba_file", quote(c.HBAFile), "the managed rules above, kept outside PGDATA", true},
-		{"listen_addresses", quote("*"), "peers and the app connect over the private network", true},
-		{"wal_level", "replica", "enough WAL for a physical standby", true},
-		{"max_wal_senders", "10", "one per standby plus clones; PostgreSQL's default, stated so no -c flag lowers it", true},
-		{"max_replication_slots", "10", "one slot per standby", true},
-		{"max_slot_wal_keep_size", quote(c.WALCap), "a slot may hold at most this much WAL; past it the standby must re-clone instead of filling the disk", false},
-		{"wal_log_hints", "on", "lets pg_rewind bring a former primary back without a full clone", true},
-		{"hot_standby", "on", "a standby answers read-only queries", true},
-		{"wal_sender_timeout", quote("10s"), "a primary drops a vanished standby within seconds, freeing its slot", false},
-		{"wal_receiver_timeout", quote("10s"), "a standby notices a vanished primary within seconds", false},
-		{"wal_receiver_status_interval", quote("2s"), "the primary sees the standby's progress every 2 s", false},
-		{"wal_retrieve_retry_interval", quote("2s"), "a standby retries a lost connection every 2 s", false},
-		{"tcp_keepalives_idle", "5", "dead TCP peers are found in about 11 s", false},
-		{"tcp_keepalives_interval", "2", "", false},
-		{"tcp_keepalives_count", "3", "", false},
-		{"recovery_target_timeline", quote("latest"), "a standby follows a newly promoted primary", true},
+		{"hba_file", quote(c.HBAFile), "the managed rules above, kept outside PGDATA"},
+		{"listen_addresses", quote("*"), "peers and the app connect over the private network"},
+		{"wal_level", "replica", "enough WAL for a physical standby"},
+		{"max_wal_senders", "10", "one per standby plus clones; PostgreSQL's default, stated so no -c flag lowers it"},
+		{"max_replication_slots", "10", "one slot per standby"},
+		{"max_slot_wal_keep_size", quote(c.WALCap), "a slot may hold at most this much WAL; past it the standby must re-clone instead of filling the disk"},
+		{"wal_log_hints", "on", "lets pg_rewind bring a former primary back without a full clone"},
+		{"hot_standby", "on", "a standby answers read-only queries"},
+		{"wal_sender_timeout", quote("10s"), "a primary drops a vanished standby within seconds, freeing its slot"},
+		{"wal_receiver_timeout", quote("10s"), "a standby notices a vanished primary within seconds"},
+		{"wal_receiver_status_interval", quote("2s"), "the primary sees the standby's progress every 2 s"},
+		{"wal_retrieve_retry_interval", quote("2s"), "a standby retries a lost connection every 2 s"},
+		{"tcp_keepalives_idle", "5", "dead TCP peers are found in about 11 s"},
+		{"tcp_keepalives_interval", "2", ""},
+		{"tcp_keepalives_count", "3", ""},
+		{"recovery_target_timeline", quote("latest"), "a standby follows a newly promoted primary"},
 	}
 	if c.Major >= 14 {
 		// pg_basebackup has already fsynced a clone; syncfs makes the first
 		// start's data-directory sync one call per filesystem instead of
 		// one fsync per file (runtime-config-error-handling.html).
-		s = append(s, Setting{"recovery_init_sync_method", "syncfs", "a fresh clone starts without fsyncing every file a second time", false})
+		s = append(s, Setting{"recovery_init_sync_method", "syncfs", "a fresh clone starts without fsyncing every file a second time"})
 	}
 	if c.Major < 14 {
-		s = append(s, Setting{"password_encryption", quote("scram-sha-256"), "new passwords as SCRAM verifiers (13 defaults to md5)", false})
+		s = append(s, Setting{"password_encryption", quote("scram-sha-256"), "new passwords as SCRAM verifiers (13 defaults to md5)"})
 	}
 	return s
 }
