@@ -65,9 +65,13 @@ type Reacher interface {
 	Reach(ctx context.Context, node string) error
 }
 
+// ReachAll checks every node's server when the control can (Kamal: an
+// SSH login to each); a command that changes things calls it first, so bad
+// SSH settings change nothing.
+func ReachAll(ctx context.Context, t Target) error { return reachAll(ctx, t) }
+
 // reachAll checks the named nodes' servers (all when none is named) when
-// the control can; a command that changes things calls it first, so bad SSH
-// settings change nothing.
+// the control can.
 func reachAll(ctx context.Context, t Target, nodes ...string) error {
 	r, ok := t.Control.(Reacher)
 	if !ok {

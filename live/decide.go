@@ -86,7 +86,11 @@ func ReadApplyFacts(ctx context.Context, t Target, st *Status) (*ApplyFacts, err
 			var role pgops.RoleState
 			if role, err = pgops.ReadRole(ctx, c, t.Cluster.ReplUser, t.Password); err == nil {
 				f.Role = &role
-				if f.GrantsMissing, err = pgops.RewindGrantsMissing(ctx, c, t.Cluster.ReplUser); err == nil {
+				f.GrantsMissing = true // a role that does not exist has none
+				if role.Exists {
+					f.GrantsMissing, err = pgops.RewindGrantsMissing(ctx, c, t.Cluster.ReplUser)
+				}
+				if err == nil {
 					if f.HBA, err = pgops.ReadHBARules(ctx, c); err == nil {
 						f.DBBytes, err = pgops.DatabaseBytes(ctx, c)
 					}
@@ -212,7 +216,12 @@ func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
 	if fresh || f.GrantsMissing {
 		add(Step{Kind: StepRewindGrants, Node: prim, Action: "let " + c.ReplUser + " read the files pg_rewind needs", Effect: "none"})
 	}
-	if fresh {
+	primRestarts := false
+	for _, r := range restarts {
+		primRestarts = primRestarts || r.Node == prim
+	}
+	if fresh || primRestarts {
+		// Its pg_hba file is read once it runs with the managed files.
 		add(Step{Kind: StepCheckPrimHBA, Node: prim, Action: "check that its pg_hba file lets every standby in for replication", Effect: "none"})
 	} else {
 		for _, n := range c.Nodes {

@@ -74,12 +74,18 @@ func TestDecideApply(t *testing.T) {
 			f.Nodes["db"] = NodeReading{Gaps: []SettingGap{gap("max_slot_wal_keep_size", "sighup", "/data/postgresql.auto.conf"), gap("wal_log_hints", "postmaster", "")}}
 			f.Nodes["db-replica"] = NodeReading{Gaps: []SettingGap{gap("wal_log_hints", "postmaster", "")}}
 			return f
-		}, "reload@db restart@db-replica! restart@db!"},
+		}, "reload@db restart@db-replica! restart@db! check-hba@db"},
 		{"primary runs without the settings file", func() *ApplyFacts {
 			f := healthy()
 			f.Nodes["db"] = NodeReading{NotOurConfig: "config_file a → b"}
 			return f
-		}, "restart@db!"},
+		}, "restart@db! check-hba@db"},
+		{"primary as the image runs it: hba checked after its reboot", func() *ApplyFacts {
+			f := healthy()
+			f.Nodes["db"] = NodeReading{NotOurConfig: "config_file a → b"}
+			f.HBA = nil
+			return f
+		}, "restart@db! check-hba@db"},
 		{"standby stopped", func() *ApplyFacts {
 			f := healthy()
 			f.Status.Nodes[1] = NodeStatus{Name: "db-replica", Role: RoleDown}

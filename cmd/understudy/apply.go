@@ -37,6 +37,9 @@ func (c *applyCommand) Run(ctx context.Context, args []string) error {
 	defer t.close()
 	// One reading, one decision: what --dry-run prints is the slice that runs.
 	start := time.Now()
+	if err := live.ReachAll(ctx, t.Target); err != nil {
+		return err
+	}
 	steps, err := live.PlanApply(ctx, t.Target)
 	if err != nil {
 		return err

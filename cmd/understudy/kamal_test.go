@@ -278,7 +278,8 @@ func TestKamalBadInputChangesNothing(t *testing.T) {
 	try("changed host key", "10.211.7.10:2222", "CHANGED", "ssh-keygen -R")
 
 	t.Setenv("UNDERSTUDY_KNOWN_HOSTS", w.knownHosts)
-	os.WriteFile(deploy, []byte(strings.ReplaceAll(string(orig), "10.211.7.10", "10.211.7.99")), 0o644)
+	// The server moved (its SSH address), PostgreSQL's private address did not.
+	os.WriteFile(deploy, []byte(strings.Replace(string(orig), "host: 10.211.7.10\n", "host: 10.211.7.99\n", 1)), 0o644)
 	try("unreachable host", "10.211.7.99:2222", "cannot reach")
 
 	// A running primary with a wrong database password.
