@@ -313,6 +313,26 @@ func (e *Editor) EnsureComplexEnv(acc string) error {
 	if loc.found != len(full) {
 		return fmt.Errorf("%s: accessories/%s/env is written in the simple form (all clear values) in another file; rewrite it as env: clear: ... there, so that a secret can be added", env.Pos(), acc)
 	}
+	if m := loc.val; m.Kind == yaml.MappingNode && m.Style&yaml.FlowStyle == 0 && len(m.Content) > 0 {
+		// Keep every line as written, comments included: the entries move
+		// one level in, under a new clear:.
+		first := m.Content[0].Line
+		last := f.blockEndLine(maxLine(m), indentOf(f.line(loc.key.Line)))
+		start, end := f.lineStart(first), f.lineEnd(last)
+		unit := strings.Repeat(" ", f.style().unit)
+		var b strings.Builder
+		b.WriteString(strings.Repeat(" ", indentOf(f.line(first))) + "clear:\n")
+		for i, l := range strings.Split(f.src()[start:end], "\n") {
+			if i > 0 {
+				b.WriteString("\n")
+			}
+			if strings.TrimSpace(l) != "" {
+				b.WriteString(unit)
+			}
+			b.WriteString(l)
+		}
+		return e.commit(f, textEdit{start, end, b.String()})
+	}
 	clear, _ := fromVal(env).(Map)
 	return e.put(full, Map{{"clear", clear}})
 }

@@ -523,3 +523,19 @@ func TestClusterModelIsWrittenAndReadAsData(t *testing.T) {
 		t.Errorf("legacy read: %+v (%q)", d.Cluster, d.Legacy)
 	}
 }
+
+// Issue 10: converting a simple env: to clear/secret keeps every line as
+// written, inline comments included.
+func TestSimpleEnvConversionKeepsComments(t *testing.T) {
+	d := app("postgres:16", "10.0.0.2:5432:5432", "postgres")["config/deploy.yml"]
+	d = strings.Replace(d, "    env:\n      secret:\n        - POSTGRES_PASSWORD\n", "    env: # the db's env\n      POSTGRES_USER: app # who owns the db\n      POSTGRES_PASSWORD: literal\n", 1)
+	p, err := Build(mapSource{"config/deploy.yml": d}, replica)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range p.Changes {
+		if c.Path == "config/deploy.yml" && !strings.Contains(c.New, "    env: # the db's env\n      clear:\n        POSTGRES_USER: app # who owns the db\n        POSTGRES_PASSWORD: literal\n") {
+			t.Errorf("the conversion lost a comment:\n%s", c.New)
+		}
+	}
+}
