@@ -444,15 +444,21 @@ func argumentize(flag string, kv Pair) []string {
 // escaped unless it starts ${...}; runs of other characters stay as they
 // are, between their own quoted neighbours.
 func RubyDump(s string) string {
+	return eachASCIIRun(s, func(run string) string {
+		return escapeDollars(strings.ReplaceAll(dump(run), "`", "\\`"))
+	})
+}
+
+// eachASCIIRun applies f to each run of ASCII characters (Kamal's
+// scan(/[\x00-\x7F]+|[^\x00-\x7F]+/)), keeping the other runs as they are.
+func eachASCIIRun(s string, f func(string) string) string {
 	var b strings.Builder
 	for _, run := range splitASCII(s) {
 		if run[0] >= utf8.RuneSelf {
 			b.WriteString(run)
 			continue
 		}
-		d := dump(run)
-		d = strings.ReplaceAll(d, "`", "\\`")
-		b.WriteString(escapeDollars(d))
+		b.WriteString(f(run))
 	}
 	return b.String()
 }
@@ -538,17 +544,10 @@ func dump(s string) string {
 // escapeEnvFileValue is Kamal::EnvFile's escaping: dump without the outer
 // quotes, then \" and \# back to " and # (Docker reads both literally).
 func escapeEnvFileValue(s string) string {
-	var b strings.Builder
-	for _, run := range splitASCII(s) {
-		if run[0] >= utf8.RuneSelf {
-			b.WriteString(run)
-			continue
-		}
+	return eachASCIIRun(s, func(run string) string {
 		d := dump(run)
 		d = d[1 : len(d)-1]
 		d = strings.ReplaceAll(d, `\"`, `"`)
-		d = strings.ReplaceAll(d, `\#`, `#`)
-		b.WriteString(d)
-	}
-	return b.String()
+		return strings.ReplaceAll(d, `\#`, `#`)
+	})
 }

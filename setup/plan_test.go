@@ -264,12 +264,7 @@ func TestPGVersionFlagAndManagedFlagsDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var deploy string
-	for _, c := range p.Changes {
-		if c.Path == "config/deploy.yml" {
-			deploy = c.New
-		}
-	}
+	deploy := changed(p, "config/deploy.yml")
 	want := "cmd: /understudy/boot.sh postgres -c config_file=/understudy/postgresql.conf -c wal_keep_size=64 -c shared_buffers=1GB\n"
 	if !strings.Contains(deploy, want) {
 		t.Fatalf("want %q in:\n%s", want, deploy)
@@ -363,12 +358,7 @@ func TestUserCmdSettingsThatMeanMoreAreKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var deploy string
-	for _, c := range p.Changes {
-		if c.Path == "config/deploy.yml" {
-			deploy = c.New
-		}
-	}
+	deploy := changed(p, "config/deploy.yml")
 	want := "cmd: /understudy/boot.sh postgres -c config_file=/understudy/postgresql.conf -c wal_level=logical -c max_wal_senders=20\n"
 	if !strings.Contains(deploy, want) {
 		t.Fatalf("want %q in:\n%s", want, deploy)
@@ -538,4 +528,14 @@ func TestSimpleEnvConversionKeepsComments(t *testing.T) {
 			t.Errorf("the conversion lost a comment:\n%s", c.New)
 		}
 	}
+}
+
+// changed is the new text of one of a plan's files ("" if unchanged).
+func changed(p *Plan, path string) string {
+	for _, c := range p.Changes {
+		if c.Path == path {
+			return c.New
+		}
+	}
+	return ""
 }
