@@ -88,7 +88,13 @@ func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResu
 			return res, err
 		}
 	}
-	if err := repointOthers(ctx, t, st, res.OldPrimary, to, o); err != nil {
+	var others []string
+	for _, n := range t.Cluster.Nodes {
+		if n.Name != res.OldPrimary && n.Name != to && st.Node(n.Name).Role == RoleStandby {
+			others = append(others, n.Name)
+		}
+	}
+	if err := repointOthers(ctx, t, others, to, o); err != nil {
 		return res, err
 	}
 	res.Routing = Routing(t.Cluster, to)

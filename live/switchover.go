@@ -12,21 +12,78 @@ import (
 	"github.com/understudy-dev/understudy/pgops"
 )
 
-// Switchover swaps the primary and the standby `to` with no lost commit:
-// preflight, CHECKPOINT, clean stop of the primary, proof that the standby
-// has everything up to the old primary's shutdown checkpoint, promote, and
-// the old primary back as a standby of the new one without pg_rewind
-// (PostgreSQL docs, warm-standby.html, failover and switchover). Anything failing before the promote rolls
-// back: the old primary starts again as the primary.
-func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResult, error) {
+// SwitchoverPlan is what a switchover will do, decided before anything
+// changes: the swap, the slots the candidate gets for the other nodes,
+// and the other standbys that will follow it.
+type SwitchoverPlan struct {
+	Old, To string
+	Slots   []string // on To, before the stop
+	Repoint []string // other running standbys, re-pointed at To by a reload
+	Steps   []Step   // the same, for --dry-run
+}
+
+// DecideSwitchover is the switchover's decision over a reading: the
+// refusals (no single primary, the candidate not streaming or too far
+// behind, split brain, parity, a pg_hba that would shut a node out) and
+// the plan. Pure.
+func DecideSwitchover(st *Status, c pgconf.Cluster, to string, o RoleOptions) (*SwitchoverPlan, error) {
+	o.defaults()
+	if err := preflight(st, c, to, o); err != nil {
+		return nil, fmt.Errorf("switchover refused, nothing was changed: %w", err)
+	}
+	p := &SwitchoverPlan{Old: st.Primary, To: to}
+	for _, n := range c.Nodes {
+		if n.Name != to {
+			p.Slots = append(p.Slots, n.Slot())
+		}
+	}
+	for _, n := range c.Nodes {
+		if n.Name != p.Old && n.Name != to && st.Node(n.Name).Role == RoleStandby {
+			p.Repoint = append(p.Repoint, n.Name)
+		}
+	}
+	add := func(node, action, effect string) {
+		p.Steps = append(p.Steps, Step{Kind: "switchover", Node: node, Action: action, Effect: effect})
+	}
+	add(to, "make sure it holds slots "+strings.Join(p.Slots, ", ")+" for after the swap", "none")
+	add(p.Old, "CHECKPOINT, then stop it cleanly", "writes pause from here")
+	add(to, "prove it has all of "+p.Old+"'s WAL (its shutdown checkpoint), then promote it", "writes resume on "+to)
+	add(p.Old, "make it a standby of "+to+" (standby.signal, primary_conninfo) and start it", "none")
+	for _, n := range p.Repoint {
+		add(n, "follow "+to+" (primary_conninfo, reloaded)", "none")
+	}
+	return p, nil
+}
+
+// PlanSwitchover reads the cluster and decides, changing nothing
+// (`switchover --dry-run`).
+func PlanSwitchover(ctx context.Context, t Target, to string, o RoleOptions) (*SwitchoverPlan, error) {
 	st, err := begin(ctx, t, &o)
 	if err != nil {
 		return nil, err
 	}
-	old := st.Primary
-	if err := preflight(st, t, to, o); err != nil {
-		return nil, fmt.Errorf("switchover refused, nothing was changed: %w", err)
+	return DecideSwitchover(st, t.Cluster, to, o)
+}
+
+// Switchover swaps the primary and the standby `to` with no lost commit:
+// preflight, CHECKPOINT, clean stop of the primary, proof that the standby
+// has everything up to the old primary's shutdown checkpoint, promote, and
+// the old primary back as a standby of the new one without pg_rewind
+// (PostgreSQL docs, warm-standby.html, failover and switchover). Anything
+// failing before the promote rolls back: the old primary starts again as
+// the primary. It is PlanSwitchover followed by ExecuteSwitchover.
+func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResult, error) {
+	p, err := PlanSwitchover(ctx, t, to, o)
+	if err != nil {
+		return nil, err
 	}
+	return ExecuteSwitchover(ctx, t, p, o)
+}
+
+// ExecuteSwitchover carries out a plan DecideSwitchover made.
+func ExecuteSwitchover(ctx context.Context, t Target, p *SwitchoverPlan, o RoleOptions) (*RoleResult, error) {
+	o.defaults()
+	old, to := p.Old, p.To
 	if err := prepare(ctx, t, old, to); err != nil {
 		return nil, fmt.Errorf("switchover refused, nothing was changed: %w", err)
 	}
@@ -38,14 +95,11 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 	defer func() { sc.Close(context.WithoutCancel(ctx)) }()
 	// Slots on the future primary for every other node, so none of them
 	// loses WAL after the swap. Physical slots can be made on a standby.
-	for _, n := range t.Cluster.Nodes {
-		if n.Name == to {
-			continue
-		}
-		if created, err := pgops.EnsureSlot(ctx, sc, n.Slot()); err != nil {
+	for _, slot := range p.Slots {
+		if created, err := pgops.EnsureSlot(ctx, sc, slot); err != nil {
 			return nil, fmt.Errorf("switchover refused, nothing else was changed: %w", err)
 		} else if created {
-			say(o, "  ✓ slot %s created on %s for after the swap", n.Slot(), to)
+			say(o, "  ✓ slot %s created on %s for after the swap", slot, to)
 		}
 	}
 	// The promote must not wait out wal_retrieve_retry_interval. When the old
@@ -128,7 +182,7 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 	if err := t.Control.Start(cctx, old); err != nil {
 		return res, fmt.Errorf("%s is the primary, but starting %s as its standby failed: %w. Run `understudy rejoin %s`", to, old, err, old)
 	}
-	if err := repointOthers(cctx, t, st, old, to, o); err != nil {
+	if err := repointOthers(cctx, t, p.Repoint, to, o); err != nil {
 		return res, err
 	}
 	if err := waitFollowers(cctx, t, sc, to, o.Timeout); err != nil {
@@ -141,7 +195,7 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 
 // preflight refuses a switchover that could lose a commit or leave a
 // node unable to follow.
-func preflight(st *Status, t Target, to string, o RoleOptions) error {
+func preflight(st *Status, c pgconf.Cluster, to string, o RoleOptions) error {
 	if st.Primary == "" {
 		return errors.New("there is no single writable primary (run `understudy check`); for a lost primary use `understudy promote`")
 	}
@@ -168,13 +222,13 @@ func preflight(st *Status, t Target, to string, o RoleOptions) error {
 	if rep.LagBytes > o.MaxLagBytes {
 		return fmt.Errorf("%s is %s behind %s (limit %s); the switchover would wait that long with writes stopped. Try again when it has caught up", to, bytesText(rep.LagBytes), st.Primary, bytesText(o.MaxLagBytes))
 	}
-	for _, f := range Check(st, t.Cluster, DefaultThresholds) {
+	for _, f := range Check(st, c, DefaultThresholds) {
 		switch f.Code {
 		case CodeParity, CodeSplitBrain, CodeOtherCluster, CodeHbaError:
 			return fmt.Errorf("%s: %s (fix: %s)", f.Code, f.Problem, f.Fix)
 		}
 	}
-	for _, n := range t.Cluster.Nodes {
+	for _, n := range c.Nodes {
 		if n.Name == to {
 			continue
 		}
@@ -203,12 +257,10 @@ func rollback(ctx context.Context, t Target, old string, o RoleOptions, cause er
 
 // repointOthers makes every other running standby follow the new primary:
 // primary_conninfo is reloadable (13+), so no restart.
-func repointOthers(ctx context.Context, t Target, st *Status, old, to string, o RoleOptions) error {
+func repointOthers(ctx context.Context, t Target, nodes []string, to string, o RoleOptions) error {
 	newNode, _ := t.Cluster.Node(to)
-	for _, n := range t.Cluster.Nodes {
-		if n.Name == old || n.Name == to || st.Node(n.Name).Role != RoleStandby {
-			continue
-		}
+	for _, name := range nodes {
+		n, _ := t.Cluster.Node(name)
 		c, err := t.Control.Conn(ctx, n.Name)
 		if err != nil {
 			return fmt.Errorf("re-pointing %s at %s: %w", n.Name, to, err)

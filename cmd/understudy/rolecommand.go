@@ -19,6 +19,8 @@ type roleCommand struct {
 	summary string
 	run     func(context.Context, live.Target, string, live.RoleOptions) (*live.RoleResult, error)
 	fence   string // help for --fence; "" when the command has none
+	// plan, when set, gives --dry-run: the steps the command would take.
+	plan func(context.Context, live.Target, string, live.RoleOptions) ([]live.Step, error)
 }
 
 func (c *roleCommand) Name() string    { return c.name }
@@ -31,6 +33,10 @@ func (c *roleCommand) Run(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.Timeout, "timeout", 2*time.Minute, "how long to wait for a node to stop, start or stream")
 	if c.fence != "" {
 		fs.BoolVar(&o.Fence, "fence", false, c.fence)
+	}
+	dryRun := new(bool)
+	if c.plan != nil {
+		dryRun = fs.Bool("dry-run", false, "show the steps, and change nothing")
 	}
 	fs.Usage = func() { fmt.Fprintf(fs.Output(), "usage: understudy %s [flags] NODE\n", c.name); fs.PrintDefaults() }
 	// The node name may come before or after the flags.
@@ -56,6 +62,14 @@ func (c *roleCommand) Run(ctx context.Context, args []string) error {
 		return err
 	}
 	o.Out = c.out
+	if *dryRun {
+		steps, err := c.plan(ctx, t.Target, node, o)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.out, "plan:\n%s", live.StepsText(steps))
+		return nil
+	}
 	start := time.Now()
 	res, err := c.run(ctx, t.Target, node, o)
 	if err != nil {

@@ -1,0 +1,128 @@
+package live
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/understudy-dev/understudy/pgconf"
+	"github.com/understudy-dev/understudy/pgops"
+)
+
+// A reading of a healthy cluster of the given nodes, the first the primary,
+// built by hand: what the switchover decision sees.
+func healthyStatus(names ...string) (*Status, pgconf.Cluster) {
+	c := pgconf.Cluster{InitialPrimary: names[0], ReplUser: "replicator", WALCap: "1GB", Major: 15}
+	settings := map[string]string{"wal_level": "replica", "hot_standby": "on", "wal_log_hints": "on", "max_slot_wal_keep_size": "1024", "max_connections": "100"}
+	st := &Status{Primary: names[0]}
+	for i, n := range names {
+		node := pgconf.Node{Name: n, Addr: "10.211.7." + string(rune('0'+i+1)), Port: 5432}
+		c.Nodes = append(c.Nodes, node)
+		ns := NodeStatus{Name: n, Addr: node.Addr, Port: 5432, Reachable: true, Role: RoleStandby, HBA: map[string]HBAVerdict{},
+			Facts: &pgops.Facts{SystemIdentifier: "7", Timeline: 1, InRecovery: true, DataChecksums: true, Settings: settings}}
+		if i == 0 {
+			ns.Role, ns.Facts.InRecovery = RolePrimary, false
+		}
+		st.Nodes = append(st.Nodes, ns)
+	}
+	for _, n := range c.Nodes[1:] {
+		st.Nodes[0].Replication = append(st.Nodes[0].Replication, pgops.Replication{Name: n.Name, State: "streaming"})
+		st.Nodes[0].Slots = append(st.Nodes[0].Slots, pgops.Slot{Name: n.Slot(), Active: true, WALStatus: "reserved"})
+	}
+	return st, c
+}
+
+func TestDecideSwitchover(t *testing.T) {
+	st, c := healthyStatus("db", "db-replica", "db-3")
+	p, err := DecideSwitchover(st, c, "db-replica", RoleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Old != "db" || strings.Join(p.Slots, ",") != "understudy_db,understudy_db_3" || strings.Join(p.Repoint, ",") != "db-3" {
+		t.Errorf("plan %+v", p)
+	}
+	if kinds := len(p.Steps); kinds != 5 || !strings.Contains(p.Steps[1].Effect, "writes pause") {
+		t.Errorf("steps %+v", p.Steps)
+	}
+	refusals := []struct {
+		name string
+		edit func(*Status)
+		to   string
+		want string
+	}{
+		{"candidate is the primary", func(*Status) {}, "db", "already the primary"},
+		{"no such node", func(*Status) {}, "nope", "no node"},
+		{"candidate not streaming", func(s *Status) { s.Nodes[0].Replication[0].State = "catchup" }, "db-replica", "not streaming"},
+		{"candidate too far behind", func(s *Status) { s.Nodes[0].Replication[0].LagBytes = 64 << 20 }, "db-replica", "behind"},
+		{"candidate down", func(s *Status) { s.Nodes[1].Role, s.Nodes[1].Reachable = RoleDown, false }, "db-replica", "not a running standby"},
+		{"no single primary", func(s *Status) { s.Primary = "" }, "db-replica", "no single writable primary"},
+		{"another cluster", func(s *Status) { s.Nodes[1].Facts.SystemIdentifier = "8" }, "db-replica", "other-cluster"},
+		{"candidate's pg_hba shuts a node out", func(s *Status) {
+			s.Nodes[1].HBA["db"] = HBAVerdict{Allowed: false}
+		}, "db-replica", "could not follow it"},
+	}
+	for _, r := range refusals {
+		st, c := healthyStatus("db", "db-replica", "db-3")
+		r.edit(st)
+		_, err := DecideSwitchover(st, c, r.to, RoleOptions{})
+		if err == nil || !strings.Contains(err.Error(), r.want) || !strings.Contains(err.Error(), "nothing was changed") {
+			t.Errorf("%s: %v (want %q)", r.name, err, r.want)
+		}
+	}
+}
+
+// recording is a fake Control: it records what it is asked to do, answers
+// Running, and connects nowhere.
+type recording struct {
+	calls      []string
+	prepareErr error
+}
+
+var (
+	_ Control            = (*recording)(nil)
+	_ RoleChangePreparer = (*recording)(nil)
+)
+
+func (r *recording) Conn(ctx context.Context, node string) (*pgx.Conn, error) {
+	r.calls = append(r.calls, "conn "+node)
+	return nil, &net.OpError{Op: "dial", Err: errors.New("the fake connects nowhere")}
+}
+func (r *recording) Start(ctx context.Context, node string) error {
+	r.calls = append(r.calls, "start "+node)
+	return nil
+}
+func (r *recording) Stop(ctx context.Context, node string) error {
+	r.calls = append(r.calls, "stop "+node)
+	return nil
+}
+func (r *recording) Running(ctx context.Context, node string) (bool, error) { return true, nil }
+func (r *recording) Where(node string) string                               { return "fake " + node }
+func (r *recording) Run(ctx context.Context, node, script string) (string, error) {
+	r.calls = append(r.calls, "run "+node)
+	return "", nil
+}
+func (r *recording) PrepareRoleChange(ctx context.Context, nodes ...string) error {
+	r.calls = append(r.calls, "prepare "+strings.Join(nodes, ","))
+	return r.prepareErr
+}
+
+// When a container step fails its trial run (the preparation), the
+// switchover stops before anything: no connection, no stop, no script.
+func TestSwitchoverStopsAtAFailedPreparation(t *testing.T) {
+	st, c := healthyStatus("db", "db-replica")
+	p, err := DecideSwitchover(st, c, "db-replica", RoleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := &recording{prepareErr: errors.New("docker on db's server: permission denied")}
+	_, err = ExecuteSwitchover(context.Background(), Target{Cluster: c, Control: fake}, p, RoleOptions{})
+	if err == nil || !strings.Contains(err.Error(), "nothing was changed") || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("got %v", err)
+	}
+	if strings.Join(fake.calls, "; ") != "prepare db,db-replica" {
+		t.Errorf("the failed preparation was followed by: %v", fake.calls)
+	}
+}
