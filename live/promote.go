@@ -11,6 +11,53 @@ import (
 	"github.com/understudy-dev/understudy/pgops"
 )
 
+// PromoteDecision is what an emergency promote will do.
+type PromoteDecision struct {
+	Old       string            // the lost (or fenced) primary, "" if none is known
+	Fence     []string          // nodes to stop and mark as standbys first
+	LastKnown map[string]string // a writable old primary's WAL position when read
+}
+
+// DecidePromote is promote's decision over a reading: refuse while another
+// node is up and writable, or runs without answering, unless fence; else
+// fence every node that is neither the candidate nor a healthy standby.
+// Pure.
+func DecidePromote(st *Status, to string, fence bool) (*PromoteDecision, error) {
+	s := st.Node(to)
+	if s == nil {
+		return nil, fmt.Errorf("there is no node %q", to)
+	}
+	if s.Role != RoleStandby {
+		return nil, fmt.Errorf("%s is not a running standby (%s): only a standby can be promoted", to, s.Role)
+	}
+	d := &PromoteDecision{LastKnown: map[string]string{}}
+	for _, n := range st.Nodes {
+		if n.Name == to {
+			continue
+		}
+		switch {
+		case n.Role == RolePrimary:
+			d.Old = n.Name
+			if !fence {
+				return nil, fmt.Errorf("%s is up and accepts writes: promoting %s now would make two primaries. For a planned swap with no loss run `understudy switchover %s`; if %s must be taken out, re-run with --fence (it stops %s and marks it a standby of %s)", n.Name, to, to, n.Name, n.Name, to)
+			}
+			d.LastKnown[n.Name] = n.Facts.CurrentLSN
+		case !n.Reachable && n.Running != nil && *n.Running && !fence:
+			return nil, fmt.Errorf("%s runs but does not answer (%s): it may still accept writes from apps that reach it. Stop it, or re-run with --fence to have understudy stop and mark it", n.Name, firstLine(n.Error))
+		}
+	}
+	for _, n := range st.Nodes {
+		if n.Name == to || n.Role == RoleStandby {
+			continue
+		}
+		if d.Old == "" {
+			d.Old = n.Name
+		}
+		d.Fence = append(d.Fence, n.Name)
+	}
+	return d, nil
+}
+
 // Promote makes the standby `to` the primary when the primary is lost. It
 // refuses while another node is up and writable, unless Fence is set: then
 // that node is stopped and marked a standby first (standby.signal), so it
@@ -24,43 +71,19 @@ func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResu
 	if err != nil {
 		return nil, err
 	}
+	d, err := DecidePromote(st, to, o.Fence)
+	if err != nil {
+		return nil, err
+	}
 	s := st.Node(to)
-	if s == nil {
-		return nil, fmt.Errorf("there is no node %q", to)
-	}
-	if s.Role != RoleStandby {
-		return nil, fmt.Errorf("%s is not a running standby (%s): only a standby can be promoted", to, s.Role)
-	}
-	res := &RoleResult{NewPrimary: to}
+	res := &RoleResult{NewPrimary: to, OldPrimary: d.Old}
 	newNode, _ := t.Cluster.Node(to)
-	lastKnown := map[string]string{}
-	for _, n := range st.Nodes {
-		if n.Name == to {
-			continue
-		}
-		switch {
-		case n.Role == RolePrimary:
-			res.OldPrimary = n.Name
-			if !o.Fence {
-				return nil, fmt.Errorf("%s is up and accepts writes: promoting %s now would make two primaries. For a planned swap with no loss run `understudy switchover %s`; if %s must be taken out, re-run with --fence (it stops %s and marks it a standby of %s)", n.Name, to, to, n.Name, n.Name, to)
-			}
-			lastKnown[n.Name] = n.Facts.CurrentLSN
-		case !n.Reachable && n.Running != nil && *n.Running && !o.Fence:
-			return nil, fmt.Errorf("%s runs but does not answer (%s): it may still accept writes from apps that reach it. Stop it, or re-run with --fence to have understudy stop and mark it", n.Name, firstLine(n.Error))
-		}
-	}
-	// Fence every node that is not the new primary and not a healthy standby.
-	for _, n := range st.Nodes {
-		if n.Name == to || n.Role == RoleStandby {
-			continue
-		}
-		if res.OldPrimary == "" {
-			res.OldPrimary = n.Name
-		}
-		if err := fence(ctx, t, n.Name, newNode, o); err != nil {
+	for _, n := range d.Fence {
+		if err := fence(ctx, t, n, newNode, o); err != nil {
 			return nil, err
 		}
 	}
+	lastKnown := d.LastKnown
 	sc, err := t.Control.Conn(ctx, to)
 	if err != nil {
 		return nil, err

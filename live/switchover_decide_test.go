@@ -126,3 +126,29 @@ func TestSwitchoverStopsAtAFailedPreparation(t *testing.T) {
 		t.Errorf("the failed preparation was followed by: %v", fake.calls)
 	}
 }
+
+func TestDecidePromote(t *testing.T) {
+	st, _ := healthyStatus("db", "db-replica", "db-3")
+	if _, err := DecidePromote(st, "db-replica", false); err == nil || !strings.Contains(err.Error(), "two primaries") {
+		t.Errorf("a writable primary without --fence: %v", err)
+	}
+	d, err := DecidePromote(st, "db-replica", true)
+	if err != nil || d.Old != "db" || strings.Join(d.Fence, ",") != "db" {
+		t.Errorf("with --fence: %+v %v", d, err)
+	}
+	// The primary is lost: unreachable and not running. Nothing refuses; it
+	// is fenced when its files can be reached, the healthy standby is kept.
+	st.Nodes[0] = NodeStatus{Name: "db", Role: RoleDown, Running: new(bool)}
+	d, err = DecidePromote(st, "db-replica", false)
+	if err != nil || d.Old != "db" || strings.Join(d.Fence, ",") != "db" {
+		t.Errorf("lost primary: %+v %v", d, err)
+	}
+	running := true
+	st.Nodes[0].Running = &running
+	if _, err := DecidePromote(st, "db-replica", false); err == nil || !strings.Contains(err.Error(), "runs but does not answer") {
+		t.Errorf("a primary that runs but does not answer: %v", err)
+	}
+	if _, err := DecidePromote(st, "db", true); err == nil || !strings.Contains(err.Error(), "not a running standby") {
+		t.Errorf("promoting a down node: %v", err)
+	}
+}
