@@ -11,6 +11,36 @@ import (
 	"github.com/understudy-dev/understudy/pgops"
 )
 
+// RejoinReading is what rejoin decides its way from, read once the node
+// is stopped: its control file, and the primary's identity, timeline and,
+// when the node is on an older timeline, where that timeline ended.
+type RejoinReading struct {
+	Control         *pgops.ControlData // nil when ControlErr
+	ControlErr      error
+	PrimarySystemID string
+	PrimaryTimeline int
+	Switchpoint     pgops.LSN
+	SwitchpointErr  error
+}
+
+// DecideRejoin picks the way back and says why (pure). RejoinRewind means:
+// try pg_rewind, and fall back to a fresh clone if it cannot run; the text
+// is then the reason rewinding is needed.
+func DecideRejoin(r RejoinReading, prim string) (RejoinPath, string) {
+	cd := r.Control
+	switch {
+	case cd == nil:
+		return RejoinClone, fmt.Sprintf("fresh clone: its control file could not be read (%v)", firstLine(fmt.Sprint(r.ControlErr)))
+	case cd.SystemID != r.PrimarySystemID:
+		return RejoinClone, fmt.Sprintf("fresh clone: it holds a different cluster (system id %s, the primary's is %s), which can neither follow nor be rewound", cd.SystemID, r.PrimarySystemID)
+	case cd.Timeline == r.PrimaryTimeline:
+		return RejoinRepoint, fmt.Sprintf("re-point: it is on the primary's timeline %d, so it only has to follow", cd.Timeline)
+	case r.SwitchpointErr == nil && cd.State == "shut down" && cd.Checkpoint < r.Switchpoint:
+		return RejoinRepoint, fmt.Sprintf("re-point: it shut down cleanly at %s, before %s took over at %s, so nothing diverged and no pg_rewind is needed", cd.Checkpoint, prim, r.Switchpoint)
+	}
+	return RejoinRewind, fmt.Sprintf("its control file says %q at %s on timeline %d", cd.State, cd.Checkpoint, cd.Timeline)
+}
+
 // Rejoin brings a former primary (or a standby that fell off) back as a
 // standby of the current primary: a plain re-point when it stopped cleanly
 // before the switch, pg_rewind when it diverged, and a fresh clone (the old
@@ -66,36 +96,32 @@ func Rejoin(ctx context.Context, t Target, node string, o RoleOptions) (*RoleRes
 			return nil, fmt.Errorf("stopping %s to rejoin it: %w", node, err)
 		}
 	}
+	r := RejoinReading{PrimarySystemID: p.Facts.SystemIdentifier, PrimaryTimeline: p.Facts.Timeline}
 	cd, err := controlData(ctx, t, node)
-	switch {
-	case err != nil:
-		res.Kind, res.Path = RejoinClone, fmt.Sprintf("fresh clone: its control file could not be read (%v)", firstLine(err.Error()))
-	case cd.SystemID != p.Facts.SystemIdentifier:
-		res.Kind, res.Path = RejoinClone, fmt.Sprintf("fresh clone: it holds a different cluster (system id %s, the primary's is %s), which can neither follow nor be rewound", cd.SystemID, p.Facts.SystemIdentifier)
-	case cd.Timeline == p.Facts.Timeline:
-		res.Kind, res.Path = RejoinRepoint, fmt.Sprintf("re-point: it is on the primary's timeline %d, so it only has to follow", cd.Timeline)
-	default:
-		switchpoint, herr := pgops.TimelineSwitchpoint(ctx, pc, p.Facts.Timeline, cd.Timeline)
-		if herr == nil && cd.State == "shut down" && cd.Checkpoint < switchpoint {
-			res.Kind, res.Path = RejoinRepoint, fmt.Sprintf("re-point: it shut down cleanly at %s, before %s took over at %s, so nothing diverged and no pg_rewind is needed", cd.Checkpoint, prim, switchpoint)
-		} else {
-			why := fmt.Sprintf("its control file says %q at %s on timeline %d", cd.State, cd.Checkpoint, cd.Timeline)
-			// Before 16, pg_rewind reads the source's timeline from its last
-			// checkpoint, which a fresh promotion has not written yet
-			// (PostgreSQL docs, app-pgrewind.html).
-			if err := pgops.Checkpoint(ctx, pc); err != nil {
-				return res, fmt.Errorf("CHECKPOINT on %s before pg_rewind: %w", prim, err)
-			}
-			out, rerr := t.Control.Run(ctx, node, pgconf.RewindScript(t.Cluster, pn))
-			if rerr == nil {
-				if strings.Contains(out, "no rewind required") {
-					res.Kind, res.Path = RejoinRepoint, "re-point: pg_rewind found nothing to undo ("+why+")"
-				} else {
-					res.Kind, res.Path = RejoinRewind, "pg_rewind: it may have written WAL the new primary never got ("+why+"); those changes were undone"
-				}
-			} else {
-				res.Kind, res.Path = RejoinClone, fmt.Sprintf("fresh clone: pg_rewind could not run (%s)", lastLine(out))
-			}
+	if err != nil {
+		r.ControlErr = err
+	} else {
+		r.Control = &cd
+		if cd.SystemID == p.Facts.SystemIdentifier && cd.Timeline != p.Facts.Timeline {
+			r.Switchpoint, r.SwitchpointErr = pgops.TimelineSwitchpoint(ctx, pc, p.Facts.Timeline, cd.Timeline)
+		}
+	}
+	res.Kind, res.Path = DecideRejoin(r, prim)
+	if res.Kind == RejoinRewind {
+		// Before 16, pg_rewind reads the source's timeline from its last
+		// checkpoint, which a fresh promotion has not written yet
+		// (PostgreSQL docs, app-pgrewind.html).
+		if err := pgops.Checkpoint(ctx, pc); err != nil {
+			return res, fmt.Errorf("CHECKPOINT on %s before pg_rewind: %w", prim, err)
+		}
+		out, rerr := t.Control.Run(ctx, node, pgconf.RewindScript(t.Cluster, pn))
+		switch {
+		case rerr != nil:
+			res.Kind, res.Path = RejoinClone, fmt.Sprintf("fresh clone: pg_rewind could not run (%s)", lastLine(out))
+		case strings.Contains(out, "no rewind required"):
+			res.Kind, res.Path = RejoinRepoint, "re-point: pg_rewind found nothing to undo ("+res.Path+")"
+		default:
+			res.Path = "pg_rewind: it may have written WAL the new primary never got (" + res.Path + "); those changes were undone"
 		}
 	}
 	if res.Kind == RejoinClone {

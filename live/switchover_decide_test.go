@@ -152,3 +152,27 @@ func TestDecidePromote(t *testing.T) {
 		t.Errorf("promoting a down node: %v", err)
 	}
 }
+
+func TestDecideRejoin(t *testing.T) {
+	cd := func(sys string, tl int, state string, ckpt pgops.LSN) *pgops.ControlData {
+		return &pgops.ControlData{SystemID: sys, Timeline: tl, State: state, Checkpoint: ckpt}
+	}
+	cases := []struct {
+		name string
+		r    RejoinReading
+		want RejoinPath
+	}{
+		{"control file unreadable", RejoinReading{ControlErr: errors.New("no such file"), PrimarySystemID: "7", PrimaryTimeline: 2}, RejoinClone},
+		{"another cluster", RejoinReading{Control: cd("8", 2, "shut down", 100), PrimarySystemID: "7", PrimaryTimeline: 2}, RejoinClone},
+		{"same timeline", RejoinReading{Control: cd("7", 2, "shut down", 100), PrimarySystemID: "7", PrimaryTimeline: 2}, RejoinRepoint},
+		{"clean stop before the switchpoint", RejoinReading{Control: cd("7", 1, "shut down", 100), PrimarySystemID: "7", PrimaryTimeline: 2, Switchpoint: 200}, RejoinRepoint},
+		{"clean stop after the switchpoint", RejoinReading{Control: cd("7", 1, "shut down", 300), PrimarySystemID: "7", PrimaryTimeline: 2, Switchpoint: 200}, RejoinRewind},
+		{"crashed", RejoinReading{Control: cd("7", 1, "in production", 100), PrimarySystemID: "7", PrimaryTimeline: 2, Switchpoint: 200}, RejoinRewind},
+		{"history unreadable", RejoinReading{Control: cd("7", 1, "shut down", 100), PrimarySystemID: "7", PrimaryTimeline: 2, SwitchpointErr: errors.New("gone")}, RejoinRewind},
+	}
+	for _, c := range cases {
+		if got, why := DecideRejoin(c.r, "db"); got != c.want || why == "" {
+			t.Errorf("%s: %s (%q), want %s", c.name, got, why, c.want)
+		}
+	}
+}
