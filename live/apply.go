@@ -124,7 +124,7 @@ func (a *applier) consent(rest []Step) error {
 			continue
 		}
 		role := "standby: replication pauses while it restarts"
-		if s.Node == a.t.Cluster.InitialPrimary && a.prim == "" || s.Node == a.prim {
+		if s.Primary {
 			role = "the PRIMARY: the app cannot write for the few seconds it takes"
 		}
 		fmt.Fprintf(&b, "  %s (%s) needs a restart for:\n", s.Node, role)

@@ -40,6 +40,7 @@ type Step struct {
 	Action   string   `json:"action"`
 	Effect   string   `json:"effect"` // what the app notices
 	Consent  bool     `json:"consent,omitempty"`
+	Primary  bool     `json:"primary,omitempty"`  // the step interrupts the primary
 	Settings []string `json:"settings,omitempty"` // restart: each setting and why
 	Slot     string   `json:"slot,omitempty"`
 }
@@ -168,7 +169,7 @@ func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
 			pause = "the app cannot write for the few seconds it takes (asked first, or --yes)"
 		}
 		if r.NotOurConfig != "" {
-			restarts = append(restarts, Step{Kind: StepRestart, Node: n.Name, Action: "reboot: " + r.NotOurConfig, Effect: pause, Consent: true, Settings: []string{r.NotOurConfig}})
+			restarts = append(restarts, Step{Kind: StepRestart, Node: n.Name, Action: "reboot: " + r.NotOurConfig, Effect: pause, Consent: true, Primary: n.Name == prim, Settings: []string{r.NotOurConfig}})
 			continue
 		}
 		var reload, restart []string
@@ -185,7 +186,7 @@ func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
 			add(Step{Kind: StepReload, Node: n.Name, Action: "reload for: " + strings.Join(append(reload, restart...), ", "), Effect: "none"})
 		}
 		if len(restart) > 0 {
-			restarts = append(restarts, Step{Kind: StepRestart, Node: n.Name, Action: "restart for: " + strings.Join(restart, ", "), Effect: pause, Consent: true, Settings: why})
+			restarts = append(restarts, Step{Kind: StepRestart, Node: n.Name, Action: "restart for: " + strings.Join(restart, ", "), Effect: pause, Consent: true, Primary: n.Name == prim, Settings: why})
 		}
 	}
 	// Standbys restart before the primary.

@@ -37,6 +37,9 @@ func kinds(steps []Step) string {
 		if s.Consent {
 			c = "!"
 		}
+		if s.Primary != (s.Node == "db" && s.Consent) {
+			c += "(primary flag wrong)"
+		}
 		k = append(k, string(s.Kind)+"@"+s.Node+c)
 	}
 	return strings.Join(k, " ")
