@@ -22,6 +22,9 @@ func flatten(v *kamal.Val, path string, out map[string]string) {
 		for i, it := range v.Items() {
 			flatten(it, fmt.Sprintf("%s[%d]", path, i), out)
 		}
+	case v.IsNull():
+		// an empty value: init may fill it (env:, options:), which adds
+		// and takes nothing away
 	default:
 		out[path] = v.Node.Tag + ":" + v.Source()
 	}
