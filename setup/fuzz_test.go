@@ -15,6 +15,11 @@ func flatten(v *kamal.Val, path string, out map[string]string) {
 	switch {
 	case v == nil:
 	case v.IsMap():
+		// Kamal reads a simple env (no clear:, secret: or tags:) as all
+		// clear, the same as env: clear: ..., which is what init writes.
+		if strings.HasSuffix(path, "/env") && v.Get("clear") == nil && v.Get("secret") == nil && v.Get("tags") == nil {
+			path += "/clear"
+		}
 		for _, k := range v.Keys() {
 			flatten(v.Get(k), path+"/"+k, out)
 		}
