@@ -31,9 +31,6 @@ var entrypoint string
 // app's deploy.yml. Debian 12 ships PostgreSQL 15 only.
 const ImageTag = "postgres:15"
 
-// PGMajor is the image's PostgreSQL major version.
-const PGMajor = 15
-
 // recipe is everything the image is made from; its hash names the cached
 // tarball, so a change to any step builds a new one.
 var recipe = strings.Join([]string{"bookworm minbase", "postgresql-15 gosu", "uid/gid 999",

@@ -40,7 +40,7 @@ func Skip(t testing.TB) {
 // (Kamal works in the SSH user's home; both servers would otherwise share
 // the host's), and a dockerd running in both, with its own data root,
 // exec root and socket. Things started for the server (sshd) join the
-// same namespaces with Enter.
+// same namespaces through NetNS and MountNS.
 type Server struct {
 	Name    string
 	NetNS   string // network namespace file
@@ -156,10 +156,6 @@ func (s *Server) docker(ctx context.Context, stdin []byte, args ...string) (stri
 // DockerHost is the DOCKER_HOST value for this server.
 func (s *Server) DockerHost() string { return "unix://" + s.Sock }
 
-// Enter is the argv prefix that runs a program in the server's namespaces.
-func (s *Server) Enter() []string {
-	return []string{"nsenter", "--mount=" + s.MountNS, "--net=" + s.NetNS, "--"}
-}
 
 // stop removes every container, stops dockerd (by the pid this test
 // started) and deletes its files.
