@@ -156,7 +156,6 @@ func (s *Server) docker(ctx context.Context, stdin []byte, args ...string) (stri
 // DockerHost is the DOCKER_HOST value for this server.
 func (s *Server) DockerHost() string { return "unix://" + s.Sock }
 
-
 // stop removes every container, stops dockerd (by the pid this test
 // started) and deletes its files.
 func (s *Server) stop() {
