@@ -92,6 +92,13 @@ func TestNetnsOutageRecoversOverSlot(t *testing.T) {
 	labtest.WaitFor(t, time.Minute, "the standby to replay everything", func() bool {
 		return labtest.Query(t, l, "db-replica", "SELECT count(*)::text FROM pgbench_accounts") == "800000"
 	})
+	// The rows arrive with the COPY's commit; the index builds and the vacuum
+	// that pgbench -i runs after it are still tens of MB of WAL. Wait for the
+	// standby to replay everything the primary wrote before judging lag.
+	target := labtest.Query(t, l, "db", "SELECT pg_current_wal_lsn()::text")
+	labtest.WaitFor(t, time.Minute, "the standby to replay up to "+target, func() bool {
+		return labtest.Query(t, l, "db-replica", "SELECT (pg_last_wal_replay_lsn() >= $1::pg_lsn)::text", target) == "true"
+	})
 	if got := labtest.Query(t, l, "db-replica", "SELECT system_identifier::text FROM pg_control_system()"); got != sysid {
 		t.Errorf("system identifier changed: %s → %s", sysid, got)
 	}
