@@ -78,16 +78,20 @@ type AgentStatus struct {
 	LastArchived   string    `json:"last_archived,omitempty"`
 	LastArchivedAt time.Time `json:"last_archived_at,omitzero"`
 	LastPartialAt  time.Time `json:"last_partial_at,omitzero"`
-	SpoolBytes     int64     `json:"spool_bytes"`
-	SpoolCap       int64     `json:"spool_cap"`
-	LastError      string    `json:"last_error,omitempty"`
-	LastErrorAt    time.Time `json:"last_error_at,omitzero"`
-	UploadError    string    `json:"upload_error,omitempty"`
-	Gap            string    `json:"gap,omitempty"`
-	GapAt          time.Time `json:"gap_at,omitzero"`
-	LastBase       string    `json:"last_base,omitempty"`
-	LastBaseError  string    `json:"last_base_error,omitempty"`
-	Recipient      string    `json:"recipient"`
+	// ArchivedLSN: the archive holds all WAL up to here (on the source's
+	// timeline), measured before the upload that holds it was read.
+	ArchivedLSN   pgops.LSN      `json:"archived_lsn,omitempty"`
+	ArchivedTLI   pgops.Timeline `json:"archived_timeline,omitempty"`
+	SpoolBytes    int64          `json:"spool_bytes"`
+	SpoolCap      int64          `json:"spool_cap"`
+	LastError     string         `json:"last_error,omitempty"`
+	LastErrorAt   time.Time      `json:"last_error_at,omitzero"`
+	UploadError   string         `json:"upload_error,omitempty"`
+	Gap           string         `json:"gap,omitempty"`
+	GapAt         time.Time      `json:"gap_at,omitzero"`
+	LastBase      string         `json:"last_base,omitempty"`
+	LastBaseError string         `json:"last_base_error,omitempty"`
+	Recipient     string         `json:"recipient"`
 }
 
 // Agent streams WAL with pg_receivewal into a spool, uploads it sealed,
@@ -101,6 +105,8 @@ type Agent struct {
 	st       AgentStatus
 	needBase bool
 	partial  map[string]time.Time // partial file → mtime uploaded
+	source   *Source              // the node pg_receivewal streams from
+	probe    *pgconn.PgConn       // a replication connection to it, for READ_REPLICATION_SLOT
 }
 
 // NewAgent makes an agent.
@@ -161,7 +167,7 @@ func sourceNames(ss []Source) string {
 // replConninfo is a libpq connection string for one source. It names no
 // password (PGPASSFILE does).
 func (c *AgentConfig) replConninfo(s Source, app string) string {
-	return fmt.Sprintf("host=%s port=%d user=%s application_name=%s connect_timeout=5 keepalives_idle=10", quoteConn(s.Host), s.Port, quoteConn(c.User), app)
+	return fmt.Sprintf("host=%s port=%d user=%s application_name=%s connect_timeout=5", quoteConn(s.Host), s.Port, quoteConn(c.User), app)
 }
 
 func quoteConn(v string) string {
@@ -337,6 +343,8 @@ func (a *Agent) receiveOnce(ctx context.Context) error {
 	a.update(func(s *AgentStatus) {
 		s.Source, s.SourceStandby, s.Receiving = ch.Source.Name, ch.Info.Standby, true
 	})
+	a.setSource(&ch.Source)
+	defer a.setSource(nil)
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	// While it streams: drop the slot from the other nodes (so none of them
@@ -416,6 +424,47 @@ func orNone(s string) string {
 		return "the start"
 	}
 	return s
+}
+
+func (a *Agent) setSource(s *Source) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.source = s
+	if a.probe != nil {
+		a.probe.Close(context.Background())
+		a.probe = nil
+	}
+}
+
+// flushed is what pg_receivewal has flushed into the spool, as the
+// source's slot says (the uploader only, one goroutine).
+func (a *Agent) flushed(ctx context.Context) (pgops.LSN, pgops.Timeline, bool) {
+	a.mu.Lock()
+	src, probe := a.source, a.probe
+	a.mu.Unlock()
+	if src == nil {
+		return 0, 0, false
+	}
+	if probe == nil {
+		pc, err := a.cfg.replConnect(ctx, *src)
+		if err != nil {
+			return 0, 0, false
+		}
+		a.mu.Lock()
+		if a.source != src {
+			a.mu.Unlock()
+			pc.Close(ctx)
+			return 0, 0, false
+		}
+		a.probe, probe = pc, pc
+		a.mu.Unlock()
+	}
+	lsn, tli, err := pgops.ReadReplicationSlot(ctx, probe, a.cfg.Slot)
+	if err != nil {
+		a.setSource(src) // drop the connection; the next round opens another
+		return 0, 0, false
+	}
+	return lsn, tli, true
 }
 
 func (a *Agent) dropSlotOn(ctx context.Context, others []Source) bool {
@@ -550,7 +599,13 @@ func (a *Agent) uploadOnce(ctx context.Context, force bool) {
 			os.Remove(p)
 			if !f.history {
 				a.store.Delete(ctx, walKey(f.name+partialSuffix))
-				a.update(func(s *AgentStatus) { s.LastArchived, s.LastArchivedAt = f.name, time.Now() })
+				end := pgops.LSN((f.seg.No + 1) * a.segSize())
+				a.update(func(s *AgentStatus) {
+					s.LastArchived, s.LastArchivedAt = f.name, time.Now()
+					if f.seg.TLI > s.ArchivedTLI || f.seg.TLI == s.ArchivedTLI && end > s.ArchivedLSN {
+						s.ArchivedLSN, s.ArchivedTLI = end, f.seg.TLI
+					}
+				})
 			}
 		case i != newestPartial:
 			// A partial that is no longer written (the end of an old
@@ -570,14 +625,31 @@ func (a *Agent) uploadOnce(ctx context.Context, force bool) {
 			if !force && seen && time.Since(a.Status().LastPartialAt) < a.cfg.PartialEvery {
 				continue
 			}
+			readAt := time.Now()
+			lsn, tli, known := a.flushed(ctx)
+			// Only a position inside this segment is proof of what it holds.
+			known = known && tli == f.seg.TLI && (uint64(lsn)/a.segSize() == f.seg.No || uint64(lsn) == (f.seg.No+1)*a.segSize())
+			if info, err := os.Stat(p); err == nil {
+				f.mtime = info.ModTime()
+			} else {
+				continue // finished meanwhile: the next round uploads it
+			}
 			if err := a.putFile(ctx, p, walKey(f.name)); err != nil {
+				if errors.Is(err, os.ErrNotExist) {
+					continue
+				}
 				uploadErr = err
 				continue
 			}
 			a.mu.Lock()
 			a.partial = map[string]time.Time{f.name: f.mtime}
 			a.mu.Unlock()
-			a.update(func(s *AgentStatus) { s.LastPartialAt = time.Now() })
+			a.update(func(s *AgentStatus) {
+				s.LastPartialAt = readAt
+				if known && (tli > s.ArchivedTLI || tli == s.ArchivedTLI && lsn > s.ArchivedLSN) {
+					s.ArchivedLSN, s.ArchivedTLI = lsn, tli
+				}
+			})
 		}
 	}
 	a.update(func(s *AgentStatus) {
@@ -602,7 +674,7 @@ func (a *Agent) uploadOnce(ctx context.Context, force bool) {
 func (a *Agent) putFile(ctx context.Context, p, key string) error {
 	f, err := os.Open(p)
 	if err != nil {
-		return err
+		return err // os.ErrNotExist when pg_receivewal renamed it meanwhile
 	}
 	defer f.Close()
 	var buf bytes.Buffer

@@ -77,17 +77,25 @@ func TakeBase(ctx context.Context, cfg *AgentConfig, store Store, key *Key, prog
 	// stdout → (count, tar reader for backup_label and the manifest) and
 	// → seal → hash → upload.
 	pr, pw := io.Pipe()
+	upload := make(chan error, 1)
+	go func() {
+		err := store.Put(ctx, baseDataKey(bi.ID), pr, -1)
+		pr.CloseWithError(fmt.Errorf("the upload ended: %v", err)) // unblocks the writer when the upload fails
+		upload <- err
+	}()
 	h := sha256.New()
 	var stored atomic.Int64
 	sealed, err := key.Seal(io.MultiWriter(pw, h, countWriter{&stored}))
 	if err != nil {
+		pw.CloseWithError(err)
+		<-upload
+		cmd.Process.Kill()
+		cmd.Wait()
 		return bi, err
 	}
 	tr, tw := io.Pipe()
 	meta := make(chan tarMeta, 1)
 	go func() { meta <- readTarMeta(tr) }()
-	upload := make(chan error, 1)
-	go func() { upload <- store.Put(ctx, baseDataKey(bi.ID), pr, -1) }()
 
 	var done int64
 	tick := time.Now()

@@ -78,9 +78,10 @@ type Config struct {
 // lab wrote before it embedded it, so older labs reopen).
 type state struct {
 	pgconf.Cluster
-	NetNS          string `json:"netns_id,omitempty"`
-	ContainerPaths bool   `json:"container_paths,omitempty"`
-	MadeMountPoint bool   `json:"made_mount_point,omitempty"`
+	NetNS          string     `json:"netns_id,omitempty"`
+	ContainerPaths bool       `json:"container_paths,omitempty"`
+	MadeMountPoint bool       `json:"made_mount_point,omitempty"`
+	Backup         *LabBackup `json:"backup,omitempty"`
 }
 
 // Lab is a set of local nodes under one directory.
@@ -185,9 +186,8 @@ func Create(ctx context.Context, dir string, cfg Config) (*Lab, error) {
 	if err := l.writeFiles(); err != nil {
 		return nil, err
 	}
-	js, _ := json.MarshalIndent(st, "", "  ")
-	if err := atomicfile.Write(filepath.Join(dir, stateFile), append(js, '\n'), 0o644); err != nil {
-		return nil, fmt.Errorf("writing %s: %w", stateFile, err)
+	if err := l.saveState(); err != nil {
+		return nil, err
 	}
 	if ns != nil {
 		if err := ns.Up(ctx); err != nil {
@@ -196,6 +196,14 @@ func Create(ctx context.Context, dir string, cfg Config) (*Lab, error) {
 		}
 	}
 	return l, nil
+}
+
+func (l *Lab) saveState() error {
+	js, _ := json.MarshalIndent(l.state, "", "  ")
+	if err := atomicfile.Write(filepath.Join(l.Dir, stateFile), append(js, '\n'), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", stateFile, err)
+	}
+	return nil
 }
 
 // Open reopens a lab that Create made.
@@ -584,6 +592,11 @@ func (l *Lab) Conn(ctx context.Context, node string) (*pgx.Conn, error) {
 // then its directory, if the lab made that directory's contents.
 func (l *Lab) Down(ctx context.Context) error {
 	var errs []error
+	for _, svc := range []string{"agent", "storage"} {
+		if err := l.stopService(svc); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, n := range l.Cluster.Nodes {
 		if err := l.Stop(ctx, n.Name); err != nil {
 			errs = append(errs, err)

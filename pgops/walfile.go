@@ -247,3 +247,27 @@ func ReadHistoryFile(ctx context.Context, c *pgx.Conn, tl Timeline) (string, err
 	}
 	return hist, nil
 }
+
+// ReadReplicationSlot reads a physical slot's restart_lsn over a
+// replication connection (READ_REPLICATION_SLOT, PostgreSQL 15 and
+// later). For a slot a receiver with --synchronous feeds, that is what the
+// receiver has flushed.
+func ReadReplicationSlot(ctx context.Context, c *pgconn.PgConn, name string) (LSN, Timeline, error) {
+	res, err := c.Exec(ctx, "READ_REPLICATION_SLOT "+QuoteIdent(name)).ReadAll()
+	if err != nil {
+		return 0, 0, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", name, err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 3 || res[0].Rows[0][1] == nil {
+		return 0, 0, fmt.Errorf("slot %s does not exist", name)
+	}
+	row := res[0].Rows[0]
+	lsn, err := ParseLSN(string(row[1]))
+	if err != nil {
+		return 0, 0, err
+	}
+	var tli uint64
+	if row[2] != nil {
+		tli, _ = strconv.ParseUint(string(row[2]), 10, 32)
+	}
+	return lsn, Timeline(tli), nil
+}

@@ -26,6 +26,10 @@ type Options struct {
 	// ContainerPaths mounts each node's files at /understudy (netns only).
 	ContainerPaths bool
 	Password       string // default a fixed test password
+	// Backup gives the lab object storage (a real versitygw, built with
+	// `go install` the first time) and a backup key; the agent is started
+	// by Agent.
+	Backup bool
 }
 
 // New creates a lab (nothing running) in a fresh temporary directory.
@@ -67,9 +71,12 @@ func New(t testing.TB, o Options) *lab.Lab {
 		os.RemoveAll(root)
 		t.Fatal(err)
 	}
+	if o.Backup {
+		enableBackup(t, l)
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, n := range o.Names {
+			for _, n := range append(o.Names, "agent", "storage") {
 				b, _ := os.ReadFile(l.LogFile(n))
 				t.Logf("--- %s log (last 3000 bytes):\n%s", n, tail(string(b), 3000))
 			}

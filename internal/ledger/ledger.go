@@ -144,3 +144,40 @@ func (l *Load) Lost(ctx context.Context, conn string) (int, error) {
 	}
 	return missing, nil
 }
+
+// AckedBefore is every id whose commit was acknowledged before t.
+func (l *Load) AckedBefore(t time.Time) []int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var ids []int64
+	for i, at := range l.times {
+		if at.Before(t) {
+			ids = append(ids, l.acked[i])
+		}
+	}
+	return ids
+}
+
+// Newest is when the last commit was acknowledged, and its id.
+func (l *Load) Newest() (time.Time, int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.times) == 0 {
+		return time.Time{}, 0
+	}
+	return l.times[len(l.times)-1], l.acked[len(l.acked)-1]
+}
+
+// Missing counts which of ids the server behind conn does not have.
+func Missing(ctx context.Context, conn string, ids []int64) (int, error) {
+	c, err := pgx.Connect(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close(ctx)
+	var missing int
+	if err := c.QueryRow(ctx, `SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE NOT EXISTS (SELECT 1 FROM `+Table+` t WHERE t.id = a.id)`, ids).Scan(&missing); err != nil {
+		return 0, fmt.Errorf("counting missing commits: %w", err)
+	}
+	return missing, nil
+}
