@@ -234,22 +234,8 @@ func PlanRestore(cat Catalog, target Target, steps []pgops.TimelineStep) (Restor
 	}
 	path := PathTo(rp.Timeline, steps)
 	segSize := cat.SegSize
-	files := map[pgops.Segment]WALFile{}
-	partials := map[pgops.Segment]WALFile{}
-	for _, f := range cat.WAL {
-		switch {
-		case f.History:
-			for _, sp := range path {
-				if sp.TLI == f.Seg.TLI && sp.TLI != 1 {
-					rp.Histories = append(rp.Histories, f.Name)
-				}
-			}
-		case f.Partial:
-			partials[f.Seg] = f
-		default:
-			files[f.Seg] = f
-		}
-	}
+	files, partials, hist := indexWAL(cat, path)
+	rp.Histories = hist
 	// Newest base backup on the path that finished before the target.
 	var candidates []BaseInfo
 	for _, b := range cat.Bases {
@@ -296,6 +282,25 @@ func PlanRestore(cat Catalog, target Target, steps []pgops.TimelineStep) (Restor
 		return rp, nil
 	}
 	return rp, lastErr
+}
+
+// indexWAL splits the archive's WAL into complete segments, partial ones,
+// and the history files of the timelines on path.
+func indexWAL(cat Catalog, path []TimelineSpan) (files, partials map[pgops.Segment]WALFile, hist []string) {
+	files, partials = map[pgops.Segment]WALFile{}, map[pgops.Segment]WALFile{}
+	for _, f := range cat.WAL {
+		switch {
+		case f.History:
+			if f.Seg.TLI != 1 && onPath(f.Seg.TLI, path) {
+				hist = append(hist, f.Name)
+			}
+		case f.Partial:
+			partials[f.Seg] = f
+		default:
+			files[f.Seg] = f
+		}
+	}
+	return files, partials, hist
 }
 
 // walFrom lists the segments from b's start along the path until the first
@@ -402,12 +407,15 @@ func RecoveryWindow(cat Catalog, steps []pgops.TimelineStep) Window {
 		return w
 	}
 	w.Latest, w.OK = latest.Reach, true
+	// The window is continuous: it starts at the oldest base backup from
+	// which WAL runs without a hole to the end of the archive.
 	path := PathTo(tli, steps)
+	files, partials, _ := indexWAL(cat, path)
 	for _, b := range cat.Bases {
 		if _, ok := spanFor(path, uint64(b.StartLSN)/cat.SegSize, cat.SegSize); !ok {
 			continue
 		}
-		if rp, err := PlanRestore(cat, Target{Time: b.Finished, Timeline: tli}, steps); err == nil && rp.Base.ID == b.ID {
+		if _, _, gap := walFrom(b, path, files, partials, cat.SegSize); gap == nil {
 			w.Earliest = b.Finished
 			break
 		}
