@@ -206,4 +206,8 @@ func TestSegmentNames(t *testing.T) {
 	if _, err := pgops.ParseHistory("2\t0/5000000\n1\t0/3000000\n"); err == nil {
 		t.Errorf("a history going backwards was accepted")
 	}
+	// What a restore that stopped on timeline 2 while following 3 writes.
+	if steps, err := pgops.ParseHistory("1\t0/5000000\tx\n\n2\t0/9000000\ty\n\n3\t0/7000000\tbefore T\n"); err != nil || len(steps) != 3 {
+		t.Errorf("an earlier last switchpoint: %v %v", steps, err)
+	}
 }

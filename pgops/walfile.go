@@ -109,8 +109,11 @@ func ParseHistory(text string) ([]TimelineStep, error) {
 		if err != nil {
 			return nil, fmt.Errorf("history line %d: %w", i+1, err)
 		}
-		if len(steps) > 0 && (Timeline(tli) <= steps[len(steps)-1].Parent || sw < steps[len(steps)-1].Switch) {
-			return nil, fmt.Errorf("history line %d: timelines and switchpoints must increase", i+1)
+		// Timelines increase. Switchpoints need not: a recovery that stops
+		// on an ancestor of its target timeline writes the target's history
+		// and then its own, earlier, end (xlog.c, writeTimeLineHistory).
+		if len(steps) > 0 && Timeline(tli) <= steps[len(steps)-1].Parent {
+			return nil, fmt.Errorf("history line %d %q: timelines must increase", i+1, line)
 		}
 		steps = append(steps, TimelineStep{Parent: Timeline(tli), Switch: sw})
 	}

@@ -1,0 +1,100 @@
+package backup_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/understudy-dev/understudy/backup"
+	"github.com/understudy-dev/understudy/internal/labtest"
+	"github.com/understudy-dev/understudy/internal/ledger"
+	"github.com/understudy-dev/understudy/live"
+	"github.com/understudy-dev/understudy/pgops"
+)
+
+// WAL keeps flowing across a switchover, a promote and a rejoin: the
+// archive has no gap, timeline history files are kept, a restore to a
+// time after the switchover works, and a latest restore has what the
+// primary has. The agent follows a standby, so the primary keeps no slot
+// for it.
+func TestBackupsFollowSwitchoverPromoteAndRejoin(t *testing.T) {
+	t.Parallel()
+	l := labtest.Up(t, labtest.Options{Backup: true})
+	ctx := ctxT(t)
+	a := labtest.Agent(t, l, nil)
+	labtest.WaitBase(t, l, time.Time{}, 2*time.Minute)
+	if err := ledger.Prepare(ctx, l.AppConnString()); err != nil {
+		t.Fatal(err)
+	}
+	load := ledger.Start(ctx, l.AppConnString(), 2)
+	defer load.Stop()
+	time.Sleep(2 * time.Second)
+	if _, err := live.Switchover(ctx, l.Target(), "db-replica", live.RoleOptions{}); err != nil {
+		t.Fatalf("switchover: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	T1 := time.Now()
+	time.Sleep(time.Second)
+	if _, err := live.Promote(ctx, l.Target(), "db", live.RoleOptions{Fence: true}); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	if _, err := live.Rejoin(ctx, l.Target(), "db-replica", live.RoleOptions{}); err != nil {
+		t.Fatalf("rejoin: %v", err)
+	}
+	time.Sleep(time.Second)
+	load.Stop()
+
+	end, _ := pgops.ParseLSN(labtest.Query(t, l, "db", "SELECT pg_current_wal_lsn()::text"))
+	tli := pgops.Timeline(3)
+	labtest.WaitFor(t, time.Minute, "the archive to reach the end of timeline 3", func() bool {
+		st := a.Status()
+		return st.ArchivedTLI == tli && st.ArchivedLSN >= end
+	})
+	labtest.WaitFor(t, time.Minute, "the agent to stream from the rejoined standby", func() bool {
+		st := a.Status()
+		return st.Source == "db-replica" && st.SourceStandby && st.Receiving
+	})
+	labtest.WaitFor(t, 30*time.Second, "the primary to keep no backup slot", func() bool {
+		return labtest.Query(t, l, "db", "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = 'understudy_backup'") == "0"
+	})
+
+	store, key := labtest.Store(t, l), labtest.Key(t, l)
+	cat, err := backup.ReadCatalog(ctx, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hist := map[pgops.Timeline]bool{}
+	for _, f := range cat.WAL {
+		if f.History {
+			hist[f.Seg.TLI] = true
+		}
+	}
+	if !hist[2] || !hist[3] {
+		t.Errorf("history files kept: %v, want timelines 2 and 3", hist)
+	}
+	steps, err := backup.HistorySteps(ctx, store, key, tli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := backup.RecoveryWindow(cat, steps); !w.OK || w.Gap != "" {
+		t.Errorf("the recovery window across the role changes: %+v", w)
+	}
+
+	res, srv := restore(t, l, backup.Target{Time: T1})
+	before := load.AckedBefore(T1)
+	if missing, err := ledger.Missing(ctx, connString(srv), before); err != nil || missing != 0 {
+		t.Errorf("the restore to a time after the switchover misses %d of %d commits (%v)", missing, len(before), err)
+	}
+	// The restore stops on timeline 2 (the switchover's) and branches the
+	// next timeline the archive has no history for.
+	if res.Timeline != 4 {
+		t.Errorf("the restore to T1 ended on timeline %d, want 4", res.Timeline)
+	}
+	srv.Stop(ctx)
+
+	_, srv2 := restore(t, l, backup.Target{Latest: true})
+	want := labtest.Query(t, l, "db", "SELECT count(*)::text FROM "+ledger.Table)
+	if got := query(t, srv2, "SELECT count(*)::text FROM "+ledger.Table); got != want {
+		t.Errorf("the latest restore has %s ledger rows, the primary %s", got, want)
+	}
+}
