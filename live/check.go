@@ -2,6 +2,7 @@ package live
 
 import (
 	"fmt"
+	"github.com/understudy-dev/understudy/backup"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -124,6 +125,8 @@ func Check(st *Status, c pgconf.Cluster, th Thresholds) []Finding {
 			out = append(out, checkStandby(n, p, th)...)
 		}
 	}
+	capBytes, _ := pgconf.ParseSize(c.WALCap, "MB")
+	out = append(out, CheckBackup(st, capBytes, DefaultBackupThresholds, th.SlotHeadroom)...)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Severity > out[j].Severity })
 	return out
 }
@@ -187,7 +190,7 @@ func primaryFindings(st *Status, p *NodeStatus, c pgconf.Cluster, th Thresholds)
 		}
 	}
 	for _, s := range p.Slots {
-		if !owned[s.Name] && !s.Active {
+		if !owned[s.Name] && !s.Active && s.Name != backup.DefaultSlot { // the backup agent's: CheckBackup reports it
 			add(Warning, CodeSlotAbandoned, p.Name, fmt.Sprintf("slot %s belongs to no node and keeps %s of WAL on %s", s.Name, bytesText(s.RetainedBytes), p.Name),
 				"if nothing uses it, drop it: SELECT pg_drop_replication_slot('"+s.Name+"')")
 		}

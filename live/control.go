@@ -7,6 +7,7 @@ package live
 import (
 	"context"
 	"fmt"
+	"github.com/understudy-dev/understudy/backup"
 	"net"
 
 	"github.com/jackc/pgx/v5"
@@ -104,4 +105,14 @@ type Target struct {
 	Cluster  pgconf.Cluster
 	Control  Control
 	Password string // the replication role's password
+	Backup   *BackupAccess
+}
+
+// BackupAccess is how status and check read the backups: the bucket, and
+// the key when this machine has it (KeyErr says why not).
+type BackupAccess struct {
+	Store  backup.Store
+	Where  string
+	Key    *backup.Key
+	KeyErr error
 }

@@ -12,10 +12,11 @@ import (
 // Status is one reading of every node: the data behind `status`, `status
 // --json` (schema in docs/status-json.md) and `check`.
 type Status struct {
-	Taken   time.Time    `json:"taken_at"`
-	Primary string       `json:"primary"` // "" when no node is a writable primary
-	WALCap  string       `json:"wal_cap"` // max_slot_wal_keep_size in the plan
-	Nodes   []NodeStatus `json:"nodes"`
+	Taken   time.Time     `json:"taken_at"`
+	Primary string        `json:"primary"` // "" when no node is a writable primary
+	WALCap  string        `json:"wal_cap"` // max_slot_wal_keep_size in the plan
+	Nodes   []NodeStatus  `json:"nodes"`
+	Backup  *BackupStatus `json:"backup,omitempty"`
 }
 
 // NodeStatus is one node's part of a Status.
@@ -72,6 +73,13 @@ func Gather(ctx context.Context, t Target) (*Status, error) {
 			defer wg.Done()
 			readNode(ctx, t, ns)
 		}(&st.Nodes[i])
+	}
+	if t.Backup != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st.Backup = GatherBackup(ctx, t.Backup)
+		}()
 	}
 	wg.Wait()
 	for i := range st.Nodes {

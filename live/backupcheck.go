@@ -1,0 +1,186 @@
+package live
+
+import (
+	"context"
+
+	"fmt"
+	"time"
+
+	"github.com/understudy-dev/understudy/backup"
+	"github.com/understudy-dev/understudy/pgops"
+)
+
+// BackupStatus is the backup section of a Status: what the bucket and the
+// agent's last report say. It holds no secret.
+type BackupStatus struct {
+	Where      string              `json:"where"`
+	Error      string              `json:"error,omitempty"` // the bucket could not be read
+	Agent      *backup.AgentStatus `json:"agent,omitempty"`
+	AgentError string              `json:"agent_error,omitempty"`
+	Bases      []backup.BaseInfo   `json:"base_backups"`
+	Window     backup.Window       `json:"recovery_window"`
+	Drill      *backup.DrillRecord `json:"last_drill,omitempty"`
+	KeyError   string              `json:"key_error,omitempty"`
+	KeyMatches *bool               `json:"key_matches,omitempty"` // this machine's key is the one the agent encrypts to
+}
+
+// GatherBackup reads the bucket: the agent's report, the catalogue and
+// the window, the last drill.
+func GatherBackup(ctx context.Context, a *BackupAccess) *BackupStatus {
+	bs := &BackupStatus{Where: a.Where, Bases: []backup.BaseInfo{}}
+	if a.KeyErr != nil {
+		bs.KeyError = a.KeyErr.Error()
+	}
+	cat, err := backup.ReadCatalog(ctx, a.Store)
+	if err != nil {
+		bs.Error = err.Error()
+		return bs
+	}
+	bs.Bases = cat.Bases
+	if st, err := backup.ReadAgentStatus(ctx, a.Store); err != nil {
+		bs.AgentError = err.Error()
+	} else {
+		bs.Agent = &st
+		if a.Key != nil {
+			m := st.Recipient == a.Key.Recipient()
+			bs.KeyMatches = &m
+		}
+	}
+	var steps []pgops.TimelineStep
+	if a.Key != nil {
+		steps, _ = backup.HistorySteps(ctx, a.Store, a.Key, backup.NewestTimeline(cat))
+	}
+	bs.Window = backup.RecoveryWindow(cat, steps)
+	if d, err := backup.LastDrill(ctx, a.Store); err == nil {
+		bs.Drill = d
+	}
+	return bs
+}
+
+// BackupThresholds for the backup checks.
+type BackupThresholds struct {
+	ArchiveLagBytes int64         // warn when the archive is this far behind the primary
+	ArchiveLagTime  time.Duration // warn when nothing was uploaded for this long while behind
+	AgentSilent     time.Duration // the agent's report is this old: it is down or cannot write
+	BaseMaxAge      time.Duration // the newest base backup is older
+	DrillMaxAge     time.Duration // the last restore drill is older
+}
+
+// DefaultBackupThresholds: a base backup a day (the agent's default) with
+// slack, a drill a week.
+var DefaultBackupThresholds = BackupThresholds{ArchiveLagBytes: 64 << 20, ArchiveLagTime: time.Minute, AgentSilent: time.Minute,
+	BaseMaxAge: 36 * time.Hour, DrillMaxAge: 8 * 24 * time.Hour}
+
+// The backup finding codes.
+const (
+	CodeBackupStorage     FindingCode = "backup-storage"
+	CodeBackupAgent       FindingCode = "backup-agent"
+	CodeBackupArchiveLag  FindingCode = "backup-archive-lag"
+	CodeBackupPaused      FindingCode = "backup-paused"
+	CodeBackupGap         FindingCode = "backup-gap"
+	CodeBackupNoBase      FindingCode = "backup-no-base"
+	CodeBackupBaseOld     FindingCode = "backup-base-old"
+	CodeBackupSlotNearCap FindingCode = "backup-slot-near-cap"
+	CodeBackupSlotLost    FindingCode = "backup-slot-lost"
+	CodeBackupKey         FindingCode = "backup-key"
+	CodeBackupDrill       FindingCode = "backup-drill"
+)
+
+// CheckBackup is the backup part of check: pure, over a Status.
+func CheckBackup(st *Status, capBytes int64, th BackupThresholds, slotHeadroom float64) []Finding {
+	bs := st.Backup
+	if bs == nil {
+		return nil
+	}
+	var out []Finding
+	add := func(sev Severity, code FindingCode, node, problem, fix string) {
+		out = append(out, Finding{sev, code, node, problem, fix})
+	}
+	now := st.Taken
+	if bs.KeyError != "" {
+		add(Warning, CodeBackupKey, "", "this machine has no usable backup key: "+bs.KeyError,
+			"restores and drills need BACKUP_ENCRYPTION_KEY; keep it in your password manager and reference it from .kamal/secrets")
+	}
+	if bs.Error != "" {
+		add(Critical, CodeBackupStorage, "", "cannot read the backup storage "+bs.Where+": "+bs.Error,
+			"check the endpoint, the bucket and the credentials (BACKUP_S3_ACCESS_KEY_ID, BACKUP_S3_SECRET_ACCESS_KEY); while it is down, WAL waits in the agent's spool and then in its slot on the standby, never on the primary")
+		return out
+	}
+	// The backup slot, wherever the agent made it.
+	for _, n := range st.Nodes {
+		for _, s := range n.Slots {
+			if s.Name != backup.DefaultSlot {
+				continue
+			}
+			switch {
+			case s.WALStatus == "lost" || s.WALStatus == "unreserved":
+				add(Critical, CodeBackupSlotLost, n.Name, fmt.Sprintf("the backup slot on %s has passed its cap (%s): WAL the archive did not get is being removed, so the recovery window will have a gap", n.Name, s.WALStatus),
+					"bring the backup storage back; the agent then takes a new base backup and says so (`understudy status`)")
+			case s.SafeWALBytes != nil && capBytes > 0 && float64(*s.SafeWALBytes) < slotHeadroom*float64(capBytes):
+				add(Warning, CodeBackupSlotNearCap, n.Name, fmt.Sprintf("the backup slot on %s retains %s; only %s is left before its cap", n.Name, bytesText(s.RetainedBytes), bytesText(*s.SafeWALBytes)),
+					"the archive is not keeping up: see the agent's last error in `understudy status`")
+			}
+		}
+	}
+	ag := bs.Agent
+	if ag == nil {
+		add(Critical, CodeBackupAgent, "", bs.AgentError, "start the backup agent (`understudy apply` boots its accessory; lab: `understudy lab up --backup`)")
+	} else {
+		if age := now.Sub(ag.Updated); age > th.AgentSilent {
+			add(Critical, CodeBackupAgent, "", fmt.Sprintf("the backup agent's last report is %s old: it is down, or cannot write to the storage", age.Round(time.Second)),
+				"look at the agent's log (Kamal: kamal accessory logs backup; lab: <lab>/agent.log)")
+		}
+		if ag.Gap != "" {
+			add(Critical, CodeBackupGap, "", ag.Gap, "nothing to do if a new base backup follows (the agent takes one); `understudy backups` shows the recovery window")
+		}
+		if ag.Paused != "" {
+			add(Critical, CodeBackupPaused, "", ag.Paused, "bring the storage back or fix its credentials: "+orText(ag.UploadError, ag.LastError))
+		} else if ag.UploadError != "" {
+			add(Warning, CodeBackupStorage, "", "the agent cannot upload: "+ag.UploadError, "check the storage and its credentials; WAL waits in the agent's spool meanwhile")
+		}
+		if p := st.Node(st.Primary); p != nil && p.Facts != nil && p.Facts.CurrentLSN != "" && int(ag.ArchivedTLI) == p.Facts.Timeline {
+			cur, err := pgops.ParseLSN(p.Facts.CurrentLSN)
+			if err == nil && cur > ag.ArchivedLSN {
+				behind := int64(cur - ag.ArchivedLSN)
+				last := later(ag.LastPartialAt, ag.LastArchivedAt)
+				stale := now.Sub(last)
+				if behind > th.ArchiveLagBytes || (behind > 0 && stale > th.ArchiveLagTime) {
+					add(Warning, CodeBackupArchiveLag, "", fmt.Sprintf("the archive is %s behind the primary; the last upload was %s ago", bytesText(behind), stale.Round(time.Second)),
+						"a restore now would miss that much: see the agent's last error in `understudy status`")
+				}
+			}
+		}
+		if bs.KeyMatches != nil && !*bs.KeyMatches {
+			add(Critical, CodeBackupKey, "", "the agent encrypts to "+ag.Recipient+", which is not this machine's BACKUP_ENCRYPTION_KEY: restores with this key would fail",
+				"use the same key everywhere (.kamal/secrets), then `understudy apply`")
+		}
+	}
+	if len(bs.Bases) == 0 {
+		add(Critical, CodeBackupNoBase, "", "the archive has no base backup: nothing can be restored yet", "take one: `understudy backup`")
+	} else if age := now.Sub(bs.Bases[len(bs.Bases)-1].Finished); age > th.BaseMaxAge {
+		add(Warning, CodeBackupBaseOld, "", fmt.Sprintf("the newest base backup is %s old", age.Round(time.Minute)), "take one (`understudy backup`), and see why the agent's schedule did not (its last_base_error)")
+	}
+	switch d := bs.Drill; {
+	case d == nil:
+		add(Warning, CodeBackupDrill, "", "no restore drill has run: nothing proves the backups restore", "run `understudy restore drill` (and schedule it, e.g. weekly from cron)")
+	case !d.OK:
+		add(Critical, CodeBackupDrill, "", fmt.Sprintf("the last restore drill (%s) failed: %s", d.Started.Format(time.RFC3339), d.Error), "run `understudy restore drill` again and read its report")
+	case now.Sub(d.Started) > th.DrillMaxAge:
+		add(Warning, CodeBackupDrill, "", fmt.Sprintf("the last restore drill is %s old", now.Sub(d.Started).Round(time.Hour)), "run `understudy restore drill`")
+	}
+	return out
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func orText(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
