@@ -87,8 +87,10 @@ type AgentStatus struct {
 	LastError     string         `json:"last_error,omitempty"`
 	LastErrorAt   time.Time      `json:"last_error_at,omitzero"`
 	UploadError   string         `json:"upload_error,omitempty"`
-	Gap           string         `json:"gap,omitempty"`
+	Gap           string         `json:"gap,omitempty"` // a hole not yet closed by a new base backup
 	GapAt         time.Time      `json:"gap_at,omitzero"`
+	LastGap       string         `json:"last_gap,omitempty"` // the most recent hole, kept after it closed
+	LastGapAt     time.Time      `json:"last_gap_at,omitzero"`
 	LastBase      string         `json:"last_base,omitempty"`
 	LastBaseError string         `json:"last_base_error,omitempty"`
 	Recipient     string         `json:"recipient"`
@@ -352,7 +354,9 @@ func (a *Agent) receiveOnce(ctx context.Context) error {
 	// when one comes back while streaming from the primary.
 	go func() {
 		dropped := false
-		t := time.NewTicker(time.Second)
+		// The spool is checked often: on a fast link pg_receivewal writes
+		// 100 MB/s or more, and the cap should hold within a few MB.
+		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for n := 0; ; n++ {
 			select {
@@ -360,15 +364,25 @@ func (a *Agent) receiveOnce(ctx context.Context) error {
 				return
 			case <-t.C:
 			}
+			if pending := a.spoolPending(); pending > a.cfg.SpoolCap {
+				a.update(func(s *AgentStatus) {
+					if s.Paused == "" {
+						s.Paused = pausedText(pending, a.cfg.SpoolCap)
+					}
+				})
+			}
 			if a.pausedFor() != "" {
 				a.logf("pausing: %s", a.pausedFor())
 				stop()
 				return
 			}
-			if !dropped && n >= 2 {
+			if n%20 != 19 {
+				continue
+			}
+			if !dropped && n >= 40 {
 				dropped = a.dropSlotOn(rctx, others)
 			}
-			if !ch.Info.Standby && n%15 == 14 {
+			if !ch.Info.Standby && n%300 == 299 {
 				if c2, _, err := a.cfg.Choose(rctx); err == nil && c2.Info.Standby {
 					a.logf("%s is a standby again: moving there", c2.Source.Name)
 					stop()
@@ -415,6 +429,7 @@ func (a *Agent) gap(ctx context.Context, s Source, msg string) error {
 	}
 	a.mu.Lock()
 	a.st.Gap, a.st.GapAt, a.needBase = what, time.Now(), true
+	a.st.LastGap, a.st.LastGapAt = what, a.st.GapAt
 	a.mu.Unlock()
 	return nil
 }
@@ -553,6 +568,21 @@ func (a *Agent) readSpool() []spoolFile {
 	return out
 }
 
+func pausedText(pending, limit int64) string {
+	return fmt.Sprintf("%d MB of WAL is waiting for the storage (cap %d MB): receiving stopped; the source's slot keeps the rest, up to its max_slot_wal_keep_size", pending>>20, limit>>20)
+}
+
+// spoolPending is the size of the finished WAL files waiting for upload.
+func (a *Agent) spoolPending() int64 {
+	var n int64
+	for _, f := range a.readSpool() {
+		if !f.partial {
+			n += f.size
+		}
+	}
+	return n
+}
+
 func (a *Agent) segSize() uint64 { return pgops.DefaultSegSize }
 
 func (a *Agent) uploadLoop(ctx context.Context) {
@@ -662,7 +692,7 @@ func (a *Agent) uploadOnce(ctx context.Context, force bool) {
 		}
 		switch {
 		case pending > a.cfg.SpoolCap && s.Paused == "":
-			s.Paused = fmt.Sprintf("%d MB of WAL is waiting for the storage (cap %d MB): receiving stopped; the source's slot keeps the rest, up to its max_slot_wal_keep_size", pending>>20, a.cfg.SpoolCap>>20)
+			s.Paused = pausedText(pending, a.cfg.SpoolCap)
 		case pending <= a.cfg.SpoolCap/2 && s.Paused != "":
 			s.Paused = ""
 		}

@@ -297,7 +297,14 @@ func (l *Lab) Password() string { return l.password }
 
 // Target is the lab as apply, status, check and verify use it.
 func (l *Lab) Target() live.Target {
-	return live.Target{Cluster: l.Cluster, Control: l, Password: l.password}
+	t := live.Target{Cluster: l.Cluster, Control: l, Password: l.password}
+	if l.state.Backup != nil {
+		if s, err := l.BackupStore(); err == nil {
+			k, kerr := l.BackupKey()
+			t.Backup = &live.BackupAccess{Store: s, Where: s.Where(), Key: k, KeyErr: kerr}
+		}
+	}
+	return t
 }
 
 // DataDir is a node's PGDATA.

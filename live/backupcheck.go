@@ -101,11 +101,6 @@ func CheckBackup(st *Status, capBytes int64, th BackupThresholds, slotHeadroom f
 		add(Warning, CodeBackupKey, "", "this machine has no usable backup key: "+bs.KeyError,
 			"restores and drills need BACKUP_ENCRYPTION_KEY; keep it in your password manager and reference it from .kamal/secrets")
 	}
-	if bs.Error != "" {
-		add(Critical, CodeBackupStorage, "", "cannot read the backup storage "+bs.Where+": "+bs.Error,
-			"check the endpoint, the bucket and the credentials (BACKUP_S3_ACCESS_KEY_ID, BACKUP_S3_SECRET_ACCESS_KEY); while it is down, WAL waits in the agent's spool and then in its slot on the standby, never on the primary")
-		return out
-	}
 	// The backup slot, wherever the agent made it.
 	for _, n := range st.Nodes {
 		for _, s := range n.Slots {
@@ -121,6 +116,11 @@ func CheckBackup(st *Status, capBytes int64, th BackupThresholds, slotHeadroom f
 					"the archive is not keeping up: see the agent's last error in `understudy status`")
 			}
 		}
+	}
+	if bs.Error != "" {
+		add(Critical, CodeBackupStorage, "", "cannot read the backup storage "+bs.Where+": "+bs.Error,
+			"check the endpoint, the bucket and the credentials (BACKUP_S3_ACCESS_KEY_ID, BACKUP_S3_SECRET_ACCESS_KEY); while it is down, WAL waits in the agent's spool and then in its slot on the standby, never on the primary")
+		return out
 	}
 	ag := bs.Agent
 	if ag == nil {
