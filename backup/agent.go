@@ -80,8 +80,13 @@ type AgentStatus struct {
 	LastPartialAt  time.Time `json:"last_partial_at,omitzero"`
 	// ArchivedLSN: the archive holds all WAL up to here (on the source's
 	// timeline), measured before the upload that holds it was read.
-	ArchivedLSN   pgops.LSN      `json:"archived_lsn,omitempty"`
-	ArchivedTLI   pgops.Timeline `json:"archived_timeline,omitempty"`
+	ArchivedLSN pgops.LSN      `json:"archived_lsn,omitempty"`
+	ArchivedTLI pgops.Timeline `json:"archived_timeline,omitempty"`
+	// CaughtUpAt: at this time the archive held all the source had
+	// (CaughtUpLSN): a restore can reach it even when nothing was written since.
+	CaughtUpAt    time.Time      `json:"caught_up_at,omitzero"`
+	CaughtUpLSN   pgops.LSN      `json:"caught_up_lsn,omitempty"`
+	CaughtUpTLI   pgops.Timeline `json:"caught_up_timeline,omitempty"`
 	SpoolBytes    int64          `json:"spool_bytes"`
 	SpoolCap      int64          `json:"spool_cap"`
 	LastError     string         `json:"last_error,omitempty"`
@@ -482,6 +487,31 @@ func (a *Agent) flushed(ctx context.Context) (pgops.LSN, pgops.Timeline, bool) {
 	return lsn, tli, true
 }
 
+// checkCaughtUp records when the archive held everything the source has:
+// the partial segment is uploaded unchanged, and what the receiver has
+// flushed (the slot) is at the source's own position (IDENTIFY_SYSTEM: a
+// standby's flushed WAL, a primary's written WAL).
+func (a *Agent) checkCaughtUp(ctx context.Context) {
+	at := time.Now()
+	a.mu.Lock()
+	probe := a.probe
+	a.mu.Unlock()
+	lsn, tli, ok := a.flushed(ctx)
+	if !ok || probe == nil {
+		return
+	}
+	ri, err := pgops.IdentifyReplication(ctx, probe)
+	if err != nil || ri.Timeline != tli || ri.XLogPos > lsn {
+		return
+	}
+	a.update(func(s *AgentStatus) {
+		s.CaughtUpAt, s.CaughtUpLSN, s.CaughtUpTLI = at, lsn, tli
+		if tli > s.ArchivedTLI || tli == s.ArchivedTLI && lsn > s.ArchivedLSN {
+			s.ArchivedLSN, s.ArchivedTLI = lsn, tli
+		}
+	})
+}
+
 func (a *Agent) dropSlotOn(ctx context.Context, others []Source) bool {
 	all := true
 	for _, o := range others {
@@ -650,6 +680,9 @@ func (a *Agent) uploadOnce(ctx context.Context, force bool) {
 			last, seen := a.partial[f.name]
 			a.mu.Unlock()
 			if seen && !f.mtime.After(last) {
+				if time.Since(a.Status().CaughtUpAt) >= a.cfg.PartialEvery {
+					a.checkCaughtUp(ctx)
+				}
 				continue
 			}
 			if !force && seen && time.Since(a.Status().LastPartialAt) < a.cfg.PartialEvery {
@@ -681,6 +714,9 @@ func (a *Agent) uploadOnce(ctx context.Context, force bool) {
 				}
 			})
 		}
+	}
+	if newestPartial < 0 && pending == 0 && uploadErr == nil && time.Since(a.Status().CaughtUpAt) >= a.cfg.PartialEvery {
+		a.checkCaughtUp(ctx) // nothing written since the last segment ended
 	}
 	a.update(func(s *AgentStatus) {
 		s.SpoolBytes = pending

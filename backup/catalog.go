@@ -54,6 +54,11 @@ type Catalog struct {
 	SegSize uint64
 	Broken  []string // base backups whose info.json cannot be read
 	Listed  time.Time
+	// From the agent's report: at CaughtUpAt the archive held all WAL up to
+	// CaughtUpLSN on CaughtUpTLI.
+	CaughtUpAt  time.Time
+	CaughtUpLSN pgops.LSN
+	CaughtUpTLI pgops.Timeline
 }
 
 // ReadCatalog lists the bucket and reads every base backup's info.
@@ -91,6 +96,9 @@ func ReadCatalog(ctx context.Context, s Store) (Catalog, error) {
 		return cat, err
 	}
 	cat.WAL = ParseWAL(objs, cat.SegSize)
+	if st, err := ReadAgentStatus(ctx, s); err == nil {
+		cat.CaughtUpAt, cat.CaughtUpLSN, cat.CaughtUpTLI = st.CaughtUpAt, st.CaughtUpLSN, st.CaughtUpTLI
+	}
 	return cat, nil
 }
 
@@ -259,6 +267,15 @@ func PlanRestore(cat Catalog, target Target, steps []pgops.TimelineStep) (Restor
 	for i := len(candidates) - 1; i >= 0; i-- {
 		b := candidates[i]
 		segs, reach, gap := walFrom(b, path, files, partials, segSize)
+		// The agent's word that nothing newer existed at CaughtUpAt extends
+		// the reach of an archive that holds the segment it names.
+		if n := len(segs); gap == nil && n > 0 && !cat.CaughtUpAt.IsZero() {
+			last := segs[n-1].Seg
+			at := uint64(cat.CaughtUpLSN)
+			if last.TLI == cat.CaughtUpTLI && (last.No == at/segSize || at == (last.No+1)*segSize) {
+				reach = later(reach, cat.CaughtUpAt)
+			}
+		}
 		end := uint64(b.EndLSN-1) / segSize
 		if gap != nil && gap.No <= end {
 			lastErr = &RestoreError{What: fmt.Sprintf("base backup %s needs WAL segment %s, which is missing from the archive", b.ID, gap.Name(segSize)), Fix: "restore from an older base backup, or take a new base backup (`understudy backup`)"}

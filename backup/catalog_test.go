@@ -72,6 +72,17 @@ func TestPlanRestorePicksTheNewestBaseBeforeTheTarget(t *testing.T) {
 	if _, err := PlanRestore(cat, Target{Time: at(30)}, nil); err == nil || !strings.Contains(err.Error(), "after the newest archived WAL") {
 		t.Errorf("after the archive: %v", err)
 	}
+	// The agent reported at minute 40 that the archive held all the source
+	// had, inside segment 6: an idle database is restorable to minute 30.
+	cat.CaughtUpAt, cat.CaughtUpLSN, cat.CaughtUpTLI = at(40), pgops.LSN(6*seg+100), 1
+	if rp, err := PlanRestore(cat, Target{Time: at(30)}, nil); err != nil || !rp.Reach.Equal(at(40)) {
+		t.Errorf("an idle archive, caught up at 40: reach %s, %v", rp.Reach, err)
+	}
+	// A report naming an older segment than the archive's end says nothing.
+	cat.CaughtUpLSN = pgops.LSN(5 * seg)
+	if _, err := PlanRestore(cat, Target{Time: at(30)}, nil); err == nil {
+		t.Errorf("a stale caught-up report extended the reach")
+	}
 }
 
 func TestPlanRestoreRefusesAMissingSegment(t *testing.T) {

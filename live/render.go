@@ -70,7 +70,81 @@ func StatusText(st *Status) string {
 	if st.Primary == "" {
 		b.WriteString("\nno single writable primary: run `understudy check` for what to do\n")
 	}
+	if st.Backup != nil {
+		b.WriteString("\n" + BackupText(st.Backup, st.Taken))
+	}
 	return b.String()
+}
+
+// BackupText renders the backup section of status.
+func BackupText(bs *BackupStatus, now time.Time) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "backups in %s:\n", bs.Where)
+	if bs.Error != "" {
+		fmt.Fprintf(&b, "  storage: UNREACHABLE: %s\n", firstLine(bs.Error))
+		return b.String()
+	}
+	ago := func(t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return t.UTC().Format("2006-01-02 15:04:05") + " UTC (" + now.Sub(t).Round(time.Second).String() + " ago)"
+	}
+	if w := bs.Window; w.OK {
+		fmt.Fprintf(&b, "  recovery window: %s to %s\n", w.Earliest.UTC().Format("2006-01-02 15:04:05"), w.Latest.UTC().Format("2006-01-02 15:04:05 UTC"))
+	} else {
+		fmt.Fprintf(&b, "  recovery window: none yet%s\n", orSuffix(w.Gap))
+	}
+	fmt.Fprintf(&b, "  base backups: %d", len(bs.Bases))
+	if n := len(bs.Bases); n > 0 {
+		last := bs.Bases[n-1]
+		fmt.Fprintf(&b, ", newest %s (%s, from %s)", ago(last.Finished), bytesText(last.Bytes), last.Source)
+	}
+	b.WriteString("\n")
+	if a := bs.Agent; a != nil {
+		state := "archiving"
+		switch {
+		case a.Paused != "":
+			state = "PAUSED: " + a.Paused
+		case !a.Receiving:
+			state = "NOT RECEIVING"
+		}
+		fmt.Fprintf(&b, "  WAL archiving: %s, from %s; last archived %s at %s; report %s\n", state, orDash(a.Source), orDash(a.LastArchived), ago(later(a.LastArchivedAt, a.LastPartialAt)), ago(a.Updated))
+		if a.LastError != "" {
+			fmt.Fprintf(&b, "  last failure: %s: %s\n", ago(a.LastErrorAt), firstLine(a.LastError))
+		}
+		if a.Gap != "" {
+			fmt.Fprintf(&b, "  GAP: %s\n", a.Gap)
+		} else if a.LastGap != "" {
+			fmt.Fprintf(&b, "  last gap (closed by a newer base backup) %s: %s\n", ago(a.LastGapAt), a.LastGap)
+		}
+	} else {
+		fmt.Fprintf(&b, "  agent: %s\n", bs.AgentError)
+	}
+	if d := bs.Drill; d != nil {
+		res := "passed"
+		if !d.OK {
+			res = "FAILED: " + d.Error
+		}
+		fmt.Fprintf(&b, "  last drill: %s, %s, restore took %s\n", ago(d.Started), res, d.Total.Round(100*time.Millisecond))
+	} else {
+		b.WriteString("  last drill: never (understudy restore drill)\n")
+	}
+	return b.String()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func orSuffix(s string) string {
+	if s == "" {
+		return ""
+	}
+	return ": " + s
 }
 
 // FindingsText renders check's findings, worst first.

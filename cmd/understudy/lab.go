@@ -6,9 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
+	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
@@ -25,7 +27,7 @@ func (*labCommand) Summary() string {
 
 func (c *labCommand) Run(ctx context.Context, args []string) error {
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down") {
-		return errors.New("usage: understudy lab up [--dir DIR] [--nodes db,db-replica] [--netns] [--bare] | understudy lab down [--dir DIR]")
+		return errors.New("usage: understudy lab up [--dir DIR] [--nodes db,db-replica] [--netns] [--bare] [--backup] | understudy lab down [--dir DIR]")
 	}
 	fs := flag.NewFlagSet("lab "+args[0], flag.ContinueOnError)
 	dir := fs.String("dir", defaultLabDir(), "the lab's directory")
@@ -47,6 +49,7 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 	netns := fs.Bool("netns", false, "give each node its own network namespace and address in "+lab.Subnet+".0/24 (root)")
 	bare := fs.Bool("bare", false, "only create the lab's files; start nothing (then: understudy apply --lab DIR)")
 	walCap := fs.String("wal-cap", pgconf.DefaultLabWALCap, "max_slot_wal_keep_size for the lab")
+	withBackup := fs.Bool("backup", false, "also run local S3-compatible storage (versitygw) and the backup agent, and take a first base backup")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -68,6 +71,61 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 	if _, err := live.Apply(ctx, l.Target(), live.ApplyOptions{Yes: true, Out: c.out, Timeout: 10 * time.Minute}); err != nil {
 		return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
 	}
+	if *withBackup {
+		if err := labBackupUp(ctx, c.out, l); err != nil {
+			return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
+		}
+	}
 	fmt.Fprintf(c.out, "lab up in %.1f s. Try: understudy status --lab %s; understudy lab down --dir %s\n", time.Since(start).Seconds(), l.Dir, l.Dir)
 	return nil
+}
+
+// labBackupUp gives a running lab its storage and agent, and waits for the
+// agent's first base backup.
+func labBackupUp(ctx context.Context, out io.Writer, l *lab.Lab) error {
+	if _, err := lab.FindVersityGW(); err != nil {
+		fmt.Fprintf(out, "  installing versitygw %s (the lab's S3-compatible storage) with go install: about a minute, once\n", lab.VersityGWVersion)
+		if _, err := lab.BuildVersityGW(ctx, io.Discard); err != nil {
+			return err
+		}
+	}
+	ports, err := netutil.FreePorts(1)
+	if err != nil {
+		return err
+	}
+	if err := l.EnableBackup(ports[0]); err != nil {
+		return err
+	}
+	if err := l.StartStorage(ctx); err != nil {
+		return err
+	}
+	store, err := l.BackupStore()
+	if err != nil {
+		return err
+	}
+	if err := store.EnsureBucket(ctx, l.S3Config().Region); err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := l.StartAgent(exe); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  ✓ storage %s (versitygw), agent streaming WAL from the standby; log: %s\n", store.Where(), l.ServiceLog("agent"))
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		if cat, err := backup.ReadCatalog(ctx, store); err == nil && len(cat.Bases) > 0 {
+			b := cat.Bases[0]
+			fmt.Fprintf(out, "  ✓ first base backup %s: %.1f MB from %s in %.1f s\n", b.ID, float64(b.Bytes)/(1<<20), b.Source, b.Duration().Seconds())
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("the agent took no base backup within 2 minutes: see %s", l.ServiceLog("agent"))
 }

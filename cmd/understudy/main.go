@@ -41,6 +41,9 @@ func commands(stdout, stderr io.Writer) []command {
 		&statusCommand{out: stdout},
 		&checkCommand{out: stdout},
 		&verifyCommand{out: stdout},
+		&backupCommand{out: stdout},
+		&backupsCommand{out: stdout},
+		&restoreCommand{out: stdout},
 	}, append(roleCommands(stdout), &demoCommand{out: stdout})...)
 }
 

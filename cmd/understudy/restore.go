@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/understudy-dev/understudy/backup"
+	"github.com/understudy-dev/understudy/internal/netutil"
+	"github.com/understudy-dev/understudy/lab"
+	"github.com/understudy-dev/understudy/pgops"
+)
+
+// restoreCommand: `restore --to TIME|latest --into DIR`, and `restore drill`.
+type restoreCommand struct{ out io.Writer }
+
+func (*restoreCommand) Name() string { return "restore" }
+func (*restoreCommand) Summary() string {
+	return "restore the backups to a point in time into a new directory (also: restore drill)"
+}
+
+// parseTarget reads --to: "latest", RFC 3339, or "2006-01-02 15:04:05[.frac]" (UTC).
+func parseTarget(to string, tli int) (backup.Target, error) {
+	t := backup.Target{Timeline: pgops.Timeline(tli)}
+	if tli < 0 {
+		return t, fmt.Errorf("--timeline %d: want a timeline number (`understudy backups` lists them)", tli)
+	}
+	if to == "latest" {
+		t.Latest = true
+		return t, nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999", "2006-01-02T15:04:05.999999999"} {
+		if v, err := time.Parse(layout, to); err == nil {
+			t.Time = v
+			return t, nil
+		}
+	}
+	return t, fmt.Errorf("--to %q: want latest, or a time such as 2026-12-01T10:15:30Z or \"2026-12-01 10:15:30\" (UTC)", to)
+}
+
+func (c *restoreCommand) Run(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "drill" {
+		return c.drill(ctx, args[1:])
+	}
+	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
+	to := fs.String("to", "", "latest, or a time (RFC 3339, or \"YYYY-MM-DD HH:MM:SS\" in UTC)")
+	tli := fs.Int("timeline", 0, "follow this timeline (default: the newest)")
+	into := fs.String("into", "", "a new or empty directory for the restored cluster (never one that holds a cluster)")
+	port := fs.Int("port", 0, "port for the restored server's socket (default: a free one)")
+	l, err := backupLab(ctx, fs, args)
+	if err != nil {
+		return err
+	}
+	if *to == "" || *into == "" {
+		return errors.New("usage: understudy restore --to TIME|latest --into DIR [--timeline N] [--lab DIR]")
+	}
+	target, err := parseTarget(*to, *tli)
+	if err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(*into)
+	if err != nil {
+		return err
+	}
+	req, err := restoreRequest(l, target, dir, *port)
+	if err != nil {
+		return err
+	}
+	req.Progress = restoreProgress(c.out)
+	fmt.Fprintf(c.out, "restoring to %s into %s\n", target, dir)
+	res, srv, err := backup.Restore(ctx, req)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "✓ restored base backup %s and %d WAL files: fetched in %.1f s, recovered in %.1f s\n", res.Base, res.Segments, res.Fetch.Seconds(), res.Replay.Seconds())
+	fmt.Fprintf(c.out, "  recovery ended at %s, now on timeline %d; last transaction replayed: %s\n", res.Reached, res.Timeline, timeText(res.LastCommit))
+	fmt.Fprintf(c.out, "  it runs as a standalone primary on a local socket only:\n    psql \"host=%s port=%d user=postgres dbname=postgres\"\n", srv.Sock, srv.Port)
+	fmt.Fprintf(c.out, "  stop it with: pg_ctl -D %s stop (as the postgres user)\n", dir)
+	return nil
+}
+
+func timeText(t time.Time) string {
+	if t.IsZero() {
+		return "none"
+	}
+	return t.UTC().Format("2006-01-02 15:04:05.000000 UTC")
+}
+
+func restoreRequest(l *lab.Lab, target backup.Target, dir string, port int) (backup.RestoreRequest, error) {
+	store, err := l.BackupStore()
+	if err != nil {
+		return backup.RestoreRequest{}, err
+	}
+	key, err := l.BackupKey()
+	if err != nil {
+		return backup.RestoreRequest{}, err
+	}
+	if port == 0 {
+		ports, err := netutil.FreePorts(1)
+		if err != nil {
+			return backup.RestoreRequest{}, err
+		}
+		port = ports[0]
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return backup.RestoreRequest{}, err
+	}
+	return backup.RestoreRequest{Store: store, Key: key, Target: target, BinDir: l.Bin, Dir: dir, Port: port, Cred: l.Cred()}, nil
+}
+
+func restoreProgress(out io.Writer) func(string, backup.Progress) {
+	last := time.Time{}
+	return func(stage string, p backup.Progress) {
+		if time.Since(last) < time.Second && p.Done != p.Total {
+			return
+		}
+		last = time.Now()
+		switch stage {
+		case "base":
+			fmt.Fprintf(out, "  base backup: %s\n", progressText(p))
+		case "WAL":
+			fmt.Fprintf(out, "  WAL: %d of %d files\n", p.Done, p.Total)
+		}
+	}
+}
+
+// drill restores the latest point into a scratch directory, proves it
+// reached where the primary was when the drill began, runs --check, and
+// keeps a record. Exit status: 0 passed, 1 failed, 2 could not run.
+func (c *restoreCommand) drill(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("restore drill", flag.ContinueOnError)
+	check := fs.String("check", "", "an SQL query to run on the restored copy (its first value is recorded); the drill fails if it errors")
+	asJSON := fs.Bool("json", false, "print the record as JSON")
+	l, err := backupLab(ctx, fs, args)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	scratch, err := os.MkdirTemp("", "understudy-drill-")
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	defer os.RemoveAll(scratch)
+	os.Chmod(scratch, 0o755)
+	req, err := restoreRequest(l, backup.Target{Latest: true}, filepath.Join(scratch, "drill"), 0)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	expected, tli, err := waitArchived(ctx, l, req.Store, 2*time.Minute)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	fmt.Fprintf(c.out, "drill: restoring the latest backup; it must reach %s (where the primary was)\n", expected)
+	rec, err := backup.Drill(ctx, backup.DrillRequest{RestoreRequest: req, Expected: expected, ExpectedTLI: tli, Check: *check})
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	if *asJSON {
+		writeJSON(c.out, rec)
+	} else {
+		fmt.Fprint(c.out, drillText(rec))
+	}
+	if !rec.OK {
+		return &exitError{code: 1, err: errors.New("the restore drill failed: " + rec.Error)}
+	}
+	return nil
+}
+
+func drillText(r backup.DrillRecord) string {
+	var b strings.Builder
+	if r.OK {
+		fmt.Fprintf(&b, "✓ drill %s passed: base %s + %d WAL files restored in %.1f s (fetch %.1f s, recovery %.1f s)\n", r.ID, r.Base, r.Segments, r.Total.Seconds(), r.Fetch.Seconds(), r.Replay.Seconds())
+	} else {
+		fmt.Fprintf(&b, "✗ drill %s FAILED: %s\n", r.ID, r.Error)
+	}
+	fmt.Fprintf(&b, "  reached %s (expected at least %s); last transaction %s\n", r.Reached, r.Expected, timeText(r.LastCommit))
+	if r.Check != "" {
+		fmt.Fprintf(&b, "  check %q → %s\n", r.Check, r.CheckResult)
+	}
+	b.WriteString("  record stored in the bucket under drills/" + r.ID + ".json\n")
+	return b.String()
+}
+
+// waitArchived reads where the primary is and waits until the agent
+// reports the archive holds it.
+func waitArchived(ctx context.Context, l *lab.Lab, store backup.Store, timeout time.Duration) (pgops.LSN, pgops.Timeline, error) {
+	var primary string
+	for _, n := range l.Cluster.Nodes {
+		c, err := l.Conn(ctx, n.Name)
+		if err != nil {
+			continue
+		}
+		in, err := pgops.InRecovery(ctx, c)
+		if err == nil && !in {
+			primary = n.Name
+		}
+		c.Close(ctx)
+	}
+	if primary == "" {
+		return 0, 0, errors.New("no primary answers: a drill proves the archive against the primary's position")
+	}
+	c, err := l.Conn(ctx, primary)
+	if err != nil {
+		return 0, 0, err
+	}
+	lsn, err := pgops.CurrentWALLSN(ctx, c)
+	c.Close(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := backup.ReadAgentStatus(ctx, store)
+		if err == nil && st.ArchivedLSN >= lsn {
+			return lsn, st.ArchivedTLI, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, 0, fmt.Errorf("the archive did not reach %s within %s (agent: %v): see `understudy status`", lsn, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, 0, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
