@@ -82,6 +82,7 @@ type AgentStatus struct {
 	// timeline), measured before the upload that holds it was read.
 	ArchivedLSN pgops.LSN      `json:"archived_lsn,omitempty"`
 	ArchivedTLI pgops.Timeline `json:"archived_timeline,omitempty"`
+	ArchivedAt  time.Time      `json:"archived_at,omitzero"` // when the upload that proved ArchivedLSN read its file
 	// CaughtUpAt: at this time the archive held all the source had
 	// (CaughtUpLSN): a restore can reach it even when nothing was written since.
 	CaughtUpAt    time.Time      `json:"caught_up_at,omitzero"`
@@ -709,8 +710,8 @@ func (a *Agent) uploadOnce(ctx context.Context, force bool) {
 			a.mu.Unlock()
 			a.update(func(s *AgentStatus) {
 				s.LastPartialAt = readAt
-				if known && (tli > s.ArchivedTLI || tli == s.ArchivedTLI && lsn > s.ArchivedLSN) {
-					s.ArchivedLSN, s.ArchivedTLI = lsn, tli
+				if known && (tli > s.ArchivedTLI || tli == s.ArchivedTLI && lsn >= s.ArchivedLSN) {
+					s.ArchivedLSN, s.ArchivedTLI, s.ArchivedAt = lsn, tli, readAt
 				}
 			})
 		}

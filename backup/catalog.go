@@ -59,6 +59,10 @@ type Catalog struct {
 	CaughtUpAt  time.Time
 	CaughtUpLSN pgops.LSN
 	CaughtUpTLI pgops.Timeline
+	// ... and at ArchivedAt it read the WAL up to ArchivedLSN for upload.
+	ArchivedAt  time.Time
+	ArchivedLSN pgops.LSN
+	ArchivedTLI pgops.Timeline
 }
 
 // ReadCatalog lists the bucket and reads every base backup's info.
@@ -98,6 +102,7 @@ func ReadCatalog(ctx context.Context, s Store) (Catalog, error) {
 	cat.WAL = ParseWAL(objs, cat.SegSize)
 	if st, err := ReadAgentStatus(ctx, s); err == nil {
 		cat.CaughtUpAt, cat.CaughtUpLSN, cat.CaughtUpTLI = st.CaughtUpAt, st.CaughtUpLSN, st.CaughtUpTLI
+		cat.ArchivedAt, cat.ArchivedLSN, cat.ArchivedTLI = st.ArchivedAt, st.ArchivedLSN, st.ArchivedTLI
 	}
 	return cat, nil
 }
@@ -211,6 +216,11 @@ func (t Target) String() string {
 	return s
 }
 
+// objectTimeGrain: object storage reports modification times in whole
+// seconds, so a time within a second of the newest upload is let through
+// (PostgreSQL itself refuses a target that the WAL does not pass).
+const objectTimeGrain = time.Second
+
 // RestorePlan is what a restore fetches, decided from the catalogue alone.
 type RestorePlan struct {
 	Base      BaseInfo
@@ -267,12 +277,19 @@ func PlanRestore(cat Catalog, target Target, steps []pgops.TimelineStep) (Restor
 	for i := len(candidates) - 1; i >= 0; i-- {
 		b := candidates[i]
 		segs, reach, gap := walFrom(b, path, files, partials, segSize)
-		// The agent's word that nothing newer existed at CaughtUpAt extends
-		// the reach of an archive that holds the segment it names.
-		if n := len(segs); gap == nil && n > 0 && !cat.CaughtUpAt.IsZero() {
+		// The agent's reports are more precise than object times (S3 keeps
+		// seconds): the upload that read WAL up to ArchivedLSN at ArchivedAt,
+		// and its word that nothing newer existed at CaughtUpAt.
+		if n := len(segs); gap == nil && n > 0 {
 			last := segs[n-1].Seg
-			at := uint64(cat.CaughtUpLSN)
-			if last.TLI == cat.CaughtUpTLI && (last.No == at/segSize || at == (last.No+1)*segSize) {
+			holds := func(tli pgops.Timeline, lsn pgops.LSN) bool {
+				at := uint64(lsn)
+				return lsn != 0 && last.TLI == tli && (last.No == at/segSize || at == (last.No+1)*segSize)
+			}
+			if holds(cat.ArchivedTLI, cat.ArchivedLSN) {
+				reach = later(reach, cat.ArchivedAt)
+			}
+			if holds(cat.CaughtUpTLI, cat.CaughtUpLSN) {
 				reach = later(reach, cat.CaughtUpAt)
 			}
 		}
@@ -291,7 +308,7 @@ func PlanRestore(cat Catalog, target Target, steps []pgops.TimelineStep) (Restor
 					Fix: "restore to an earlier time, or from a base backup taken after the gap"}
 			}
 		}
-		if !target.Latest && target.Time.After(reach) {
+		if !target.Latest && target.Time.After(reach.Add(objectTimeGrain)) {
 			return rp, &RestoreError{What: fmt.Sprintf("%s is after the newest archived WAL (%s)", target.Time.UTC().Format(time.RFC3339), reach.UTC().Format(time.RFC3339)),
 				Fix: "use --to latest, or wait for the archive to catch up (understudy status shows its lag)"}
 		}

@@ -332,7 +332,12 @@ func (s *Server) WaitPromoted(ctx context.Context, timeout time.Duration) (Resto
 		case err := <-s.exited:
 			s.exited <- err
 			b, _ := os.ReadFile(s.Log)
-			return r, &RestoreError{What: "the restored server stopped during recovery: " + lastFatal(string(b)), Fix: "see the log " + s.Log + "; restore to another time or from another base backup"}
+			fatal := lastFatal(string(b))
+			if strings.Contains(fatal, "recovery ended before configured recovery target was reached") {
+				return r, &RestoreError{What: "the archive holds no transaction after the target time, so PostgreSQL cannot tell it reached it (" + fatal + ")",
+					Fix: "restore to an earlier time, or --to latest (everything archived)"}
+			}
+			return r, &RestoreError{What: "the restored server stopped during recovery: " + fatal, Fix: "see the log " + s.Log + "; restore to another time or from another base backup"}
 		case <-ctx.Done():
 			return r, ctx.Err()
 		case <-time.After(200 * time.Millisecond):

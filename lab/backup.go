@@ -27,9 +27,19 @@ import (
 const (
 	VersityGWModule  = "github.com/versity/versitygw/cmd/versitygw"
 	VersityGWVersion = "v1.8.0"
-	// ToolCache is where test and lab tools built on this machine are kept.
-	ToolCache = "/var/cache/understudy-test/bin"
 )
+
+// ToolCache is where tools built on this machine are kept: beside the test
+// image cache for root, in the user's cache directory otherwise.
+func ToolCache() string {
+	if os.Geteuid() == 0 {
+		return "/var/cache/understudy-test/bin"
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "understudy", "bin")
+	}
+	return filepath.Join(os.TempDir(), "understudy-tools")
+}
 
 // LabBackup is the lab's backup setup in lab.json: where its storage
 // listens, the bucket, the retention. Its secrets are files in run/.
@@ -55,11 +65,11 @@ func FindVersityGW() (string, error) {
 	if p, err := exec.LookPath("versitygw"); err == nil {
 		return p, nil
 	}
-	p := filepath.Join(ToolCache, "versitygw")
+	p := filepath.Join(ToolCache(), "versitygw")
 	if _, err := os.Stat(p); err == nil {
 		return p, nil
 	}
-	return "", fmt.Errorf("versitygw (the lab's S3-compatible storage) is not installed: run ./scripts/setup-debian, or `GOBIN=%s go install %s@%s`", ToolCache, VersityGWModule, VersityGWVersion)
+	return "", fmt.Errorf("versitygw (the lab's S3-compatible storage) is not installed: run ./scripts/setup-debian, or `GOBIN=%s go install %s@%s`", ToolCache(), VersityGWModule, VersityGWVersion)
 }
 
 // BuildVersityGW installs versitygw into the tool cache with `go install`
@@ -68,16 +78,22 @@ func BuildVersityGW(ctx context.Context, log io.Writer) (string, error) {
 	if p, err := FindVersityGW(); err == nil {
 		return p, nil
 	}
-	if err := os.MkdirAll(ToolCache, 0o755); err != nil {
+	dir := ToolCache()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	cmd := exec.CommandContext(ctx, "go", "install", VersityGWModule+"@"+VersityGWVersion)
-	cmd.Env = append(os.Environ(), "GOBIN="+ToolCache, "GOFLAGS=-mod=mod")
+	gobin := "go"
+	if _, err := exec.LookPath("go"); err != nil {
+		gobin = "/usr/local/go/bin/go"
+	}
+	cmd := exec.CommandContext(ctx, gobin, "install", VersityGWModule+"@"+VersityGWVersion)
+	cmd.Dir = os.TempDir() // outside any module: go install pkg@version needs none
+	cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=-mod=mod")
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("go install %s@%s: %w", VersityGWModule, VersityGWVersion, err)
 	}
-	return filepath.Join(ToolCache, "versitygw"), nil
+	return filepath.Join(dir, "versitygw"), nil
 }
 
 // EnableBackup gives a lab object storage and a backup key (the lab's
