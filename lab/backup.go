@@ -239,6 +239,11 @@ func (l *Lab) StartAgent(exe string) error {
 	if l.servicePID("agent") > 0 {
 		return nil
 	}
+	// A Go test binary given "backup agent" would run its own tests, and
+	// those start labs of their own: refuse rather than multiply.
+	if strings.HasSuffix(exe, ".test") {
+		return fmt.Errorf("%s is a test binary, not understudy: run the agent in the test's own process (labtest.Agent)", exe)
+	}
 	return l.startService("agent", []string{exe, "backup", "agent", "--lab", l.Dir}, nil)
 }
 

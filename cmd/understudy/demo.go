@@ -164,7 +164,9 @@ func (iw indentWriter) Write(p []byte) (int, error) {
 // a point-in-time restore to the second before it.
 func demoBackups(ctx context.Context, out io.Writer, l *lab.Lab, primary string, say func(string, ...any)) error {
 	say("\n8. backups: WAL streamed from the standby to S3-compatible storage, and a point-in-time restore")
-	if err := labBackupUp(ctx, indentWriter{out, " "}, l); err != nil {
+	agentCtx, stopAgent := context.WithCancel(ctx)
+	defer stopAgent()
+	if err := labBackupUp(agentCtx, indentWriter{out, " "}, l, true); err != nil {
 		return err
 	}
 	c, err := l.Conn(ctx, primary)

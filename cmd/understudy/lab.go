@@ -72,7 +72,7 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 		return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
 	}
 	if *withBackup {
-		if err := labBackupUp(ctx, c.out, l); err != nil {
+		if err := labBackupUp(ctx, c.out, l, false); err != nil {
 			return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
 		}
 	}
@@ -81,8 +81,10 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 }
 
 // labBackupUp gives a running lab its storage and agent, and waits for the
-// agent's first base backup.
-func labBackupUp(ctx context.Context, out io.Writer, l *lab.Lab) error {
+// agent's first base backup. The agent runs as a background process of
+// this executable, or in this process when inProcess (the demo: it ends
+// with ctx).
+func labBackupUp(ctx context.Context, out io.Writer, l *lab.Lab, inProcess bool) error {
 	if _, err := lab.FindVersityGW(); err != nil {
 		fmt.Fprintf(out, "  installing versitygw %s (the lab's S3-compatible storage) with go install: about a minute, once\n", lab.VersityGWVersion)
 		if _, err := lab.BuildVersityGW(ctx, io.Discard); err != nil {
@@ -106,12 +108,27 @@ func labBackupUp(ctx context.Context, out io.Writer, l *lab.Lab) error {
 	if err := store.EnsureBucket(ctx, l.S3Config().Region); err != nil {
 		return err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	if err := l.StartAgent(exe); err != nil {
-		return err
+	if inProcess {
+		key, err := l.BackupKey()
+		if err != nil {
+			return err
+		}
+		logf, err := os.OpenFile(l.ServiceLog("agent"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		go func() {
+			backup.NewAgent(l.AgentConfig(logf), store, key).Run(ctx)
+			logf.Close()
+		}()
+	} else {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		if err := l.StartAgent(exe); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(out, "  ✓ storage %s (versitygw), agent streaming WAL from the standby; log: %s\n", store.Where(), l.ServiceLog("agent"))
 	deadline := time.Now().Add(2 * time.Minute)
