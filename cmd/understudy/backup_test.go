@@ -1,0 +1,95 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/understudy-dev/understudy/lab"
+)
+
+// The backup commands as a user runs them, from the built binary: lab up
+// --backup (storage and agent in the background), backup, backups --json,
+// restore drill with a check query, a refused restore over a node, status
+// and check with the backup section, and lab down stopping everything.
+func TestBackupCommandsOnALab(t *testing.T) {
+	if _, err := lab.BinDir(); err != nil {
+		t.Skip(err)
+	}
+	root, err := os.MkdirTemp("", "understudy-clitest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(root, 0o755) // the servers run as postgres when root
+	t.Cleanup(func() { os.RemoveAll(root) })
+	bin := filepath.Join(root, "understudy")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	dir := filepath.Join(root, "lab")
+	cli := func(args ...string) (string, int) {
+		cmd := exec.Command(bin, args...)
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	out, code := cli("lab", "up", "--dir", dir, "--backup")
+	t.Cleanup(func() {
+		if _, err := os.Stat(filepath.Join(dir, "lab.json")); err != nil {
+			return // the test took it down
+		}
+		if out, code := cli("lab", "down", "--dir", dir); code != 0 {
+			t.Errorf("lab down: %s", out)
+		}
+	})
+	if code != 0 || !strings.Contains(out, "first base backup") {
+		t.Fatalf("lab up --backup (exit %d):\n%s", code, out)
+	}
+	if out, code := cli("backup", "--lab", dir); code != 0 || !strings.Contains(out, "✓ base backup") || !strings.Contains(out, "from db-replica") {
+		t.Errorf("backup (exit %d):\n%s", code, out)
+	}
+	out, code = cli("backups", "--lab", dir, "--json")
+	var listed struct {
+		Bases  []struct{ ID string } `json:"base_backups"`
+		Window struct{ OK bool }     `json:"recovery_window"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &listed) != nil || len(listed.Bases) != 2 || !listed.Window.OK {
+		t.Errorf("backups --json (exit %d):\n%s", code, out)
+	}
+	out, code = cli("restore", "drill", "--lab", dir, "--check", "SELECT count(*) FROM pg_class")
+	if code != 0 || !strings.Contains(out, "passed") || !strings.Contains(out, "check \"SELECT count(*) FROM pg_class\" →") {
+		t.Errorf("restore drill (exit %d):\n%s", code, out)
+	}
+	out, code = cli("restore", "drill", "--lab", dir, "--check", "SELECT * FROM no_such_table")
+	if code != 1 || !strings.Contains(out, "FAILED") {
+		t.Errorf("a drill whose check fails should exit 1 (exit %d):\n%s", code, out)
+	}
+	out, code = cli("restore", "--lab", dir, "--to", "latest", "--into", filepath.Join(dir, "data", "db"))
+	if code == 0 || !strings.Contains(out, "holds a PostgreSQL cluster") {
+		t.Errorf("restore over a node (exit %d):\n%s", code, out)
+	}
+	out, code = cli("status", "--lab", dir)
+	if code != 0 || !strings.Contains(out, "backups in http://127.0.0.1:") || !strings.Contains(out, "recovery window:") || !strings.Contains(out, "last drill:") {
+		t.Errorf("status (exit %d):\n%s", code, out)
+	}
+	out, code = cli("check", "--lab", dir)
+	if !strings.Contains(out, "CRITICAL backup-drill") {
+		t.Errorf("check after a failed drill should say so (exit %d):\n%s", code, out)
+	}
+	if code != 2 {
+		t.Errorf("check exit %d, want 2 (critical)", code)
+	}
+	if out, code := cli("lab", "down", "--dir", dir); code != 0 {
+		t.Fatalf("lab down: %s", out)
+	}
+	for _, svc := range []string{"agent", "storage"} {
+		if _, err := os.Stat(filepath.Join(dir, "run", svc+".pid")); err == nil {
+			t.Errorf("the %s is still recorded as running", svc)
+		}
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("lab down left %s", dir)
+	}
+}
