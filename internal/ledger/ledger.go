@@ -181,3 +181,33 @@ func Missing(ctx context.Context, conn string, ids []int64) (int, error) {
 	}
 	return missing, nil
 }
+
+// Acks is every acknowledged id with its acknowledgement time, in order.
+func (l *Load) Acks() ([]int64, []time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]int64(nil), l.acked...), append([]time.Time(nil), l.times...)
+}
+
+// Present reports which of ids the server behind conn has.
+func Present(ctx context.Context, conn string, ids []int64) (map[int64]bool, error) {
+	c, err := pgx.Connect(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close(ctx)
+	rows, err := c.Query(ctx, `SELECT t.id FROM `+Table+` t WHERE t.id = ANY($1::bigint[])`, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	have := map[int64]bool{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		have[id] = true
+	}
+	return have, rows.Err()
+}
