@@ -40,9 +40,10 @@ type Progress struct {
 
 // BaseArgs is pg_basebackup's argv for a base backup into a tar on stdout:
 // no WAL in it (the archive has it), a checksummed manifest, a fast
-// restartpoint on the standby, and progress on stderr.
+// restartpoint on the standby. Not -P: its size estimate walks the whole
+// data directory first (pg_basebackup docs), which costs more than it tells.
 func BaseArgs(conninfo string) []string {
-	return []string{"-d", conninfo, "-D", "-", "-F", "tar", "-X", "none", "--manifest-checksums=SHA256", "-c", "fast", "-P", "--no-sync"}
+	return []string{"-d", conninfo, "-D", "-", "-F", "tar", "-X", "none", "--manifest-checksums=SHA256", "-c", "fast"}
 }
 
 // TakeBase runs pg_basebackup against the source the agent would pick (a
@@ -85,7 +86,7 @@ func TakeBase(ctx context.Context, cfg *AgentConfig, store Store, key *Key, prog
 	}()
 	h := sha256.New()
 	var stored atomic.Int64
-	sealed, err := key.Seal(io.MultiWriter(pw, h, countWriter{&stored}))
+	sealed, err := key.SealStream(io.MultiWriter(pw, h, countWriter{&stored}))
 	if err != nil {
 		pw.CloseWithError(err)
 		<-upload

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 
 	"filippo.io/age"
@@ -63,12 +64,20 @@ type sealer struct {
 
 // Seal returns a writer whose bytes reach w compressed and encrypted;
 // Close finishes both (the object is not valid before it).
-func (k *Key) Seal(w io.Writer) (io.WriteCloser, error) {
+func (k *Key) Seal(w io.Writer) (io.WriteCloser, error) { return k.seal(w, 1) }
+
+// SealStream is Seal for a long stream (a base backup): compression runs
+// on every core, so it keeps up with pg_basebackup.
+func (k *Key) SealStream(w io.Writer) (io.WriteCloser, error) {
+	return k.seal(w, runtime.GOMAXPROCS(0))
+}
+
+func (k *Key) seal(w io.Writer, threads int) (io.WriteCloser, error) {
 	enc, err := age.Encrypt(w, k.id.Recipient())
 	if err != nil {
 		return nil, err
 	}
-	z, err := zstd.NewWriter(enc, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	z, err := zstd.NewWriter(enc, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(threads))
 	if err != nil {
 		return nil, err
 	}

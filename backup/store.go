@@ -123,7 +123,11 @@ func (s *S3) wrap(op, key string, err error) error {
 
 // Put stores an object; size -1 streams it in 16 MiB parts (bounded memory).
 func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	_, err := s.c.PutObject(ctx, s.bucket, s.prefix+key, r, size, minio.PutObjectOptions{PartSize: 16 << 20, ContentType: "application/octet-stream", DisableContentSha256: false})
+	opts := minio.PutObjectOptions{PartSize: 16 << 20, ContentType: "application/octet-stream"}
+	if size < 0 { // a stream: two parts in flight, 32 MiB of buffers at most
+		opts.ConcurrentStreamParts, opts.NumThreads = true, 2
+	}
+	_, err := s.c.PutObject(ctx, s.bucket, s.prefix+key, r, size, opts)
 	return s.wrap("storing", key, err)
 }
 
