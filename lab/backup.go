@@ -18,6 +18,7 @@ import (
 
 	"github.com/understudy-dev/understudy/atomicfile"
 	"github.com/understudy-dev/understudy/backup"
+	"github.com/understudy-dev/understudy/internal/netutil"
 )
 
 // The lab's object storage is versitygw (the Versity S3 Gateway, Apache
@@ -328,3 +329,25 @@ func (l *Lab) stopService(name string) error {
 
 // Cred is the user the lab's servers run as (nil: this process's own).
 func (l *Lab) Cred() *syscall.Credential { return l.cred }
+
+// BackupUp gives the lab backups if it has none (a free port for the
+// storage, the secrets), starts the storage and makes the bucket.
+func (l *Lab) BackupUp(ctx context.Context) (*backup.S3, error) {
+	if l.state.Backup == nil {
+		ports, err := netutil.FreePorts(1)
+		if err != nil {
+			return nil, err
+		}
+		if err := l.EnableBackup(ports[0]); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.StartStorage(ctx); err != nil {
+		return nil, err
+	}
+	s, err := l.BackupStore()
+	if err != nil {
+		return nil, err
+	}
+	return s, s.EnsureBucket(ctx, l.S3Config().Region)
+}

@@ -48,21 +48,12 @@ func run(ctx context.Context, scale, rounds int, rpoFor time.Duration) error {
 	if _, err := lab.BuildVersityGW(ctx, os.Stderr); err != nil {
 		return err
 	}
-	ports, err := netutil.FreePorts(2)
+	store, err := l.BackupUp(ctx)
 	if err != nil {
 		return err
 	}
-	if err := l.EnableBackup(ports[0]); err != nil {
-		return err
-	}
-	if err := l.StartStorage(ctx); err != nil {
-		return err
-	}
-	store, err := l.BackupStore()
+	ports, err := netutil.FreePorts(1)
 	if err != nil {
-		return err
-	}
-	if err := store.EnsureBucket(ctx, "us-east-1"); err != nil {
 		return err
 	}
 	key, err := l.BackupKey()
@@ -141,7 +132,7 @@ func run(ctx context.Context, scale, rounds int, rpoFor time.Duration) error {
 	}
 	dir := filepath.Join(scratch, "restore", "data")
 	os.MkdirAll(filepath.Dir(dir), 0o755)
-	res, srv, err := backup.Restore(ctx, backup.RestoreRequest{Store: store, Key: key, Target: backup.Target{Time: target}, BinDir: l.Bin, Dir: dir, Port: ports[1], Cred: l.Cred()})
+	res, srv, err := backup.Restore(ctx, backup.RestoreRequest{Store: store, Key: key, Target: backup.Target{Time: target}, BinDir: l.Bin, Dir: dir, Port: ports[0], Cred: l.Cred()})
 	if err != nil {
 		return err
 	}
@@ -190,7 +181,7 @@ func run(ctx context.Context, scale, rounds int, rpoFor time.Duration) error {
 	}
 	dir2 := filepath.Join(scratch, "latest", "data")
 	os.MkdirAll(filepath.Dir(dir2), 0o755)
-	_, srv2, err := backup.Restore(ctx, backup.RestoreRequest{Store: store, Key: key, Target: backup.Target{Latest: true}, BinDir: l.Bin, Dir: dir2, Port: ports[1], Cred: l.Cred()})
+	_, srv2, err := backup.Restore(ctx, backup.RestoreRequest{Store: store, Key: key, Target: backup.Target{Latest: true}, BinDir: l.Bin, Dir: dir2, Port: ports[0], Cred: l.Cred()})
 	if err != nil {
 		return err
 	}

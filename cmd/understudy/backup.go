@@ -17,6 +17,16 @@ import (
 // errKamalBackups: the Kamal side of backups is not built yet.
 var errKamalBackups = errors.New("backups work on the lab so far (`understudy lab up --backup`); on Kamal, the backup accessory is not built yet: see docs/backups.md")
 
+// labBackup is a lab's bucket and key.
+func labBackup(l *lab.Lab) (*backup.S3, *backup.Key, error) {
+	store, err := l.BackupStore()
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := l.BackupKey()
+	return store, key, err
+}
+
 // backupLab opens the lab a backup command works on.
 func backupLab(ctx context.Context, fs *flag.FlagSet, args []string) (*lab.Lab, error) {
 	tf := addTargetFlags(fs)
@@ -60,11 +70,7 @@ func (c *backupCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	store, err := l.BackupStore()
-	if err != nil {
-		return err
-	}
-	key, err := l.BackupKey()
+	store, key, err := labBackup(l)
 	if err != nil {
 		return err
 	}
@@ -104,11 +110,7 @@ func (c *backupCommand) agent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	store, err := l.BackupStore()
-	if err != nil {
-		return err
-	}
-	key, err := l.BackupKey()
+	store, key, err := labBackup(l)
 	if err != nil {
 		return err
 	}
@@ -130,11 +132,7 @@ func (c *backupsCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	store, err := l.BackupStore()
-	if err != nil {
-		return err
-	}
-	key, err := l.BackupKey()
+	store, key, err := labBackup(l)
 	if err != nil {
 		return err
 	}

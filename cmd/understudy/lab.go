@@ -91,21 +91,8 @@ func labBackupUp(ctx context.Context, out io.Writer, l *lab.Lab, inProcess bool)
 			return err
 		}
 	}
-	ports, err := netutil.FreePorts(1)
+	store, err := l.BackupUp(ctx)
 	if err != nil {
-		return err
-	}
-	if err := l.EnableBackup(ports[0]); err != nil {
-		return err
-	}
-	if err := l.StartStorage(ctx); err != nil {
-		return err
-	}
-	store, err := l.BackupStore()
-	if err != nil {
-		return err
-	}
-	if err := store.EnsureBucket(ctx, l.S3Config().Region); err != nil {
 		return err
 	}
 	if inProcess {

@@ -93,11 +93,7 @@ func timeText(t time.Time) string {
 }
 
 func restoreRequest(l *lab.Lab, target backup.Target, dir string, port int) (backup.RestoreRequest, error) {
-	store, err := l.BackupStore()
-	if err != nil {
-		return backup.RestoreRequest{}, err
-	}
-	key, err := l.BackupKey()
+	store, key, err := labBackup(l)
 	if err != nil {
 		return backup.RestoreRequest{}, err
 	}

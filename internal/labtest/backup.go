@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/understudy-dev/understudy/backup"
-	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/lab"
 )
 
@@ -25,18 +24,7 @@ func enableBackup(t testing.TB, l *lab.Lab) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ports, err := netutil.FreePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.EnableBackup(ports[0]); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.StartStorage(ctx); err != nil {
-		t.Fatal(err)
-	}
-	s := Store(t, l)
-	if err := s.EnsureBucket(ctx, "us-east-1"); err != nil {
+	if _, err := l.BackupUp(ctx); err != nil {
 		t.Fatal(err)
 	}
 }
