@@ -114,7 +114,11 @@ type Agent struct {
 	needBase bool
 	partial  map[string]time.Time // partial file → mtime uploaded
 	source   *Source              // the node pg_receivewal streams from
-	probe    *pgconn.PgConn       // a replication connection to it, for READ_REPLICATION_SLOT
+	afterGap bool                 // WAL was lost: resume from the new slot, not from the archive's end
+
+	uploadMu sync.Mutex     // one upload round at a time (the uploader, gap handling, the last round)
+	probe    *pgconn.PgConn // under uploadMu: a replication connection to probeFor, for READ_REPLICATION_SLOT
+	probeFor Source
 }
 
 // NewAgent makes an agent.
@@ -161,6 +165,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	a.uploadOnce(final, true)
 	a.writeStatus(final)
+	a.uploadMu.Lock()
+	if a.probe != nil {
+		a.probe.Close(final)
+		a.probe = nil
+	}
+	a.uploadMu.Unlock()
 	return nil
 }
 
@@ -397,6 +407,9 @@ func (a *Agent) receiveOnce(ctx context.Context) error {
 			}
 		}
 	}()
+	if err := a.ensureResumePoint(); err != nil {
+		return err
+	}
 	args := []string{"-D", a.cfg.Spool, "-S", a.cfg.Slot, "--synchronous", "--no-loop", "-d", a.cfg.replConninfo(ch.Source, "understudy-backup")}
 	cmd := exec.CommandContext(rctx, filepath.Join(a.cfg.BinDir, "pg_receivewal"), args...)
 	cmd.Env = append(os.Environ(), a.cfg.Env...)
@@ -434,7 +447,7 @@ func (a *Agent) gap(ctx context.Context, s Source, msg string) error {
 		pc.Close(context.WithoutCancel(ctx))
 	}
 	a.mu.Lock()
-	a.st.Gap, a.st.GapAt, a.needBase = what, time.Now(), true
+	a.st.Gap, a.st.GapAt, a.needBase, a.afterGap = what, time.Now(), true, true
 	a.st.LastGap, a.st.LastGapAt = what, a.st.GapAt
 	a.mu.Unlock()
 	return nil
@@ -447,42 +460,84 @@ func orNone(s string) string {
 	return s
 }
 
+// ensureResumePoint makes pg_receivewal start where the archive ends.
+// With no WAL file in its directory it would start at the slot's
+// restart_lsn, or, when the slot was invalidated, at the server's current
+// position, silently skipping what was never archived. So when the spool
+// is empty the agent leaves a zero-filled partial file of the segment that
+// holds ArchivedLSN: pg_receivewal resumes at that segment's start (it
+// always starts at a segment boundary, pg_receivewal docs), and fails with
+// "requested WAL segment has already been removed" when the server no
+// longer has it, which the agent reports as a gap.
+func (a *Agent) ensureResumePoint() error {
+	if len(a.readSpool()) > 0 {
+		return nil
+	}
+	a.mu.Lock()
+	afterGap := a.afterGap
+	a.mu.Unlock()
+	if afterGap {
+		return nil // the new slot's position is the new start
+	}
+	st := a.Status()
+	if st.ArchivedLSN == 0 || st.ArchivedTLI == 0 {
+		return nil // nothing archived yet: the slot's position is the start
+	}
+	seg := pgops.SegmentOf(st.ArchivedTLI, st.ArchivedLSN, a.segSize())
+	p := filepath.Join(a.cfg.Spool, seg.Name(a.segSize())+partialSuffix)
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("writing the resume point %s: %w", p, err)
+	}
+	err = f.Truncate(int64(a.segSize()))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	// The uploader must not replace the archived partial with these zeros:
+	// it is marked as uploaded until pg_receivewal writes to it.
+	if info, err := os.Stat(p); err == nil {
+		a.mu.Lock()
+		a.partial = map[string]time.Time{filepath.Base(p): info.ModTime()}
+		a.mu.Unlock()
+	}
+	a.logf("resuming at %s, where the archive ends", seg.Name(a.segSize()))
+	return nil
+}
+
 func (a *Agent) setSource(s *Source) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.source = s
-	if a.probe != nil {
-		a.probe.Close(context.Background())
-		a.probe = nil
-	}
+	a.source = s // the uploader replaces its probe connection when it sees the change
 }
 
 // flushed is what pg_receivewal has flushed into the spool, as the
-// source's slot says (the uploader only, one goroutine).
+// source's slot says. Only uploadOnce calls it (under uploadMu), so the
+// probe connection is used by one goroutine at a time.
 func (a *Agent) flushed(ctx context.Context) (pgops.LSN, pgops.Timeline, bool) {
 	a.mu.Lock()
-	src, probe := a.source, a.probe
+	src := a.source
 	a.mu.Unlock()
+	if a.probe != nil && (src == nil || a.probeFor != *src) {
+		a.probe.Close(ctx)
+		a.probe = nil
+	}
 	if src == nil {
 		return 0, 0, false
 	}
-	if probe == nil {
+	if a.probe == nil {
 		pc, err := a.cfg.replConnect(ctx, *src)
 		if err != nil {
 			return 0, 0, false
 		}
-		a.mu.Lock()
-		if a.source != src {
-			a.mu.Unlock()
-			pc.Close(ctx)
-			return 0, 0, false
-		}
-		a.probe, probe = pc, pc
-		a.mu.Unlock()
+		a.probe, a.probeFor = pc, *src
 	}
-	lsn, tli, err := pgops.ReadReplicationSlot(ctx, probe, a.cfg.Slot)
+	lsn, tli, err := pgops.ReadReplicationSlot(ctx, a.probe, a.cfg.Slot)
 	if err != nil {
-		a.setSource(src) // drop the connection; the next round opens another
+		a.probe.Close(ctx)
+		a.probe = nil // the next round opens another
 		return 0, 0, false
 	}
 	return lsn, tli, true
@@ -494,14 +549,11 @@ func (a *Agent) flushed(ctx context.Context) (pgops.LSN, pgops.Timeline, bool) {
 // standby's flushed WAL, a primary's written WAL).
 func (a *Agent) checkCaughtUp(ctx context.Context) {
 	at := time.Now()
-	a.mu.Lock()
-	probe := a.probe
-	a.mu.Unlock()
 	lsn, tli, ok := a.flushed(ctx)
-	if !ok || probe == nil {
+	if !ok || a.probe == nil {
 		return
 	}
-	ri, err := pgops.IdentifyReplication(ctx, probe)
+	ri, err := pgops.IdentifyReplication(ctx, a.probe)
 	if err != nil || ri.Timeline != tli || ri.XLogPos > lsn {
 		return
 	}
@@ -633,7 +685,14 @@ func (a *Agent) uploadLoop(ctx context.Context) {
 // them), and the segment being written when it changed and PartialEvery
 // has passed (or force).
 func (a *Agent) uploadOnce(ctx context.Context, force bool) {
+	a.uploadMu.Lock()
+	defer a.uploadMu.Unlock()
 	files := a.readSpool()
+	if len(files) > 0 {
+		a.mu.Lock()
+		a.afterGap = false
+		a.mu.Unlock()
+	}
 	var pending int64
 	var newestPartial = -1
 	for i, f := range files {

@@ -42,8 +42,16 @@ func TestStorageOutagePastTheCapNeverHurtsThePrimary(t *testing.T) {
 	down := time.Now()
 	labtest.Tool(t, l, "db", "pgbench", "-i", "-s", "10", "-q") // about 160 MB of WAL, while the storage is down
 	labtest.WaitFor(t, time.Minute, "the agent to stop receiving", func() bool { return a.Status().Paused != "" })
+	// However far pg_receivewal got before it stopped, keep writing (about
+	// 20 MB of WAL a round: random text that TOAST cannot compress) until
+	// the slot is further behind than its cap.
+	labtest.Exec(t, l, "db", "CREATE TABLE filler (x text)")
 	labtest.WaitFor(t, 2*time.Minute, "the standby to remove WAL its backup slot needed (past the cap)", func() bool {
-		labtest.Exec(t, l, "db", "CHECKPOINT")
+		labtest.Exec(t, l, "db", "INSERT INTO filler SELECT (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 60) i) FROM generate_series(1, 10000) g", "CHECKPOINT")
+		at := labtest.Query(t, l, "db", "SELECT pg_current_wal_lsn()::text")
+		labtest.WaitFor(t, time.Minute, "the standby to replay the checkpoint", func() bool {
+			return labtest.Query(t, l, "db-replica", "SELECT (pg_last_wal_replay_lsn() >= $1::pg_lsn)::text", at) == "true"
+		})
 		labtest.Exec(t, l, "db-replica", "CHECKPOINT")
 		s := labtest.Query(t, l, "db-replica", "SELECT coalesce((SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'understudy_backup'), 'none')")
 		return s == "lost" // removed, not only unreserved: the gap is real
