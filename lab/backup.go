@@ -83,6 +83,18 @@ func BuildVersityGW(ctx context.Context, log io.Writer) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
+	// Test packages run as parallel processes: one builds, the others wait.
+	lock, err := os.OpenFile(filepath.Join(dir, ".versitygw.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return "", err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return "", err
+	}
+	if p, err := FindVersityGW(); err == nil {
+		return p, nil // built by another process meanwhile
+	}
 	gobin := "go"
 	if _, err := exec.LookPath("go"); err != nil {
 		gobin = "/usr/local/go/bin/go"

@@ -190,7 +190,7 @@ func primaryFindings(st *Status, p *NodeStatus, c pgconf.Cluster, th Thresholds)
 		}
 	}
 	for _, s := range p.Slots {
-		if !owned[s.Name] && !s.Active && s.Name != backup.DefaultSlot { // the backup agent's: CheckBackup reports it
+		if !owned[s.Name] && !s.Active && !(s.Name == backup.DefaultSlot && st.Backup != nil) { // with backups, CheckBackup reports it
 			add(Warning, CodeSlotAbandoned, p.Name, fmt.Sprintf("slot %s belongs to no node and keeps %s of WAL on %s", s.Name, bytesText(s.RetainedBytes), p.Name),
 				"if nothing uses it, drop it: SELECT pg_drop_replication_slot('"+s.Name+"')")
 		}
