@@ -30,11 +30,8 @@ func dirBytes(dir string) int64 {
 // clean again.
 func TestStorageOutagePastTheCapNeverHurtsThePrimary(t *testing.T) {
 	t.Parallel()
-	l := labtest.Up(t, labtest.Options{Backup: true, WALCap: "64MB"})
-	ctx := ctxT(t)
 	const spoolCap = 32 << 20
-	a := labtest.Agent(t, l, func(c *backup.AgentConfig) { c.SpoolCap = spoolCap })
-	first := labtest.WaitBase(t, l, time.Time{}, 2*time.Minute)
+	l, ctx, a, first := backedUp(t, labtest.Options{WALCap: "64MB"}, func(c *backup.AgentConfig) { c.SpoolCap = spoolCap })
 
 	if err := l.StopStorage(); err != nil {
 		t.Fatal(err)

@@ -22,6 +22,17 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
+// backedUp is a running lab with storage, an agent in this process, and
+// the agent's first base backup.
+func backedUp(t *testing.T, o labtest.Options, tune func(*backup.AgentConfig)) (*lab.Lab, context.Context, *backup.Agent, backup.BaseInfo) {
+	t.Helper()
+	o.Backup = true
+	l := labtest.Up(t, o)
+	a := labtest.Agent(t, l, tune)
+	first := labtest.WaitBase(t, l, time.Time{}, 2*time.Minute)
+	return l, ctxT(t), a, first
+}
+
 // restoreDir is a new, empty place for a restore, removed with the test.
 func restoreDir(t *testing.T) string {
 	root, err := os.MkdirTemp("", "understudy-restore-")
@@ -74,11 +85,8 @@ func query(t *testing.T, srv *backup.Server, sql string) string {
 // restore to `latest` has every acknowledged commit.
 func TestPITRBeforeADroppedTable(t *testing.T) {
 	t.Parallel()
-	l := labtest.Up(t, labtest.Options{Backup: true})
-	ctx := ctxT(t)
-	a := labtest.Agent(t, l, nil)
+	l, ctx, a, base := backedUp(t, labtest.Options{}, nil)
 	labtest.Exec(t, l, "db", "CREATE TABLE precious (id int PRIMARY KEY, note text)", "INSERT INTO precious SELECT g, 'row ' || g FROM generate_series(1, 1000) g")
-	base := labtest.WaitBase(t, l, time.Time{}, 2*time.Minute)
 	if !base.FromStandby || base.Source != "db-replica" {
 		t.Errorf("the base backup came from %s (standby %v); it should come from the standby", base.Source, base.FromStandby)
 	}

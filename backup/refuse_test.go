@@ -19,10 +19,7 @@ import (
 // the directory it was given.
 func TestRestoreRefusesAndWritesNothing(t *testing.T) {
 	t.Parallel()
-	l := labtest.Up(t, labtest.Options{Backup: true})
-	ctx := ctxT(t)
-	a := labtest.Agent(t, l, nil)
-	labtest.WaitBase(t, l, time.Time{}, 2*time.Minute)
+	l, ctx, a, _ := backedUp(t, labtest.Options{}, nil)
 	labtest.Tool(t, l, "db", "pgbench", "-i", "-s", "2", "-q")
 	labtest.Exec(t, l, "db", "SELECT pg_switch_wal()", "CREATE TABLE after_switch (x int)", "SELECT pg_switch_wal()", "INSERT INTO after_switch VALUES (1)")
 	end, _ := pgops.ParseLSN(labtest.Query(t, l, "db", "SELECT pg_current_wal_lsn()::text"))

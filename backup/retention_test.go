@@ -17,10 +17,7 @@ import (
 // kept base backup still works.
 func TestRetentionDeletesExactlyWhatItMay(t *testing.T) {
 	t.Parallel()
-	l := labtest.Up(t, labtest.Options{Backup: true})
-	ctx := ctxT(t)
-	a := labtest.Agent(t, l, func(c *backup.AgentConfig) { c.Policy = backup.Policy{KeepBases: 100} })
-	labtest.WaitBase(t, l, time.Time{}, 2*time.Minute)
+	l, ctx, a, _ := backedUp(t, labtest.Options{}, func(c *backup.AgentConfig) { c.Policy = backup.Policy{KeepBases: 100} })
 	store, key := labtest.Store(t, l), labtest.Key(t, l)
 	cfg := l.AgentConfig(nil)
 	for i := 0; i < 2; i++ {

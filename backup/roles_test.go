@@ -18,10 +18,7 @@ import (
 // for it.
 func TestBackupsFollowSwitchoverPromoteAndRejoin(t *testing.T) {
 	t.Parallel()
-	l := labtest.Up(t, labtest.Options{Backup: true})
-	ctx := ctxT(t)
-	a := labtest.Agent(t, l, nil)
-	labtest.WaitBase(t, l, time.Time{}, 2*time.Minute)
+	l, ctx, a, _ := backedUp(t, labtest.Options{}, nil)
 	if err := ledger.Prepare(ctx, l.AppConnString()); err != nil {
 		t.Fatal(err)
 	}

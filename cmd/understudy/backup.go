@@ -27,6 +27,16 @@ func labBackup(l *lab.Lab) (*backup.S3, *backup.Key, error) {
 	return store, key, err
 }
 
+// openBackups parses a backup command's flags and opens its lab, bucket and key.
+func openBackups(ctx context.Context, fs *flag.FlagSet, args []string) (*lab.Lab, *backup.S3, *backup.Key, error) {
+	l, err := backupLab(ctx, fs, args)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	store, key, err := labBackup(l)
+	return l, store, key, err
+}
+
 // backupLab opens the lab a backup command works on.
 func backupLab(ctx context.Context, fs *flag.FlagSet, args []string) (*lab.Lab, error) {
 	tf := addTargetFlags(fs)
@@ -65,12 +75,7 @@ func (c *backupCommand) Run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "agent" {
 		return c.agent(ctx, args[1:])
 	}
-	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
-	l, err := backupLab(ctx, fs, args)
-	if err != nil {
-		return err
-	}
-	store, key, err := labBackup(l)
+	l, store, key, err := openBackups(ctx, flag.NewFlagSet("backup", flag.ContinueOnError), args)
 	if err != nil {
 		return err
 	}
@@ -105,12 +110,7 @@ func progressText(p backup.Progress) string {
 
 // agent runs the backup agent in the foreground until SIGINT/SIGTERM.
 func (c *backupCommand) agent(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("backup agent", flag.ContinueOnError)
-	l, err := backupLab(ctx, fs, args)
-	if err != nil {
-		return err
-	}
-	store, key, err := labBackup(l)
+	l, store, key, err := openBackups(ctx, flag.NewFlagSet("backup agent", flag.ContinueOnError), args)
 	if err != nil {
 		return err
 	}
