@@ -42,7 +42,7 @@ type AgentConfig struct {
 	Spool        string   // local directory for WAL not yet uploaded
 	Slot         string
 	SpoolCap     int64         // stop receiving when this much is waiting for upload
-	PartialEvery time.Duration // how often the segment being written is uploaded (the RPO)
+	PartialEvery time.Duration // how often the segment being written is uploaded (with one upload, the RPO); default 500 ms
 	BaseEvery    time.Duration // a new base backup when the newest is older
 	Policy       Policy
 	Log          io.Writer
@@ -56,7 +56,7 @@ func (c *AgentConfig) defaults() {
 		c.SpoolCap = 1 << 30
 	}
 	if c.PartialEvery == 0 {
-		c.PartialEvery = time.Second
+		c.PartialEvery = 500 * time.Millisecond // the RPO is this plus one upload
 	}
 	if c.BaseEvery == 0 {
 		c.BaseEvery = 24 * time.Hour
