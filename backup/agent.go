@@ -224,6 +224,9 @@ func (c *AgentConfig) Choose(ctx context.Context) (Chosen, []Source, error) {
 	if !ok {
 		return Chosen{}, nil, fmt.Errorf("no node answered a replication login: %s", strings.Join(errs, "; "))
 	}
+	if !ch.Info.Standby && len(errs) > 0 && c.Log != nil {
+		fmt.Fprintf(c.Log, "%s understudy backup agent: no standby answered (%s): using the primary %s until one does\n", time.Now().UTC().Format("2006-01-02 15:04:05.000"), strings.Join(errs, "; "), ch.Source.Name)
+	}
 	var others []Source
 	for _, f := range found {
 		if f.Source.Name != ch.Source.Name {

@@ -420,11 +420,8 @@ func (a *applier) standby(ctx context.Context, n pgconf.Node) error {
 	streaming := func() (string, error) { return pgops.StandbyState(ctx, pc, n.Name) }
 	if state, err := streaming(); err != nil {
 		return err
-	} else if state == "streaming" {
-		if c, err := a.t.Control.Conn(ctx, n.Name); err == nil {
-			c.Close(ctx)
-			return nil
-		}
+	} else if state == "streaming" && a.receiverStreaming(ctx, n.Name) {
+		return nil
 	}
 	running, err := a.t.Control.Running(ctx, n.Name)
 	if err != nil {
@@ -449,7 +446,7 @@ func (a *applier) standby(ctx context.Context, n pgconf.Node) error {
 		if err != nil {
 			return err
 		}
-		if state == "streaming" {
+		if state == "streaming" && a.receiverStreaming(ctx, n.Name) {
 			break
 		}
 		bbs, err := pgops.ReadBasebackups(ctx, pc)
@@ -547,4 +544,15 @@ func WaitReady(ctx context.Context, ctl Control, node string, timeout time.Durat
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// receiverStreaming asks the standby itself: its walreceiver streams.
+func (a *applier) receiverStreaming(ctx context.Context, node string) bool {
+	c, err := a.t.Control.Conn(ctx, node)
+	if err != nil {
+		return false
+	}
+	defer c.Close(context.WithoutCancel(ctx))
+	ok, err := pgops.ReceiverStreaming(ctx, c)
+	return err == nil && ok
 }

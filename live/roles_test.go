@@ -138,6 +138,10 @@ func TestPromoteAfterCrashThenRejoin(t *testing.T) {
 	stopWatch := labtest.WatchWritable(t, l)
 	defer stopWatch()
 	labtest.Exec(t, l, "db", "CREATE TABLE t (i int)", "INSERT INTO t SELECT generate_series(1, 1000)")
+	at := labtest.Query(t, l, "db", "SELECT pg_current_wal_lsn()::text")
+	labtest.WaitFor(t, 30*time.Second, "the standby to replay the first rows", func() bool {
+		return labtest.Query(t, l, "db-replica", "SELECT (pg_last_wal_replay_lsn() >= $1::pg_lsn)::text", at) == "true"
+	})
 	// Keep the standby from hearing about the last writes: cut its link,
 	// write, then crash the primary. That is a real divergence.
 	if err := l.Cut(ctx, "db-replica", true); err != nil {

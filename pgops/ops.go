@@ -116,6 +116,19 @@ func StandbyState(ctx context.Context, c *pgx.Conn, node string) (string, error)
 	return state, nil
 }
 
+// ReceiverStreaming reports, on a standby, whether its own walreceiver is
+// streaming (pg_stat_wal_receiver). The primary's pg_stat_replication
+// alone cannot tell: a clone's pg_basebackup -X stream shows there as a
+// streaming walsender with the node's name too.
+func ReceiverStreaming(ctx context.Context, c *pgx.Conn) (bool, error) {
+	var n int
+	err := c.QueryRow(ctx, `SELECT count(*)::int FROM pg_stat_wal_receiver WHERE status = 'streaming'`).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("reading pg_stat_wal_receiver: %w", err)
+	}
+	return n > 0, nil
+}
+
 // InRecovery reports pg_is_in_recovery().
 func InRecovery(ctx context.Context, c *pgx.Conn) (bool, error) {
 	var rec bool
