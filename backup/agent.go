@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -250,54 +249,23 @@ func ChooseSource(found []Chosen) (Chosen, bool) {
 	return best, true
 }
 
+// replConnect opens a physical replication connection (replication=true)
+// to a source. The password comes from the same passfile the tools get
+// (PGPASSFILE in Env), which pgconn reads as libpq does; dbname is
+// "replication", the name libpq matches passfile lines against for such
+// a connection.
 func (c *AgentConfig) replConnect(ctx context.Context, s Source) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(c.replConninfo(s, "understudy-backup-probe") + " replication=true")
+	conninfo := c.replConninfo(s, "understudy-backup-probe") + " replication=true dbname=replication"
+	for _, kv := range c.Env {
+		if f, ok := strings.CutPrefix(kv, "PGPASSFILE="); ok {
+			conninfo += " passfile=" + quoteConn(f)
+		}
+	}
+	cfg, err := pgconn.ParseConfig(conninfo)
 	if err != nil {
 		return nil, err
 	}
-	for _, kv := range c.Env {
-		if f, ok := strings.CutPrefix(kv, "PGPASSFILE="); ok {
-			cfg.Password = passFromFile(f, s, c.User)
-		}
-	}
 	return pgconn.ConnectConfig(ctx, cfg)
-}
-
-// passFromFile reads a password from a libpq passfile (host:port:db:user:pw;
-// the agent's file has one line per source).
-func passFromFile(file string, s Source, user string) string {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return ""
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := splitPassLine(line)
-		if len(f) != 5 {
-			continue
-		}
-		if (f[0] == "*" || f[0] == s.Host) && (f[1] == "*" || f[1] == strconv.Itoa(s.Port)) && (f[3] == "*" || f[3] == user) {
-			return f[4]
-		}
-	}
-	return ""
-}
-
-func splitPassLine(line string) []string {
-	var out []string
-	var cur strings.Builder
-	for i := 0; i < len(line); i++ {
-		switch {
-		case line[i] == '\\' && i+1 < len(line):
-			i++
-			cur.WriteByte(line[i])
-		case line[i] == ':' && len(out) < 4:
-			out = append(out, cur.String())
-			cur.Reset()
-		default:
-			cur.WriteByte(line[i])
-		}
-	}
-	return append(out, cur.String())
 }
 
 // receiveLoop runs pg_receivewal against the chosen source, again and

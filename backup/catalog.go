@@ -53,7 +53,6 @@ type Catalog struct {
 	WAL     []WALFile  // sorted by timeline, then segment
 	SegSize uint64
 	Broken  []string // base backups whose info.json cannot be read
-	Listed  time.Time
 	// From the agent's report: at CaughtUpAt the archive held all WAL up to
 	// CaughtUpLSN on CaughtUpTLI.
 	CaughtUpAt  time.Time
@@ -67,7 +66,7 @@ type Catalog struct {
 
 // ReadCatalog lists the bucket and reads every base backup's info.
 func ReadCatalog(ctx context.Context, s Store) (Catalog, error) {
-	cat := Catalog{Listed: time.Now()}
+	var cat Catalog
 	bases, err := s.List(ctx, baseDir)
 	if err != nil {
 		return cat, err
@@ -162,7 +161,7 @@ func putJSON(ctx context.Context, s Store, key string, v any) error {
 	return s.Put(ctx, key, strings.NewReader(string(b)+"\n"), int64(len(b)+1))
 }
 
-// TimelinePath is the chain of timelines that leads to a target timeline:
+// TimelineSpan is one timeline on the chain that leads to a target timeline:
 // for each, where it begins (0 for the first) and ends (0: not ended).
 type TimelineSpan struct {
 	TLI        pgops.Timeline
@@ -362,7 +361,7 @@ func walFrom(b BaseInfo, path []TimelineSpan, files, partials map[pgops.Segment]
 				reach = later(reach, p.Modified)
 				return segs, reach, nil
 			}
-			if no > uint64(b.EndLSN-1)/segSize && nothingAfter(seg, path, files, partials, segSize) {
+			if no > uint64(b.EndLSN-1)/segSize && isLastOnPath(seg, path, files, partials) {
 				return segs, reach, nil
 			}
 			return segs, reach, &seg
@@ -393,10 +392,6 @@ func isLastOnPath(seg pgops.Segment, path []TimelineSpan, files, partials map[pg
 		}
 	}
 	return true
-}
-
-func nothingAfter(seg pgops.Segment, path []TimelineSpan, files, partials map[pgops.Segment]WALFile, segSize uint64) bool {
-	return isLastOnPath(seg, path, files, partials)
 }
 
 func onPath(tli pgops.Timeline, path []TimelineSpan) bool {

@@ -260,9 +260,6 @@ func (l *Lab) StartAgent(exe string) error {
 	return l.startService("agent", []string{exe, "backup", "agent", "--lab", l.Dir}, nil)
 }
 
-// StopAgent stops the background agent.
-func (l *Lab) StopAgent() error { return l.stopService("agent") }
-
 func (l *Lab) servicePIDFile(name string) string { return filepath.Join(l.Dir, "run", name+".pid") }
 func (l *Lab) serviceLog(name string) string     { return filepath.Join(l.Dir, name+".log") }
 

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -109,8 +107,7 @@ func FollowerState(ctx context.Context, c *pgx.Conn, node string, target LSN) (s
 // TimelineSwitchpoint reads the primary's history file for timeline
 // current and returns where timeline from ended.
 func TimelineSwitchpoint(ctx context.Context, c *pgx.Conn, current, from int) (LSN, error) {
-	var hist string
-	err := c.QueryRow(ctx, `SELECT pg_read_file('pg_wal/' || lpad(upper(to_hex($1::int)), 8, '0') || '.history')`, current).Scan(&hist)
+	hist, err := ReadHistoryFile(ctx, c, Timeline(current))
 	if err != nil {
 		return 0, fmt.Errorf("reading timeline %d's history: %w", current, err)
 	}
@@ -118,12 +115,15 @@ func TimelineSwitchpoint(ctx context.Context, c *pgx.Conn, current, from int) (L
 }
 
 // ParseSwitchpoint finds timeline from's switchpoint in a history file's
-// text: lines of "timeline<TAB>switchpoint<TAB>reason".
+// text (ParseHistory).
 func ParseSwitchpoint(hist string, from int) (LSN, error) {
-	for _, line := range strings.Split(hist, "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == strconv.Itoa(from) {
-			return ParseLSN(f[1])
+	steps, err := ParseHistory(hist)
+	if err != nil {
+		return 0, err
+	}
+	for _, s := range steps {
+		if int(s.Parent) == from {
+			return s.Switch, nil
 		}
 	}
 	return 0, fmt.Errorf("timeline %d is not in this history: the node belongs to another branch", from)

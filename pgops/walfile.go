@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/understudy-dev/understudy/pgconf"
 )
 
 // WAL file names, from the PostgreSQL documentation ("WAL Internals",
@@ -161,28 +162,12 @@ func IdentifyReplication(ctx context.Context, c *pgconn.PgConn) (ReplicationInfo
 	if len(res) != 1 || len(res[0].Rows) != 1 {
 		return ri, errors.New("SHOW wal_segment_size: an unexpected answer")
 	}
-	if ri.SegSize, err = ParseBytes(string(res[0].Rows[0][0])); err != nil {
-		return ri, fmt.Errorf("wal_segment_size: %w", err)
+	size, err := pgconf.ParseSize(string(res[0].Rows[0][0]), "B")
+	if err != nil || size <= 0 {
+		return ri, fmt.Errorf("wal_segment_size %q: %v", res[0].Rows[0][0], err)
 	}
+	ri.SegSize = uint64(size)
 	return ri, nil
-}
-
-// ParseBytes reads a size as SHOW prints it ("16MB", "1GB", "8192").
-func ParseBytes(s string) (uint64, error) {
-	units := []struct {
-		suffix string
-		mul    uint64
-	}{{"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"B", 1}}
-	for _, u := range units {
-		if n, ok := strings.CutSuffix(s, u.suffix); ok {
-			v, err := strconv.ParseUint(strings.TrimSpace(n), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("size %q: %w", s, err)
-			}
-			return v * u.mul, nil
-		}
-	}
-	return strconv.ParseUint(s, 10, 64)
 }
 
 // Replication slot commands of the replication protocol.
@@ -190,7 +175,7 @@ func ParseBytes(s string) (uint64, error) {
 // CreatePhysicalSlot creates a physical slot that reserves WAL now; it
 // reports false when the slot already exists (SQLSTATE 42710).
 func CreatePhysicalSlot(ctx context.Context, c *pgconn.PgConn, name string) (bool, error) {
-	_, err := c.Exec(ctx, "CREATE_REPLICATION_SLOT "+QuoteIdent(name)+" PHYSICAL RESERVE_WAL").ReadAll()
+	_, err := c.Exec(ctx, "CREATE_REPLICATION_SLOT "+pgx.Identifier{name}.Sanitize()+" PHYSICAL RESERVE_WAL").ReadAll()
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == "42710" {
 		return false, nil
@@ -204,7 +189,7 @@ func CreatePhysicalSlot(ctx context.Context, c *pgconn.PgConn, name string) (boo
 // DropPhysicalSlot drops a slot; a missing slot is not an error, a slot in
 // use is reported as ErrSlotActive.
 func DropPhysicalSlot(ctx context.Context, c *pgconn.PgConn, name string) error {
-	_, err := c.Exec(ctx, "DROP_REPLICATION_SLOT "+QuoteIdent(name)).ReadAll()
+	_, err := c.Exec(ctx, "DROP_REPLICATION_SLOT "+pgx.Identifier{name}.Sanitize()).ReadAll()
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch pe.Code {
@@ -222,9 +207,6 @@ func DropPhysicalSlot(ctx context.Context, c *pgconn.PgConn, name string) error 
 
 // ErrSlotActive: the slot is in use by a running receiver.
 var ErrSlotActive = errors.New("the slot is in use")
-
-// QuoteIdent quotes an SQL identifier.
-func QuoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
 // RecoveryEnd reads, on a server that just finished recovery, its timeline
 // and the time of the last transaction it replayed.
@@ -256,7 +238,7 @@ func ReadHistoryFile(ctx context.Context, c *pgx.Conn, tl Timeline) (string, err
 // later). For a slot a receiver with --synchronous feeds, that is what the
 // receiver has flushed.
 func ReadReplicationSlot(ctx context.Context, c *pgconn.PgConn, name string) (LSN, Timeline, error) {
-	res, err := c.Exec(ctx, "READ_REPLICATION_SLOT "+QuoteIdent(name)).ReadAll()
+	res, err := c.Exec(ctx, "READ_REPLICATION_SLOT "+pgx.Identifier{name}.Sanitize()).ReadAll()
 	if err != nil {
 		return 0, 0, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", name, err)
 	}

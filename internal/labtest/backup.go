@@ -92,12 +92,3 @@ func WaitBase(t testing.TB, l *lab.Lab, since time.Time, timeout time.Duration) 
 	})
 	return got
 }
-
-// WaitArchived waits until the agent has uploaded WAL written after t.
-func WaitArchived(t testing.TB, a *backup.Agent, after time.Time, timeout time.Duration) {
-	t.Helper()
-	WaitFor(t, timeout, "the agent to archive WAL written after "+after.Format(time.RFC3339Nano), func() bool {
-		st := a.Status()
-		return st.LastPartialAt.After(after.Add(50*time.Millisecond)) || st.LastArchivedAt.After(after.Add(50*time.Millisecond))
-	})
-}

@@ -158,16 +158,6 @@ func (l *Load) AckedBefore(t time.Time) []int64 {
 	return ids
 }
 
-// Newest is when the last commit was acknowledged, and its id.
-func (l *Load) Newest() (time.Time, int64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.times) == 0 {
-		return time.Time{}, 0
-	}
-	return l.times[len(l.times)-1], l.acked[len(l.acked)-1]
-}
-
 // Missing counts which of ids the server behind conn does not have.
 func Missing(ctx context.Context, conn string, ids []int64) (int, error) {
 	c, err := pgx.Connect(ctx, conn)
