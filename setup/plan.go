@@ -14,22 +14,24 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/kamal"
 	"github.com/understudy-dev/understudy/pgconf"
 )
 
 // Options are the inputs of init and plan.
 type Options struct {
-	ConfigPath  string // default config/deploy.yml
-	Destination string // -d
-	Accessory   string // --accessory: the primary's accessory when several qualify
-	ReplicaName string // --replica-name, default "<primary>-replica"
-	ReplicaHost string // --replica-host: the server Kamal reaches over SSH
-	ReplicaIP   string // --replica-ip: the private IP PostgreSQL binds to there
-	PrimaryIP   string // --primary-ip: when the port's IP is ERB that cannot be read
-	PGVersion   int    // --pg-version: when the image tag does not say
-	WALCap      string // --wal-cap: max_slot_wal_keep_size
-	ReplUser    string // --replication-user
+	ConfigPath  string         // default config/deploy.yml
+	Destination string         // -d
+	Accessory   string         // --accessory: the primary's accessory when several qualify
+	ReplicaName string         // --replica-name, default "<primary>-replica"
+	ReplicaHost string         // --replica-host: the server Kamal reaches over SSH
+	ReplicaIP   string         // --replica-ip: the private IP PostgreSQL binds to there
+	PrimaryIP   string         // --primary-ip: when the port's IP is ERB that cannot be read
+	PGVersion   int            // --pg-version: when the image tag does not say
+	WALCap      string         // --wal-cap: max_slot_wal_keep_size
+	ReplUser    string         // --replication-user
+	Backup      *BackupOptions // --backup: add the backup accessory
 	Env         func(string) (string, bool)
 }
 
@@ -82,10 +84,11 @@ type Plan struct {
 	Changes     []FileChange // only files whose content changes
 	Notes       []string     // what the change does, for the reader
 	Warnings    []string
-	SecretHowTo string // where REPLICATION_PASSWORD must be stored
-	AppURL      string // suggested multi-host DATABASE_URL
-	RailsYAML   string // suggested database.yml replica snippet
-	GenDir      string // where the generated files live, e.g. config/understudy
+	SecretHowTo string        // where REPLICATION_PASSWORD must be stored
+	AppURL      string        // suggested multi-host DATABASE_URL
+	RailsYAML   string        // suggested database.yml replica snippet
+	GenDir      string        // where the generated files live, e.g. config/understudy
+	Backup      *backup.Setup // with --backup: the backup setup (backup.json)
 }
 
 // GeneratedDir is where generated files go, per destination.
@@ -195,8 +198,21 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 		p.Notes = append(p.Notes, walNote)
 	}
 
+	// Backups: an accessory of their own, next to the nodes.
+	var backupNames []string
+	if o.Backup != nil {
+		bs, err := planBackup(ed, o, p)
+		if err != nil {
+			return nil, err
+		}
+		p.Backup = &bs
+		backupNames = bs.Secrets.Names()[1:] // the replication password is the nodes' already
+		p.Notes = append(p.Notes,
+			fmt.Sprintf("%s runs the backup agent on %s: WAL streamed from the standby (slot %s on the node it streams from) and a base backup every %s, sealed with BACKUP_ENCRYPTION_KEY, into %s; `understudy apply` puts the understudy binary on that server and boots it", bs.Accessory, o.Backup.hostOr(p.StandbyHost), "understudy_backup", bs.BaseEvery, bs.Storage.Endpoint+"/"+bs.Storage.Bucket+"/"+bs.Storage.Prefix))
+	}
+
 	// Secrets.
-	secretChange, err := planSecret(src, cfg, prim, o, p)
+	secretChange, err := planSecret(src, cfg, prim, o, p, backupNames)
 	if err != nil {
 		return nil, err
 	}
@@ -209,6 +225,9 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 		path.Join(p.GenDir, "replication-role.initdb.sh"): pgconf.RoleScript(p.Cluster),
 		// The model itself, as data: what the live commands read back.
 		path.Join(p.GenDir, ClusterFile): pgconf.MarshalCluster(p.Cluster),
+	}
+	if p.Backup != nil {
+		gen[path.Join(p.GenDir, BackupSetupFile)] = backup.MarshalSetup(*p.Backup)
 	}
 	names := make([]string, 0, len(gen))
 	for n := range gen {
@@ -307,7 +326,7 @@ func pickPrimary(cfg *kamal.Config, o Options) (*kamal.Accessory, error) {
 	}
 	var cands []*kamal.Accessory
 	for _, a := range pg {
-		if !isManagedStandby(a, pg, o) {
+		if _, isBackup := a.Env().Clear[BackupEnv]; !isManagedStandby(a, pg, o) && !isBackup {
 			cands = append(cands, a)
 		}
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -13,8 +14,10 @@ import (
 
 // setupFlags are the flags plan and init share.
 type setupFlags struct {
-	dir  string
-	opts setup.Options
+	dir    string
+	opts   setup.Options
+	backup bool
+	bo     setup.BackupOptions
 }
 
 func (s *setupFlags) register(fs *flag.FlagSet) {
@@ -29,6 +32,14 @@ func (s *setupFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&s.opts.PGVersion, "pg-version", 0, "PostgreSQL major version, when the image tag does not say")
 	fs.StringVar(&s.opts.WALCap, "wal-cap", "", "most WAL a slot may hold for an absent standby (max_slot_wal_keep_size), e.g. 20GB")
 	fs.StringVar(&s.opts.ReplUser, "replication-user", pgconf.DefaultReplUser, "name of the replication role")
+	fs.BoolVar(&s.backup, "backup", false, "add the backup accessory: continuous WAL and base backups from the standby to S3-compatible storage (docs/backups.md)")
+	fs.StringVar(&s.bo.Endpoint, "backup-endpoint", "", "with --backup: the storage's URL, e.g. https://s3.eu-central-1.amazonaws.com or https://ACCOUNT.r2.cloudflarestorage.com")
+	fs.StringVar(&s.bo.Bucket, "backup-bucket", "", "with --backup: the bucket")
+	fs.StringVar(&s.bo.Region, "backup-region", "", "with --backup: the bucket's region (default: asked of the storage)")
+	fs.StringVar(&s.bo.Prefix, "backup-prefix", "", "with --backup: a path inside the bucket (default <service>[/<destination>])")
+	fs.BoolVar(&s.bo.PathStyle, "backup-path-style", false, "with --backup: path-style bucket URLs (MinIO, Ceph, versitygw)")
+	fs.StringVar(&s.bo.Host, "backup-host", "", "with --backup: the server the backup accessory runs on (default the standby's)")
+	fs.IntVar(&s.bo.KeepBases, "backup-keep", 0, "with --backup: base backups to keep (default 7, one a day)")
 }
 
 func (s *setupFlags) parse(fs *flag.FlagSet, args []string) error {
@@ -46,6 +57,11 @@ func (s *setupFlags) parse(fs *flag.FlagSet, args []string) error {
 	}
 	s.dir = abs
 	s.opts.Env = os.LookupEnv
+	if s.backup {
+		s.opts.Backup = &s.bo
+	} else if s.bo != (setup.BackupOptions{}) {
+		return errors.New("--backup-* flags need --backup")
+	}
 	return nil
 }
 

@@ -1,0 +1,199 @@
+package backup
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/understudy-dev/understudy/atomicfile"
+)
+
+// Setup is a Kamal app's backup setup as data: config/understudy/backup.json,
+// written by `understudy init --backup`, mounted into the backup accessory
+// for the agent, and read back by the live commands on the operator's
+// machine. It names the secrets (environment variables, which Kamal fills
+// from .kamal/secrets), never holds one.
+type Setup struct {
+	Accessory string   `json:"accessory"` // the backup accessory's name in deploy.yml
+	Major     int      `json:"postgres_major"`
+	Storage   S3Config `json:"storage"`
+	Sources   []Source `json:"sources"` // every node, at the address and port it publishes
+	User      string   `json:"replication_user"`
+	// StateDir is the accessory's own volume: the spool, the passfile, the
+	// agent's status file.
+	StateDir  string      `json:"state_dir"`
+	SpoolCap  int64       `json:"spool_cap_bytes"`
+	BaseEvery string      `json:"base_every"` // a Go duration, e.g. "24h"
+	Retention Policy      `json:"retention"`
+	Secrets   SecretNames `json:"secrets"`
+}
+
+// SecretNames are the environment variables the agent reads its secrets
+// from, and the .kamal/secrets keys behind them.
+type SecretNames struct {
+	AccessKeyID     string `json:"access_key_id"`
+	SecretAccessKey string `json:"secret_access_key"`
+	EncryptionKey   string `json:"encryption_key"`
+	Replication     string `json:"replication_password"`
+}
+
+// DefaultSecretNames are the names init writes.
+var DefaultSecretNames = SecretNames{
+	AccessKeyID:     "BACKUP_S3_ACCESS_KEY_ID",
+	SecretAccessKey: "BACKUP_S3_SECRET_ACCESS_KEY",
+	EncryptionKey:   "BACKUP_ENCRYPTION_KEY",
+	Replication:     "REPLICATION_PASSWORD",
+}
+
+// Names lists the secrets in the order init writes them.
+func (n SecretNames) Names() []string {
+	return []string{n.Replication, n.AccessKeyID, n.SecretAccessKey, n.EncryptionKey}
+}
+
+// MarshalSetup renders the setup as the file init writes. Pure.
+func MarshalSetup(s Setup) string {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetIndent("", "  ")
+	enc.Encode(s) // a struct of plain fields: cannot fail
+	return b.String()
+}
+
+// ParseSetup reads backup.json and checks what the agent depends on.
+func ParseSetup(b []byte) (Setup, error) {
+	var s Setup
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return s, fmt.Errorf("not a backup setup: %v", err)
+	}
+	if err := s.Storage.Validate(); err != nil {
+		return s, err
+	}
+	switch {
+	case s.Accessory == "":
+		return s, errors.New("no accessory named")
+	case len(s.Sources) == 0:
+		return s, errors.New("no sources")
+	case s.User == "":
+		return s, errors.New("no replication_user")
+	case !filepath.IsAbs(s.StateDir):
+		return s, fmt.Errorf("state_dir %q is not an absolute path", s.StateDir)
+	}
+	if _, err := s.baseEvery(); err != nil {
+		return s, err
+	}
+	for _, n := range s.Secrets.Names() {
+		if n == "" {
+			return s, errors.New("a secret's name is missing under \"secrets\"")
+		}
+	}
+	return s, nil
+}
+
+func (s Setup) baseEvery() (time.Duration, error) {
+	if s.BaseEvery == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s.BaseEvery)
+	if err != nil || d < time.Minute {
+		return 0, fmt.Errorf("base_every %q: want a duration of a minute or more, e.g. \"24h\"", s.BaseEvery)
+	}
+	return d, nil
+}
+
+// Spool is where WAL waits for its upload.
+func (s Setup) Spool() string { return filepath.Join(s.StateDir, "spool") }
+
+// Secrets are the setup's secrets, read from the environment.
+type Secrets struct {
+	AccessKeyID, SecretAccessKey, Replication string
+	Key                                       *Key
+}
+
+// ReadSecrets takes the setup's secrets from env (os.LookupEnv in the
+// accessory; the resolved .kamal/secrets on the operator's machine). A
+// missing one is named with where it comes from.
+func (s Setup) ReadSecrets(env func(string) (string, bool), needReplication bool) (Secrets, error) {
+	var out Secrets
+	var missing []string
+	get := func(name string) string {
+		v, ok := env(name)
+		if !ok || v == "" {
+			missing = append(missing, name)
+		}
+		return v
+	}
+	out.AccessKeyID = get(s.Secrets.AccessKeyID)
+	out.SecretAccessKey = get(s.Secrets.SecretAccessKey)
+	keyText := get(s.Secrets.EncryptionKey)
+	if needReplication {
+		out.Replication = get(s.Secrets.Replication)
+	}
+	if len(missing) > 0 {
+		return out, fmt.Errorf("the backup secrets %s are not set: define them in .kamal/secrets (as references, e.g. %s=$%s) and run `kamal accessory reboot %s`", strings.Join(missing, ", "), missing[0], missing[0], s.Accessory)
+	}
+	k, err := ParseKey(keyText)
+	if err != nil {
+		return out, fmt.Errorf("%s: %w", s.Secrets.EncryptionKey, err)
+	}
+	out.Key = k
+	return out, nil
+}
+
+// Open opens the setup's bucket with the secrets.
+func (s Setup) Open(sec Secrets) (*S3, error) {
+	return OpenS3(s.Storage, sec.AccessKeyID, sec.SecretAccessKey)
+}
+
+// Passfile is a libpq password file for the replication user on every
+// source (PostgreSQL docs, libpq-pgpass.html: host:port:database:user:password,
+// with ':' and '\' escaped). Pure.
+func (s Setup) Passfile(password string) string {
+	esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`)
+	var b strings.Builder
+	for _, src := range s.Sources {
+		fmt.Fprintf(&b, "%s:%d:*:%s:%s\n", esc.Replace(src.Host), src.Port, esc.Replace(s.User), esc.Replace(password))
+	}
+	return b.String()
+}
+
+// AgentConfig is the agent's configuration in the accessory: it writes the
+// passfile (0600, in the state directory) and finds PostgreSQL's tools.
+func (s Setup) AgentConfig(sec Secrets, log io.Writer) (AgentConfig, error) {
+	if err := os.MkdirAll(s.StateDir, 0o700); err != nil {
+		return AgentConfig{}, fmt.Errorf("making the backup state directory %s: %w", s.StateDir, err)
+	}
+	pass := filepath.Join(s.StateDir, "pgpass")
+	if err := atomicfile.Write(pass, []byte(s.Passfile(sec.Replication)), 0o600); err != nil {
+		return AgentConfig{}, fmt.Errorf("writing the replication passfile: %w", err)
+	}
+	bin, err := FindPGBin(s.Major)
+	if err != nil {
+		return AgentConfig{}, err
+	}
+	every, _ := s.baseEvery()
+	return AgentConfig{Sources: s.Sources, User: s.User, Env: []string{"PGPASSFILE=" + pass}, BinDir: bin,
+		Spool: s.Spool(), SpoolCap: s.SpoolCap, BaseEvery: every, Policy: s.Retention, Log: log}, nil
+}
+
+// FindPGBin finds the directory of PostgreSQL's client tools: PATH (the
+// official image puts /usr/lib/postgresql/N/bin there), else Debian's
+// /usr/lib/postgresql/<major>/bin.
+func FindPGBin(major int) (string, error) {
+	if p, err := exec.LookPath("pg_receivewal"); err == nil {
+		return filepath.Dir(p), nil
+	}
+	d := fmt.Sprintf("/usr/lib/postgresql/%d/bin", major)
+	if _, err := os.Stat(filepath.Join(d, "pg_receivewal")); err == nil {
+		return d, nil
+	}
+	return "", fmt.Errorf("pg_receivewal is not on PATH nor in %s: the backup accessory must run the nodes' own postgres image", d)
+}
