@@ -184,16 +184,19 @@ func (s Setup) AgentConfig(sec Secrets, log io.Writer) (AgentConfig, error) {
 		Spool: s.Spool(), SpoolCap: s.SpoolCap, BaseEvery: every, Policy: s.Retention, Log: log}, nil
 }
 
-// FindPGBin finds the directory of PostgreSQL's client tools: PATH (the
-// official image puts /usr/lib/postgresql/N/bin there), else Debian's
-// /usr/lib/postgresql/<major>/bin.
+// FindPGBin finds PostgreSQL's programs for a major version: Debian's
+// /usr/lib/postgresql/<major>/bin, else PATH (the official image puts that
+// same directory there) when its pg_ctl is of that major.
 func FindPGBin(major int) (string, error) {
-	if p, err := exec.LookPath("pg_receivewal"); err == nil {
-		return filepath.Dir(p), nil
-	}
 	d := fmt.Sprintf("/usr/lib/postgresql/%d/bin", major)
 	if _, err := os.Stat(filepath.Join(d, "pg_receivewal")); err == nil {
 		return d, nil
 	}
-	return "", fmt.Errorf("pg_receivewal is not on PATH nor in %s: the backup accessory must run the nodes' own postgres image", d)
+	if p, err := exec.LookPath("pg_ctl"); err == nil {
+		out, _ := exec.Command(p, "--version").Output()
+		if strings.HasPrefix(strings.TrimPrefix(string(out), "pg_ctl (PostgreSQL) "), fmt.Sprintf("%d.", major)) {
+			return filepath.Dir(p), nil
+		}
+	}
+	return "", fmt.Errorf("PostgreSQL %d's programs are not in %s nor on PATH: install postgresql-%d (backups are restored with the same major version they were taken with)", major, d, major)
 }

@@ -233,14 +233,12 @@ func load(dir, bin string, st state, password string) (*Lab, error) {
 		return nil, err
 	}
 	l := &Lab{Dir: abs, Bin: bin, password: password, uid: os.Getuid(), gid: os.Getgid(), done: map[string]chan struct{}{}}
-	if os.Geteuid() == 0 { // postgres refuses to run as root
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, errors.New("running as root, and there is no postgres user to run PostgreSQL as: install postgresql-15, or run as an ordinary user")
-		}
-		l.uid, _ = strconv.Atoi(u.Uid)
-		l.gid, _ = strconv.Atoi(u.Gid)
-		l.cred = &syscall.Credential{Uid: uint32(l.uid), Gid: uint32(l.gid)}
+	cred, err := PostgresCred()
+	if err != nil {
+		return nil, err
+	}
+	if cred != nil {
+		l.cred, l.uid, l.gid = cred, int(cred.Uid), int(cred.Gid)
 	}
 	if st.NetNS != "" {
 		l.NetNS = &NetNS{ID: st.NetNS, Nodes: len(st.Nodes)}
@@ -711,4 +709,19 @@ func (l *Lab) AppConnString() string {
 	}
 	return fmt.Sprintf("host=%s port=%s user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2",
 		strings.Join(hosts, ","), strings.Join(ports, ","))
+}
+
+// PostgresCred is who PostgreSQL runs as when understudy runs as root
+// (postgres refuses root): the postgres user. Nil when not root.
+func PostgresCred() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, errors.New("running as root, and there is no postgres user to run PostgreSQL as: install postgresql-15, or run as an ordinary user")
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }

@@ -143,6 +143,8 @@ func (a *applier) consent(rest []Step) error {
 // step carries out one step.
 func (a *applier) step(ctx context.Context, s Step) error {
 	switch s.Kind {
+	case StepAgentBinary, StepAgentBoot, StepAgentReboot, StepAgentStart:
+		return a.agentStep(ctx, s)
 	case StepStartPrimary:
 		return a.startPrimary(ctx, s.Node)
 	case StepReload:

@@ -31,6 +31,10 @@ func GatherBackup(ctx context.Context, a *BackupAccess) *BackupStatus {
 	if a.KeyErr != nil {
 		bs.KeyError = a.KeyErr.Error()
 	}
+	if a.Err != nil {
+		bs.Error = a.Err.Error()
+		return bs
+	}
 	cat, err := backup.ReadCatalog(ctx, a.Store)
 	if err != nil {
 		bs.Error = err.Error()

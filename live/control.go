@@ -106,6 +106,9 @@ type Target struct {
 	Control  Control
 	Password string // the replication role's password
 	Backup   *BackupAccess
+	// BackupAgent runs the backup accessory (Kamal); nil on the lab, whose
+	// agent `lab up --backup` starts.
+	BackupAgent BackupAgentDeployer
 }
 
 // BackupAccess is how status and check read the backups: the bucket, and
@@ -115,4 +118,5 @@ type BackupAccess struct {
 	Where  string
 	Key    *backup.Key
 	KeyErr error
+	Err    error // the bucket cannot be opened (its secrets do not resolve)
 }

@@ -309,7 +309,15 @@ func PlanApply(ctx context.Context, t Target) ([]Step, error) {
 	if err != nil {
 		return nil, err
 	}
-	return DecideApply(f, t.Cluster)
+	steps, err := DecideApply(f, t.Cluster)
+	if err != nil || t.BackupAgent == nil {
+		return steps, err
+	}
+	af, err := t.BackupAgent.ReadAgent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return append(steps, DecideBackupAgent(af)...), nil
 }
 
 // StepsText renders a plan.

@@ -131,24 +131,34 @@ func (c *Control) inspect(ctx context.Context, node string) (ContainerInfo, erro
 	if err != nil {
 		return ContainerInfo{}, err
 	}
-	out, err := c.Shell.Exec(ctx, n.Host, InspectCmd(n.Commands.ServiceName), nil)
+	ci, err := c.inspectContainer(ctx, n.Host, n.Commands.ServiceName)
 	if err != nil {
 		c.forget(node)
-		if errors.Is(err, ErrRemoteCommand) && strings.Contains(strings.ToLower(err.Error()), "no such") {
+		if errors.Is(err, errNoContainer) {
 			return ContainerInfo{}, fmt.Errorf("%s: %w", c.Where(node), errNoContainer)
 		}
 		return ContainerInfo{}, fmt.Errorf("reading %s's container with docker: %w", c.Where(node), err)
 	}
-	ci, err := ParseInspect(string(out))
-	if err == nil {
-		c.mu.Lock()
-		if c.known == nil {
-			c.known = map[string]ContainerInfo{}
-		}
-		c.known[node] = ci
-		c.mu.Unlock()
+	c.mu.Lock()
+	if c.known == nil {
+		c.known = map[string]ContainerInfo{}
 	}
-	return ci, err
+	c.known[node] = ci
+	c.mu.Unlock()
+	return ci, nil
+}
+
+// inspectContainer reads a container on a server; errNoContainer when
+// there is none.
+func (c *Control) inspectContainer(ctx context.Context, host, name string) (ContainerInfo, error) {
+	out, err := c.Shell.Exec(ctx, host, InspectCmd(name), nil)
+	if err != nil {
+		if errors.Is(err, ErrRemoteCommand) && strings.Contains(strings.ToLower(err.Error()), "no such") {
+			return ContainerInfo{}, errNoContainer
+		}
+		return ContainerInfo{}, err
+	}
+	return ParseInspect(string(out))
 }
 
 // knownContainer is the last inspect of the node's container, if any.

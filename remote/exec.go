@@ -30,6 +30,16 @@ var ErrRemoteCommand = errors.New("command failed on the server")
 // session, not a new login). stdin, when given, is the command's input.
 // A cancelled ctx closes the session, which ends the command's channel.
 func (d *Dialer) Exec(ctx context.Context, host, cmd string, stdin io.Reader) ([]byte, error) {
+	return d.exec(ctx, host, cmd, stdin, nil)
+}
+
+// ExecTee is Exec with the command's output also copied to tee as it
+// comes (progress of a long command).
+func (d *Dialer) ExecTee(ctx context.Context, host, cmd string, tee io.Writer) ([]byte, error) {
+	return d.exec(ctx, host, cmd, nil, tee)
+}
+
+func (d *Dialer) exec(ctx context.Context, host, cmd string, stdin io.Reader, tee io.Writer) ([]byte, error) {
 	c, err := d.Client(ctx, host)
 	if err != nil {
 		return nil, err
@@ -42,6 +52,9 @@ func (d *Dialer) Exec(ctx context.Context, host, cmd string, stdin io.Reader) ([
 	var out, errOut limitedBuffer
 	out.max, errOut.max = maxOutput, 64<<10
 	s.Stdout, s.Stderr = &out, &errOut
+	if tee != nil {
+		s.Stdout, s.Stderr = io.MultiWriter(&out, tee), io.MultiWriter(&errOut, tee)
+	}
 	if stdin != nil {
 		s.Stdin = stdin
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 
+	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/kamal"
 	"github.com/understudy-dev/understudy/pgconf"
 )
@@ -22,6 +23,11 @@ type Deployed struct {
 	// Secret names the nodes' env uses, as Kamal looks them up.
 	DBPasswordSecret, ReplPasswordSecret string
 	Secrets                              *kamal.Secrets
+	// Backup is the backup setup (backup.json) when init was given
+	// --backup; BackupHost is its accessory's server.
+	Backup     *backup.Setup
+	BackupText string // backup.json's bytes, as Kamal uploads them
+	BackupHost string
 	// Legacy is set when the cluster came from an older init's rendered
 	// files (no cluster.json): what to tell the user.
 	Legacy string
@@ -141,6 +147,9 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 		}
 	}
 	d.Cluster = c
+	if err := d.loadBackup(src, gen); err != nil {
+		return nil, err
+	}
 	if d.DBPasswordSecret == "" {
 		return nil, fmt.Errorf("accessory %s has no POSTGRES_PASSWORD in env.secret, so understudy cannot log in to it: add it (as the postgres image expects)", c.InitialPrimary)
 	}
@@ -170,5 +179,34 @@ func sameNodes(model, now pgconf.Cluster) error {
 			return fmt.Errorf("node %s is at %s:%d, the setup has %s:%d", n.Name, m.Addr, m.Port, n.Addr, n.Port)
 		}
 	}
+	return nil
+}
+
+// loadBackup reads backup.json, when there is one, and finds its accessory.
+func (d *Deployed) loadBackup(src kamal.Source, gen string) error {
+	file := gen + "/" + BackupSetupFile
+	text, err := src.ReadFile(file)
+	if err != nil {
+		return nil // no backups set up
+	}
+	s, err := backup.ParseSetup([]byte(text))
+	if err != nil {
+		return fmt.Errorf("%s: %v; re-run `understudy init --backup ...` to write it again", file, err)
+	}
+	a := d.Config.Accessory(s.Accessory)
+	if a == nil {
+		return fmt.Errorf("%s names the backup accessory %s, which is not in %s: re-run `understudy init --backup ...`, or remove %s if you no longer want backups", file, s.Accessory, d.Config.ConfigPath, file)
+	}
+	if _, ok := a.Env().Clear[BackupEnv]; !ok {
+		return fmt.Errorf("%s: accessory %s lacks %s in env.clear, so it is not understudy's backup accessory: re-run `understudy init --backup ...`", a.Val.Pos(), s.Accessory, BackupEnv)
+	}
+	hosts, _, err := a.Hosts()
+	if err != nil {
+		return err
+	}
+	if len(hosts) != 1 {
+		return fmt.Errorf("%s: accessory %s must run on exactly one server", a.Val.Pos(), a.Name)
+	}
+	d.Backup, d.BackupText, d.BackupHost = &s, text, hosts[0]
 	return nil
 }

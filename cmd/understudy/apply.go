@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -30,11 +32,20 @@ func (c *applyCommand) Run(ctx context.Context, args []string) error {
 	yes := fs.Bool("yes", false, "agree in advance to restarting nodes whose settings need a restart")
 	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for a node to start, clone and stream")
 	dryRun := fs.Bool("dry-run", false, "show the steps apply would take, and change nothing")
+	agentBin := fs.String("agent-binary", "", "the understudy binary to put into the backup accessory: a static Linux build for its server (default: this one, when it is)")
 	t, err := tf.parse(ctx, fs, args, true)
 	if err != nil {
 		return err
 	}
 	defer t.close()
+	if *agentBin != "" {
+		if t.agent == nil {
+			return errors.New("--agent-binary: this app has no backup accessory (`understudy init --backup ...` adds one)")
+		}
+		if t.agent.Binary, err = filepath.Abs(*agentBin); err != nil {
+			return err
+		}
+	}
 	// One reading, one decision: what --dry-run prints is the slice that runs.
 	start := time.Now()
 	if err := live.ReachAll(ctx, t.Target); err != nil {

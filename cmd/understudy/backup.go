@@ -7,51 +7,86 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/lab"
+	"github.com/understudy-dev/understudy/pgops"
+	"github.com/understudy-dev/understudy/setup"
 )
 
-// errKamalBackups: the Kamal side of backups is not built yet.
-var errKamalBackups = errors.New("backups work on the lab so far (`understudy lab up --backup`); on Kamal, the backup accessory is not built yet: see docs/backups.md")
-
-// labBackup is a lab's bucket and key.
-func labBackup(l *lab.Lab) (*backup.S3, *backup.Key, error) {
-	store, err := l.BackupStore()
-	if err != nil {
-		return nil, nil, err
-	}
-	key, err := l.BackupKey()
-	return store, key, err
+// backups is what a backup command works with: the target (lab or Kamal),
+// its bucket and key, and the PostgreSQL programs a restore runs here.
+type backups struct {
+	t      *target
+	store  backup.Store
+	where  string
+	key    *backup.Key
+	keyErr error
+	policy backup.Policy
 }
 
-// openBackups parses a backup command's flags and opens its lab, bucket and key.
-func openBackups(ctx context.Context, fs *flag.FlagSet, args []string) (*lab.Lab, *backup.S3, *backup.Key, error) {
-	l, err := backupLab(ctx, fs, args)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	store, key, err := labBackup(l)
-	return l, store, key, err
-}
-
-// backupLab opens the lab a backup command works on.
-func backupLab(ctx context.Context, fs *flag.FlagSet, args []string) (*lab.Lab, error) {
+// openBackups parses a backup command's flags and opens its target and
+// bucket. The caller closes b.t.
+func openBackups(ctx context.Context, fs *flag.FlagSet, args []string) (*backups, error) {
 	tf := addTargetFlags(fs)
 	t, err := tf.parse(ctx, fs, args, false)
 	if err != nil {
 		return nil, err
 	}
-	defer t.close()
-	if t.lab == nil {
-		return nil, errKamalBackups
+	return backupsOf(t)
+}
+
+// backupsOf is an opened target's backups; it closes t on failure.
+func backupsOf(t *target) (*backups, error) {
+	var err error
+	b := &backups{t: t}
+	switch {
+	case t.lab != nil && t.lab.Backup() == nil:
+		err = fmt.Errorf("the lab in %s has no backups: make one with `understudy lab up --backup`", t.lab.Dir)
+	case t.lab == nil && t.backup == nil:
+		err = errors.New("this app has no backups set up: run `understudy init --backup --backup-endpoint URL --backup-bucket NAME` (with the flags you gave init before), then `understudy apply`; see docs/backups.md")
+	case t.Backup == nil:
+		err = errors.New("the lab's backup storage cannot be opened: its files in run/ are missing")
+	case t.Backup.Err != nil:
+		err = t.Backup.Err
 	}
-	if t.lab.Backup() == nil {
-		return nil, fmt.Errorf("the lab in %s has no backups: make one with `understudy lab up --backup`", t.lab.Dir)
+	if err != nil {
+		t.close()
+		return nil, err
 	}
-	return t.lab, nil
+	b.store, b.where, b.key, b.keyErr = t.Backup.Store, t.Backup.Where, t.Backup.Key, t.Backup.KeyErr
+	if t.lab != nil {
+		b.policy = t.lab.Backup().Policy
+	} else {
+		b.policy = t.backup.Retention
+	}
+	return b, nil
+}
+
+// needKey is the key, or why this machine has none.
+func (b *backups) needKey() (*backup.Key, error) {
+	if b.key == nil {
+		return nil, fmt.Errorf("restoring needs the backup key here: %w", b.keyErr)
+	}
+	return b.key, nil
+}
+
+// pgBin and cred: the PostgreSQL programs a restore runs on this machine,
+// and whom as.
+func (b *backups) pgBin() (string, *syscall.Credential, error) {
+	if b.t.lab != nil {
+		return b.t.lab.Bin, b.t.lab.Cred(), nil
+	}
+	bin, err := backup.FindPGBin(b.t.Cluster.Major)
+	if err != nil {
+		return "", nil, err
+	}
+	cred, err := lab.PostgresCred()
+	return bin, cred, err
 }
 
 // backupCommand: `backup` (a base backup now), `backup keygen`, `backup agent`.
@@ -75,27 +110,55 @@ func (c *backupCommand) Run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "agent" {
 		return c.agent(ctx, args[1:])
 	}
-	l, store, key, err := openBackups(ctx, flag.NewFlagSet("backup", flag.ContinueOnError), args)
+	if hasConfigFlag(args) {
+		return c.inAccessory(ctx, args, false)
+	}
+	b, err := openBackups(ctx, flag.NewFlagSet("backup", flag.ContinueOnError), args)
 	if err != nil {
 		return err
 	}
-	cfg := l.AgentConfig(io.Discard)
-	fmt.Fprintf(c.out, "base backup into %s\n", store.Where())
-	bi, err := backup.TakeBase(ctx, &cfg, store, key, func(p backup.Progress) {
+	defer b.t.close()
+	if b.t.lab == nil {
+		// Kamal: the base backup runs where the agent does, next to the
+		// standby, with the accessory's own secrets.
+		fmt.Fprintf(c.out, "base backup into %s, run in the backup accessory %s on %s\n", b.where, b.t.agent.Name, b.t.agent.Host)
+		return b.t.agent.Exec(ctx, c.out, setup.BackupBinary, "backup", "--config", setup.BackupSetupPath)
+	}
+	key, err := b.needKey()
+	if err != nil {
+		return err
+	}
+	cfg := b.t.lab.AgentConfig(io.Discard)
+	return c.takeBase(ctx, &cfg, b.store, b.where, key, b.policy)
+}
+
+// takeBase takes a base backup now and applies retention.
+func (c *backupCommand) takeBase(ctx context.Context, cfg *backup.AgentConfig, store backup.Store, where string, key *backup.Key, policy backup.Policy) error {
+	fmt.Fprintf(c.out, "base backup into %s\n", where)
+	bi, err := backup.TakeBase(ctx, cfg, store, key, func(p backup.Progress) {
 		fmt.Fprintf(c.out, "  %s\n", progressText(p))
 	})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(c.out, "✓ base backup %s: %s from %s in %.1f s (%s stored), WAL %s to %s on timeline %d\n", bi.ID, mb(bi.Bytes), bi.Source, bi.Duration().Seconds(), mb(bi.Stored), bi.StartLSN, bi.EndLSN, bi.Timeline)
-	n, err := backup.ApplyRetention(ctx, store, l.Backup().Policy, time.Now())
+	n, err := backup.ApplyRetention(ctx, store, policy, time.Now())
 	if err != nil {
 		return fmt.Errorf("the backup is stored, but retention failed: %w", err)
 	}
 	if n > 0 {
-		fmt.Fprintf(c.out, "retention removed %d objects (policy: keep %d base backups)\n", n, l.Backup().Policy.KeepBases)
+		fmt.Fprintf(c.out, "retention removed %d objects (policy: keep %d base backups)\n", n, policy.KeepBases)
 	}
 	return nil
+}
+
+func hasConfigFlag(args []string) bool {
+	for _, a := range args {
+		if a == "--config" || a == "-config" || strings.HasPrefix(a, "--config=") || strings.HasPrefix(a, "-config=") {
+			return true
+		}
+	}
+	return false
 }
 
 func mb(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/(1<<20)) }
@@ -108,13 +171,62 @@ func progressText(p backup.Progress) string {
 	return fmt.Sprintf("%s, %.1f MB/s", mb(p.Done), rate)
 }
 
-// agent runs the backup agent in the foreground until SIGINT/SIGTERM.
+// agent runs the backup agent in the foreground until SIGINT/SIGTERM: in
+// the backup accessory (--config backup.json, secrets from the
+// environment Kamal gives it), or for a lab.
 func (c *backupCommand) agent(ctx context.Context, args []string) error {
-	l, store, key, err := openBackups(ctx, flag.NewFlagSet("backup agent", flag.ContinueOnError), args)
+	if hasConfigFlag(args) {
+		return c.inAccessory(ctx, args, true)
+	}
+	b, err := openBackups(ctx, flag.NewFlagSet("backup agent", flag.ContinueOnError), args)
 	if err != nil {
 		return err
 	}
-	return backup.NewAgent(l.AgentConfig(c.out), store, key).Run(ctx)
+	defer b.t.close()
+	key, err := b.needKey()
+	if err != nil {
+		return err
+	}
+	return backup.NewAgent(b.t.lab.AgentConfig(c.out), b.store, key).Run(ctx)
+}
+
+// inAccessory runs the agent (or one base backup) from a backup.json, with
+// the secrets it names read from the environment and then removed from it,
+// so pg_receivewal and pg_basebackup do not inherit them.
+func (c *backupCommand) inAccessory(ctx context.Context, args []string, agent bool) error {
+	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
+	config := fs.String("config", "", "the backup setup (backup.json), inside the backup accessory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	text, err := os.ReadFile(*config)
+	if err != nil {
+		return fmt.Errorf("reading the backup setup: %w", err)
+	}
+	s, err := backup.ParseSetup(text)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *config, err)
+	}
+	sec, err := s.ReadSecrets(os.LookupEnv, true)
+	for _, n := range s.Secrets.Names() {
+		os.Unsetenv(n)
+	}
+	if err != nil {
+		return err
+	}
+	store, err := s.Open(sec)
+	if err != nil {
+		return err
+	}
+	cfg, err := s.AgentConfig(sec, c.out)
+	if err != nil {
+		return err
+	}
+	if agent {
+		return backup.NewAgent(cfg, store, sec.Key).Run(ctx)
+	}
+	cfg.Log = io.Discard
+	return c.takeBase(ctx, &cfg, store, store.Where(), sec.Key, s.Retention)
 }
 
 // backupsCommand lists the base backups and the recovery window.
@@ -128,21 +240,21 @@ func (*backupsCommand) Summary() string {
 func (c *backupsCommand) Run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("backups", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print JSON")
-	l, err := backupLab(ctx, fs, args)
+	b, err := openBackups(ctx, fs, args)
 	if err != nil {
 		return err
 	}
-	store, key, err := labBackup(l)
-	if err != nil {
-		return err
-	}
+	defer b.t.close()
+	store, key := b.store, b.key
 	cat, err := backup.ReadCatalog(ctx, store)
 	if err != nil {
 		return err
 	}
-	steps, err := backup.HistorySteps(ctx, store, key, backup.NewestTimeline(cat))
-	if err != nil {
-		return err
+	var steps []pgops.TimelineStep // history files are sealed: read with the key, when this machine has it
+	if key != nil {
+		if steps, err = backup.HistorySteps(ctx, store, key, backup.NewestTimeline(cat)); err != nil {
+			return err
+		}
 	}
 	w := backup.RecoveryWindow(cat, steps)
 	if *asJSON {
@@ -151,7 +263,7 @@ func (c *backupsCommand) Run(ctx context.Context, args []string) error {
 			Bases  []backup.BaseInfo `json:"base_backups"`
 			Window backup.Window     `json:"recovery_window"`
 			Broken []string          `json:"unreadable,omitempty"`
-		}{store.Where(), append([]backup.BaseInfo{}, cat.Bases...), w, cat.Broken})
+		}{b.where, append([]backup.BaseInfo{}, cat.Bases...), w, cat.Broken})
 	}
 	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "BASE BACKUP\tFINISHED (UTC)\tSIZE\tSTORED\tDURATION\tFROM\tTIMELINE\tWAL FROM\tWAL TO")

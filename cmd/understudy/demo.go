@@ -184,15 +184,15 @@ func demoBackups(ctx context.Context, out io.Writer, l *lab.Lab, primary string,
 		return err
 	}
 	say("   the app wrote 5000 orders; then a bad migration dropped the table at %s", time.Now().UTC().Format("15:04:05.000"))
-	store, err := l.BackupStore()
+	b, err := backupsOf(&target{Target: l.Target(), lab: l, close: func() {}})
 	if err != nil {
 		return err
 	}
-	if _, _, err := waitArchived(ctx, l, store, time.Minute); err != nil {
+	if _, _, err := waitArchived(ctx, b.t.Target, b.store, time.Minute); err != nil {
 		return err
 	}
 	dir := filepath.Join(filepath.Dir(l.Dir), "restored")
-	req, err := restoreRequest(l, backup.Target{Time: before}, dir, 0)
+	req, err := b.restoreRequest(backup.Target{Time: before}, dir, 0)
 	if err != nil {
 		return err
 	}

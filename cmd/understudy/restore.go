@@ -13,7 +13,7 @@ import (
 
 	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/internal/netutil"
-	"github.com/understudy-dev/understudy/lab"
+	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/pgops"
 )
 
@@ -53,10 +53,11 @@ func (c *restoreCommand) Run(ctx context.Context, args []string) error {
 	tli := fs.Int("timeline", 0, "follow this timeline (default: the newest)")
 	into := fs.String("into", "", "a new or empty directory for the restored cluster (never one that holds a cluster)")
 	port := fs.Int("port", 0, "port for the restored server's socket (default: a free one)")
-	l, err := backupLab(ctx, fs, args)
+	b, err := openBackups(ctx, fs, args)
 	if err != nil {
 		return err
 	}
+	defer b.t.close()
 	if *to == "" || *into == "" {
 		return errors.New("usage: understudy restore --to TIME|latest --into DIR [--timeline N] [--lab DIR]")
 	}
@@ -68,7 +69,7 @@ func (c *restoreCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	req, err := restoreRequest(l, target, dir, *port)
+	req, err := b.restoreRequest(target, dir, *port)
 	if err != nil {
 		return err
 	}
@@ -92,8 +93,12 @@ func timeText(t time.Time) string {
 	return t.UTC().Format("2006-01-02 15:04:05.000000 UTC")
 }
 
-func restoreRequest(l *lab.Lab, target backup.Target, dir string, port int) (backup.RestoreRequest, error) {
-	store, key, err := labBackup(l)
+func (b *backups) restoreRequest(target backup.Target, dir string, port int) (backup.RestoreRequest, error) {
+	key, err := b.needKey()
+	if err != nil {
+		return backup.RestoreRequest{}, err
+	}
+	bin, cred, err := b.pgBin()
 	if err != nil {
 		return backup.RestoreRequest{}, err
 	}
@@ -107,7 +112,7 @@ func restoreRequest(l *lab.Lab, target backup.Target, dir string, port int) (bac
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return backup.RestoreRequest{}, err
 	}
-	return backup.RestoreRequest{Store: store, Key: key, Target: target, BinDir: l.Bin, Dir: dir, Port: port, Cred: l.Cred()}, nil
+	return backup.RestoreRequest{Store: b.store, Key: key, Target: target, BinDir: bin, Dir: dir, Port: port, Cred: cred}, nil
 }
 
 func restoreProgress(out io.Writer) func(string, backup.Progress) {
@@ -133,21 +138,22 @@ func (c *restoreCommand) drill(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("restore drill", flag.ContinueOnError)
 	check := fs.String("check", "", "an SQL query to run on the restored copy (its first value is recorded); the drill fails if it errors")
 	asJSON := fs.Bool("json", false, "print the record as JSON")
-	l, err := backupLab(ctx, fs, args)
+	b, err := openBackups(ctx, fs, args)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
+	defer b.t.close()
 	scratch, err := os.MkdirTemp("", "understudy-drill-")
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
 	defer os.RemoveAll(scratch)
 	os.Chmod(scratch, 0o755)
-	req, err := restoreRequest(l, backup.Target{Latest: true}, filepath.Join(scratch, "drill"), 0)
+	req, err := b.restoreRequest(backup.Target{Latest: true}, filepath.Join(scratch, "drill"), 0)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
-	expected, tli, err := waitArchived(ctx, l, req.Store, 2*time.Minute)
+	expected, tli, err := waitArchived(ctx, b.t.Target, req.Store, 2*time.Minute)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
@@ -184,10 +190,10 @@ func drillText(r backup.DrillRecord) string {
 
 // waitArchived reads where the primary is and waits until the agent
 // reports the archive holds it.
-func waitArchived(ctx context.Context, l *lab.Lab, store backup.Store, timeout time.Duration) (pgops.LSN, pgops.Timeline, error) {
+func waitArchived(ctx context.Context, t live.Target, store backup.Store, timeout time.Duration) (pgops.LSN, pgops.Timeline, error) {
 	var primary string
-	for _, n := range l.Cluster.Nodes {
-		c, err := l.Conn(ctx, n.Name)
+	for _, n := range t.Cluster.Nodes {
+		c, err := t.Control.Conn(ctx, n.Name)
 		if err != nil {
 			continue
 		}
@@ -200,7 +206,7 @@ func waitArchived(ctx context.Context, l *lab.Lab, store backup.Store, timeout t
 	if primary == "" {
 		return 0, 0, errors.New("no primary answers: a drill proves the archive against the primary's position")
 	}
-	c, err := l.Conn(ctx, primary)
+	c, err := t.Control.Conn(ctx, primary)
 	if err != nil {
 		return 0, 0, err
 	}

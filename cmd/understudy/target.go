@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 
+	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/kamal"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
@@ -46,9 +48,11 @@ func addTargetFlags(fs *flag.FlagSet) *targetFlags {
 // target is an opened target; close releases SSH connections.
 type target struct {
 	live.Target
-	lab   *lab.Lab
-	kamal *remote.Control
-	close func()
+	lab    *lab.Lab
+	kamal  *remote.Control
+	agent  *remote.BackupAgent // the backup accessory, when init set one up
+	backup *backup.Setup
+	close  func()
 }
 
 // open picks the target: --lab; else the app's deploy.yml when there is
@@ -124,6 +128,9 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 	for _, n := range d.Cluster.Nodes {
 		names = append(names, n.Name)
 	}
+	if d.Backup != nil {
+		names = append(names, d.Backup.Accessory)
+	}
 	cmds, err := remote.NodeCommands(d.Config, names)
 	if err != nil {
 		return nil, err
@@ -135,7 +142,66 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 		Dialer: dialer, Shell: dialer, Nodes: remote.NodesFromCluster(d.Cluster, d.Hosts, cmds),
 		DBUser: dbUser, DBUserFrom: userFrom, DBPassword: dbPassword,
 	}
-	return &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword}, kamal: ctl, close: dialer.Close}, nil
+	tg := &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword}, kamal: ctl, close: dialer.Close}
+	if d.Backup != nil {
+		tg.backup = d.Backup
+		tg.agent = &remote.BackupAgent{Control: ctl, Name: d.Backup.Accessory, Host: d.BackupHost, Commands: cmds[d.Backup.Accessory],
+			BinDir: setup.BackupBinDir, Setup: d.BackupText, Binary: defaultAgentBinary()}
+		tg.BackupAgent = tg.agent
+		tg.Backup = kamalBackupAccess(ctx, d, abs)
+	}
+	return tg, nil
+}
+
+// kamalBackupAccess opens the bucket with the backup secrets resolved here,
+// as Kamal resolves them; what does not resolve is reported by status and
+// check, not fatal (the key is needed only to restore).
+func kamalBackupAccess(ctx context.Context, d *setup.Deployed, app string) *live.BackupAccess {
+	s := d.Backup
+	a := &live.BackupAccess{Where: s.Storage.Endpoint + "/" + s.Storage.Bucket + "/" + s.Storage.Prefix}
+	resolve := func(name string) (string, error) {
+		v, err := d.Secrets.Resolve(ctx, app, name)
+		if err == nil && v == "" {
+			err = fmt.Errorf("%s is empty", name)
+		}
+		return v, err
+	}
+	if v, err := resolve(s.Secrets.EncryptionKey); err != nil {
+		a.KeyErr = err
+	} else if a.Key, err = backup.ParseKey(v); err != nil {
+		a.KeyErr = fmt.Errorf("%s: %w", s.Secrets.EncryptionKey, err)
+	}
+	id, err := resolve(s.Secrets.AccessKeyID)
+	if err != nil {
+		a.Err = fmt.Errorf("the storage's access key does not resolve here: %w", err)
+		return a
+	}
+	secret, err := resolve(s.Secrets.SecretAccessKey)
+	if err != nil {
+		a.Err = fmt.Errorf("the storage's secret key does not resolve here: %w", err)
+		return a
+	}
+	st, err := s.Open(backup.Secrets{AccessKeyID: id, SecretAccessKey: secret})
+	if err != nil {
+		a.Err = err
+		return a
+	}
+	a.Store, a.Where = st, st.Where()
+	return a
+}
+
+// defaultAgentBinary is the understudy binary apply puts into the backup
+// accessory: $UNDERSTUDY_AGENT_BINARY, else this one when it is a Linux
+// build (apply checks it further against the server).
+func defaultAgentBinary() string {
+	if p := os.Getenv("UNDERSTUDY_AGENT_BINARY"); p != "" {
+		return p
+	}
+	exe, err := os.Executable()
+	if err != nil || runtime.GOOS != "linux" || strings.HasSuffix(exe, ".test") {
+		return ""
+	}
+	return exe
 }
 
 // parse parses a live command's flags and opens its target; for a command

@@ -1,0 +1,213 @@
+package remote
+
+import (
+	"context"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+
+	"github.com/understudy-dev/understudy/kamal"
+	"github.com/understudy-dev/understudy/live"
+)
+
+// BackupAgent is the backup accessory (live.BackupAgentDeployer): the
+// understudy binary put into the directory its deploy.yml entry mounts at
+// BinDir, and its container, booted and rebooted through kamal.
+type BackupAgent struct {
+	Control  *Control
+	Name     string // the accessory
+	Host     string
+	Commands *kamal.AccessoryCommands
+	BinDir   string // where the container sees the binary's directory
+	Setup    string // backup.json as init wrote it (what boot uploads)
+	// Binary is the local understudy executable to put on the server: a
+	// static Linux one for the server's architecture.
+	Binary string
+}
+
+var _ live.BackupAgentDeployer = (*BackupAgent)(nil)
+
+// binHostDir is the server's directory behind BinDir, as Kamal names it.
+func (b *BackupAgent) binHostDir() (string, error) {
+	for _, d := range b.Commands.Directories {
+		if d.ContainerPath == b.BinDir {
+			return d.HostPath, nil
+		}
+	}
+	return "", fmt.Errorf("accessory %s mounts nothing at %s: re-run `understudy init --backup ...`", b.Name, b.BinDir)
+}
+
+// setupHostPath is where Kamal's boot uploaded backup.json (files: entry).
+func (b *BackupAgent) setupHostPath() string {
+	for _, f := range b.Commands.Files {
+		if path.Base(f.ContainerPath) == "backup.json" {
+			return f.HostPath
+		}
+	}
+	return ""
+}
+
+// SumCmd prints the SHA-256 of each file that exists (sha256sum's format),
+// nothing for one that does not. Pure.
+func SumCmd(paths ...string) string {
+	return "sha256sum " + strings.Join(paths, " ") + " 2>/dev/null; true"
+}
+
+// InstallCmd writes stdin to dir/name as an executable, atomically (a
+// running agent keeps its old file). Pure.
+func InstallCmd(dir, name string) string {
+	tmp := dir + "/." + name + ".new"
+	return fmt.Sprintf("/usr/bin/env mkdir -p %s && cat > %s && chmod 755 %s && mv -f %s %s/%s", dir, tmp, tmp, tmp, dir, name)
+}
+
+// ParseSums reads sha256sum's output into path → sum.
+func ParseSums(out string) map[string]string {
+	m := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) == 2 && len(f[0]) == 64 {
+			m[strings.TrimPrefix(f[1], "*")] = f[0]
+		}
+	}
+	return m
+}
+
+func sumOf(r io.Reader) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, r); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// checkBinary refuses a binary the accessory's container cannot run: not
+// Linux ELF for the server's machine, or linked against a C library.
+func checkBinary(file, machine string) error {
+	f, err := elf.Open(file)
+	if err != nil {
+		return fmt.Errorf("%s is not a Linux executable (%v): the backup accessory runs understudy inside a Linux container; pass --agent-binary with a Linux build (GOOS=linux CGO_ENABLED=0 go build ./cmd/understudy)", file, err)
+	}
+	defer f.Close()
+	want := map[string]elf.Machine{"x86_64": elf.EM_X86_64, "aarch64": elf.EM_AARCH64, "arm64": elf.EM_AARCH64}[machine]
+	if want != 0 && f.Machine != want {
+		return fmt.Errorf("%s is built for %s, but the server is %s: pass --agent-binary with a build for it (GOOS=linux GOARCH=%s CGO_ENABLED=0 go build ./cmd/understudy)", file, f.Machine, machine, map[string]string{"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[machine])
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is linked against the C library, which the postgres image may not have in the same version: pass --agent-binary with a static build (CGO_ENABLED=0 go build ./cmd/understudy)", file)
+		}
+	}
+	return nil
+}
+
+// ReadAgent reads the container's state and what the server holds.
+func (b *BackupAgent) ReadAgent(ctx context.Context) (live.AgentFacts, error) {
+	f := live.AgentFacts{Name: b.Name, Binary: b.Binary}
+	if b.Binary == "" {
+		return f, errors.New("apply needs the understudy binary to put into the backup accessory, and this one cannot be used: pass --agent-binary PATH (a static Linux build: GOOS=linux CGO_ENABLED=0 go build ./cmd/understudy)")
+	}
+	dir, err := b.binHostDir()
+	if err != nil {
+		return f, err
+	}
+	machine, err := b.Control.Shell.Exec(ctx, b.Host, "uname -m", nil)
+	if err != nil {
+		return f, fmt.Errorf("reading %s's machine type: %w", b.Host, err)
+	}
+	if err := checkBinary(b.Binary, strings.TrimSpace(string(machine))); err != nil {
+		return f, err
+	}
+	bin, err := os.Open(b.Binary)
+	if err != nil {
+		return f, err
+	}
+	local, err := sumOf(bin)
+	bin.Close()
+	if err != nil {
+		return f, err
+	}
+	binPath, setupPath := dir+"/understudy", b.setupHostPath()
+	out, err := b.Control.Shell.Exec(ctx, b.Host, SumCmd(binPath, setupPath), nil)
+	if err != nil {
+		return f, fmt.Errorf("reading the backup accessory's files on %s: %w", b.Host, err)
+	}
+	sums := ParseSums(string(out))
+	remote := func(p string) string { // sha256sum prints $PWD expanded
+		for k, v := range sums {
+			if strings.HasSuffix(k, strings.TrimPrefix(p, "$PWD/")) {
+				return v
+			}
+		}
+		return ""
+	}
+	setupSum, _ := sumOf(strings.NewReader(b.Setup))
+	f.BinaryCurrent = remote(binPath) == local
+	f.ConfigCurrent = remote(setupPath) == setupSum
+	ci, err := b.Control.inspectContainer(ctx, b.Host, b.Commands.ServiceName)
+	switch {
+	case errors.Is(err, errNoContainer):
+		f.Container = "absent"
+	case err != nil:
+		return f, err
+	default:
+		f.Container = ci.State
+	}
+	return f, nil
+}
+
+// InstallAgentBinary copies the binary to the server.
+func (b *BackupAgent) InstallAgentBinary(ctx context.Context) error {
+	dir, err := b.binHostDir()
+	if err != nil {
+		return err
+	}
+	bin, err := os.Open(b.Binary)
+	if err != nil {
+		return err
+	}
+	defer bin.Close()
+	if _, err := b.Control.Shell.Exec(ctx, b.Host, InstallCmd(dir, "understudy"), bin); err != nil {
+		return fmt.Errorf("copying %s to %s:%s: %w", b.Binary, b.Host, dir, err)
+	}
+	return nil
+}
+
+// BootAgent is `kamal accessory boot`.
+func (b *BackupAgent) BootAgent(ctx context.Context) error {
+	_, err := b.Control.Runner.Run(ctx, b.Control.Kamal.Boot(b.Name))
+	return err
+}
+
+// RebootAgent is `kamal accessory reboot`.
+func (b *BackupAgent) RebootAgent(ctx context.Context) error {
+	_, err := b.Control.Runner.Run(ctx, b.Control.Kamal.Reboot(b.Name))
+	return err
+}
+
+// StartAgent is Kamal's accessory start.
+func (b *BackupAgent) StartAgent(ctx context.Context) error {
+	_, err := b.Control.Shell.Exec(ctx, b.Host, b.Commands.Start(), nil)
+	return err
+}
+
+// ExecCmd runs argv in the running container (docker exec). Pure.
+func ExecCmd(container string, argv ...string) string {
+	q := make([]string, len(argv))
+	for i, a := range argv {
+		q[i] = shq(a)
+	}
+	return "docker exec " + shq(container) + " " + strings.Join(q, " ")
+}
+
+// Exec runs argv inside the backup accessory's container, its output
+// copied to out as it comes.
+func (b *BackupAgent) Exec(ctx context.Context, out io.Writer, argv ...string) error {
+	_, err := b.Control.Dialer.ExecTee(ctx, b.Host, ExecCmd(b.Commands.ServiceName, argv...), out)
+	return err
+}
