@@ -3,6 +3,7 @@ package backup
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/understudy-dev/understudy/pgops"
 )
 
@@ -291,10 +293,13 @@ func WriteRecoveryConfig(dir, walDir string, t Target) error {
 type Server struct {
 	BinDir, Dir, WALDir, Sock string
 	Port                      int
-	Cred                      *syscall.Credential // run as this user (postgres refuses root)
-	Log                       string
-	cmd                       *exec.Cmd
-	exited                    chan error
+	// User is a role of the restored cluster to log in as (trusted on the
+	// socket): the official image's bootstrap superuser is POSTGRES_USER.
+	User   string
+	Cred   *syscall.Credential // run as this user (postgres refuses root)
+	Log    string
+	cmd    *exec.Cmd
+	exited chan error
 }
 
 // Start starts postgres on the restored directory: a Unix socket in Sock,
@@ -319,7 +324,7 @@ func (s *Server) Start(ctx context.Context) error {
 
 // Conn connects over the socket.
 func (s *Server) Conn(ctx context.Context) (*pgx.Conn, error) {
-	return pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres connect_timeout=2", s.Sock, s.Port))
+	return pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=2", s.Sock, s.Port, quoteConn(cmp.Or(s.User, "postgres"))))
 }
 
 // WaitPromoted waits until recovery has ended (the server is writable), or
@@ -343,6 +348,11 @@ func (s *Server) WaitPromoted(ctx context.Context, timeout time.Duration) (Resto
 		case <-time.After(200 * time.Millisecond):
 		}
 		c, err := s.Conn(ctx)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "28") { // invalid_authorization_specification: no such role
+			return r, &RestoreError{What: fmt.Sprintf("cannot log in to the restored server as %q: %s", cmp.Or(s.User, "postgres"), pgErr.Message),
+				Fix: "restore as a role the cluster has (its POSTGRES_USER); the server is still in " + s.Dir}
+		}
 		if err != nil {
 			continue
 		}

@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -71,6 +72,7 @@ type RestoreRequest struct {
 	BinDir   string
 	Dir      string // the new data directory (missing or empty)
 	Port     int    // for the restored server's socket
+	User     string // a role of the cluster to log in as (default postgres)
 	Cred     *syscall.Credential
 	Timeout  time.Duration // for recovery
 	Progress func(stage string, p Progress)
@@ -106,7 +108,7 @@ func Restore(ctx context.Context, req RestoreRequest) (Restored, *Server, error)
 			})
 		}
 	}
-	srv := &Server{BinDir: req.BinDir, Dir: req.Dir, WALDir: walDir, Sock: sock, Port: req.Port, Cred: req.Cred, Log: req.Dir + ".restore.log"}
+	srv := &Server{BinDir: req.BinDir, Dir: req.Dir, WALDir: walDir, Sock: sock, Port: req.Port, User: cmp.Or(req.User, "postgres"), Cred: req.Cred, Log: req.Dir + ".restore.log"}
 	t1 := time.Now()
 	if err := srv.Start(ctx); err != nil {
 		return res, nil, err

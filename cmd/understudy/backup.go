@@ -67,6 +67,16 @@ func backupsOf(t *target) (*backups, error) {
 	return b, nil
 }
 
+// dbUser is a role the restored cluster has: the one understudy logs in
+// to the nodes as (on Kamal the image's POSTGRES_USER, its bootstrap
+// superuser).
+func (b *backups) dbUser() string {
+	if b.t.kamal != nil {
+		return b.t.kamal.DBUser
+	}
+	return "postgres"
+}
+
 // needKey is the key, or why this machine has none.
 func (b *backups) needKey() (*backup.Key, error) {
 	if b.key == nil {

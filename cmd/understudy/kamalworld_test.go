@@ -208,11 +208,7 @@ func (w *kamalWorld) kamalCalls() []string {
 // state is the node's container as Docker on its server sees it.
 func (w *kamalWorld) state(t testing.TB, node string) string {
 	t.Helper()
-	out, err := exec.Command("docker", "-H", w.docker[node].DockerHost(), "container", "inspect", "--format", "{{.State.Status}}", "shop-"+node).CombinedOutput()
-	if err != nil {
-		return "absent"
-	}
-	return strings.TrimSpace(string(out))
+	return w.containerState(t, node, "shop-"+node)
 }
 
 // containers lists every container on every server with its state and id,

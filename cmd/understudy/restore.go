@@ -81,7 +81,7 @@ func (c *restoreCommand) Run(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(c.out, "✓ restored base backup %s and %d WAL files: fetched in %.1f s, recovered in %.1f s\n", res.Base, res.Segments, res.Fetch.Seconds(), res.Replay.Seconds())
 	fmt.Fprintf(c.out, "  recovery ended at %s, now on timeline %d; last transaction replayed: %s\n", res.Reached, res.Timeline, timeText(res.LastCommit))
-	fmt.Fprintf(c.out, "  it runs as a standalone primary on a local socket only:\n    psql \"host=%s port=%d user=postgres dbname=postgres\"\n", srv.Sock, srv.Port)
+	fmt.Fprintf(c.out, "  it runs as a standalone primary on a local socket only:\n    psql \"host=%s port=%d user=%s dbname=postgres\"\n", srv.Sock, srv.Port, srv.User)
 	fmt.Fprintf(c.out, "  stop it with: pg_ctl -D %s stop (as the postgres user)\n", dir)
 	return nil
 }
@@ -112,7 +112,7 @@ func (b *backups) restoreRequest(target backup.Target, dir string, port int) (ba
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return backup.RestoreRequest{}, err
 	}
-	return backup.RestoreRequest{Store: b.store, Key: key, Target: target, BinDir: bin, Dir: dir, Port: port, Cred: cred}, nil
+	return backup.RestoreRequest{Store: b.store, Key: key, Target: target, BinDir: bin, Dir: dir, Port: port, Cred: cred, User: b.dbUser()}, nil
 }
 
 func restoreProgress(out io.Writer) func(string, backup.Progress) {

@@ -1,10 +1,16 @@
 package labtest
 
 import (
+	"bytes"
 	"context"
-
+	"crypto/rand"
+	"encoding/hex"
+	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -91,4 +97,69 @@ func WaitBase(t testing.TB, l *lab.Lab, since time.Time, timeout time.Duration) 
 		return false
 	})
 	return got
+}
+
+// S3 is an S3-compatible server (versitygw) a test started on its own.
+type S3 struct {
+	Endpoint, AccessKey, SecretKey, Bucket string
+}
+
+// StartS3 starts versitygw on addr (host:port) over a temporary directory,
+// with a bucket and fresh credentials (in its environment, never argv), and
+// stops it, by its PID, when the test ends.
+func StartS3(t testing.TB, addr, bucket string) S3 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	buildGW.Lock()
+	gw, err := lab.BuildVersityGW(ctx, os.Stderr)
+	buildGW.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, bucket), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s := S3{Endpoint: "http://" + addr, AccessKey: "test" + randHex(4), SecretKey: randHex(16), Bucket: bucket}
+	cmd := exec.Command(gw, "--port", addr, "--quiet", "posix", dir)
+	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+s.AccessKey, "ROOT_SECRET_ACCESS_KEY="+s.SecretKey)
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			return s
+		}
+		select {
+		case <-done:
+			t.Fatalf("versitygw on %s exited: %s", addr, log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("versitygw did not answer on %s within 30 s", addr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }

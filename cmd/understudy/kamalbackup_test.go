@@ -1,0 +1,175 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/understudy-dev/understudy/backup"
+	"github.com/understudy-dev/understudy/internal/labtest"
+	"github.com/understudy-dev/understudy/internal/netutil"
+)
+
+// staticUnderstudy builds the binary apply puts into the backup accessory:
+// static, as a release is (the test binary itself is not a CLI).
+func staticUnderstudy(t *testing.T) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "understudy")
+	c := exec.Command("go", "build", "-o", out, ".")
+	c.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("building a static understudy: %v\n%s", err, b)
+	}
+	return out
+}
+
+// Backups on the production path: `init --backup` on an app that already
+// replicates, apply puts the binary on the standby's server and boots the
+// backup accessory (the nodes' image, unmodified, on the host network),
+// the agent streams from the standby into an S3-compatible server (versitygw
+// on the operator's side of the switch), and a restore drill on this
+// machine proves the data. Real Docker, real SSH, the Kamal stand-in.
+func TestKamalBackupAccessory(t *testing.T) {
+	w := newKamalWorld(t, worldOptions{})
+	if out, code := runCLI(t, "apply", "--app", w.app); code != 0 {
+		t.Fatalf("apply: exit %d\n%s", code, out)
+	}
+	ports, err := netutil.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3 := labtest.StartS3(t, fmt.Sprintf("%s:%d", w.netns.HostAddr(), ports[0]), "shop-backups")
+	key, err := backup.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The values live in the environment kamal runs from; .kamal/secrets
+	// gets references only.
+	t.Setenv("BACKUP_S3_ACCESS_KEY_ID", s3.AccessKey)
+	t.Setenv("BACKUP_S3_SECRET_ACCESS_KEY", s3.SecretKey)
+	t.Setenv("BACKUP_ENCRYPTION_KEY", key.String())
+	r := w.addr["db-replica"]
+	out, code := runCLI(t, "init", "--app", w.app, "--replica-host", r, "--replica-ip", r,
+		"--backup", "--backup-endpoint", s3.Endpoint, "--backup-bucket", s3.Bucket, "--backup-path-style", "--backup-keep", "2")
+	if code != 0 {
+		t.Fatalf("init --backup: exit %d\n%s", code, out)
+	}
+	secrets, _ := os.ReadFile(filepath.Join(w.app, ".kamal", "secrets"))
+	for _, ref := range []string{"BACKUP_S3_ACCESS_KEY_ID=$BACKUP_S3_ACCESS_KEY_ID", "BACKUP_S3_SECRET_ACCESS_KEY=$BACKUP_S3_SECRET_ACCESS_KEY", "BACKUP_ENCRYPTION_KEY=$BACKUP_ENCRYPTION_KEY"} {
+		if !strings.Contains(string(secrets), ref+"\n") {
+			t.Errorf(".kamal/secrets lacks the reference %s:\n%s", ref, secrets)
+		}
+	}
+	values := []string{s3.SecretKey, key.String(), "repl-password-for-kamal-test"}
+	noSecretIn := func(what, text string) {
+		t.Helper()
+		for _, v := range values {
+			if strings.Contains(text, v) {
+				t.Errorf("a secret value is in %s", what)
+			}
+		}
+	}
+	filepath.Walk(w.app, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			b, _ := os.ReadFile(p)
+			noSecretIn(p, string(b))
+		}
+		return nil
+	})
+
+	bin := staticUnderstudy(t)
+	out, code = runCLI(t, "apply", "--app", w.app, "--agent-binary", bin, "--dry-run")
+	if code != 0 || !strings.Contains(out, "db-backup: put the understudy binary") || !strings.Contains(out, "db-backup: boot it") {
+		t.Fatalf("apply --dry-run: exit %d\n%s", code, out)
+	}
+	if s := w.containerState(t, "db-replica", "shop-db-backup"); s != "absent" {
+		t.Fatalf("--dry-run left the backup container %s", s)
+	}
+	out, code = runCLI(t, "apply", "--app", w.app, "--agent-binary", bin)
+	if code != 0 || !strings.Contains(out, "booted db-backup") {
+		t.Fatalf("apply: exit %d\n%s", code, out)
+	}
+	// A second apply finds the binary and the container in place.
+	if out, code = runCLI(t, "apply", "--app", w.app, "--agent-binary", bin); code != 0 || !strings.Contains(out, "nothing to do") {
+		t.Errorf("second apply: exit %d\n%s", code, out)
+	}
+	if s := w.containerState(t, "db-replica", "shop-db-backup"); s != "running" {
+		t.Fatalf("the backup accessory is %s\n%s", s, w.docker["db-replica"].Docker(t, "logs", "shop-db-backup"))
+	}
+	logs := func() string {
+		o, _ := exec.Command("docker", "-H", w.docker["db-replica"].DockerHost(), "logs", "shop-db-backup").CombinedOutput()
+		return string(o)
+	}
+
+	// The first base backup, taken by the agent from the standby.
+	var list struct {
+		Bases []backup.BaseInfo `json:"base_backups"`
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for len(list.Bases) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no base backup after 3 minutes; the agent's log:\n%s", logs())
+		}
+		time.Sleep(time.Second)
+		if out, code := runCLI(t, "backups", "--app", w.app, "--json"); code == 0 {
+			json.Unmarshal([]byte(out), &list)
+		}
+	}
+	if b := list.Bases[0]; b.Source != "db-replica" || !b.FromStandby {
+		t.Errorf("the base backup came from %s (standby %v), not the standby db-replica", b.Source, b.FromStandby)
+	}
+	if got := w.query(t, "db", "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = 'understudy_backup'"); got != "0" {
+		t.Errorf("the primary holds the backup slot")
+	}
+	if got := w.query(t, "db-replica", "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = 'understudy_backup'"); got != "1" {
+		t.Errorf("the standby has no backup slot")
+	}
+
+	// Data written after the base backup reaches a restore through the WAL.
+	w.exec(t, "db", "CREATE TABLE orders (id int PRIMARY KEY)", "INSERT INTO orders SELECT generate_series(1, 1000)")
+	out, code = runCLI(t, "restore", "drill", "--app", w.app, "--check", "SELECT count(*) FROM orders", "--json")
+	if code != 0 {
+		t.Fatalf("restore drill: exit %d\n%s\nagent:\n%s", code, out, logs())
+	}
+	var rec backup.DrillRecord
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &rec); err != nil {
+		t.Fatalf("drill output: %v\n%s", err, out)
+	}
+	if !rec.OK || rec.CheckResult != "1000" {
+		t.Errorf("drill: ok %v, check %q (want 1000)\n%s", rec.OK, rec.CheckResult, out)
+	}
+	out, code = runCLI(t, "check", "--app", w.app)
+	if code != 0 {
+		t.Errorf("check after a passing drill: exit %d\n%s", code, out)
+	}
+	out, code = runCLI(t, "status", "--app", w.app)
+	if !strings.Contains(out, "backups") || !strings.Contains(out, s3.Bucket) {
+		t.Errorf("status has no backup section:\n%s", out)
+	}
+
+	// A base backup on demand runs in the accessory, with its progress here.
+	out, code = runCLI(t, "backup", "--app", w.app)
+	if code != 0 || !strings.Contains(out, "✓ base backup") || !strings.Contains(out, "from db-replica") {
+		t.Errorf("backup: exit %d\n%s", code, out)
+	}
+
+	// No secret in the container's command line, its log, or its config file.
+	noSecretIn("the backup container's command", w.docker["db-replica"].Docker(t, "container", "inspect", "--format", "{{json .Args}} {{json .Config.Cmd}}", "shop-db-backup"))
+	noSecretIn("the agent's log", logs())
+	noSecretIn("pg_stat_activity on db-replica", w.query(t, "db-replica", "SELECT coalesce(string_agg(query, ' '), '') FROM pg_stat_activity"))
+}
+
+// containerState is a named container's state on a node's server.
+func (w *kamalWorld) containerState(t testing.TB, node, name string) string {
+	t.Helper()
+	out, err := exec.Command("docker", "-H", w.docker[node].DockerHost(), "container", "inspect", "--format", "{{.State.Status}}", name).CombinedOutput()
+	if err != nil {
+		return "absent"
+	}
+	return strings.TrimSpace(string(out))
+}
