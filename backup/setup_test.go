@@ -1,0 +1,65 @@
+package backup
+
+import (
+	"strings"
+	"testing"
+)
+
+func testSetup() Setup {
+	return Setup{Accessory: "db-backup", Major: 15, Storage: S3Config{Endpoint: "http://10.211.7.1:9000", Bucket: "b", PathStyle: true},
+		Sources: []Source{{Name: "db", Host: "10.0.0.2", Port: 5432}, {Name: "db-replica", Host: "10.0.0.3", Port: 5433}},
+		User:    "replicator", StateDir: "/var/lib/understudy-backup", BaseEvery: "24h", Retention: Policy{KeepBases: 2}, Secrets: DefaultSecretNames}
+}
+
+func TestSetupRoundTripsAndRefusesWhatTheAgentCannotUse(t *testing.T) {
+	s := testSetup()
+	got, err := ParseSetup([]byte(MarshalSetup(s)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if MarshalSetup(got) != MarshalSetup(s) {
+		t.Errorf("round trip changed the setup:\n%s", MarshalSetup(got))
+	}
+	bad := map[string]func(string) string{
+		"unknown field":    func(j string) string { return strings.Replace(j, `"accessory"`, `"acessory"`, 1) },
+		"relative state":   func(j string) string { return strings.Replace(j, `"/var/lib/understudy-backup"`, `"state"`, 1) },
+		"a short period":   func(j string) string { return strings.Replace(j, `"24h"`, `"10s"`, 1) },
+		"no bucket":        func(j string) string { return strings.Replace(j, `"bucket": "b"`, `"bucket": ""`, 1) },
+		"a secret unnamed": func(j string) string { return strings.Replace(j, `"BACKUP_ENCRYPTION_KEY"`, `""`, 1) },
+		"not JSON":         func(string) string { return "{" },
+	}
+	for name, edit := range bad {
+		if _, err := ParseSetup([]byte(edit(MarshalSetup(s)))); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// The passfile escapes ':' and '\' (libpq-pgpass.html) and names each source.
+func TestPassfileEscapes(t *testing.T) {
+	got := testSetup().Passfile(`pa:ss\word`)
+	want := "10.0.0.2:5432:*:replicator:pa\\:ss\\\\word\n10.0.0.3:5433:*:replicator:pa\\:ss\\\\word\n"
+	if got != want {
+		t.Errorf("passfile %q, want %q", got, want)
+	}
+}
+
+func TestReadSecretsNamesWhatIsMissing(t *testing.T) {
+	s := testSetup()
+	k, _ := GenerateKey()
+	env := map[string]string{"BACKUP_S3_ACCESS_KEY_ID": "id", "BACKUP_ENCRYPTION_KEY": k.String()}
+	_, err := s.ReadSecrets(func(n string) (string, bool) { v, ok := env[n]; return v, ok }, true)
+	if err == nil || !strings.Contains(err.Error(), "BACKUP_S3_SECRET_ACCESS_KEY, REPLICATION_PASSWORD") || !strings.Contains(err.Error(), "kamal accessory reboot db-backup") {
+		t.Errorf("missing secrets: %v", err)
+	}
+	env["BACKUP_S3_SECRET_ACCESS_KEY"], env["REPLICATION_PASSWORD"] = "sk", "pw"
+	env["BACKUP_ENCRYPTION_KEY"] = "AGE-SECRET-KEY-1NOTAKEY"
+	if _, err := s.ReadSecrets(func(n string) (string, bool) { v, ok := env[n]; return v, ok }, true); err == nil || strings.Contains(err.Error(), "NOTAKEY") {
+		t.Errorf("a malformed key: %v (must be refused without repeating it)", err)
+	}
+	env["BACKUP_ENCRYPTION_KEY"] = k.String()
+	sec, err := s.ReadSecrets(func(n string) (string, bool) { v, ok := env[n]; return v, ok }, true)
+	if err != nil || sec.Key.Recipient() != k.Recipient() || sec.Replication != "pw" {
+		t.Errorf("secrets %+v, %v", sec, err)
+	}
+}

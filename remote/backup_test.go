@@ -1,0 +1,34 @@
+package remote
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestAgentFileCommands(t *testing.T) {
+	if got := InstallCmd("$PWD/shop-db-backup/bin", "understudy"); got != "/usr/bin/env mkdir -p $PWD/shop-db-backup/bin && cat > $PWD/shop-db-backup/bin/.understudy.new && chmod 755 $PWD/shop-db-backup/bin/.understudy.new && mv -f $PWD/shop-db-backup/bin/.understudy.new $PWD/shop-db-backup/bin/understudy" {
+		t.Errorf("InstallCmd: %s", got)
+	}
+	sum := strings.Repeat("ab", 32)
+	got := ParseSums(sum + "  /root/shop-db-backup/bin/understudy\n" + sum + " *shop-db-backup/understudy/backup.json\nsha256sum: x: No such file\n")
+	if len(got) != 2 || got["/root/shop-db-backup/bin/understudy"] != sum || got["shop-db-backup/understudy/backup.json"] != sum {
+		t.Errorf("ParseSums: %v", got)
+	}
+	if got := ExecCmd("shop-db-backup", "/understudy/bin/understudy", "backup", "--config", "/understudy/backup.json"); got != "docker exec 'shop-db-backup' '/understudy/bin/understudy' 'backup' '--config' '/understudy/backup.json'" {
+		t.Errorf("ExecCmd: %s", got)
+	}
+}
+
+// A binary the container cannot run is refused before anything is copied.
+func TestCheckBinaryRefusesWhatTheContainerCannotRun(t *testing.T) {
+	notELF := t.TempDir() + "/understudy"
+	os.WriteFile(notELF, []byte("#!/bin/sh\n"), 0o755)
+	if err := checkBinary(notELF, "x86_64"); err == nil || !strings.Contains(err.Error(), "--agent-binary") {
+		t.Errorf("a script: %v", err)
+	}
+	// /bin/sh is a dynamically linked ELF of this machine.
+	if err := checkBinary("/bin/sh", "x86_64"); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") && !strings.Contains(err.Error(), "built for") {
+		t.Errorf("a dynamic binary: %v", err)
+	}
+}
