@@ -44,6 +44,7 @@ type AgentConfig struct {
 	PartialEvery time.Duration // how often the segment being written is uploaded (with one upload, the RPO); default 500 ms
 	BaseEvery    time.Duration // a new base backup when the newest is older
 	Policy       Policy
+	Drill        *DrillSchedule // scheduled restore drills, or nil
 	Log          io.Writer
 }
 
@@ -157,6 +158,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.uploadLoop(ctx) }()
 	go func() { defer wg.Done(); a.statusLoop(ctx) }()
 	go func() { defer wg.Done(); a.baseLoop(ctx) }()
+	if a.cfg.Drill != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.drillLoop(ctx) }()
+	}
 	a.receiveLoop(ctx)
 	wg.Wait()
 	// A last upload and status, so a clean stop leaves nothing behind.

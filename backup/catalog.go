@@ -251,7 +251,7 @@ func PlanRestore(cat Catalog, target Target, steps []pgops.TimelineStep) (Restor
 	}
 	path := PathTo(rp.Timeline, steps)
 	segSize := cat.SegSize
-	files, partials, hist := indexWAL(cat, path)
+	files, partials, hist := indexWAL(cat)
 	rp.Histories = hist
 	// Newest base backup on the path that finished before the target.
 	var candidates []BaseInfo
@@ -318,13 +318,17 @@ func PlanRestore(cat Catalog, target Target, steps []pgops.TimelineStep) (Restor
 }
 
 // indexWAL splits the archive's WAL into complete segments, partial ones,
-// and the history files of the timelines on path.
-func indexWAL(cat Catalog, path []TimelineSpan) (files, partials map[pgops.Segment]WALFile, hist []string) {
+// and every history file. All of them are fetched, not only those on the
+// target's path: at the end of recovery PostgreSQL takes the first
+// timeline after the target's that has no history file (xlogrecovery.c,
+// findNewestTimeLine), so a restore that follows an older timeline must
+// see the newer ones to branch a timeline no node has used.
+func indexWAL(cat Catalog) (files, partials map[pgops.Segment]WALFile, hist []string) {
 	files, partials = map[pgops.Segment]WALFile{}, map[pgops.Segment]WALFile{}
 	for _, f := range cat.WAL {
 		switch {
 		case f.History:
-			if f.Seg.TLI != 1 && onPath(f.Seg.TLI, path) {
+			if f.Seg.TLI != 1 {
 				hist = append(hist, f.Name)
 			}
 		case f.Partial:
@@ -439,7 +443,7 @@ func RecoveryWindow(cat Catalog, steps []pgops.TimelineStep) Window {
 	// The window is continuous: it starts at the oldest base backup from
 	// which WAL runs without a hole to the end of the archive.
 	path := PathTo(tli, steps)
-	files, partials, _ := indexWAL(cat, path)
+	files, partials, _ := indexWAL(cat)
 	for _, b := range cat.Bases {
 		if _, ok := spanFor(path, uint64(b.StartLSN)/cat.SegSize, cat.SegSize); !ok {
 			continue

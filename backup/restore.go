@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -338,6 +339,14 @@ func (s *Server) WaitPromoted(ctx context.Context, timeout time.Duration) (Resto
 			s.exited <- err
 			b, _ := os.ReadFile(s.Log)
 			fatal := lastFatal(string(b))
+			if m := badLocaleRE.FindStringSubmatch(string(b)); m != nil {
+				return r, &RestoreError{What: fmt.Sprintf("the cluster's postgresql.conf names the locale %s (%s), which this machine lacks, so PostgreSQL refuses to start; its databases need it too", m[2], m[1]),
+					Fix: "restore where that locale exists: on Kamal, `understudy restore drill` runs in the backup accessory, with the nodes' own image; or install the locale here (Debian: apt-get install locales, add it to /etc/locale.gen, run locale-gen)"}
+			}
+			if strings.Contains(fatal, "could not access directory") && strings.Contains(fatal, "Permission denied") && s.Cred != nil {
+				return r, &RestoreError{What: "PostgreSQL runs as the postgres user (it refuses root), and that user cannot reach " + s.Dir,
+					Fix: "restore into a directory whose parent directories the postgres user may enter (e.g. under /var/lib/postgresql or /srv)"}
+			}
 			if strings.Contains(fatal, "recovery ended before configured recovery target was reached") {
 				return r, &RestoreError{What: "the archive holds no transaction after the target time, so PostgreSQL cannot tell it reached it (" + fatal + ")",
 					Fix: "restore to an earlier time, or --to latest (everything archived)"}
@@ -349,9 +358,15 @@ func (s *Server) WaitPromoted(ctx context.Context, timeout time.Duration) (Resto
 		}
 		c, err := s.Conn(ctx)
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "28") { // invalid_authorization_specification: no such role
+		switch {
+		case errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "28"): // invalid_authorization_specification: no such role
 			return r, &RestoreError{What: fmt.Sprintf("cannot log in to the restored server as %q: %s", cmp.Or(s.User, "postgres"), pgErr.Message),
-				Fix: "restore as a role the cluster has (its POSTGRES_USER); the server is still in " + s.Dir}
+				Fix: "restore as a role the cluster has (its POSTGRES_USER)"}
+		case errors.As(err, &pgErr) && strings.Contains(pgErr.Message, "locale"):
+			return r, &RestoreError{What: "the restored databases use a locale this machine lacks: " + pgErr.Message + " (" + pgErr.Detail + ")",
+				Fix: "restore where that locale exists: on Kamal, `understudy restore drill` runs in the backup accessory, with the nodes' own image; or install the locale here (Debian: the locales package, then locale-gen)"}
+		case errors.As(err, &pgErr) && pgErr.Code != "57P03": // cannot_connect_now: still starting
+			return r, &RestoreError{What: "the restored server refuses connections: " + pgErr.Message, Fix: "see the log " + s.Log}
 		}
 		if err != nil {
 			continue
@@ -389,6 +404,10 @@ func readRestored(ctx context.Context, c *pgx.Conn) (Restored, error) {
 	}
 	return r, nil
 }
+
+// badLocaleRE finds PostgreSQL refusing a locale setting of the restored
+// postgresql.conf (initdb writes the image's, e.g. en_US.utf8, there).
+var badLocaleRE = regexp.MustCompile(`invalid value for parameter "(lc_[a-z]+)": "([^"]+)"`)
 
 func lastFatal(log string) string {
 	lines := strings.Split(log, "\n")

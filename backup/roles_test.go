@@ -1,6 +1,7 @@
 package backup_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -89,9 +90,40 @@ func TestBackupsFollowSwitchoverPromoteAndRejoin(t *testing.T) {
 	}
 	srv.Stop(ctx)
 
+	// The user names the older timeline: the restore follows timeline 2
+	// to its end, the point where the promote branched timeline 3, and
+	// none of what timeline 3 wrote.
+	var branch pgops.LSN
+	for _, st := range steps {
+		if st.Parent == 2 {
+			branch = st.Switch
+		}
+	}
+	res2, srv2tl := restore(t, l, backup.Target{Latest: true, Timeline: 2})
+	if branch == 0 || res2.Reached > branch {
+		t.Errorf("the timeline 2 restore reached %s, past timeline 2's end %s", res2.Reached, branch)
+	}
+	if res2.Timeline != 4 {
+		t.Errorf("the timeline 2 restore ended on timeline %d, want 4 (a branch of 2)", res2.Timeline)
+	}
+	if missing, err := ledger.Missing(ctx, connString(srv2tl), before); err != nil || missing != 0 {
+		t.Errorf("the timeline 2 restore misses %d of %d commits from before T1 (%v)", missing, len(before), err)
+	}
+	onTL2 := query(t, srv2tl, "SELECT count(*)::text FROM "+ledger.Table)
+	srv2tl.Stop(ctx)
+
 	_, srv2 := restore(t, l, backup.Target{Latest: true})
 	want := labtest.Query(t, l, "db", "SELECT count(*)::text FROM "+ledger.Table)
 	if got := query(t, srv2, "SELECT count(*)::text FROM "+ledger.Table); got != want {
 		t.Errorf("the latest restore has %s ledger rows, the primary %s", got, want)
 	}
+	if n2, nAll := atoi(onTL2), atoi(want); n2 >= nAll {
+		t.Errorf("the timeline 2 restore has %d ledger rows, as many as the primary on timeline 3 (%d): it did not stop at timeline 2's end", n2, nAll)
+	}
+}
+
+func atoi(s string) int {
+	n := 0
+	fmt.Sscan(s, &n)
+	return n
 }

@@ -119,7 +119,10 @@ func Restore(ctx context.Context, req RestoreRequest) (Restored, *Server, error)
 	}
 	got, err := srv.WaitPromoted(ctx, timeout)
 	if err != nil {
+		// The directory was empty before: leave it so (the log stays).
 		srv.Stop(context.WithoutCancel(ctx))
+		emptyDir(req.Dir)
+		os.RemoveAll(walDir)
 		return res, nil, err
 	}
 	res.Timeline, res.Reached, res.LastCommit = got.Timeline, got.Reached, got.LastCommit

@@ -8,8 +8,11 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/understudy-dev/understudy/atomicfile"
@@ -28,11 +31,15 @@ type Setup struct {
 	User      string   `json:"replication_user"`
 	// StateDir is the accessory's own volume: the spool, the passfile, the
 	// agent's status file.
-	StateDir  string      `json:"state_dir"`
-	SpoolCap  int64       `json:"spool_cap_bytes"`
-	BaseEvery string      `json:"base_every"` // a Go duration, e.g. "24h"
-	Retention Policy      `json:"retention"`
-	Secrets   SecretNames `json:"secrets"`
+	StateDir  string `json:"state_dir"`
+	SpoolCap  int64  `json:"spool_cap_bytes"`
+	BaseEvery string `json:"base_every"` // a Go duration, e.g. "24h"
+	// DrillEvery: the agent restores the latest backup into scratch space
+	// in StateDir this often and records the drill ("" or "0": never).
+	DrillEvery string      `json:"drill_every,omitempty"`
+	DrillCheck string      `json:"drill_check,omitempty"` // SQL run on the drill's copy
+	Retention  Policy      `json:"retention"`
+	Secrets    SecretNames `json:"secrets"`
 }
 
 // SecretNames are the environment variables the agent reads its secrets
@@ -90,6 +97,9 @@ func ParseSetup(b []byte) (Setup, error) {
 	if _, err := s.baseEvery(); err != nil {
 		return s, err
 	}
+	if _, err := s.drillEvery(); err != nil {
+		return s, err
+	}
 	for _, n := range s.Secrets.Names() {
 		if n == "" {
 			return s, errors.New("a secret's name is missing under \"secrets\"")
@@ -98,13 +108,17 @@ func ParseSetup(b []byte) (Setup, error) {
 	return s, nil
 }
 
-func (s Setup) baseEvery() (time.Duration, error) {
-	if s.BaseEvery == "" {
+func (s Setup) baseEvery() (time.Duration, error) { return period("base_every", s.BaseEvery) }
+
+func (s Setup) drillEvery() (time.Duration, error) { return period("drill_every", s.DrillEvery) }
+
+func period(name, v string) (time.Duration, error) {
+	if v == "" || v == "0" {
 		return 0, nil
 	}
-	d, err := time.ParseDuration(s.BaseEvery)
+	d, err := time.ParseDuration(v)
 	if err != nil || d < time.Minute {
-		return 0, fmt.Errorf("base_every %q: want a duration of a minute or more, e.g. \"24h\"", s.BaseEvery)
+		return 0, fmt.Errorf("%s %q: want a duration of a minute or more, e.g. \"24h\"", name, v)
 	}
 	return d, nil
 }
@@ -116,6 +130,7 @@ func (s Setup) Spool() string { return filepath.Join(s.StateDir, "spool") }
 type Secrets struct {
 	AccessKeyID, SecretAccessKey, Replication string
 	Key                                       *Key
+	DBUser                                    string // POSTGRES_USER: the cluster's bootstrap superuser, for drills
 }
 
 // ReadSecrets takes the setup's secrets from env (os.LookupEnv in the
@@ -145,6 +160,10 @@ func (s Setup) ReadSecrets(env func(string) (string, bool), needReplication bool
 		return out, fmt.Errorf("%s: %w", s.Secrets.EncryptionKey, err)
 	}
 	out.Key = k
+	out.DBUser = "postgres"
+	if u, ok := env("POSTGRES_USER"); ok && u != "" {
+		out.DBUser = u
+	}
 	return out, nil
 }
 
@@ -168,7 +187,7 @@ func (s Setup) Passfile(password string) string {
 // AgentConfig is the agent's configuration in the accessory: it writes the
 // passfile (0600, in the state directory) and finds PostgreSQL's tools.
 func (s Setup) AgentConfig(sec Secrets, log io.Writer) (AgentConfig, error) {
-	if err := os.MkdirAll(s.StateDir, 0o700); err != nil {
+	if err := os.MkdirAll(s.StateDir, 0o755); err != nil { // the spool (0700) and passfile (0600) are inside
 		return AgentConfig{}, fmt.Errorf("making the backup state directory %s: %w", s.StateDir, err)
 	}
 	pass := filepath.Join(s.StateDir, "pgpass")
@@ -180,8 +199,27 @@ func (s Setup) AgentConfig(sec Secrets, log io.Writer) (AgentConfig, error) {
 		return AgentConfig{}, err
 	}
 	every, _ := s.baseEvery()
-	return AgentConfig{Sources: s.Sources, User: s.User, Env: []string{"PGPASSFILE=" + pass}, BinDir: bin,
-		Spool: s.Spool(), SpoolCap: s.SpoolCap, BaseEvery: every, Policy: s.Retention, Log: log}, nil
+	cfg := AgentConfig{Sources: s.Sources, User: s.User, Env: []string{"PGPASSFILE=" + pass}, BinDir: bin,
+		Spool: s.Spool(), SpoolCap: s.SpoolCap, BaseEvery: every, Policy: s.Retention, Log: log}
+	if drills, _ := s.drillEvery(); drills > 0 {
+		d, err := s.DrillSchedule(sec, bin)
+		if err != nil {
+			return cfg, err
+		}
+		d.Every = drills
+		cfg.Drill = &d
+	}
+	return cfg, nil
+}
+
+// DrillSchedule is how the accessory runs drills: into scratch space in
+// the state directory, with the image's PostgreSQL, as the postgres user.
+func (s Setup) DrillSchedule(sec Secrets, bin string) (DrillSchedule, error) {
+	cred, err := PostgresCred()
+	if err != nil {
+		return DrillSchedule{}, err
+	}
+	return DrillSchedule{Check: s.DrillCheck, BinDir: bin, Dir: filepath.Join(s.StateDir, "drills"), Cred: cred, User: sec.DBUser}, nil
 }
 
 // FindPGBin finds PostgreSQL's programs for a major version: Debian's
@@ -199,4 +237,19 @@ func FindPGBin(major int) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("PostgreSQL %d's programs are not in %s nor on PATH: install postgresql-%d (backups are restored with the same major version they were taken with)", major, d, major)
+}
+
+// PostgresCred is who PostgreSQL runs as when understudy runs as root
+// (postgres refuses root): the postgres user. Nil when not root.
+func PostgresCred() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, errors.New("running as root, and there is no postgres user to run PostgreSQL as: install postgresql-15, or run as an ordinary user")
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }

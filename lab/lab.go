@@ -16,9 +16,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/understudy-dev/understudy/backup"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -711,17 +711,5 @@ func (l *Lab) AppConnString() string {
 		strings.Join(hosts, ","), strings.Join(ports, ","))
 }
 
-// PostgresCred is who PostgreSQL runs as when understudy runs as root
-// (postgres refuses root): the postgres user. Nil when not root.
-func PostgresCred() (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, errors.New("running as root, and there is no postgres user to run PostgreSQL as: install postgresql-15, or run as an ordinary user")
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-}
+// PostgresCred is who PostgreSQL runs as when understudy runs as root.
+func PostgresCred() (*syscall.Credential, error) { return backup.PostgresCred() }

@@ -73,11 +73,29 @@ func (d *Dialer) exec(ctx context.Context, host, cmd string, stdin io.Reader, te
 	if err != nil {
 		var ee *ssh.ExitError
 		if errors.As(err, &ee) {
-			return out.Bytes(), fmt.Errorf("%w: on %s, `%s` exited %d: %s", ErrRemoteCommand, host, firstWords(cmd, 4), ee.ExitStatus(), strings.TrimSpace(lastLines(errOut.String()+out.tail(), 5)))
+			return out.Bytes(), &exitError{code: ee.ExitStatus(), msg: fmt.Sprintf("%v: on %s, `%s` exited %d: %s", ErrRemoteCommand, host, firstWords(cmd, 4), ee.ExitStatus(), strings.TrimSpace(lastLines(errOut.String()+out.tail(), 5)))}
 		}
 		return out.Bytes(), fmt.Errorf("on %s, `%s`: %w", host, firstWords(cmd, 4), err)
 	}
 	return out.Bytes(), nil
+}
+
+// exitError is a command that ran on the server and exited non-zero.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+func (e *exitError) Unwrap() error { return ErrRemoteCommand }
+
+// ExitCode is the exit status of the remote command behind err, or -1.
+func ExitCode(err error) int {
+	var e *exitError
+	if errors.As(err, &e) {
+		return e.code
+	}
+	return -1
 }
 
 func firstWords(s string, n int) string {

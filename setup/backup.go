@@ -19,6 +19,9 @@ type BackupOptions struct {
 	Host      string // --backup-host: a node's server, default the standby's
 	KeepBases int    // --backup-keep: base backups kept, default 7
 	SpoolCap  int64  // --backup-spool-cap
+	// DrillEvery: scheduled restore drills in the accessory (--backup-drill-every,
+	// default a week; "0" for none); DrillCheck: SQL run on each drill's copy.
+	DrillEvery, DrillCheck string
 }
 
 // The backup accessory: the nodes' own image (so pg_receivewal and
@@ -36,6 +39,7 @@ const (
 	BackupStateVolume = "state" // likewise
 	DefaultKeepBases  = 7
 	DefaultSpoolCap   = 1 << 30
+	DefaultDrillEvery = "168h"
 )
 
 // BackupCmd is the backup accessory's cmd.
@@ -66,16 +70,21 @@ func planBackup(ed *kamal.Editor, o Options, p *Plan) (backup.Setup, error) {
 	if bo.SpoolCap == 0 {
 		bo.SpoolCap = DefaultSpoolCap
 	}
+	if bo.DrillEvery == "" {
+		bo.DrillEvery = DefaultDrillEvery
+	}
 	s := backup.Setup{
-		Accessory: BackupName(p.Primary),
-		Major:     p.Image.Major,
-		Storage:   backup.S3Config{Endpoint: bo.Endpoint, Region: bo.Region, Bucket: bo.Bucket, Prefix: bo.Prefix, PathStyle: bo.PathStyle},
-		User:      p.Cluster.ReplUser,
-		StateDir:  BackupStateDir,
-		SpoolCap:  bo.SpoolCap,
-		BaseEvery: "24h",
-		Retention: backup.Policy{KeepBases: bo.KeepBases},
-		Secrets:   backup.DefaultSecretNames,
+		Accessory:  BackupName(p.Primary),
+		Major:      p.Image.Major,
+		Storage:    backup.S3Config{Endpoint: bo.Endpoint, Region: bo.Region, Bucket: bo.Bucket, Prefix: bo.Prefix, PathStyle: bo.PathStyle},
+		User:       p.Cluster.ReplUser,
+		StateDir:   BackupStateDir,
+		SpoolCap:   bo.SpoolCap,
+		BaseEvery:  "24h",
+		DrillEvery: bo.DrillEvery,
+		DrillCheck: bo.DrillCheck,
+		Retention:  backup.Policy{KeepBases: bo.KeepBases},
+		Secrets:    backup.DefaultSecretNames,
 	}
 	s.Secrets.Replication = PasswordSecret
 	for _, n := range p.Cluster.Nodes {
@@ -83,6 +92,9 @@ func planBackup(ed *kamal.Editor, o Options, p *Plan) (backup.Setup, error) {
 	}
 	if err := s.Storage.Validate(); err != nil {
 		return s, refuse("--backup-endpoint", err.Error(), "pass --backup-endpoint URL and --backup-bucket NAME (and --backup-prefix PATH to share a bucket)")
+	}
+	if _, err := backup.ParseSetup([]byte(backup.MarshalSetup(s))); err != nil {
+		return s, refuse("--backup-drill-every", err.Error(), "give a duration such as 168h (a week), or 0 for no scheduled drills")
 	}
 
 	name := s.Accessory
@@ -120,13 +132,26 @@ func planBackup(ed *kamal.Editor, o Options, p *Plan) (backup.Setup, error) {
 	for _, n := range s.Secrets.Names() {
 		secrets = append(secrets, kamal.Quote(n))
 	}
+	// Drills log in to their copy as the cluster's bootstrap superuser,
+	// the image's POSTGRES_USER: the backup accessory gets it the way the
+	// primary does.
+	clear := kamal.Map{{Key: BackupEnv, Val: kamal.Quote(p.Primary)}}
+	penv := prim.Env()
+	if v, ok := penv.Clear["POSTGRES_USER"]; ok {
+		clear = append(clear, kamal.KV{Key: "POSTGRES_USER", Val: kamal.Raw(v.Source())})
+	}
+	for _, ref := range penv.Secret {
+		if ref.Name == "POSTGRES_USER" {
+			secrets = append(secrets, kamal.Raw(ref.Val.Source()))
+		}
+	}
 	body := kamal.Map{
 		{Key: "image", Val: img},
 		{Key: "host", Val: kamal.Quote(bo.Host)},
 		{Key: "network", Val: kamal.Quote("host")},
 		{Key: "cmd", Val: kamal.Quote(BackupCmd)},
 		{Key: "env", Val: kamal.Map{
-			{Key: "clear", Val: kamal.Map{{Key: BackupEnv, Val: kamal.Quote(p.Primary)}}},
+			{Key: "clear", Val: clear},
 			{Key: "secret", Val: secrets},
 		}},
 		{Key: "files", Val: kamal.List{kamal.Quote(setupFile + ":" + BackupSetupPath)}},

@@ -200,43 +200,59 @@ func (c *backupCommand) agent(ctx context.Context, args []string) error {
 	return backup.NewAgent(b.t.lab.AgentConfig(c.out), b.store, key).Run(ctx)
 }
 
-// inAccessory runs the agent (or one base backup) from a backup.json, with
-// the secrets it names read from the environment and then removed from it,
-// so pg_receivewal and pg_basebackup do not inherit them.
-func (c *backupCommand) inAccessory(ctx context.Context, args []string, agent bool) error {
-	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
+// accessory is the backup accessory's own view: backup.json, its
+// secrets (read from the environment Kamal gives the container, then
+// removed from it, so pg_receivewal and pg_basebackup do not inherit
+// them), the bucket and the agent's configuration.
+type accessory struct {
+	setup backup.Setup
+	sec   backup.Secrets
+	store *backup.S3
+	cfg   backup.AgentConfig
+}
+
+func openAccessory(fs *flag.FlagSet, args []string, log io.Writer) (*accessory, error) {
 	config := fs.String("config", "", "the backup setup (backup.json), inside the backup accessory")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return nil, err
 	}
 	text, err := os.ReadFile(*config)
 	if err != nil {
-		return fmt.Errorf("reading the backup setup: %w", err)
+		return nil, fmt.Errorf("reading the backup setup: %w", err)
 	}
 	s, err := backup.ParseSetup(text)
 	if err != nil {
-		return fmt.Errorf("%s: %w", *config, err)
+		return nil, fmt.Errorf("%s: %w", *config, err)
 	}
 	sec, err := s.ReadSecrets(os.LookupEnv, true)
 	for _, n := range s.Secrets.Names() {
 		os.Unsetenv(n)
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	store, err := s.Open(sec)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	cfg, err := s.AgentConfig(sec, c.out)
+	cfg, err := s.AgentConfig(sec, log)
+	if err != nil {
+		return nil, err
+	}
+	return &accessory{setup: s, sec: sec, store: store, cfg: cfg}, nil
+}
+
+// inAccessory runs the agent, or one base backup, in the backup accessory.
+func (c *backupCommand) inAccessory(ctx context.Context, args []string, agent bool) error {
+	a, err := openAccessory(flag.NewFlagSet("backup", flag.ContinueOnError), args, c.out)
 	if err != nil {
 		return err
 	}
 	if agent {
-		return backup.NewAgent(cfg, store, sec.Key).Run(ctx)
+		return backup.NewAgent(a.cfg, a.store, a.sec.Key).Run(ctx)
 	}
-	cfg.Log = io.Discard
-	return c.takeBase(ctx, &cfg, store, store.Where(), sec.Key, s.Retention)
+	a.cfg.Log = io.Discard
+	return c.takeBase(ctx, &a.cfg, a.store, a.store.Where(), a.sec.Key, a.setup.Retention)
 }
 
 // backupsCommand lists the base backups and the recovery window.

@@ -7,12 +7,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/internal/netutil"
+	"github.com/understudy-dev/understudy/lab"
 )
 
 // staticUnderstudy builds the binary apply puts into the backup accessory:
@@ -39,6 +41,7 @@ func TestKamalBackupAccessory(t *testing.T) {
 	if out, code := runCLI(t, "apply", "--app", w.app); code != 0 {
 		t.Fatalf("apply: exit %d\n%s", code, out)
 	}
+	w.exec(t, "db", "CREATE TABLE orders (id int PRIMARY KEY)", "INSERT INTO orders SELECT generate_series(1, 1000)")
 	ports, err := netutil.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +58,8 @@ func TestKamalBackupAccessory(t *testing.T) {
 	t.Setenv("BACKUP_ENCRYPTION_KEY", key.String())
 	r := w.addr["db-replica"]
 	out, code := runCLI(t, "init", "--app", w.app, "--replica-host", r, "--replica-ip", r,
-		"--backup", "--backup-endpoint", s3.Endpoint, "--backup-bucket", s3.Bucket, "--backup-path-style", "--backup-keep", "2")
+		"--backup", "--backup-endpoint", s3.Endpoint, "--backup-bucket", s3.Bucket, "--backup-path-style", "--backup-keep", "2",
+		"--backup-drill-every", "1m", "--backup-drill-check", "SELECT count(*) FROM orders")
 	if code != 0 {
 		t.Fatalf("init --backup: exit %d\n%s", code, out)
 	}
@@ -131,17 +135,26 @@ func TestKamalBackupAccessory(t *testing.T) {
 	}
 
 	// Data written after the base backup reaches a restore through the WAL.
-	w.exec(t, "db", "CREATE TABLE orders (id int PRIMARY KEY)", "INSERT INTO orders SELECT generate_series(1, 1000)")
+	w.exec(t, "db", "INSERT INTO orders SELECT generate_series(1001, 1500)")
 	out, code = runCLI(t, "restore", "drill", "--app", w.app, "--check", "SELECT count(*) FROM orders", "--json")
 	if code != 0 {
 		t.Fatalf("restore drill: exit %d\n%s\nagent:\n%s", code, out, logs())
 	}
 	var rec backup.DrillRecord
-	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &rec); err != nil {
-		t.Fatalf("drill output: %v\n%s", err, out)
+	if i := strings.Index(out, "{"); i < 0 || json.NewDecoder(strings.NewReader(out[i:])).Decode(&rec) != nil {
+		t.Fatalf("drill output holds no record:\n%s", out)
 	}
-	if !rec.OK || rec.CheckResult != "1000" {
-		t.Errorf("drill: ok %v, check %q (want 1000)\n%s", rec.OK, rec.CheckResult, out)
+	if !rec.OK || rec.CheckResult != "1500" {
+		t.Errorf("drill: ok %v, check %q (want 1500)\n%s", rec.OK, rec.CheckResult, out)
+	}
+	// The accessory runs drills on its own schedule (here every minute),
+	// restoring with the image's own PostgreSQL, as the postgres user.
+	deadline = time.Now().Add(3 * time.Minute)
+	for !strings.Contains(logs(), `passed`) || !strings.Contains(logs(), `check "SELECT count(*) FROM orders" → `) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the accessory ran no passing drill in 3 minutes:\n%s", logs())
+		}
+		time.Sleep(2 * time.Second)
 	}
 	out, code = runCLI(t, "check", "--app", w.app)
 	if code != 0 {
@@ -150,6 +163,33 @@ func TestKamalBackupAccessory(t *testing.T) {
 	out, code = runCLI(t, "status", "--app", w.app)
 	if !strings.Contains(out, "backups") || !strings.Contains(out, s3.Bucket) {
 		t.Errorf("status has no backup section:\n%s", out)
+	}
+
+	// A restore on this machine needs the locale the image gave the
+	// cluster (en_US.utf8, as the official image sets it): where it is
+	// missing, the restore says so and leaves the directory empty.
+	scratch, err := os.MkdirTemp("", "understudy-kamal-restore-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(scratch)
+	os.Chmod(scratch, 0o755) // PostgreSQL runs as postgres
+	into := filepath.Join(scratch, "restored")
+	out, code = runCLI(t, "restore", "--app", w.app, "--to", "latest", "--into", into)
+	if locales, _ := exec.Command("locale", "-a").Output(); strings.Contains(string(locales), "en_US.utf8") {
+		if code != 0 {
+			t.Errorf("restore here (en_US.utf8 installed): exit %d\n%s", code, out)
+		}
+		stop := exec.Command("/usr/lib/postgresql/15/bin/pg_ctl", "-D", into, "stop", "-m", "fast")
+		if cred, _ := lab.PostgresCred(); cred != nil {
+			stop.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		}
+		stop.Run()
+	} else {
+		entries, _ := os.ReadDir(into)
+		if code == 0 || !strings.Contains(out, "en_US.utf8") || !strings.Contains(out, "restore drill") || len(entries) != 0 {
+			t.Errorf("restore here without the image's locale: exit %d, %d entries left\n%s", code, len(entries), out)
+		}
 	}
 
 	// A base backup on demand runs in the accessory, with its progress here.

@@ -15,6 +15,8 @@ import (
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/pgops"
+	"github.com/understudy-dev/understudy/remote"
+	"github.com/understudy-dev/understudy/setup"
 )
 
 // restoreCommand: `restore --to TIME|latest --into DIR`, and `restore drill`.
@@ -138,11 +140,33 @@ func (c *restoreCommand) drill(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("restore drill", flag.ContinueOnError)
 	check := fs.String("check", "", "an SQL query to run on the restored copy (its first value is recorded); the drill fails if it errors")
 	asJSON := fs.Bool("json", false, "print the record as JSON")
+	if hasConfigFlag(args) {
+		return c.drillInAccessory(ctx, fs, args, check, asJSON)
+	}
 	b, err := openBackups(ctx, fs, args)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
 	defer b.t.close()
+	if b.t.agent != nil {
+		// Kamal: the drill runs in the backup accessory, with the nodes'
+		// own image (its PostgreSQL, its locales), next to the standby.
+		argv := []string{setup.BackupBinary, "restore", "drill", "--config", setup.BackupSetupPath}
+		if *check != "" {
+			argv = append(argv, "--check", *check)
+		}
+		if *asJSON {
+			argv = append(argv, "--json")
+		}
+		err := b.t.agent.Exec(ctx, c.out, argv...)
+		if code := remote.ExitCode(err); code == 1 || code == 2 {
+			return &exitError{code: code, err: errors.New("the restore drill in " + b.t.agent.Name + " did not pass")}
+		}
+		if err != nil {
+			return &exitError{code: 2, err: err}
+		}
+		return nil
+	}
 	scratch, err := os.MkdirTemp("", "understudy-drill-")
 	if err != nil {
 		return &exitError{code: 2, err: err}
@@ -159,10 +183,15 @@ func (c *restoreCommand) drill(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(c.out, "drill: restoring the latest backup; it must reach %s (where the primary was)\n", expected)
 	rec, err := backup.Drill(ctx, backup.DrillRequest{RestoreRequest: req, Expected: expected, ExpectedTLI: tli, Check: *check})
+	return c.drillResult(rec, err, *asJSON)
+}
+
+// drillResult prints a drill's record; exit 0 passed, 1 failed, 2 could not run.
+func (c *restoreCommand) drillResult(rec backup.DrillRecord, err error, asJSON bool) error {
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
-	if *asJSON {
+	if asJSON {
 		writeJSON(c.out, rec)
 	} else {
 		fmt.Fprint(c.out, drillText(rec))
@@ -171,6 +200,33 @@ func (c *restoreCommand) drill(ctx context.Context, args []string) error {
 		return &exitError{code: 1, err: errors.New("the restore drill failed: " + rec.Error)}
 	}
 	return nil
+}
+
+// drillInAccessory is a drill run inside the backup accessory: where the
+// primary is comes from a replication login, and the archive's reach from
+// the agent's report in the bucket.
+func (c *restoreCommand) drillInAccessory(ctx context.Context, fs *flag.FlagSet, args []string, check *string, asJSON *bool) error {
+	a, err := openAccessory(fs, args, io.Discard)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	d, err := a.setup.DrillSchedule(a.sec, a.cfg.BinDir)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	if *check != "" {
+		d.Check = *check
+	}
+	cat, err := backup.ReadCatalog(ctx, a.store)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	fmt.Fprintf(c.out, "drill: restoring the latest backup into %s (in the backup accessory)\n", d.Dir)
+	rec, err := backup.DrillNow(ctx, &a.cfg, a.store, a.sec.Key, d, cat, func(ctx context.Context) (pgops.LSN, pgops.Timeline, error) {
+		st, err := backup.ReadAgentStatus(ctx, a.store)
+		return st.ArchivedLSN, st.ArchivedTLI, err
+	})
+	return c.drillResult(rec, err, *asJSON)
 }
 
 func drillText(r backup.DrillRecord) string {

@@ -40,6 +40,8 @@ func (s *setupFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&s.bo.PathStyle, "backup-path-style", false, "with --backup: path-style bucket URLs (MinIO, Ceph, versitygw)")
 	fs.StringVar(&s.bo.Host, "backup-host", "", "with --backup: the server the backup accessory runs on (default the standby's)")
 	fs.IntVar(&s.bo.KeepBases, "backup-keep", 0, "with --backup: base backups to keep (default 7, one a day)")
+	fs.StringVar(&s.bo.DrillEvery, "backup-drill-every", "", "with --backup: how often the backup accessory runs a restore drill (default 168h; 0 for never); a drill needs disk for a whole copy")
+	fs.StringVar(&s.bo.DrillCheck, "backup-drill-check", "", "with --backup: an SQL query each drill runs on its restored copy, e.g. \"SELECT count(*) FROM orders\"")
 }
 
 func (s *setupFlags) parse(fs *flag.FlagSet, args []string) error {

@@ -33,7 +33,7 @@ const ImageTag = "postgres:15"
 
 // recipe is everything the image is made from; its hash names the cached
 // tarball, so a change to any step builds a new one.
-var recipe = strings.Join([]string{"bookworm minbase", "postgresql-15 gosu", "uid/gid 999",
+var recipe = strings.Join([]string{"bookworm minbase", "locales postgresql-15 gosu", "en_US.utf8", "uid/gid 999",
 	"create_main_cluster=false", "listen_addresses=*", "/var/run/postgresql 3777", "PGDATA 1777",
 	"v3", entrypoint}, "\n")
 
@@ -126,12 +126,24 @@ func buildRootfs(ctx context.Context, rootfs string) error {
 				return err
 			}
 			defer run(context.WithoutCancel(ctx), "umount", proc)
-			c := exec.CommandContext(ctx, "chroot", rootfs, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql-15", "gosu")
+			// locales first, then en_US.UTF-8 generated and LANG set to it, as
+			// the official image's Dockerfile does: initdb then writes
+			// en_US.utf8 into every cluster's postgresql.conf and databases.
+			c := exec.CommandContext(ctx, "chroot", rootfs, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "locales", "postgresql-15", "gosu")
 			c.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 			if out, err := c.CombinedOutput(); err != nil {
 				return fmt.Errorf("apt-get install postgresql-15 gosu in the image: %v\n%s", err, tail(string(out), 15))
 			}
 			return nil
+		},
+		func() error {
+			f, err := os.OpenFile(filepath.Join(rootfs, "etc/locale.gen"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+			if err != nil {
+				return err
+			}
+			f.WriteString("en_US.UTF-8 UTF-8\n")
+			f.Close()
+			return in("locale-gen")
 		},
 		func() error {
 			return in("sed", "-ri", `s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!`, "/usr/share/postgresql/15/postgresql.conf.sample")
@@ -204,7 +216,7 @@ func imageConfig(diffID string) ([]byte, error) {
 		"config": map[string]any{
 			"Env": []string{
 				"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/postgresql/15/bin",
-				"LANG=C.UTF-8", "PG_MAJOR=15", "PGDATA=/var/lib/postgresql/data",
+				"LANG=en_US.utf8", "PG_MAJOR=15", "PGDATA=/var/lib/postgresql/data",
 			},
 			"Entrypoint":   []string{"docker-entrypoint.sh"},
 			"Cmd":          []string{"postgres"},
