@@ -91,3 +91,25 @@ func TestShellSplit(t *testing.T) {
 		t.Errorf("%q %v", got, err)
 	}
 }
+
+// A command several secrets depend on runs once per Secrets, as Kamal
+// evaluates the file once; ResolveWith keeps nothing.
+func TestSharedCommandRunsOnce(t *testing.T) {
+	dir := t.TempDir()
+	count := filepath.Join(dir, "count")
+	secrets := "SHARED=$(echo x >> " + count + "; echo a:b)\nONE=$SHARED-1\nTWO=$SHARED-2\n"
+	os.MkdirAll(filepath.Join(dir, ".kamal"), 0o755)
+	os.WriteFile(filepath.Join(dir, ".kamal", "secrets"), []byte(secrets), 0o644)
+	s, err := LoadSecrets(DirSource(dir), ".kamal/secrets", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][2]string{{"ONE", "a:b-1"}, {"TWO", "a:b-2"}, {"ONE", "a:b-1"}} {
+		if v, err := s.Resolve(context.Background(), dir, c[0]); err != nil || v != c[1] {
+			t.Errorf("%s = %q, %v; want %q", c[0], v, err, c[1])
+		}
+	}
+	if b, _ := os.ReadFile(count); string(b) != "x\n" {
+		t.Errorf("the shared command ran %d times, want once", strings.Count(string(b), "x"))
+	}
+}

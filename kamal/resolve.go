@@ -58,11 +58,26 @@ func output(cmd *exec.Cmd) (string, error) {
 // the app directory. Only the lines the value depends on are evaluated.
 // Errors name the file and line and never include a value.
 func (s *Secrets) Resolve(ctx context.Context, appDir, name string) (string, error) {
-	return s.ResolveWith(ctx, appDir, name, ExecRunner{}, os.LookupEnv)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.memo == nil {
+		s.memo = map[*SecretsFile]map[int]string{}
+	}
+	return s.resolve(ctx, appDir, name, ExecRunner{}, os.LookupEnv, func(f *SecretsFile) map[int]string {
+		if s.memo[f] == nil {
+			s.memo[f] = map[int]string{}
+		}
+		return s.memo[f]
+	})
 }
 
-// ResolveWith is Resolve with the command runner and the environment given.
+// ResolveWith is Resolve with the command runner and the environment
+// given; nothing is kept between calls.
 func (s *Secrets) ResolveWith(ctx context.Context, appDir, name string, run Runner, env func(string) (string, bool)) (string, error) {
+	return s.resolve(ctx, appDir, name, run, env, func(*SecretsFile) map[int]string { return map[int]string{} })
+}
+
+func (s *Secrets) resolve(ctx context.Context, appDir, name string, run Runner, env func(string) (string, bool), memo func(*SecretsFile) map[int]string) (string, error) {
 	f, line := s.Lookup(name)
 	if line == nil {
 		var paths []string
@@ -71,7 +86,7 @@ func (s *Secrets) ResolveWith(ctx context.Context, appDir, name string, run Runn
 		}
 		return "", fmt.Errorf("secret %s is not defined in %s: add it there (a reference such as %s=$%s)", name, strings.Join(paths, " or "), name, name)
 	}
-	ev := &evaluator{ctx: ctx, dir: appDir, f: f, run: run, env: env, memo: map[int]string{}}
+	ev := &evaluator{ctx: ctx, dir: appDir, f: f, run: run, env: env, memo: memo(f)}
 	idx := -1
 	for i := range f.Lines {
 		if &f.Lines[i] == line {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
+	"sync"
 )
 
 // SecretsFile is one dotenv-style secrets file (Kamal: lib/kamal/secrets.rb). Only
@@ -37,6 +38,12 @@ func parseSecrets(path, text string) *SecretsFile {
 type Secrets struct {
 	Files []*SecretsFile // in reading order; later definitions win
 	Paths []string       // every path that was looked for
+
+	// memo keeps what Resolve evaluated, per file and line, so a command
+	// several secrets depend on (a `kamal secrets fetch` line) runs once
+	// per understudy command, as Kamal evaluates the file once.
+	mu   sync.Mutex
+	memo map[*SecretsFile]map[int]string
 }
 
 // LoadSecrets reads the secrets files that exist.
