@@ -240,6 +240,18 @@ func (c *AgentConfig) Choose(ctx context.Context) (Chosen, []Source, error) {
 	return ch, others, nil
 }
 
+// isStandby asks a source whether it is in recovery now (false when it
+// does not answer).
+func (c *AgentConfig) isStandby(ctx context.Context, s Source) bool {
+	pc, err := c.replConnect(ctx, s)
+	if err != nil {
+		return false
+	}
+	defer pc.Close(context.WithoutCancel(ctx))
+	ri, err := pgops.IdentifyReplication(ctx, pc)
+	return err == nil && ri.Standby
+}
+
 // ChooseSource prefers a standby on the newest timeline, then the primary.
 func ChooseSource(found []Chosen) (Chosen, bool) {
 	if len(found) == 0 {
@@ -374,9 +386,13 @@ func (a *Agent) receiveOnce(ctx context.Context) error {
 			if !dropped && n >= 40 {
 				dropped = a.dropSlotOn(rctx, others)
 			}
-			if !ch.Info.Standby && n%300 == 299 {
-				if c2, _, err := a.cfg.Choose(rctx); err == nil && c2.Info.Standby {
-					a.logf("%s is a standby again: moving there", c2.Source.Name)
+			// Every 15 s: is another node now the better source? A standby
+			// came back while this is the primary, or this standby was
+			// promoted (a switchover: pg_receivewal follows the new timeline
+			// on the same server, which would leave the slot on the primary).
+			if n%300 == 299 && !a.cfg.isStandby(rctx, ch.Source) {
+				if c2, _, err := a.cfg.Choose(rctx); err == nil && c2.Info.Standby && c2.Source.Name != ch.Source.Name {
+					a.logf("%s is a standby and %s is not: moving there", c2.Source.Name, ch.Source.Name)
 					stop()
 					return
 				}

@@ -198,6 +198,28 @@ func TestKamalBackupAccessory(t *testing.T) {
 		t.Errorf("backup: exit %d\n%s", code, out)
 	}
 
+	// After a switchover the agent follows the new standby (db, on the
+	// other server: its logins now come across the private network), and
+	// the primary keeps no slot for it.
+	if out, code := runCLI(t, "switchover", "db-replica", "--app", w.app); code != 0 {
+		t.Fatalf("switchover: exit %d\n%s", code, out)
+	}
+	deadline = time.Now().Add(2 * time.Minute)
+	for !strings.Contains(logs(), "streaming WAL from db (standby, timeline 2)") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent did not move to the new standby db:\n%s", logs())
+		}
+		time.Sleep(time.Second)
+	}
+	w.exec(t, "db-replica", "INSERT INTO orders SELECT generate_series(1501, 1700)")
+	out, code = runCLI(t, "restore", "drill", "--app", w.app, "--check", "SELECT count(*) FROM orders", "--json")
+	if code != 0 || !strings.Contains(out, `"check_result": "1700"`) {
+		t.Errorf("drill after the switchover: exit %d\n%s", code, out)
+	}
+	if got := w.query(t, "db-replica", "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = 'understudy_backup'"); got != "0" {
+		t.Errorf("the new primary db-replica still holds the backup slot")
+	}
+
 	// No secret in the container's command line, its log, or its config file.
 	noSecretIn("the backup container's command", w.docker["db-replica"].Docker(t, "container", "inspect", "--format", "{{json .Args}} {{json .Config.Cmd}}", "shop-db-backup"))
 	noSecretIn("the agent's log", logs())
