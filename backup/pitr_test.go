@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,6 +59,14 @@ func restore(t *testing.T, l *lab.Lab, target backup.Target) (backup.Restored, *
 		t.Fatalf("restore to %s: %v", target, err)
 	}
 	t.Cleanup(func() { srv.Stop(context.Background()) })
+	// Once recovery has ended the copy keeps no recovery target and no
+	// path into the restore's WAL directory.
+	auto, _ := os.ReadFile(filepath.Join(srv.Dir, "postgresql.auto.conf"))
+	for _, name := range backup.RecoverySettings {
+		if strings.Contains(string(auto), name+" =") {
+			t.Errorf("postgresql.auto.conf of the restored copy still sets %s:\n%s", name, auto)
+		}
+	}
 	return res, srv
 }
 

@@ -269,6 +269,14 @@ func RecoveryConfig(walDir string, t Target) string {
 	return b.String()
 }
 
+// RecoverySettings are what RecoveryConfig puts in postgresql.auto.conf;
+// once recovery has ended they are reset, so the copy holds no stale
+// target (a recovery_target_time left there would stop this cluster's
+// next recovery, as a standby, at the same point) and no path into the
+// restore's WAL directory.
+var RecoverySettings = []string{"restore_command", "recovery_target_time", "recovery_target_timeline", "recovery_target_action",
+	"primary_conninfo", "primary_slot_name", "archive_mode"}
+
 // WriteRecoveryConfig turns a fetched base backup into one that recovers:
 // recovery.signal, no standby.signal, RecoveryConfig appended.
 func WriteRecoveryConfig(dir, walDir string, t Target) error {
@@ -374,6 +382,14 @@ func (s *Server) WaitPromoted(ctx context.Context, timeout time.Duration) (Resto
 		in, err := pgops.InRecovery(ctx, c)
 		if err == nil && !in {
 			r, err = readRestored(ctx, c)
+			for _, name := range RecoverySettings {
+				if err == nil {
+					err = pgops.ResetAutoConf(ctx, c, name)
+				}
+			}
+			if err == nil {
+				err = pgops.Reload(ctx, c)
+			}
 			c.Close(ctx)
 			return r, err
 		}
