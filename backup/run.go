@@ -98,6 +98,11 @@ func Restore(ctx context.Context, req RestoreRequest) (Restored, *Server, error)
 		return res, nil, err
 	}
 	res.Fetch, res.Bytes = time.Since(t0), rp.Base.Bytes
+	// PostgreSQL wants its data directory 0700 (or 0750); one that existed
+	// empty (a volume's mount point) may be 0755.
+	if err := os.Chmod(req.Dir, 0o700); err != nil {
+		return res, nil, err
+	}
 	sock := filepath.Join(walDir, "sock")
 	os.MkdirAll(sock, 0o700)
 	if req.Cred != nil {

@@ -106,6 +106,18 @@ func checkBinary(file, machine string) error {
 	return nil
 }
 
+// checkBinaryFor checks a binary against a server's machine type.
+func checkBinaryFor(ctx context.Context, c *Control, host, binary string) error {
+	if binary == "" {
+		return errors.New("understudy must copy a static Linux understudy binary to the server, and this one cannot be used: pass --agent-binary PATH (GOOS=linux CGO_ENABLED=0 go build ./cmd/understudy)")
+	}
+	machine, err := c.Shell.Exec(ctx, host, "uname -m", nil)
+	if err != nil {
+		return fmt.Errorf("reading %s's machine type: %w", host, err)
+	}
+	return checkBinary(binary, strings.TrimSpace(string(machine)))
+}
+
 // ReadAgent reads the container's state and what the server holds.
 func (b *BackupAgent) ReadAgent(ctx context.Context) (live.AgentFacts, error) {
 	f := live.AgentFacts{Name: b.Name, Binary: b.Binary}
@@ -116,11 +128,7 @@ func (b *BackupAgent) ReadAgent(ctx context.Context) (live.AgentFacts, error) {
 	if err != nil {
 		return f, err
 	}
-	machine, err := b.Control.Shell.Exec(ctx, b.Host, "uname -m", nil)
-	if err != nil {
-		return f, fmt.Errorf("reading %s's machine type: %w", b.Host, err)
-	}
-	if err := checkBinary(b.Binary, strings.TrimSpace(string(machine))); err != nil {
+	if err := checkBinaryFor(ctx, b.Control, b.Host, b.Binary); err != nil {
 		return f, err
 	}
 	bin, err := os.Open(b.Binary)

@@ -39,6 +39,11 @@ func (d *Dialer) ExecTee(ctx context.Context, host, cmd string, tee io.Writer) (
 	return d.exec(ctx, host, cmd, nil, tee)
 }
 
+// execWith is Exec with stdin and a tee for the output.
+func (d *Dialer) execWith(ctx context.Context, host, cmd string, stdin io.Reader, tee io.Writer) ([]byte, error) {
+	return d.exec(ctx, host, cmd, stdin, tee)
+}
+
 func (d *Dialer) exec(ctx context.Context, host, cmd string, stdin io.Reader, tee io.Writer) ([]byte, error) {
 	c, err := d.Client(ctx, host)
 	if err != nil {

@@ -13,7 +13,8 @@ import (
 
 // The backup commands as a user runs them, from the built binary: lab up
 // --backup (storage and agent in the background), backup, backups --json,
-// restore drill with a check query, a refused restore over a node, status
+// restore drill with a check query, refused restores over a node's data and
+// into a running node, status
 // and check with the backup section, and lab down stopping everything.
 func TestBackupCommandsOnALab(t *testing.T) {
 	if _, err := lab.BinDir(); err != nil {
@@ -69,6 +70,10 @@ func TestBackupCommandsOnALab(t *testing.T) {
 	out, code = cli("restore", "--lab", dir, "--to", "latest", "--into", filepath.Join(dir, "data", "db"))
 	if code == 0 || !strings.Contains(out, "holds a PostgreSQL cluster") {
 		t.Errorf("restore over a node (exit %d):\n%s", code, out)
+	}
+	out, code = cli("restore", "--lab", dir, "--to", "latest", "--into", "db")
+	if code == 0 || !strings.Contains(out, "db is running") || !strings.Contains(out, "restore --into DIR") {
+		t.Errorf("restore into a running node (exit %d):\n%s", code, out)
 	}
 	out, code = cli("status", "--lab", dir)
 	if code != 0 || !strings.Contains(out, "backups in http://127.0.0.1:") || !strings.Contains(out, "recovery window:") || !strings.Contains(out, "last drill:") {

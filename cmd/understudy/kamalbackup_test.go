@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/lab"
+	"github.com/understudy-dev/understudy/pgops"
 )
 
 // staticUnderstudy builds the binary apply puts into the backup accessory:
@@ -218,6 +220,61 @@ func TestKamalBackupAccessory(t *testing.T) {
 	}
 	if got := w.query(t, "db-replica", "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = 'understudy_backup'"); got != "0" {
 		t.Errorf("the new primary db-replica still holds the backup slot")
+	}
+
+	// Disaster: a bad migration drops the table, then both servers lose
+	// the cluster. The backups bring the second before the drop back into
+	// db (on the server without the backup accessory: understudy copies
+	// itself there), which starts as the primary; db-replica rejoins it.
+	store, err := backup.OpenS3(backup.S3Config{Endpoint: s3.Endpoint, Bucket: s3.Bucket, Prefix: "shop", PathStyle: true}, s3.AccessKey, s3.SecretKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // a second after the last commit, as a user names it
+	T := time.Now()
+	time.Sleep(100 * time.Millisecond)
+	w.exec(t, "db-replica", "DROP TABLE orders")
+	dropped, _ := pgops.ParseLSN(w.query(t, "db-replica", "SELECT pg_current_wal_lsn()::text"))
+	deadline = time.Now().Add(time.Minute)
+	for {
+		st, err := backup.ReadAgentStatus(context.Background(), store)
+		if err == nil && st.ArchivedLSN >= dropped {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the archive did not reach the drop (%s): %+v %v", dropped, st, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	out, code = runCLI(t, "restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db", "--agent-binary", bin)
+	if code == 0 || !strings.Contains(out, "db is running") {
+		t.Errorf("restore into the running db: exit %d\n%s", code, out)
+	}
+	w.docker["db"].Docker(t, "container", "rm", "-f", "shop-db")
+	out, code = runCLI(t, "restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db", "--agent-binary", bin)
+	if code == 0 || !strings.Contains(out, "second primary") {
+		t.Errorf("restore into db while db-replica is the primary: exit %d\n%s", code, out)
+	}
+	w.docker["db-replica"].Docker(t, "container", "stop", "shop-db-replica")
+	out, code = runCLI(t, "restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db", "--agent-binary", bin)
+	if code == 0 || !strings.Contains(out, "not empty") {
+		t.Errorf("restore into db over its old data: exit %d\n%s", code, out)
+	}
+	if err := os.RemoveAll(filepath.Join(w.docker["db"].Home, "shop-db", "data")); err != nil {
+		t.Fatal(err)
+	}
+	out, code = runCLI(t, "restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db", "--agent-binary", bin)
+	if code != 0 || !strings.Contains(out, "db runs the restored data as the primary") {
+		t.Fatalf("restore --into db: exit %d\n%s", code, out)
+	}
+	if got := w.query(t, "db", "SELECT count(*)::text FROM orders"); got != "1700" {
+		t.Errorf("the restored db has %s orders, want the 1700 there were before the drop", got)
+	}
+	if out, code = runCLI(t, "rejoin", "db-replica", "--app", w.app); code != 0 {
+		t.Fatalf("rejoin db-replica after the restore: exit %d\n%s", code, out)
+	}
+	if got := w.query(t, "db-replica", "SELECT count(*)::text FROM orders"); got != "1700" {
+		t.Errorf("the rejoined db-replica has %s orders, want 1700", got)
 	}
 
 	// No secret in the container's command line, its log, or its config file.

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,22 +53,29 @@ func (c *restoreCommand) Run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "drill" {
 		return c.drill(ctx, args[1:])
 	}
+	if len(args) > 0 && args[0] == "--here" {
+		return c.here(ctx, args[1:])
+	}
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	to := fs.String("to", "", "latest, or a time (RFC 3339, or \"YYYY-MM-DD HH:MM:SS\" in UTC)")
 	tli := fs.Int("timeline", 0, "follow this timeline (default: the newest)")
-	into := fs.String("into", "", "a new or empty directory for the restored cluster (never one that holds a cluster)")
+	into := fs.String("into", "", "a node of the cluster (when the cluster is lost: it starts as the primary), or a new or empty directory on this machine")
 	port := fs.Int("port", 0, "port for the restored server's socket (default: a free one)")
+	agentBin := fs.String("agent-binary", "", "with --into NODE on Kamal: the static Linux understudy binary to run on the node's server (default: this one, when it is)")
 	b, err := openBackups(ctx, fs, args)
 	if err != nil {
 		return err
 	}
 	defer b.t.close()
 	if *to == "" || *into == "" {
-		return errors.New("usage: understudy restore --to TIME|latest --into DIR [--timeline N] [--lab DIR]")
+		return errors.New("usage: understudy restore --to TIME|latest --into NODE|DIR [--timeline N] [--lab DIR]")
 	}
 	target, err := parseTarget(*to, *tli)
 	if err != nil {
 		return err
+	}
+	if _, ok := b.t.Cluster.Node(*into); ok {
+		return c.intoNode(ctx, b, *into, target, *to, *tli, *agentBin)
 	}
 	dir, err := filepath.Abs(*into)
 	if err != nil {
@@ -286,4 +296,138 @@ func waitArchived(ctx context.Context, t live.Target, store backup.Store, timeou
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// intoNode restores the backups into a node of a lost cluster, which then
+// starts as the primary: Gather, the pure DecideRestoreInto, then the
+// restore where the node's data lives (the lab's directory; on Kamal, a
+// container of the node's image on its server, with its data directory).
+func (c *restoreCommand) intoNode(ctx context.Context, b *backups, node string, target backup.Target, to string, tli int, agentBin string) error {
+	st, err := live.Gather(ctx, b.t.Target)
+	if err != nil {
+		return err
+	}
+	f := live.RestoreIntoFacts{Status: st, Node: node}
+	if b.t.lab != nil {
+		err := backup.CheckEmptyTarget(b.t.lab.DataDir(node))
+		f.DataEmpty, f.DataWhat = err == nil, fmt.Sprint(err)
+	} else if f.DataEmpty, f.DataWhat, err = b.t.kamal.NodeDataState(ctx, node, b.t.Cluster.DataDir); err != nil {
+		return err
+	}
+	if err := live.DecideRestoreInto(f); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "restoring to %s into %s (no node runs: the cluster is lost)\n", target, b.t.Control.Where(node))
+	if b.t.lab != nil {
+		req, err := b.restoreRequest(target, b.t.lab.DataDir(node), 0)
+		if err != nil {
+			return err
+		}
+		req.Progress = restoreProgress(c.out)
+		res, srv, err := backup.Restore(ctx, req)
+		if err != nil {
+			return err
+		}
+		if err := srv.Stop(ctx); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.out, "✓ restored base backup %s and %d WAL files; recovery ended at %s (last transaction %s)\n", res.Base, res.Segments, res.Reached, timeText(res.LastCommit))
+	} else {
+		key, err := b.needKey()
+		if err != nil {
+			return err
+		}
+		bin := defaultAgentBinary()
+		if agentBin != "" {
+			bin = agentBin
+		}
+		sec, _ := json.Marshal(hereInput{Storage: b.t.backup.Storage, AccessKeyID: b.t.backupSecrets.AccessKeyID, SecretAccessKey: b.t.backupSecrets.SecretAccessKey, Key: key.String()})
+		args := []string{"--pgdata", b.t.Cluster.DataDir, "--to", to, "--timeline", strconv.Itoa(tli), "--user", b.dbUser(), "--major", strconv.Itoa(b.t.Cluster.Major)}
+		if err := b.t.kamal.RestoreNode(ctx, node, b.t.Cluster.DataDir, bin, args, bytes.NewReader(sec), c.out); err != nil {
+			return err
+		}
+	}
+	if err := b.t.Control.Start(ctx, node); err != nil {
+		return fmt.Errorf("the data is restored, but starting %s failed: %w", node, err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		conn, err := b.t.Control.Conn(ctx, node)
+		if err == nil {
+			conn.Close(ctx)
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the data is restored, but %s does not answer after 2 minutes: %w", node, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	fmt.Fprintf(c.out, "✓ %s runs the restored data as the primary\n", node)
+	for _, n := range b.t.Cluster.Nodes {
+		if n.Name != node {
+			fmt.Fprintf(c.out, "  %s still holds the lost cluster's timeline: `understudy rejoin %s` makes it a standby of %s (pg_rewind, or a fresh clone)\n", n.Name, n.Name, node)
+		}
+	}
+	return nil
+}
+
+// hereInput is what restore --here reads on stdin: never argv, env or a file.
+type hereInput struct {
+	Storage         backup.S3Config `json:"storage"`
+	AccessKeyID     string          `json:"access_key_id"`
+	SecretAccessKey string          `json:"secret_access_key"`
+	Key             string          `json:"key"`
+}
+
+// here is restore --into NODE's part on the node's server, in a container
+// of the node's image with its data directory mounted: restore into
+// PGDATA, recover, stop.
+func (c *restoreCommand) here(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("restore --here", flag.ContinueOnError)
+	pgdata := fs.String("pgdata", "", "the node's data directory")
+	to := fs.String("to", "", "latest or a time")
+	tli := fs.Int("timeline", 0, "the timeline")
+	user := fs.String("user", "postgres", "a role of the cluster")
+	major := fs.Int("major", 0, "PostgreSQL's major version")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var in hereInput
+	if err := json.NewDecoder(io.LimitReader(os.Stdin, 64<<10)).Decode(&in); err != nil {
+		return fmt.Errorf("reading the storage's secrets on stdin: %w", err)
+	}
+	target, err := parseTarget(*to, *tli)
+	if err != nil {
+		return err
+	}
+	store, err := backup.OpenS3(in.Storage, in.AccessKeyID, in.SecretAccessKey)
+	if err != nil {
+		return err
+	}
+	key, err := backup.ParseKey(in.Key)
+	if err != nil {
+		return err
+	}
+	bin, err := backup.FindPGBin(*major)
+	if err != nil {
+		return err
+	}
+	cred, err := backup.PostgresCred()
+	if err != nil {
+		return err
+	}
+	res, srv, err := backup.Restore(ctx, backup.RestoreRequest{Store: store, Key: key, Target: target, BinDir: bin, Dir: *pgdata, Port: 5432,
+		User: *user, Cred: cred, Progress: restoreProgress(c.out)})
+	if err != nil {
+		return err
+	}
+	if err := srv.Stop(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "✓ restored base backup %s and %d WAL files; recovery ended at %s (last transaction %s)\n", res.Base, res.Segments, res.Reached, timeText(res.LastCommit))
+	return nil
 }

@@ -52,6 +52,9 @@ type target struct {
 	kamal  *remote.Control
 	agent  *remote.BackupAgent // the backup accessory, when init set one up
 	backup *backup.Setup
+	// backupSecrets: the storage's credentials and the key, resolved here
+	// (restore --into NODE hands them to the server on stdin).
+	backupSecrets backup.Secrets
 	close  func()
 }
 
@@ -148,7 +151,7 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 		tg.agent = &remote.BackupAgent{Control: ctl, Name: d.Backup.Accessory, Host: d.BackupHost, Commands: cmds[d.Backup.Accessory],
 			BinDir: setup.BackupBinDir, Setup: d.BackupText, Binary: defaultAgentBinary()}
 		tg.BackupAgent = tg.agent
-		tg.Backup = kamalBackupAccess(ctx, d, abs)
+		tg.Backup, tg.backupSecrets = kamalBackupAccess(ctx, d, abs)
 	}
 	return tg, nil
 }
@@ -156,7 +159,7 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 // kamalBackupAccess opens the bucket with the backup secrets resolved here,
 // as Kamal resolves them; what does not resolve is reported by status and
 // check, not fatal (the key is needed only to restore).
-func kamalBackupAccess(ctx context.Context, d *setup.Deployed, app string) *live.BackupAccess {
+func kamalBackupAccess(ctx context.Context, d *setup.Deployed, app string) (*live.BackupAccess, backup.Secrets) {
 	s := d.Backup
 	a := &live.BackupAccess{Where: s.Storage.Endpoint + "/" + s.Storage.Bucket + "/" + s.Storage.Prefix}
 	resolve := func(name string) (string, error) {
@@ -166,28 +169,29 @@ func kamalBackupAccess(ctx context.Context, d *setup.Deployed, app string) *live
 		}
 		return v, err
 	}
+	var sec backup.Secrets
 	if v, err := resolve(s.Secrets.EncryptionKey); err != nil {
 		a.KeyErr = err
 	} else if a.Key, err = backup.ParseKey(v); err != nil {
 		a.KeyErr = fmt.Errorf("%s: %w", s.Secrets.EncryptionKey, err)
 	}
-	id, err := resolve(s.Secrets.AccessKeyID)
-	if err != nil {
+	sec.Key = a.Key
+	var err error
+	if sec.AccessKeyID, err = resolve(s.Secrets.AccessKeyID); err != nil {
 		a.Err = fmt.Errorf("the storage's access key does not resolve here: %w", err)
-		return a
+		return a, sec
 	}
-	secret, err := resolve(s.Secrets.SecretAccessKey)
-	if err != nil {
+	if sec.SecretAccessKey, err = resolve(s.Secrets.SecretAccessKey); err != nil {
 		a.Err = fmt.Errorf("the storage's secret key does not resolve here: %w", err)
-		return a
+		return a, sec
 	}
-	st, err := s.Open(backup.Secrets{AccessKeyID: id, SecretAccessKey: secret})
+	st, err := s.Open(sec)
 	if err != nil {
 		a.Err = err
-		return a
+		return a, sec
 	}
 	a.Store, a.Where = st, st.Where()
-	return a
+	return a, sec
 }
 
 // defaultAgentBinary is the understudy binary apply puts into the backup
