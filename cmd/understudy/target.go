@@ -55,7 +55,7 @@ type target struct {
 	// backupSecrets: the storage's credentials and the key, resolved here
 	// (restore --into NODE hands them to the server on stdin).
 	backupSecrets backup.Secrets
-	close  func()
+	close         func()
 }
 
 // open picks the target: --lab; else the app's deploy.yml when there is
