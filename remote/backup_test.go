@@ -4,6 +4,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/understudy-dev/understudy/kamal"
 )
 
 func TestAgentFileCommands(t *testing.T) {
@@ -30,5 +32,18 @@ func TestCheckBinaryRefusesWhatTheContainerCannotRun(t *testing.T) {
 	// /bin/sh is a dynamically linked ELF of this machine.
 	if err := checkBinary("/bin/sh", "x86_64"); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") && !strings.Contains(err.Error(), "built for") {
 		t.Errorf("a dynamic binary: %v", err)
+	}
+}
+
+func TestRestoreNodeCmd(t *testing.T) {
+	got := RestoreNodeCmd("postgres:17", kamal.Directory{HostPath: "$PWD/shop-db/data", ContainerPath: "/var/lib/postgresql/data"}, "$PWD/.understudy/bin",
+		[]string{"--pgdata", "/var/lib/postgresql/data", "--to", "2026-12-01 10:15:30"})
+	want := "/usr/bin/env mkdir -p $PWD/shop-db/data && docker run --rm -i --network host --volume $PWD/shop-db/data:/var/lib/postgresql/data " +
+		"--volume $PWD/.understudy/bin:/understudy/bin:ro --entrypoint /understudy/bin/understudy 'postgres:17' restore --here '--pgdata' '/var/lib/postgresql/data' '--to' '2026-12-01 10:15:30'"
+	if got != want {
+		t.Errorf("RestoreNodeCmd:\n%s\nwant:\n%s", got, want)
+	}
+	if got := ListCmd("$PWD/shop-db/data"); got != "ls -A $PWD/shop-db/data 2>/dev/null | head -5; true" {
+		t.Errorf("ListCmd: %s", got)
 	}
 }
