@@ -166,11 +166,11 @@ func CheckBackup(st *Status, capBytes int64, th BackupThresholds, slotHeadroom f
 	}
 	switch d := bs.Drill; {
 	case d == nil:
-		add(Warning, CodeBackupDrill, "", "no restore drill has run: nothing proves the backups restore", "run `understudy restore drill` (and schedule it, e.g. weekly from cron)")
+		add(Warning, CodeBackupDrill, "", "no restore drill has run: nothing proves the backups restore", "run `understudy restore drill`; on Kamal the backup accessory runs one every drill_every (backup.json; init's --backup-drill-every), on a lab schedule it from cron")
 	case !d.OK:
 		add(Critical, CodeBackupDrill, "", fmt.Sprintf("the last restore drill (%s) failed: %s", d.Started.Format(time.RFC3339), d.Error), "run `understudy restore drill` again and read its report")
 	case now.Sub(d.Started) > th.DrillMaxAge:
-		add(Warning, CodeBackupDrill, "", fmt.Sprintf("the last restore drill is %s old", now.Sub(d.Started).Round(time.Hour)), "run `understudy restore drill`")
+		add(Warning, CodeBackupDrill, "", fmt.Sprintf("the last restore drill is %s old", now.Sub(d.Started).Round(time.Hour)), "run `understudy restore drill`, and see why the schedule did not (the backup accessory's log: kamal accessory logs; or your cron)")
 	}
 	return out
 }
