@@ -20,16 +20,25 @@ import (
 
 var buildGW sync.Mutex
 
-func enableBackup(t testing.TB, l *lab.Lab) {
+// versityGW is the storage server's binary, built once per machine.
+func versityGW(t testing.TB) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	buildGW.Lock()
-	_, err := lab.BuildVersityGW(ctx, os.Stderr)
+	gw, err := lab.BuildVersityGW(ctx, os.Stderr)
 	buildGW.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return gw
+}
+
+func enableBackup(t testing.TB, l *lab.Lab) {
+	t.Helper()
+	versityGW(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
 	if _, err := l.BackupUp(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -109,14 +118,7 @@ type S3 struct {
 // stops it, by its PID, when the test ends.
 func StartS3(t testing.TB, addr, bucket string) S3 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	buildGW.Lock()
-	gw, err := lab.BuildVersityGW(ctx, os.Stderr)
-	buildGW.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
+	gw := versityGW(t)
 	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, bucket), 0o700); err != nil {
 		t.Fatal(err)
