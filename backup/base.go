@@ -23,6 +23,7 @@ import (
 
 	"github.com/understudy-dev/understudy/atomicfile"
 	"github.com/understudy-dev/understudy/pgops"
+	"golang.org/x/sys/unix"
 )
 
 func jsonIndent(v any) ([]byte, error) {
@@ -66,6 +67,12 @@ func TakeBase(ctx context.Context, cfg *AgentConfig, store Store, key *Key, prog
 	if err != nil {
 		return bi, err
 	}
+	// A 1 MiB pipe (Linux's default limit for F_SETPIPE_SZ, fcntl(2))
+	// instead of 64 KiB lets pg_basebackup write ahead while a chunk is
+	// being sealed.
+	if f, ok := stdout.(*os.File); ok {
+		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+	}
 	stderrR, stderrW := io.Pipe()
 	cmd.Stderr = stderrW
 	var total atomic.Int64
@@ -94,9 +101,21 @@ func TakeBase(ctx context.Context, cfg *AgentConfig, store Store, key *Key, prog
 		cmd.Wait()
 		return bi, err
 	}
+	// The tar reader (backup_label at the start, backup_manifest at the
+	// end) gets its own copy of each chunk through a bounded queue, so it
+	// runs beside the sealing instead of in turn with it.
 	tr, tw := io.Pipe()
 	meta := make(chan tarMeta, 1)
 	go func() { meta <- readTarMeta(tr) }()
+	chunks := make(chan []byte, 8)
+	tarDone := make(chan struct{})
+	go func() {
+		defer close(tarDone)
+		for c := range chunks {
+			tw.Write(c)
+		}
+		tw.Close()
+	}()
 
 	var done int64
 	tick := time.Now()
@@ -110,7 +129,7 @@ func TakeBase(ctx context.Context, cfg *AgentConfig, store Store, key *Key, prog
 				copyErr = err
 				break
 			}
-			tw.Write(buf[:n])
+			chunks <- append([]byte(nil), buf[:n]...)
 			if progress != nil && time.Since(tick) > 500*time.Millisecond {
 				tick = time.Now()
 				progress(Progress{Done: done, Total: total.Load(), Elapsed: time.Since(started)})
@@ -124,7 +143,8 @@ func TakeBase(ctx context.Context, cfg *AgentConfig, store Store, key *Key, prog
 			break
 		}
 	}
-	tw.Close()
+	close(chunks)
+	<-tarDone
 	waitErr := cmd.Wait()
 	stderrW.Close()
 	if copyErr == nil && waitErr == nil {
