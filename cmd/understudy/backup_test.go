@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -85,6 +86,52 @@ func TestBackupCommandsOnALab(t *testing.T) {
 	}
 	if code != 2 {
 		t.Errorf("check exit %d, want 2 (critical)", code)
+	}
+	// The lab's cluster is lost (both nodes down, db's data gone): the
+	// backups bring it back into db, which starts as the primary, and
+	// db-replica rejoins it.
+	ctx := context.Background()
+	l, err := lab.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := l.Conn(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "CREATE TABLE dr AS SELECT generate_series(1, 321) AS id"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(ctx)
+	if out, code := cli("restore", "drill", "--lab", dir); code != 0 { // it waits until the archive holds the table
+		t.Fatalf("drill before the loss (exit %d):\n%s", code, out)
+	}
+	for _, n := range []string{"db-replica", "db"} {
+		if err := l.Stop(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Rename(l.DataDir("db"), l.DataDir("db")+".lost"); err != nil {
+		t.Fatal(err)
+	}
+	out, code = cli("restore", "--lab", dir, "--to", "latest", "--into", "db")
+	if code != 0 || !strings.Contains(out, "db runs the restored data as the primary") || !strings.Contains(out, "understudy rejoin db-replica") {
+		t.Fatalf("restore --into db (exit %d):\n%s", code, out)
+	}
+	if out, code := cli("rejoin", "--lab", dir, "db-replica"); code != 0 {
+		t.Fatalf("rejoin db-replica (exit %d):\n%s", code, out)
+	}
+	for _, n := range []string{"db", "db-replica"} {
+		c, err := l.Conn(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got int
+		err = c.QueryRow(ctx, "SELECT count(*) FROM dr").Scan(&got)
+		c.Close(ctx)
+		if err != nil || got != 321 {
+			t.Errorf("%s after the restore and rejoin: %d rows of dr (%v), want 321", n, got, err)
+		}
 	}
 	if out, code := cli("lab", "down", "--dir", dir); code != 0 {
 		t.Fatalf("lab down: %s", out)
