@@ -81,31 +81,36 @@ func ParseSetup(b []byte) (Setup, error) {
 	if err := dec.Decode(&s); err != nil {
 		return s, fmt.Errorf("not a backup setup: %v", err)
 	}
+	return s, s.Validate()
+}
+
+// Validate checks what the agent depends on.
+func (s Setup) Validate() error {
 	if err := s.Storage.Validate(); err != nil {
-		return s, err
+		return err
 	}
 	switch {
 	case s.Accessory == "":
-		return s, errors.New("no accessory named")
+		return errors.New("no accessory named")
 	case len(s.Sources) == 0:
-		return s, errors.New("no sources")
+		return errors.New("no sources")
 	case s.User == "":
-		return s, errors.New("no replication_user")
+		return errors.New("no replication_user")
 	case !filepath.IsAbs(s.StateDir):
-		return s, fmt.Errorf("state_dir %q is not an absolute path", s.StateDir)
+		return fmt.Errorf("state_dir %q is not an absolute path", s.StateDir)
 	}
 	if _, err := s.baseEvery(); err != nil {
-		return s, err
+		return err
 	}
 	if _, err := s.drillEvery(); err != nil {
-		return s, err
+		return err
 	}
 	for _, n := range s.Secrets.Names() {
 		if n == "" {
-			return s, errors.New("a secret's name is missing under \"secrets\"")
+			return errors.New("a secret's name is missing under \"secrets\"")
 		}
 	}
-	return s, nil
+	return nil
 }
 
 func (s Setup) baseEvery() (time.Duration, error) { return period("base_every", s.BaseEvery) }

@@ -233,7 +233,7 @@ func load(dir, bin string, st state, password string) (*Lab, error) {
 		return nil, err
 	}
 	l := &Lab{Dir: abs, Bin: bin, password: password, uid: os.Getuid(), gid: os.Getgid(), done: map[string]chan struct{}{}}
-	cred, err := PostgresCred()
+	cred, err := backup.PostgresCred()
 	if err != nil {
 		return nil, err
 	}
@@ -710,6 +710,3 @@ func (l *Lab) AppConnString() string {
 	return fmt.Sprintf("host=%s port=%s user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2",
 		strings.Join(hosts, ","), strings.Join(ports, ","))
 }
-
-// PostgresCred is who PostgreSQL runs as when understudy runs as root.
-func PostgresCred() (*syscall.Credential, error) { return backup.PostgresCred() }

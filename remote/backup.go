@@ -63,7 +63,7 @@ func SumCmd(paths ...string) string {
 // running agent keeps its old file). Pure.
 func InstallCmd(dir, name string) string {
 	tmp := dir + "/." + name + ".new"
-	return fmt.Sprintf("/usr/bin/env mkdir -p %s && cat > %s && chmod 755 %s && mv -f %s %s/%s", dir, tmp, tmp, tmp, dir, name)
+	return fmt.Sprintf("%s && cat > %s && chmod 755 %s && mv -f %s %s/%s", kamal.MakeDirectory(dir), tmp, tmp, tmp, dir, name)
 }
 
 // ParseSums reads sha256sum's output into path → sum.
@@ -121,9 +121,6 @@ func checkBinaryFor(ctx context.Context, c *Control, host, binary string) error 
 // ReadAgent reads the container's state and what the server holds.
 func (b *BackupAgent) ReadAgent(ctx context.Context) (live.AgentFacts, error) {
 	f := live.AgentFacts{Name: b.Name, Binary: b.Binary}
-	if b.Binary == "" {
-		return f, errors.New("apply needs the understudy binary to put into the backup accessory, and this one cannot be used: pass --agent-binary PATH (a static Linux build: GOOS=linux CGO_ENABLED=0 go build ./cmd/understudy)")
-	}
 	dir, err := b.binHostDir()
 	if err != nil {
 		return f, err
@@ -140,23 +137,17 @@ func (b *BackupAgent) ReadAgent(ctx context.Context) (live.AgentFacts, error) {
 	if err != nil {
 		return f, err
 	}
-	binPath, setupPath := dir+"/understudy", b.setupHostPath()
+	// Relative to the SSH user's home, where the command runs, so that
+	// sha256sum prints the paths as given.
+	binPath, setupPath := strings.TrimPrefix(dir, "$PWD/")+"/understudy", b.setupHostPath()
 	out, err := b.Control.Shell.Exec(ctx, b.Host, SumCmd(binPath, setupPath), nil)
 	if err != nil {
 		return f, fmt.Errorf("reading the backup accessory's files on %s: %w", b.Host, err)
 	}
 	sums := ParseSums(string(out))
-	remote := func(p string) string { // sha256sum prints $PWD expanded
-		for k, v := range sums {
-			if strings.HasSuffix(k, strings.TrimPrefix(p, "$PWD/")) {
-				return v
-			}
-		}
-		return ""
-	}
 	setupSum, _ := sumOf(strings.NewReader(b.Setup))
-	f.BinaryCurrent = remote(binPath) == local
-	f.ConfigCurrent = remote(setupPath) == setupSum
+	f.BinaryCurrent = sums[binPath] == local
+	f.ConfigCurrent = sums[setupPath] == setupSum
 	ci, err := b.Control.inspectContainer(ctx, b.Host, b.Commands.ServiceName)
 	switch {
 	case errors.Is(err, errNoContainer):
@@ -216,6 +207,6 @@ func ExecCmd(container string, argv ...string) string {
 // Exec runs argv inside the backup accessory's container, its output
 // copied to out as it comes.
 func (b *BackupAgent) Exec(ctx context.Context, out io.Writer, argv ...string) error {
-	_, err := b.Control.Dialer.ExecTee(ctx, b.Host, ExecCmd(b.Commands.ServiceName, argv...), out)
+	_, err := b.Control.Dialer.ExecTee(ctx, b.Host, ExecCmd(b.Commands.ServiceName, argv...), nil, out)
 	return err
 }

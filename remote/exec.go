@@ -35,12 +35,7 @@ func (d *Dialer) Exec(ctx context.Context, host, cmd string, stdin io.Reader) ([
 
 // ExecTee is Exec with the command's output also copied to tee as it
 // comes (progress of a long command).
-func (d *Dialer) ExecTee(ctx context.Context, host, cmd string, tee io.Writer) ([]byte, error) {
-	return d.exec(ctx, host, cmd, nil, tee)
-}
-
-// execWith is Exec with stdin and a tee for the output.
-func (d *Dialer) execWith(ctx context.Context, host, cmd string, stdin io.Reader, tee io.Writer) ([]byte, error) {
+func (d *Dialer) ExecTee(ctx context.Context, host, cmd string, stdin io.Reader, tee io.Writer) ([]byte, error) {
 	return d.exec(ctx, host, cmd, stdin, tee)
 }
 

@@ -53,8 +53,8 @@ func RestoreNodeCmd(image string, mount kamal.Directory, binDir string, args []s
 	for i, a := range args {
 		q[i] = shq(a)
 	}
-	return fmt.Sprintf("/usr/bin/env mkdir -p %s && docker run --rm -i --network host --volume %s:%s --volume %s:/understudy/bin:ro --entrypoint /understudy/bin/understudy %s restore --here %s",
-		mount.HostPath, mount.HostPath, mount.ContainerPath, binDir, shq(image), strings.Join(q, " "))
+	return fmt.Sprintf("%s && docker run --rm -i --network host --volume %s:%s --volume %s:/understudy/bin:ro --entrypoint /understudy/bin/understudy %s restore --here %s",
+		kamal.MakeDirectory(mount.HostPath), mount.HostPath, mount.ContainerPath, binDir, shq(image), strings.Join(q, " "))
 }
 
 // RestoreNode copies binary to the node's server and runs the restore
@@ -79,7 +79,7 @@ func (c *Control) RestoreNode(ctx context.Context, node, pgdata, binary string, 
 		return fmt.Errorf("copying %s to %s: %w", binary, n.Host, err)
 	}
 	cmd := RestoreNodeCmd(n.Commands.Image, mount, binDir, args)
-	if _, err := c.Dialer.execWith(ctx, n.Host, cmd, secrets, out); err != nil {
+	if _, err := c.Dialer.ExecTee(ctx, n.Host, cmd, secrets, out); err != nil {
 		return fmt.Errorf("restoring into %s: %w", c.Where(node), err)
 	}
 	c.forget(node)

@@ -93,10 +93,12 @@ func planBackup(ed *kamal.Editor, o Options, p *Plan) (backup.Setup, error) {
 	if err := s.Storage.Validate(); err != nil {
 		return s, refuse("--backup-endpoint", err.Error(), "pass --backup-endpoint URL and --backup-bucket NAME (and --backup-prefix PATH to share a bucket)")
 	}
-	if _, err := backup.ParseSetup([]byte(backup.MarshalSetup(s))); err != nil {
+	if err := s.Validate(); err != nil {
 		return s, refuse("--backup-drill-every", err.Error(), "give a duration such as 168h (a week), or 0 for no scheduled drills")
 	}
 
+	p.Notes = append(p.Notes, fmt.Sprintf("%s runs the backup agent on %s: WAL streamed from the standby (slot %s on the node it streams from) and a base backup every %s, sealed with BACKUP_ENCRYPTION_KEY, into %s; `understudy apply` puts the understudy binary on that server and boots it",
+		s.Accessory, bo.Host, backup.DefaultSlot, s.BaseEvery, s.Storage.Endpoint+"/"+s.Storage.Bucket+"/"+s.Storage.Prefix))
 	name := s.Accessory
 	setupFile := path.Join(p.GenDir, BackupSetupFile)
 	if a := cfg.Accessory(name); a != nil {
@@ -166,11 +168,4 @@ func planBackup(ed *kamal.Editor, o Options, p *Plan) (backup.Setup, error) {
 		return s, err
 	}
 	return s, nil
-}
-
-func (b *BackupOptions) hostOr(def string) string {
-	if b.Host != "" {
-		return b.Host
-	}
-	return def
 }

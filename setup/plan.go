@@ -207,8 +207,6 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 		}
 		p.Backup = &bs
 		backupNames = bs.Secrets.Names()[1:] // the replication password is the nodes' already
-		p.Notes = append(p.Notes,
-			fmt.Sprintf("%s runs the backup agent on %s: WAL streamed from the standby (slot %s on the node it streams from) and a base backup every %s, sealed with BACKUP_ENCRYPTION_KEY, into %s; `understudy apply` puts the understudy binary on that server and boots it", bs.Accessory, o.Backup.hostOr(p.StandbyHost), "understudy_backup", bs.BaseEvery, bs.Storage.Endpoint+"/"+bs.Storage.Bucket+"/"+bs.Storage.Prefix))
 	}
 
 	// Secrets.

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/understudy-dev/understudy/backup"
-	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/pgops"
 	"github.com/understudy-dev/understudy/setup"
 )
@@ -95,7 +94,7 @@ func (b *backups) pgBin() (string, *syscall.Credential, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	cred, err := lab.PostgresCred()
+	cred, err := backup.PostgresCred()
 	return bin, cred, err
 }
 

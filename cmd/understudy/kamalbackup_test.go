@@ -15,7 +15,6 @@ import (
 	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/internal/netutil"
-	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/pgops"
 )
 
@@ -183,7 +182,7 @@ func TestKamalBackupAccessory(t *testing.T) {
 			t.Errorf("restore here (en_US.utf8 installed): exit %d\n%s", code, out)
 		}
 		stop := exec.Command("/usr/lib/postgresql/15/bin/pg_ctl", "-D", into, "stop", "-m", "fast")
-		if cred, _ := lab.PostgresCred(); cred != nil {
+		if cred, _ := backup.PostgresCred(); cred != nil {
 			stop.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 		}
 		stop.Run()

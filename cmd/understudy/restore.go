@@ -331,7 +331,7 @@ func (c *restoreCommand) intoNode(ctx context.Context, b *backups, node string, 
 		if err := srv.Stop(ctx); err != nil {
 			return err
 		}
-		fmt.Fprintf(c.out, "✓ restored base backup %s and %d WAL files; recovery ended at %s (last transaction %s)\n", res.Base, res.Segments, res.Reached, timeText(res.LastCommit))
+		fmt.Fprint(c.out, restoredIntoText(res))
 	} else {
 		key, err := b.needKey()
 		if err != nil {
@@ -428,6 +428,10 @@ func (c *restoreCommand) here(ctx context.Context, args []string) error {
 	if err := srv.Stop(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.out, "✓ restored base backup %s and %d WAL files; recovery ended at %s (last transaction %s)\n", res.Base, res.Segments, res.Reached, timeText(res.LastCommit))
+	fmt.Fprint(c.out, restoredIntoText(res))
 	return nil
+}
+
+func restoredIntoText(res backup.Restored) string {
+	return fmt.Sprintf("✓ restored base backup %s and %d WAL files; recovery ended at %s (last transaction %s)\n", res.Base, res.Segments, res.Reached, timeText(res.LastCommit))
 }
