@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/understudy-dev/understudy/backup"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -330,7 +331,7 @@ func (l *Lab) Where(node string) string {
 	if err != nil {
 		return node
 	}
-	return fmt.Sprintf("lab node %s (%s:%d, log %s)", node, n.Addr, n.Port, l.LogFile(node))
+	return fmt.Sprintf("lab node %s (%s, log %s)", node, net.JoinHostPort(n.Addr, strconv.Itoa(n.Port)), l.LogFile(node))
 }
 
 // BootArgv is how a node is started: the boot script with the accessory's

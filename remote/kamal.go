@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -120,7 +122,7 @@ func (c *Control) Reach(ctx context.Context, node string) error {
 // Where names a node for messages.
 func (c *Control) Where(node string) string {
 	n := c.Nodes[node]
-	return fmt.Sprintf("accessory %s on %s (PostgreSQL at %s:%d; logs: kamal accessory logs %s)", node, n.Host, n.Addr, n.Port, node)
+	return fmt.Sprintf("accessory %s on %s (PostgreSQL at %s; logs: kamal accessory logs %s)", node, n.Host, net.JoinHostPort(n.Addr, strconv.Itoa(n.Port)), node)
 }
 
 // ConnConfig is how Conn reaches a node: the address resolved on the far

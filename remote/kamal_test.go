@@ -37,3 +37,11 @@ func TestKamalArgvGolden(t *testing.T) {
 		t.Errorf("argv changed (go test ./remote -update, then review):\n%s", got)
 	}
 }
+
+// An IPv6 node is named [addr]:port in messages (issue 19 item 7).
+func TestWhereBracketsIPv6(t *testing.T) {
+	c := &remote.Control{Nodes: map[string]remote.Node{"db": {Host: "192.0.2.2", Addr: "fd00::20", Port: 5432}}}
+	if w := c.Where("db"); !strings.Contains(w, "PostgreSQL at [fd00::20]:5432;") {
+		t.Errorf("Where = %q", w)
+	}
+}

@@ -2,7 +2,9 @@ package setup
 
 import (
 	"fmt"
+	"net"
 	"regexp"
+	"strconv"
 
 	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/kamal"
@@ -176,7 +178,7 @@ func sameNodes(model, now pgconf.Cluster) error {
 			return fmt.Errorf("node %s is gone", n.Name)
 		}
 		if m != n {
-			return fmt.Errorf("node %s is at %s:%d, the setup has %s:%d", n.Name, m.Addr, m.Port, n.Addr, n.Port)
+			return fmt.Errorf("node %s is at %s, the setup has %s", n.Name, net.JoinHostPort(m.Addr, strconv.Itoa(m.Port)), net.JoinHostPort(n.Addr, strconv.Itoa(n.Port)))
 		}
 	}
 	return nil

@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"strings"
 
 	"github.com/understudy-dev/understudy/kamal"
@@ -41,8 +43,8 @@ func (c *planCommand) Run(ctx context.Context, args []string) error {
 func renderPlan(p *setup.Plan, diffs bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Replication for accessory %s (PostgreSQL %d, %s)\n", p.Primary, p.Image.Major, p.Image.Ref)
-	fmt.Fprintf(&b, "  primary  %-18s on %s, listening on %s:%d\n", p.Primary, p.PrimaryHost, p.Cluster.Nodes[0].Addr, p.Cluster.Nodes[0].Port)
-	fmt.Fprintf(&b, "  standby  %-18s on %s, listening on %s:%d\n", p.Standby, p.StandbyHost, p.Cluster.Nodes[1].Addr, p.Cluster.Nodes[1].Port)
+	fmt.Fprintf(&b, "  primary  %-18s on %s, listening on %s\n", p.Primary, p.PrimaryHost, hostPort(p.Cluster.Nodes[0].Addr, p.Cluster.Nodes[0].Port))
+	fmt.Fprintf(&b, "  standby  %-18s on %s, listening on %s\n", p.Standby, p.StandbyHost, hostPort(p.Cluster.Nodes[1].Addr, p.Cluster.Nodes[1].Port))
 	if len(p.Changes) == 0 {
 		b.WriteString("\nEverything is already in place: nothing to change.\n")
 	} else {
@@ -77,3 +79,6 @@ func renderPlan(p *setup.Plan, diffs bool) string {
 	b.WriteString(indent(p.RailsYAML, "    "))
 	return b.String()
 }
+
+// hostPort is addr:port as a client writes it ([addr]:port for IPv6).
+func hostPort(addr string, port int) string { return net.JoinHostPort(addr, strconv.Itoa(port)) }
