@@ -408,6 +408,24 @@ func TestAbsoluteSecretsPathAndIPv6URL(t *testing.T) {
 	}
 }
 
+// Issue 19 item 7: an IPv6 node's address and port are written
+// [addr]:port in the messages that name them.
+func TestIPv6AddressesAreBracketedInMessages(t *testing.T) {
+	src := app("postgres:16", "[fd00::2]:5432:5432", "postgres")
+	p, err := Build(src, Options{ReplicaHost: "192.0.2.3", ReplicaIP: "fd00::3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range p.Changes {
+		src[c.Path] = c.New
+	}
+	src["config/deploy.yml"] = strings.Replace(src["config/deploy.yml"], "[fd00::3]:5432:5432", "[fd00::4]:5433:5432", 1)
+	_, err = LoadDeployed(src, Options{})
+	if err == nil || !strings.Contains(err.Error(), "node db-replica is at [fd00::4]:5433, the setup has [fd00::3]:5432") {
+		t.Errorf("deploy.yml moved to another IPv6 address: %v", err)
+	}
+}
+
 // Issue 10 item 13: an image with its own entrypoint (Bitnami's) is
 // refused at its image line, with or without --accessory, never accepted
 // with a boot script that cannot start.
