@@ -116,6 +116,9 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 	}
 	cfg := ed.Config()
 	p := &Plan{GenDir: GeneratedDir(o.Destination)}
+	if err := refuseCmdNotString(cfg); err != nil {
+		return nil, err
+	}
 
 	prim, err := pickPrimary(cfg, o)
 	if err != nil {

@@ -84,3 +84,50 @@ func ValidateKamal(cfg *kamal.Config) error {
 	}
 	return nil
 }
+
+// refuseCmdNotString names an accessory cmd written as a YAML list or
+// mapping. Kamal takes only a string there and refuses the whole file
+// (its validator: "accessories/NAME/cmd: should be a string"); the string
+// is put unescaped after the image in `docker run`, for the server's shell.
+func refuseCmdNotString(cfg *kamal.Config) error {
+	for _, a := range cfg.Accessories() {
+		v := a.Field("cmd")
+		if v == nil || v.IsScalar() || v.IsNull() {
+			continue
+		}
+		what := fmt.Sprintf("accessory %s's cmd is a %s; Kamal takes only a string there and refuses this file (\"accessories/%s/cmd: should be a string\")", a.Name, kindName(v), a.Name)
+		example := "cmd: postgres -c name=value"
+		if line, ok := cmdLine(cfg, v); ok {
+			example = "cmd: " + string(kamal.Quote(line))
+		}
+		return refuse(v.Pos(), what, "write the command as one string, as the server's shell will read it after the image:\n    %s", example)
+	}
+	return nil
+}
+
+func kindName(v *kamal.Val) string {
+	if v.IsMap() {
+		return "mapping"
+	}
+	return "list"
+}
+
+// cmdLine joins a list's items into one command line, quoting for the
+// shell the items that need it.
+func cmdLine(cfg *kamal.Config, v *kamal.Val) (string, bool) {
+	if !v.IsSeq() || len(v.Items()) == 0 {
+		return "", false
+	}
+	var words []string
+	for _, it := range v.Items() {
+		s, ok := cfg.Str(it)
+		if !ok {
+			return "", false
+		}
+		if s == "" || strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-=./:,@%+") != "" {
+			s = "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+		}
+		words = append(words, s)
+	}
+	return strings.Join(words, " "), true
+}
