@@ -172,21 +172,14 @@ func (f *File) scalarEnd(n *yaml.Node) (int, bool) {
 	case n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0:
 		return 0, false
 	}
-	end := le
-	for i := st; i < le; i++ {
-		if s[i] == '#' && i > st && (s[i-1] == ' ' || s[i-1] == '\t') {
-			end = i
-			break
-		}
+	// A plain scalar's value is its text when it is on one line; in a flow
+	// collection the text ends before the next , ] or }, not at the line's
+	// end. One that continues on the next lines has a value (folded) that
+	// is not on its first line.
+	if n.Kind == yaml.ScalarNode && n.Value != "" && strings.HasPrefix(s[st:le], n.Value) {
+		return st + len(n.Value), true
 	}
-	for end > st && (s[end-1] == ' ' || s[end-1] == '\t') {
-		end--
-	}
-	// A plain scalar that continues on the next lines is multi-line.
-	if next := f.blockEndLine(n.Line, indentOf(f.line(n.Line))); next != n.Line && n.Kind == yaml.ScalarNode {
-		return 0, false
-	}
-	return end, true
+	return 0, false
 }
 
 // setValue replaces the value of a mapping entry. newScalar is a YAML scalar

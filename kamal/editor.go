@@ -96,28 +96,72 @@ func aliasedNodes(doc *yaml.Node) map[*yaml.Node]bool {
 }
 
 // mergeProvides reports whether a merge key's value (a mapping, an alias
-// of one, or a list of them) has key.
-func mergeProvides(v *yaml.Node, key string) bool {
+// of one, or a list of them) gives key.
+func mergeProvides(v *yaml.Node, key string, depth int) bool {
 	v = resolveAlias(v)
-	if v == nil {
+	if v == nil || depth > maxDepth {
 		return false
 	}
 	if v.Kind == yaml.SequenceNode {
 		for _, it := range v.Content {
-			if mergeProvides(it, key) {
+			if has(resolveAlias(it), key, depth+1) {
 				return true
 			}
 		}
 		return false
 	}
-	k, _ := directGet(v, key)
-	if k != nil {
-		return true
+	return has(v, key, depth+1)
+}
+
+// has reports whether a mapping has key, written in it or merged into it.
+func has(m *yaml.Node, key string, depth int) bool {
+	if m == nil || m.Kind != yaml.MappingNode {
+		return false
 	}
-	if mk, mv := directGet(v, "<<"); mk != nil && mv != v {
-		return mergeProvides(mv, key)
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if k := m.Content[i]; isMergeKey(k) {
+			if mergeProvides(m.Content[i+1], key, depth) {
+				return true
+			}
+		} else if k.Value == key {
+			return true
+		}
 	}
 	return false
+}
+
+// lastMerge is the last merge key of a mapping that gives key (nil if
+// none), and its index in the mapping's content.
+func lastMerge(m *yaml.Node, key string) (*yaml.Node, int) {
+	var mk *yaml.Node
+	at := -1
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil, -1
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if isMergeKey(m.Content[i]) && mergeProvides(m.Content[i+1], key, 0) {
+			mk, at = m.Content[i], i
+		}
+	}
+	return mk, at
+}
+
+func indexOf(m, k *yaml.Node) int {
+	for i := 0; i < len(m.Content); i += 2 {
+		if m.Content[i] == k {
+			return i
+		}
+	}
+	return -1
+}
+
+// inherited is an element of a path in the edit file whose value comes
+// from an anchor: through a merge key of mapping, or as an alias (key and
+// alias set).
+type inherited struct {
+	mapping    *yaml.Node
+	name       string
+	key, alias *yaml.Node
 }
 
 // locate walks path in the edit file. It returns the deepest mapping reached,
@@ -129,30 +173,38 @@ type location struct {
 	found   int
 }
 
-func (e *Editor) locate(f *File, path []string) (location, error) {
+// locate stops at the first element that comes from an anchor, and
+// returns it; own writes such elements out.
+func (e *Editor) locate(f *File, path []string) (location, *inherited, error) {
 	loc := location{mapping: f.doc}
 	cur := f.doc
 	shared := aliasedNodes(f.doc)
 	for i, p := range path {
+		where := strings.Join(path[:i+1], "/")
 		k, v := directGet(cur, p)
-		if k == nil {
-			// Writing the key directly would hide what a merge key (<<)
-			// gives it, and Kamal would see only understudy's part.
-			if mk, mv := directGet(cur, "<<"); mk != nil && mergeProvides(mv, p) {
-				return loc, fmt.Errorf("%s:%d: %s comes from the merge key (<<) at line %d; understudy must change it, and a direct %s: would replace the merged one: write %s: out in full in %s",
-					f.Path, mk.Line, strings.Join(path[:i+1], "/"), mk.Line, p, p, strings.Join(path[:i], "/"))
+		// Kamal's loader applies a mapping's entries in order, so a merge
+		// key after p: replaces it (see build).
+		if mk, at := lastMerge(cur, p); mk != nil {
+			if k == nil {
+				return loc, &inherited{mapping: cur, name: p}, nil
 			}
-			return loc, nil
+			if at > indexOf(cur, k) {
+				return loc, nil, fmt.Errorf("%s:%d: %s is hidden by the merge key (<<) at line %d after it (Kamal's YAML loader lets a later << replace an earlier key), so a change there would not reach Kamal: remove the hidden %s: (Kamal does not see it), or, if it is the one you meant, move it below the <<: line; then run init again",
+					f.Path, k.Line, where, mk.Line, p)
+			}
+		}
+		if k == nil {
+			return loc, nil, nil
 		}
 		if v.Kind == yaml.AliasNode {
-			return loc, fmt.Errorf("%s:%d: %s is a YAML alias (*%s); understudy must change it, so write it out in full there", f.Path, k.Line, strings.Join(path[:i+1], "/"), v.Value)
+			return loc, &inherited{mapping: cur, name: p, key: k, alias: v}, nil
 		}
 		if shared[v] {
-			return loc, fmt.Errorf("%s:%d: %s is the anchor &%s, which other places use through *%s; understudy must change it, and that would change them too: give %s its own copy instead of the anchor",
-				f.Path, k.Line, strings.Join(path[:i+1], "/"), v.Anchor, v.Anchor, strings.Join(path[:i+1], "/"))
+			return loc, nil, fmt.Errorf("%s:%d: %s is the anchor &%s, which other places use through *%s; understudy must change it, and that would change them too: give %s its own copy instead of the anchor",
+				f.Path, k.Line, where, v.Anchor, v.Anchor, where)
 		}
 		if i < len(path)-1 && f.text.has(v.Value) {
-			return loc, fmt.Errorf("%s:%d: %s comes from ERB, which understudy must change; write it as plain YAML", f.Path, k.Line, strings.Join(path[:i+1], "/"))
+			return loc, nil, fmt.Errorf("%s:%d: %s comes from ERB, which understudy must change; write it as plain YAML", f.Path, k.Line, where)
 		}
 		loc.key, loc.val, loc.found = k, v, i+1
 		if v.Kind == yaml.MappingNode {
@@ -160,7 +212,56 @@ func (e *Editor) locate(f *File, path []string) (location, error) {
 		}
 		cur = v
 	}
-	return loc, nil
+	return loc, nil, nil
+}
+
+// own walks path in the edit file like locate, first writing out in full,
+// at this one place, each element whose value comes from an anchor
+// (through a merge key or an alias): the anchor stays as it is, so
+// whatever else uses it reads the same, and Kamal reads this place the
+// same until understudy changes it. A merged element is written after the
+// merge key, where it wins.
+func (e *Editor) own(path []string) (*File, location, error) {
+	for range len(path) + 1 {
+		f := e.cfg.EditFile()
+		loc, in, err := e.locate(f, path)
+		if err != nil || in == nil {
+			return f, loc, err
+		}
+		if in.mapping.Style&yaml.FlowStyle != 0 {
+			return f, loc, fmt.Errorf("%s:%d: %s comes from an anchor, and this mapping is written in flow style ({...}); rewrite it as an indented block so understudy can write %s out in it", f.Path, in.mapping.Line, strings.Join(path[:loc.found+1], "/"), in.name)
+		}
+		m, err := build(f, nil, in.mapping)
+		if err != nil {
+			return f, loc, err
+		}
+		val := fromVal(m.Get(in.name))
+		st := f.style()
+		var ed textEdit
+		if in.alias != nil {
+			indent := in.key.Column - 1
+			text := strings.TrimPrefix(strings.Join(st.entry(in.key.Value, val, indent), "\n"), strings.Repeat(" ", indent)+in.key.Value+":")
+			// A comment after the alias stays on the key's line.
+			end := f.offset(in.alias.Line, in.alias.Column) + len("*"+in.alias.Value)
+			if rest := f.Original()[end:f.lineEnd(in.alias.Line)]; strings.HasPrefix(strings.TrimLeft(rest, " \t"), "#") {
+				if first, more, ok := strings.Cut(text, "\n"); ok {
+					text = first + rest + "\n" + more
+				} else {
+					text += rest
+				}
+			}
+			ed, err = f.replaceBlock(in.key, in.alias, text)
+		} else {
+			ed, err = f.insertEntry(in.mapping, st.entry(in.name, val, in.mapping.Content[0].Column-1))
+		}
+		if err != nil {
+			return f, loc, err
+		}
+		if err := e.commit(f, ed); err != nil {
+			return f, loc, err
+		}
+	}
+	return nil, location{}, fmt.Errorf("internal error: %s still comes from an anchor after writing it out", strings.Join(path, "/"))
 }
 
 // nest wraps a value in the path's remaining keys.
@@ -173,11 +274,10 @@ func nest(path []string, v any) (string, any) {
 
 // put writes value at path in the edit file, creating missing mappings.
 func (e *Editor) put(path []string, value any) error {
-	f := e.cfg.EditFile()
-	if f.doc == nil {
+	if f := e.cfg.EditFile(); f.doc == nil {
 		return fmt.Errorf("%s is empty; add the accessory there by hand first", f.Path)
 	}
-	loc, err := e.locate(f, path)
+	f, loc, err := e.own(path)
 	if err != nil {
 		return err
 	}
@@ -250,8 +350,7 @@ func (e *Editor) EnsureListItem(acc string, path []string, item any, match func(
 			return nil
 		}
 	}
-	f := e.cfg.EditFile()
-	loc, err := e.locate(f, full)
+	f, loc, err := e.own(full)
 	if err != nil {
 		return err
 	}
@@ -276,8 +375,7 @@ func (e *Editor) AddAccessory(name, after string, body Map) error {
 	if e.cfg.Root.Get("accessories", name) != nil {
 		return fmt.Errorf("accessory %s already exists", name)
 	}
-	f := e.cfg.EditFile()
-	loc, err := e.locate(f, []string{"accessories", after})
+	f, loc, err := e.own([]string{"accessories", after})
 	if err != nil {
 		return err
 	}
@@ -305,8 +403,7 @@ func (e *Editor) EnsureComplexEnv(acc string) error {
 	if !env.IsMap() || len(env.Keys()) == 0 || env.Get("clear") != nil || env.Get("secret") != nil {
 		return nil
 	}
-	f := e.cfg.EditFile()
-	loc, err := e.locate(f, full)
+	f, loc, err := e.own(full)
 	if err != nil {
 		return err
 	}

@@ -118,6 +118,12 @@ accessories:
 	if err == nil || !strings.Contains(err.Error(), "config/deploy.yml:13") || !strings.Contains(err.Error(), "flow style") {
 		t.Fatalf("want a flow-style error at line 13 (options, after the edits above), got %v", err)
 	}
+	// A plain scalar in a flow mapping is replaced up to its end, not the
+	// line's: the rest of the mapping stays.
+	must(e.EnsureScalar("db", []string{"options", "shm-size"}, Raw("2g")))
+	if got := e.Changed()["config/deploy.yml"]; !strings.Contains(got, "        options: {shm-size: 2g}\n") {
+		t.Fatalf("the flow mapping was not edited in place:\n%s", got)
+	}
 }
 
 type mapSrc map[string]string

@@ -81,3 +81,32 @@ func TestERBPlaceholdersAreExact(t *testing.T) {
 		}
 	}
 }
+
+// Merge keys read the way Kamal's YAML loader (Ruby's Psych, YAML.unsafe_load)
+// reads them: entries apply in file order, so a key written before a <<
+// is replaced by the merged one and a key written after it wins; in a list
+// of merged mappings the first one that has a key gives it. Checked
+// against Psych 4.0.3 (Debian 12's ruby) and the revive_hash of Psych 5.
+func TestMergeKeysReadAsKamalReadsThem(t *testing.T) {
+	c, err := loadRaw(t, "service: shop\n"+
+		"x: &x {a: 1, b: 2}\n"+
+		"y: &y {a: 3, c: 4}\n"+
+		"before:\n  a: 9\n  <<: *x\n"+
+		"after:\n  <<: *x\n  a: 9\n"+
+		"list:\n  <<: [*y, *x]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{
+		"before/a": "1", "before/b": "2",
+		"after/a": "9", "after/b": "2",
+		"list/a": "3", "list/b": "2", "list/c": "4",
+	} {
+		got := c.Root.Get(strings.Split(path, "/")...)
+		if got == nil {
+			t.Errorf("%s is missing, want %s", path, want)
+		} else if got.Node.Value != want {
+			t.Errorf("%s = %s, want %s", path, got.Node.Value, want)
+		}
+	}
+}

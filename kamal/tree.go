@@ -93,6 +93,9 @@ func (v *Val) Pos() string {
 	return fmt.Sprintf("%s:%d", v.File.Path, n.Line)
 }
 
+// isMergeKey reports whether a mapping key is YAML's merge key (<<).
+func isMergeKey(k *yaml.Node) bool { return k.Value == "<<" && k.Tag == "!!merge" }
+
 func resolveAlias(n *yaml.Node) *yaml.Node {
 	for n != nil && n.Kind == yaml.AliasNode {
 		n = n.Alias
@@ -156,19 +159,32 @@ func (b *builder) build(key, n *yaml.Node, depth int) *Val {
 	}
 	switch n.Kind {
 	case yaml.MappingNode:
+		// Entries apply in file order, as Kamal's loader (Ruby's Psych,
+		// Psych::Visitors::ToRuby#revive_hash) applies them: a merge key
+		// (<<) replaces the keys written before it, and a key written
+		// after it wins; of a list of merged mappings, the first to have a
+		// key gives it.
 		v.fields = map[string]*Val{}
-		var merges []*Val
 		seen := map[string]*yaml.Node{}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, val := n.Content[i], n.Content[i+1]
-			if k.Value == "<<" && k.Tag == "!!merge" {
-				src := resolveAlias(val)
-				if src != nil && src.Kind == yaml.SequenceNode {
+			if isMergeKey(k) {
+				var merges []*Val
+				if src := resolveAlias(val); src != nil && src.Kind == yaml.SequenceNode {
 					for _, s := range src.Content {
 						merges = append(merges, b.build(nil, s, depth+1))
 					}
 				} else {
 					merges = append(merges, b.build(nil, val, depth+1))
+				}
+				got := map[string]bool{}
+				for _, m := range merges {
+					for _, mk := range m.keys {
+						if !got[mk] {
+							got[mk] = true
+							v.set(mk, m.fields[mk])
+						}
+					}
 				}
 				continue
 			}
@@ -177,14 +193,6 @@ func (b *builder) build(key, n *yaml.Node, depth int) *Val {
 			}
 			seen[k.Value] = k
 			v.set(k.Value, b.build(k, val, depth+1))
-		}
-		// Keys given directly win over merged ones.
-		for _, m := range merges {
-			for _, k := range m.keys {
-				if _, ok := v.fields[k]; !ok {
-					v.set(k, m.fields[k])
-				}
-			}
 		}
 	case yaml.SequenceNode:
 		for _, it := range n.Content {

@@ -51,6 +51,9 @@ func FuzzInit(f *testing.F) {
 	f.Add(strings.Replace(base, "%IMAGE%", "postgres:16", 1))
 	f.Add("service: a\nx: &r [1, *r]\n")
 	f.Add("service: a\naccessories:\n  db: &d\n    image: postgres:16\n  other: *d\n")
+	// env through merge keys and aliases of anchors (issue 19 item 7)
+	f.Add(withAnchors("x-env: &e\n  clear:\n    POSTGRES_DB: app\n  secret:\n    - POSTGRES_PASSWORD\n", "    env:\n      <<: *e\n", "  cache:\n    image: redis:7\n    host: 192.0.2.5\n    env: *e\n")["config/deploy.yml"])
+	f.Add(withAnchors("x-pg: &pg {env: {clear: {A: b}}, options: {memory: 1g}}\n", "    <<: *pg\n", "")["config/deploy.yml"])
 	f.Fuzz(func(t *testing.T, deploy string) {
 		if len(deploy) > 64<<10 {
 			return

@@ -324,15 +324,12 @@ func TestRefusesEditsThatWouldChangeWhatKamalSees(t *testing.T) {
 	withSecrets := func(deploy string) mapSource {
 		return mapSource{"config/deploy.yml": deploy, ".kamal/secrets": "POSTGRES_PASSWORD=$POSTGRES_PASSWORD\n"}
 	}
-	merged := strings.Replace(ok, "accessories:\n  db:\n", "x-pg: &pg\n  env:\n    secret:\n      - POSTGRES_PASSWORD\naccessories:\n  db:\n    <<: *pg\n", 1)
-	merged = strings.Replace(merged, "    env:\n      secret:\n        - POSTGRES_PASSWORD\n    directories:", "    directories:", 1)
 	sharedList := strings.Replace(ok, "      secret:\n        - POSTGRES_PASSWORD\n", "      secret: &secrets\n        - POSTGRES_PASSWORD\n", 1) +
 		"  cache:\n    image: redis:7\n    host: 192.0.2.5\n    env:\n      secret: *secrets\n"
 	stringSecret := strings.Replace(ok, "      secret:\n        - POSTGRES_PASSWORD\n", "      secret: POSTGRES_PASSWORD\n", 1)
 	cases := []struct{ name, deploy, want string }{
 		{"second accessories key", ok + "accessories:\n  redis:\n    image: redis:7\n", "config/deploy.yml:22: accessories: appears twice in this mapping (first at line 11)"},
 		{"duplicate accessory", strings.Replace(ok, "accessories:\n", "accessories:\n  db:\n    image: postgres:15\n", 1), "config/deploy.yml:14: db: appears twice in this mapping (first at line 12)"},
-		{"env through a merge key", merged, "comes from the merge key (<<)"},
 		{"secret list shared by an anchor", sharedList, "is the anchor &secrets, which other places use through *secrets"},
 		{"env.secret as a string", stringSecret, `must be a list, not a scalar (Kamal refuses it: "should be an array")`},
 	}
