@@ -66,9 +66,27 @@ func (st style) item(v any) []string {
 	case Raw:
 		return []string{string(x)}
 	case Map:
+		if len(x) == 0 {
+			return []string{"{}"}
+		}
 		var out []string
 		for _, kv := range x {
 			out = append(out, st.entry(kv.Key, kv.Val, 0)...)
+		}
+		return out
+	case List: // a list in a list: "- - a"
+		if len(x) == 0 {
+			return []string{"[]"}
+		}
+		var out []string
+		for _, it := range x {
+			for i, l := range st.item(it) {
+				if i == 0 {
+					out = append(out, "- "+l)
+				} else {
+					out = append(out, "  "+l)
+				}
+			}
 		}
 		return out
 	}

@@ -134,3 +134,24 @@ func (m mapSrc) ReadFile(rel string) (string, error) {
 	}
 	return "", errNotExist
 }
+
+// A value copied into a new accessory keeps lists in lists and empty
+// items (init derives the standby from the primary this way; the fuzzer
+// found a list in a list that made the writer panic).
+func TestEmitListsInListsAndEmptyItems(t *testing.T) {
+	src := mapSrc{"config/deploy.yml": "service: s\naccessories:\n  db:\n    image: postgres:16\n"}
+	e, err := NewEditor(src, "config/deploy.yml", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := Map{{"image", Raw("redis:7")}, {"x", List{List{Raw("a"), List{Raw("b")}}, Map{}, List{}, Raw("c")}}}
+	if err := e.AddAccessory("cache", "db", body); err != nil {
+		t.Fatal(err)
+	}
+	x := e.Config().Root.Get("accessories", "cache", "x")
+	it := x.Items()
+	if len(it) != 4 || len(it[0].Items()) != 2 || it[0].Items()[0].Masked() != "a" || it[0].Items()[1].Items()[0].Masked() != "b" ||
+		!it[1].IsMap() || len(it[1].Keys()) != 0 || !it[2].IsSeq() || len(it[2].Items()) != 0 || it[3].Masked() != "c" {
+		t.Fatalf("written as:\n%s", e.Changed()["config/deploy.yml"])
+	}
+}
