@@ -185,8 +185,12 @@ clone_from() { # name address port has-slot
 	return 1
 }
 
+# postgres gets this node's name as cluster_name (a -c flag, after the
+# accessory's own): it names the node in process titles, and SQL can read it
+# (current_setting('cluster_name')) to say which node answered.
 start() {
 	log "handing over to $ENTRYPOINT"
+	if [ "${1:-}" = postgres ]; then set -- "$@" -c "cluster_name=$NODE"; fi
 	exec "$ENTRYPOINT" "$@"
 }
 

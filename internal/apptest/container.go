@@ -1,0 +1,242 @@
+package apptest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/understudy-dev/understudy/internal/debimage"
+	"github.com/understudy-dev/understudy/internal/dockertest"
+)
+
+// ImageTag is the app image's name on a test server.
+const ImageTag = "understudy-app:test"
+
+// imagePackages are Debian bookworm's packages for every writer.
+var imagePackages = []string{"ruby", "ruby-activerecord", "ruby-pg", "python3", "python3-psycopg2", "python3-psycopg",
+	"nodejs", "php-cli", "php-pgsql"}
+
+// In the image: the scripts, node_modules beside them (node finds them by
+// walking up from the script), the pgx writer.
+const (
+	imageScripts = "/app/writers"
+	imagePGX     = "/app/bin/pgx-writer"
+	imageConfig  = "/app/config"
+)
+
+// ImageTar returns a `docker load` tarball of understudy-app:test: Debian
+// bookworm with the writers' packages (built once per machine and cached
+// in dockertest.CacheDir), and the writers, node-postgres and
+// postgres.js from the npm registry (npm ci, cached), and the pgx writer
+// built here, as a top layer. Load it with dockertest's Server.Docker(t,
+// "load", "-i", tar).
+func ImageTar(ctx context.Context, logf func(string, ...any)) (string, error) {
+	work, err := os.MkdirTemp("", "apptest-image-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(work)
+	pgxPath, err := BuildPGXWriter(ctx, work)
+	if err != nil {
+		return "", err
+	}
+	mods, err := NodeModules(ctx, logf)
+	if err != nil {
+		return "", err
+	}
+	files, err := imageFiles(pgxPath, mods)
+	if err != nil {
+		return "", err
+	}
+	return debimage.Build(ctx, debimage.Recipe{
+		Name: "app", Tag: ImageTag, Suite: "bookworm", Packages: imagePackages, Files: files,
+		Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"},
+		WorkingDir: "/app", StopSignal: "SIGTERM",
+	}, dockertest.CacheDir(), logf)
+}
+
+// imageFiles: the scripts, the node modules (regular files only: npm's
+// .bin links are not needed), the pgx writer.
+func imageFiles(pgxPath, nodeModules string) ([]debimage.File, error) {
+	src, err := scripts()
+	if err != nil {
+		return nil, err
+	}
+	var files []debimage.File
+	for name, b := range src {
+		files = append(files, debimage.File{Path: imageScripts + "/" + name, Mode: 0o644, Body: b})
+	}
+	b, err := os.ReadFile(pgxPath)
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, debimage.File{Path: imagePGX, Mode: 0o755, Body: b})
+	err = filepath.WalkDir(nodeModules, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(nodeModules, p)
+		body, err := os.ReadFile(p)
+		files = append(files, debimage.File{Path: imageScripts + "/node_modules/" + filepath.ToSlash(rel), Mode: 0o644, Body: body})
+		return err
+	})
+	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
+	return files, err
+}
+
+// ContainerRunner runs writers as containers of understudy-app:test on a
+// dockerd (a test server's: dockertest.Server.DockerHost()), on a network
+// (Kamal's "kamal", where accessories are reached by name). Each writer's
+// config files are mounted from a directory under Dir.
+type ContainerRunner struct {
+	DockerHost string
+	Network    string // "" is Docker's default bridge
+	Dir        string
+}
+
+var _ Runner = (*ContainerRunner)(nil)
+
+// Start runs one writer in a container. Secrets reach it as environment
+// variables copied from the docker client's own environment (`-e NAME`),
+// never in argv.
+func (r *ContainerRunner) Start(ctx context.Context, w Writer) (Proc, error) {
+	dir := filepath.Join(r.Dir, w.name())
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	cfg, err := w.Settings.Config(w.Client, imageConfig)
+	if err != nil {
+		return nil, err
+	}
+	for name, body := range cfg.Files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	b := make([]byte, 3)
+	rand.Read(b)
+	name := "apptest-" + w.name() + "-" + hex.EncodeToString(b)
+	env := map[string]string{"APPTEST_CLIENT": w.name(), "APPTEST_INTERVAL_MS": "50"}
+	for k, v := range cfg.Env {
+		env[k] = v
+	}
+	argv := RunArgv(name, r.Network, dir, env, Argv(w.Client, imageScripts, imagePGX, nil))
+	c := &container{r: r, name: name}
+	if out, err := c.docker(ctx, env, argv...); err != nil {
+		return nil, fmt.Errorf("docker run of the %s writer: %v\n%s", w.name(), err, out)
+	}
+	return c, nil
+}
+
+// RunArgv is the `docker run` command of one writer: detached, named, on
+// the network, its config directory mounted read-only, every variable
+// passed by name only. Pure.
+func RunArgv(name, network, configDir string, env map[string]string, cmd []string) []string {
+	argv := []string{"run", "-d", "--name", name, "--label", "understudy-apptest=1"}
+	if network != "" {
+		argv = append(argv, "--network", network)
+	}
+	argv = append(argv, "-v", configDir+":"+imageConfig+":ro")
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		argv = append(argv, "-e", k)
+	}
+	return append(append(argv, ImageTag), cmd...)
+}
+
+type container struct {
+	r        *ContainerRunner
+	name     string
+	stopOnce sync.Once
+	res      StopResult
+	err      error
+}
+
+// docker runs the client against the runner's dockerd, with env added to
+// its environment; it returns stdout, or stdout and stderr on failure.
+func (c *container) docker(ctx context.Context, env map[string]string, args ...string) (string, error) {
+	var out, errb bytes.Buffer
+	cmd := exec.CommandContext(ctx, "docker", args...)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+c.r.DockerHost)
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String() + errb.String(), err
+	}
+	return out.String(), nil
+}
+
+// logs are the container's stdout and stderr, apart.
+func (c *container) logs(ctx context.Context) ([]byte, string, error) {
+	var out, errb bytes.Buffer
+	cmd := exec.CommandContext(ctx, "docker", "logs", c.name)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+c.r.DockerHost)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		err = fmt.Errorf("docker logs %s: %v: %s", c.name, err, errb.String())
+	}
+	return out.Bytes(), errb.String(), err
+}
+
+func (c *container) Log(ctx context.Context) ([]byte, error) {
+	out, _, err := c.logs(ctx)
+	return out, err
+}
+
+func (c *container) Stderr(ctx context.Context) string {
+	_, errs, _ := c.logs(ctx)
+	return tailBytes(errs, 2000)
+}
+
+// Stop: `docker stop -t 2` sends the image's stop signal (SIGTERM) and
+// SIGKILL 2 s later; exit code 137 without the OOM killer is that kill.
+func (c *container) Stop(ctx context.Context) (StopResult, error) {
+	c.stopOnce.Do(func() {
+		state, err := c.docker(ctx, nil, "inspect", "-f", "{{.State.Running}}", c.name)
+		if err != nil {
+			c.err = fmt.Errorf("docker inspect %s: %v: %s", c.name, err, state)
+			return
+		}
+		early := strings.TrimSpace(state) != "true"
+		if !early {
+			if out, err := c.docker(ctx, nil, "stop", "-t", strconv.Itoa(int(StopGrace.Seconds())), c.name); err != nil {
+				c.err = fmt.Errorf("docker stop %s: %v: %s", c.name, err, out)
+				return
+			}
+		}
+		out, err := c.docker(ctx, nil, "inspect", "-f", "{{.State.ExitCode}} {{.State.OOMKilled}}", c.name)
+		if err != nil {
+			c.err = fmt.Errorf("docker inspect %s: %v: %s", c.name, err, out)
+			return
+		}
+		f := strings.Fields(out)
+		if len(f) != 2 {
+			c.err = fmt.Errorf("docker inspect %s: unexpected %q", c.name, out)
+			return
+		}
+		c.res = StopResult{ExitedEarly: early, Exit: "exit code " + f[0]}
+		if f[1] == "true" {
+			c.res.Exit += " (killed by the OOM killer)"
+		} else if f[0] == "137" && !early {
+			c.res.Hung, c.res.Exit = true, "killed after "+StopGrace.String()
+		}
+	})
+	return c.res, c.err
+}
