@@ -30,9 +30,9 @@ func script(c Client) (interp, file string, args []string) {
 	case ActiveRecord:
 		return "ruby", "activerecord.rb", nil
 	case Psycopg2:
-		return "python3", "psycopg.py", []string{"psycopg2"}
+		return "python3", "pywriter.py", []string{"psycopg2"}
 	case Psycopg3:
-		return "python3", "psycopg.py", []string{"psycopg"}
+		return "python3", "pywriter.py", []string{"psycopg"}
 	case NodePostgres:
 		return "node", "node-postgres.js", nil
 	case PostgresJS:

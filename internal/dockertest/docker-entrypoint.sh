@@ -53,7 +53,7 @@ run_initdb_d() {
 			echo "$0: running $f"
 			psql -v ON_ERROR_STOP=1 --no-password --no-psqlrc --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" -f "$f"
 			;;
-		*) [ -e "$f" ] && echo "$0: ignoring $f" ;;
+		*) if [ -e "$f" ]; then echo "$0: ignoring $f"; fi ;; # an empty directory leaves the pattern itself
 		esac
 	done
 }

@@ -1,6 +1,9 @@
 # App writer: psycopg2 (argument "psycopg2") or psycopg 3 ("psycopg"),
 # Debian's python3-psycopg2 / python3-psycopg.
 #
+# Not named psycopg.py: the script's directory comes first on sys.path,
+# so that name would shadow the psycopg package.
+#
 # Configuration: DATABASE_URL, a libpq URL (several hosts allowed, with
 # target_session_attrs, connect_timeout, tcp_user_timeout as query
 # parameters). APPTEST_CLIENT names the writer in the log,
