@@ -222,6 +222,9 @@ func TestBootClonesFromPrimaryAndStreamsOverSlot(t *testing.T) {
 	if got := b.query(t, "beta", "SELECT pg_is_in_recovery()::text"); got != "true" {
 		t.Fatalf("standby pg_is_in_recovery = %s", got)
 	}
+	if got := b.query(t, "beta", "SELECT current_setting('cluster_name')"); got != "beta" {
+		t.Errorf("the node's cluster_name = %q, want its name (the boot script passes it)", got)
+	}
 	if _, err := os.Stat(filepath.Join(b.standby, ".understudy-clone")); !os.IsNotExist(err) {
 		t.Fatalf("staging directory left behind: %v", err)
 	}
