@@ -111,25 +111,13 @@ var _ Runner = (*ContainerRunner)(nil)
 // never in argv.
 func (r *ContainerRunner) Start(ctx context.Context, w Writer) (Proc, error) {
 	dir := filepath.Join(r.Dir, w.name())
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	cfg, err := w.Settings.Config(w.Client, imageConfig)
+	env, err := w.configure(dir, imageConfig)
 	if err != nil {
 		return nil, err
-	}
-	for name, body := range cfg.Files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-			return nil, err
-		}
 	}
 	b := make([]byte, 3)
 	rand.Read(b)
 	name := "apptest-" + w.name() + "-" + hex.EncodeToString(b)
-	env := map[string]string{"APPTEST_CLIENT": w.name(), "APPTEST_INTERVAL_MS": "50"}
-	for k, v := range cfg.Env {
-		env[k] = v
-	}
 	argv := RunArgv(name, r.Network, dir, env, Argv(w.Client, imageScripts, imagePGX, nil))
 	c := &container{r: r, name: name}
 	if out, err := c.docker(ctx, env, argv...); err != nil {

@@ -32,6 +32,29 @@ func (w Writer) name() string {
 	return string(w.Client)
 }
 
+// configure renders the writer's settings for a writer that finds its
+// config directory (hostDir on this machine) at seenAt, writes the files
+// there, and returns the environment the writer starts with.
+func (w Writer) configure(hostDir, seenAt string) (map[string]string, error) {
+	if err := os.MkdirAll(hostDir, 0o700); err != nil {
+		return nil, err
+	}
+	cfg, err := w.Settings.Config(w.Client, seenAt)
+	if err != nil {
+		return nil, err
+	}
+	for name, body := range cfg.Files {
+		if err := os.WriteFile(filepath.Join(hostDir, name), []byte(body), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	env := map[string]string{"APPTEST_CLIENT": w.name(), "APPTEST_INTERVAL_MS": "50"}
+	for k, v := range cfg.Env {
+		env[k] = v
+	}
+	return env, nil
+}
+
 // Runner starts writers somewhere: local processes or containers.
 type Runner interface {
 	Start(ctx context.Context, w Writer) (Proc, error)
@@ -131,27 +154,18 @@ func (r *ProcessRunner) Start(ctx context.Context, w Writer) (Proc, error) {
 		return nil, errors.New(why)
 	}
 	dir := filepath.Join(r.Dir, w.name())
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	cfg, err := w.Settings.Config(w.Client, dir)
+	env, err := w.configure(dir, dir)
 	if err != nil {
 		return nil, err
-	}
-	for name, body := range cfg.Files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
-			return nil, err
-		}
 	}
 	argv := Argv(w.Client, r.Host.ScriptsDir, r.Host.PGXWriter, r.Host.Interpreters)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
-	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + dir, "LANG=C.UTF-8",
-		"APPTEST_CLIENT=" + w.name(), "APPTEST_INTERVAL_MS=50"}
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + dir, "LANG=C.UTF-8"}
 	if r.Host.NodeModules != "" {
 		cmd.Env = append(cmd.Env, "NODE_PATH="+r.Host.NodeModules)
 	}
-	for k, v := range cfg.Env {
+	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
 	p := &process{logPath: filepath.Join(dir, "attempts.jsonl"), errPath: filepath.Join(dir, "stderr.log"), done: make(chan struct{})}

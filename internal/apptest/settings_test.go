@@ -76,7 +76,7 @@ func TestConfig(t *testing.T) {
 }
 
 func TestArgvAndRunArgv(t *testing.T) {
-	if got := Argv(Psycopg3, "/w", "/bin/pgxw", map[string]string{"python3": "/usr/bin/python3"}); !reflect.DeepEqual(got, []string{"/usr/bin/python3", "/w/psycopg.py", "psycopg"}) {
+	if got := Argv(Psycopg3, "/w", "/bin/pgxw", map[string]string{"python3": "/usr/bin/python3"}); !reflect.DeepEqual(got, []string{"/usr/bin/python3", "/w/pywriter.py", "psycopg"}) {
 		t.Errorf("psycopg3: %q", got)
 	}
 	if got := Argv(PGX, "/w", "/bin/pgxw", nil); !reflect.DeepEqual(got, []string{"/bin/pgxw"}) {

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"syscall"
 
 	"github.com/understudy-dev/understudy/internal/debimage"
 	"github.com/understudy-dev/understudy/internal/dockertest"
@@ -34,9 +33,9 @@ func script(c Client) (interp, file string, args []string) {
 	case Psycopg3:
 		return "python3", "pywriter.py", []string{"psycopg"}
 	case NodePostgres:
-		return "node", "node-postgres.js", nil
+		return "node", "nodewriter.js", []string{"pg"}
 	case PostgresJS:
-		return "node", "postgresjs.js", nil
+		return "node", "nodewriter.js", []string{"postgres"}
 	case PDO:
 		return "php", "pdo.php", nil
 	}
@@ -108,42 +107,30 @@ func NodeModules(ctx context.Context, logf func(string, ...any)) (string, error)
 	sum := sha256.Sum256(append(pkg, lockFile...))
 	cache := dockertest.CacheDir()
 	dir := filepath.Join(cache, "node-writers-"+hex.EncodeToString(sum[:6]))
-	mods := filepath.Join(dir, "node_modules")
-	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
+	mods, done := filepath.Join(dir, "node_modules"), dir+".complete"
+	if _, err := os.Stat(done); err == nil {
 		return mods, nil
 	}
 	if _, err := exec.LookPath("npm"); err != nil {
 		return "", fmt.Errorf("npm is not installed, so node-postgres cannot be fetched (./scripts/setup-debian installs npm)")
 	}
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return "", err
-	}
-	lock, err := os.OpenFile(filepath.Join(cache, "npm.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	err = debimage.Once(done, func() error {
+		logf("installing node-postgres and postgres.js from the npm registry into %s (once per machine)", dir)
+		os.RemoveAll(dir)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		os.WriteFile(filepath.Join(dir, "package.json"), pkg, 0o644)
+		os.WriteFile(filepath.Join(dir, "package-lock.json"), lockFile, 0o644)
+		cmd := exec.CommandContext(ctx, "npm", "ci", "--omit=optional", "--no-audit", "--no-fund", "--ignore-scripts",
+			"--cache", filepath.Join(cache, "npm-cache"))
+		cmd.Dir = dir
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("npm ci (node-postgres, postgres.js from registry.npmjs.org) in %s: %v\n%s", dir, err, debimage.Tail(string(b), 15))
+		}
+		return os.WriteFile(done, nil, 0o644)
+	})
 	if err != nil {
-		return "", err
-	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return "", err
-	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
-		return mods, nil
-	}
-	logf("installing node-postgres and postgres.js from the npm registry into %s (once per machine)", dir)
-	os.RemoveAll(dir)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	os.WriteFile(filepath.Join(dir, "package.json"), pkg, 0o644)
-	os.WriteFile(filepath.Join(dir, "package-lock.json"), lockFile, 0o644)
-	cmd := exec.CommandContext(ctx, "npm", "ci", "--omit=optional", "--no-audit", "--no-fund", "--ignore-scripts",
-		"--cache", filepath.Join(cache, "npm-cache"))
-	cmd.Dir = dir
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("npm ci (node-postgres, postgres.js from registry.npmjs.org) in %s: %v\n%s", dir, err, debimage.Tail(string(b), 15))
-	}
-	if err := os.WriteFile(filepath.Join(dir, ".complete"), nil, 0o644); err != nil {
 		return "", err
 	}
 	return mods, nil

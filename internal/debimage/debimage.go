@@ -76,53 +76,65 @@ func (r Recipe) imageKey() string {
 // Name are removed from the cache.
 func Build(ctx context.Context, r Recipe, cacheDir string, logf func(string, ...any)) (string, error) {
 	out := filepath.Join(cacheDir, r.Name+"-"+r.imageKey()+".tar")
-	if _, err := os.Stat(out); err == nil {
-		return out, nil
+	err := Once(out, func() error {
+		base := filepath.Join(cacheDir, r.Name+"-base-"+r.baseKey()+".layer.tar")
+		if _, err := os.Stat(base); err != nil {
+			start := time.Now()
+			logf("building the %s base layer from Debian %s packages (%s; once per machine, cached in %s)", r.Tag, r.Suite, strings.Join(r.Packages, " "), cacheDir)
+			if err := buildBase(ctx, r, cacheDir, base); err != nil {
+				return err
+			}
+			logf("built the %s base layer in %.0f s", r.Tag, time.Since(start).Seconds())
+		}
+		top, err := filesLayer(r.Files)
+		if err != nil {
+			return err
+		}
+		tmp := out + ".tmp"
+		if err := writeArchive(r, base, top, tmp); err != nil {
+			os.Remove(tmp)
+			return err
+		}
+		if err := os.Rename(tmp, out); err != nil {
+			return err
+		}
+		// Earlier images of this name (other files) are dead weight now.
+		old, _ := filepath.Glob(filepath.Join(cacheDir, r.Name+"-*.tar"))
+		for _, o := range old {
+			if o != out && !strings.HasSuffix(o, ".layer.tar") {
+				os.Remove(o)
+				os.Remove(o + ".lock")
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Once makes path, once per machine: when it does not exist yet, make runs
+// under an exclusive lock (path.lock), so concurrent test processes wait
+// for one maker instead of racing. make must create path last, whole
+// (write elsewhere, then rename). Not to be nested for one path.
+func Once(path string, make func() error) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
 	}
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		return "", err
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
 	}
-	lock, err := os.OpenFile(filepath.Join(cacheDir, "build.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer lock.Close()
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return "", err
+		return err
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-	if _, err := os.Stat(out); err == nil {
-		return out, nil // another process built it meanwhile
+	if _, err := os.Stat(path); err == nil {
+		return nil // another process made it meanwhile
 	}
-	base := filepath.Join(cacheDir, r.Name+"-base-"+r.baseKey()+".layer.tar")
-	if _, err := os.Stat(base); err != nil {
-		start := time.Now()
-		logf("building the %s base layer from Debian %s packages (%s; once per machine, cached in %s)", r.Tag, r.Suite, strings.Join(r.Packages, " "), cacheDir)
-		if err := buildBase(ctx, r, cacheDir, base); err != nil {
-			return "", err
-		}
-		logf("built the %s base layer in %.0f s", r.Tag, time.Since(start).Seconds())
-	}
-	top, err := filesLayer(r.Files)
-	if err != nil {
-		return "", err
-	}
-	tmp := out + ".tmp"
-	if err := writeArchive(r, base, top, tmp); err != nil {
-		os.Remove(tmp)
-		return "", err
-	}
-	if err := os.Rename(tmp, out); err != nil {
-		return "", err
-	}
-	// Earlier images of this name (other files) are dead weight now.
-	old, _ := filepath.Glob(filepath.Join(cacheDir, r.Name+"-*.tar"))
-	for _, o := range old {
-		if o != out && !strings.HasSuffix(o, ".layer.tar") {
-			os.Remove(o)
-		}
-	}
-	return out, nil
+	return make()
 }
 
 // buildBase debootstraps the suite, installs the packages and tars the
