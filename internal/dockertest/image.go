@@ -7,7 +7,6 @@ package dockertest
 
 import (
 	"archive/tar"
-	"bufio"
 	"context"
 	"crypto/sha256"
 	_ "embed"
@@ -22,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/understudy-dev/understudy/internal/debimage"
 )
 
 //go:embed docker-entrypoint.sh
@@ -103,7 +104,7 @@ func ImageTar(ctx context.Context, logf func(string, ...any)) (string, error) {
 // steps, with Debian's own PostgreSQL 15 instead of the PGDG build.
 func buildRootfs(ctx context.Context, rootfs string) error {
 	args := []string{"--variant=minbase", "bookworm", rootfs}
-	if m := aptMirror(); m != "" {
+	if m := debimage.AptMirror(); m != "" {
 		args = append(args, m)
 	}
 	if err := run(ctx, "debootstrap", args...); err != nil {
@@ -132,7 +133,7 @@ func buildRootfs(ctx context.Context, rootfs string) error {
 			c := exec.CommandContext(ctx, "chroot", rootfs, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "locales", "postgresql-15", "gosu")
 			c.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 			if out, err := c.CombinedOutput(); err != nil {
-				return fmt.Errorf("apt-get install postgresql-15 gosu in the image: %v\n%s", err, tail(string(out), 15))
+				return fmt.Errorf("apt-get install postgresql-15 gosu in the image: %v\n%s", err, debimage.Tail(string(out), 15))
 			}
 			return nil
 		},
@@ -179,31 +180,6 @@ func buildRootfs(ctx context.Context, rootfs string) error {
 		}
 	}
 	return nil
-}
-
-// aptMirror is the Debian archive this machine's apt uses, so the image
-// comes from the same place as the machine's own packages ("" lets
-// debootstrap use its default).
-func aptMirror() string {
-	files, _ := filepath.Glob("/etc/apt/sources.list.d/*.sources")
-	files = append(files, "/etc/apt/sources.list")
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		sc := bufio.NewScanner(strings.NewReader(string(b)))
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) >= 2 && fields[0] == "URIs:" && strings.HasSuffix(strings.TrimRight(fields[1], "/"), "/debian") {
-				return fields[1]
-			}
-			if len(fields) >= 3 && fields[0] == "deb" && strings.HasSuffix(strings.TrimRight(fields[1], "/"), "/debian") {
-				return fields[1]
-			}
-		}
-	}
-	return ""
 }
 
 // imageConfig is the image's runtime config, as the official image sets it.
@@ -290,15 +266,7 @@ func writeArchive(layerPath, out string) error {
 func run(ctx context.Context, name string, args ...string) error {
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, tail(string(out), 15))
+		return fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, debimage.Tail(string(out), 15))
 	}
 	return nil
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

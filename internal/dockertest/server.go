@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/understudy-dev/understudy/internal/debimage"
 )
 
 // Addresses: everything Docker makes stays in 10.211.0.0/16, the project's
@@ -104,7 +106,7 @@ func StartServer(t testing.TB, name, netns string, index int, imageTar string) *
 		select {
 		case <-s.done:
 			b, _ := os.ReadFile(filepath.Join(s.dir, "dockerd.log"))
-			t.Skipf("dockerd cannot start on this machine (a kernel without overlayfs, cgroups or netfilter?), so the real-Docker tests are skipped. Its log ends:\n%s", tail(string(b), 12))
+			t.Skipf("dockerd cannot start on this machine (a kernel without overlayfs, cgroups or netfilter?), so the real-Docker tests are skipped. Its log ends:\n%s", debimage.Tail(string(b), 12))
 		default:
 		}
 		if time.Now().After(deadline) {
