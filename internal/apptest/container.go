@@ -27,11 +27,12 @@ var imagePackages = []string{"ruby", "ruby-activerecord", "ruby-pg", "python3", 
 	"nodejs", "php-cli", "php-pgsql"}
 
 // In the image: the scripts, node_modules beside them (node finds them by
-// walking up from the script), the pgx writer.
+// walking up from the script), the pgx writer; each container gets its
+// writer's directory (config files, the attempts it logs) at /app/run.
 const (
 	imageScripts = "/app/writers"
 	imagePGX     = "/app/bin/pgx-writer"
-	imageConfig  = "/app/config"
+	imageRun     = "/app/run"
 )
 
 // ImageTar returns a `docker load` tarball of understudy-app:test: Debian
@@ -96,8 +97,9 @@ func imageFiles(pgxPath, nodeModules string) ([]debimage.File, error) {
 
 // ContainerRunner runs writers as containers of understudy-app:test on a
 // dockerd (a test server's: dockertest.Server.DockerHost()), on a network
-// (Kamal's "kamal", where accessories are reached by name). Each writer's
-// config files are mounted from a directory under Dir.
+// (Kamal's "kamal", where accessories are reached by name). Each writer
+// gets a directory under Dir, mounted in its container: its config files,
+// and the file its attempts go to (stdout; stderr stays in docker logs).
 type ContainerRunner struct {
 	DockerHost string
 	Network    string // "" is Docker's default bridge
@@ -111,7 +113,7 @@ var _ Runner = (*ContainerRunner)(nil)
 // never in argv.
 func (r *ContainerRunner) Start(ctx context.Context, w Writer) (Proc, error) {
 	dir := filepath.Join(r.Dir, w.name())
-	env, err := w.configure(dir, imageConfig)
+	env, err := w.configure(dir, imageRun)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +121,7 @@ func (r *ContainerRunner) Start(ctx context.Context, w Writer) (Proc, error) {
 	rand.Read(b)
 	name := "apptest-" + w.name() + "-" + hex.EncodeToString(b)
 	argv := RunArgv(name, r.Network, dir, env, Argv(w.Client, imageScripts, imagePGX, nil))
-	c := &container{r: r, name: name}
+	c := &container{r: r, name: name, logPath: filepath.Join(dir, attemptsFile)}
 	if out, err := c.docker(ctx, env, argv...); err != nil {
 		return nil, fmt.Errorf("docker run of the %s writer: %v\n%s", w.name(), err, out)
 	}
@@ -127,14 +129,15 @@ func (r *ContainerRunner) Start(ctx context.Context, w Writer) (Proc, error) {
 }
 
 // RunArgv is the `docker run` command of one writer: detached, named, on
-// the network, its config directory mounted read-only, every variable
-// passed by name only. Pure.
-func RunArgv(name, network, configDir string, env map[string]string, cmd []string) []string {
+// the network, its directory mounted, every variable passed by name only,
+// its stdout sent to the attempts file by a shell that then becomes the
+// writer (so the writer is PID 1 and gets docker stop's SIGTERM). Pure.
+func RunArgv(name, network, dir string, env map[string]string, cmd []string) []string {
 	argv := []string{"run", "-d", "--name", name, "--label", "understudy-apptest=1"}
 	if network != "" {
 		argv = append(argv, "--network", network)
 	}
-	argv = append(argv, "-v", configDir+":"+imageConfig+":ro")
+	argv = append(argv, "-v", dir+":"+imageRun)
 	keys := make([]string, 0, len(env))
 	for k := range env {
 		keys = append(keys, k)
@@ -143,12 +146,14 @@ func RunArgv(name, network, configDir string, env map[string]string, cmd []strin
 	for _, k := range keys {
 		argv = append(argv, "-e", k)
 	}
-	return append(append(argv, ImageTag), cmd...)
+	argv = append(argv, ImageTag, "/bin/sh", "-c", `exec "$@" >>`+imageRun+"/"+attemptsFile, "writer")
+	return append(argv, cmd...)
 }
 
 type container struct {
 	r        *ContainerRunner
 	name     string
+	logPath  string
 	stopOnce sync.Once
 	res      StopResult
 	err      error
@@ -170,27 +175,19 @@ func (c *container) docker(ctx context.Context, env map[string]string, args ...s
 	return out.String(), nil
 }
 
-// logs are the container's stdout and stderr, apart.
-func (c *container) logs(ctx context.Context) ([]byte, string, error) {
-	var out, errb bytes.Buffer
-	cmd := exec.CommandContext(ctx, "docker", "logs", c.name)
-	cmd.Env = append(os.Environ(), "DOCKER_HOST="+c.r.DockerHost)
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if err != nil {
-		err = fmt.Errorf("docker logs %s: %v: %s", c.name, err, errb.String())
-	}
-	return out.Bytes(), errb.String(), err
-}
-
-func (c *container) Log(ctx context.Context) ([]byte, error) {
-	out, _, err := c.logs(ctx)
-	return out, err
+func (c *container) Log(ctx context.Context, from int64) ([]byte, error) {
+	return readFrom(c.logPath, from)
 }
 
 func (c *container) Stderr(ctx context.Context) string {
-	_, errs, _ := c.logs(ctx)
-	return tailBytes(errs, 2000)
+	var errb bytes.Buffer
+	cmd := exec.CommandContext(ctx, "docker", "logs", c.name)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+c.r.DockerHost)
+	cmd.Stdout, cmd.Stderr = &errb, &errb
+	if err := cmd.Run(); err != nil {
+		return fmt.Sprintf("(docker logs %s: %v) %s", c.name, err, tailBytes(errb.String(), 500))
+	}
+	return tailBytes(errb.String(), 2000)
 }
 
 // Stop: `docker stop -t 2` sends the image's stop signal (SIGTERM) and

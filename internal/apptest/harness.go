@@ -1,7 +1,9 @@
 package apptest
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -27,6 +29,31 @@ type running struct {
 	started time.Time
 	stopped time.Time
 	res     StopResult
+	// Read so far (Acknowledged reads only what is new): the offset of
+	// the first byte not yet parsed, and the end times of the
+	// acknowledged writes, rising (a writer writes one at a time).
+	mu      sync.Mutex
+	offset  int64
+	ackEnds []int64
+}
+
+// acknowledgedSince reads what the writer logged since the last call and
+// counts its acknowledged writes that ended at or after since.
+func (r *running) acknowledgedSince(ctx context.Context, since time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b, _ := r.proc.Log(ctx, r.offset)
+	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+		for _, line := range bytes.Split(b[:i], []byte("\n")) {
+			var a Attempt
+			if json.Unmarshal(line, &a) == nil && a.OK && a.Client == r.w.name() {
+				r.ackEnds = append(r.ackEnds, a.End)
+			}
+		}
+		r.offset += int64(i + 1)
+	}
+	ms := since.UnixMilli()
+	return len(r.ackEnds) - sort.Search(len(r.ackEnds), func(i int) bool { return r.ackEnds[i] >= ms })
 }
 
 // New makes a harness for runner. Writers still running when the test
@@ -70,15 +97,7 @@ func (h *Harness) Start(ctx context.Context, ws ...Writer) error {
 func (h *Harness) Acknowledged(ctx context.Context, since time.Time) map[string]int {
 	out := map[string]int{}
 	for _, r := range h.list() {
-		b, _ := r.proc.Log(ctx)
-		atts, _ := ParseLog(r.w.name(), b)
-		n := 0
-		for _, a := range atts {
-			if a.OK && a.End >= since.UnixMilli() {
-				n++
-			}
-		}
-		out[r.w.name()] = n
+		out[r.w.name()] = r.acknowledgedSince(ctx, since)
 	}
 	return out
 }
@@ -103,7 +122,7 @@ func (h *Harness) WaitAcknowledged(ctx context.Context, n int, since time.Time, 
 			var b strings.Builder
 			for _, r := range h.list() {
 				if counts[r.w.name()] < n {
-					log, _ := r.proc.Log(ctx)
+					log, _ := r.proc.Log(ctx, 0)
 					fmt.Fprintf(&b, "\n--- %s: last attempts:\n%s\n--- %s: stderr:\n%s", r.w.name(), tailBytes(string(log), 600), r.w.name(), r.proc.Stderr(ctx))
 				}
 			}
@@ -171,7 +190,7 @@ func (h *Harness) Stop(ctx context.Context) []WriterResult {
 	}
 	var out []WriterResult
 	for _, r := range rs {
-		log, err := r.proc.Log(ctx)
+		log, err := r.proc.Log(ctx, 0)
 		stderr := r.proc.Stderr(ctx)
 		if err != nil {
 			stderr += "\n(reading its log: " + err.Error() + ")"

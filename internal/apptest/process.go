@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,8 +63,9 @@ type Runner interface {
 
 // Proc is a started writer.
 type Proc interface {
-	// Log is its stdout so far: one JSON attempt per line.
-	Log(ctx context.Context) ([]byte, error)
+	// Log is its stdout so far from byte offset from: one JSON attempt
+	// per line.
+	Log(ctx context.Context, from int64) ([]byte, error)
 	// Stderr is the end of its diagnostics.
 	Stderr(ctx context.Context) string
 	// Stop sends SIGTERM and, StopGrace later, SIGKILL.
@@ -168,7 +170,7 @@ func (r *ProcessRunner) Start(ctx context.Context, w Writer) (Proc, error) {
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	p := &process{logPath: filepath.Join(dir, "attempts.jsonl"), errPath: filepath.Join(dir, "stderr.log"), done: make(chan struct{})}
+	p := &process{logPath: filepath.Join(dir, attemptsFile), errPath: filepath.Join(dir, "stderr.log"), done: make(chan struct{})}
 	out, err := os.Create(p.logPath)
 	if err != nil {
 		return nil, err
@@ -204,7 +206,25 @@ type process struct {
 	res              StopResult
 }
 
-func (p *process) Log(ctx context.Context) ([]byte, error) { return os.ReadFile(p.logPath) }
+func (p *process) Log(ctx context.Context, from int64) ([]byte, error) {
+	return readFrom(p.logPath, from)
+}
+
+// attemptsFile is where a writer's stdout goes, in its directory.
+const attemptsFile = "attempts.jsonl"
+
+// readFrom reads a file from an offset to its end.
+func readFrom(path string, from int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(f)
+}
 
 func (p *process) Stderr(ctx context.Context) string {
 	b, _ := os.ReadFile(p.errPath)

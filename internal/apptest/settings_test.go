@@ -90,7 +90,8 @@ func TestArgvAndRunArgv(t *testing.T) {
 	env := map[string]string{"DATABASE_URL": "postgres://app:secret@r:5432/appdb", "APPTEST_CLIENT": "pgx"}
 	got := RunArgv("apptest-pgx-1", "kamal", "/tmp/c", env, []string{"/app/bin/pgx-writer"})
 	want := []string{"run", "-d", "--name", "apptest-pgx-1", "--label", "understudy-apptest=1", "--network", "kamal",
-		"-v", "/tmp/c:/app/config:ro", "-e", "APPTEST_CLIENT", "-e", "DATABASE_URL", ImageTag, "/app/bin/pgx-writer"}
+		"-v", "/tmp/c:/app/run", "-e", "APPTEST_CLIENT", "-e", "DATABASE_URL", ImageTag,
+		"/bin/sh", "-c", `exec "$@" >>/app/run/attempts.jsonl`, "writer", "/app/bin/pgx-writer"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("run argv:\n%q\nwant\n%q", got, want)
 	}

@@ -101,6 +101,11 @@ type Pause struct {
 	Resumed bool
 	Failed  int    // failed attempts in the gap
 	Error   string // the first of them
+	// For a role change: when the writer's first write on the new primary
+	// was acknowledged (zero: never), and how long after the event's end
+	// (negative: before it).
+	NewPrimaryAck      time.Time
+	NewPrimaryAckAfter time.Duration
 }
 
 // Verify checks the writers' logs against the events and the final
@@ -304,6 +309,14 @@ func pauses(acks, all []Attempt, events []Event, started, stopped time.Time) []P
 			consider(last, max(stopped.UnixMilli(), ee))
 		}
 		p.Resumed = len(acks) > 0 && acks[len(acks)-1].End > ee
+		if e.NewPrimary != "" {
+			for _, a := range acks {
+				if a.Node == e.NewPrimary && a.End >= es {
+					p.NewPrimaryAck, p.NewPrimaryAckAfter = a.EndTime(), time.Duration(a.End-ee)*time.Millisecond
+					break
+				}
+			}
+		}
 		out = append(out, p)
 	}
 	return out
@@ -400,6 +413,9 @@ func (r Report) String() string {
 			fmt.Fprintf(&b, "  pause p50 %4d ms max %4d ms:", w.PauseP50.Milliseconds(), w.PauseMax.Milliseconds())
 			for _, p := range w.Pauses {
 				mark := ""
+				if !p.NewPrimaryAck.IsZero() {
+					mark = fmt.Sprintf(" (first on the new primary: end %+d ms)", p.NewPrimaryAckAfter.Milliseconds())
+				}
 				if !p.Resumed {
 					mark = " (did not resume)"
 				}

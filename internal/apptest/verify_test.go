@@ -87,6 +87,9 @@ func TestVerify(t *testing.T) {
 				if p.Gap != 350*time.Millisecond || !p.Resumed || p.Failed != 2 || p.Error != "session is read-only" {
 					t.Errorf("pause: %+v", p)
 				}
+				if !p.NewPrimaryAck.Equal(at(3305)) || p.NewPrimaryAckAfter != 25*time.Millisecond {
+					t.Errorf("first write on the new primary: %v, %v after the end", p.NewPrimaryAck, p.NewPrimaryAckAfter)
+				}
 				if w.PauseP50 != 350*time.Millisecond || w.PauseMax != 350*time.Millisecond {
 					t.Errorf("p50/max: %v %v", w.PauseP50, w.PauseMax)
 				}
