@@ -15,6 +15,29 @@
 // final primary, whether a node acknowledged a write outside the time it
 // was the primary, whether two nodes acknowledged writes in overlapping
 // periods, and how long each client's writes paused around each event.
+//
+// A test on real Docker (the app container on the app server's Kamal
+// network, reaching the router accessory by name) goes:
+//
+//	tar, err := apptest.ImageTar(ctx, t.Logf)          // cached per machine
+//	appServer.Docker(t, "load", "-q", "-i", tar)        // a dockertest.Server
+//	s := apptest.AppSettings(apptest.Endpoint{Host: "shop-router", Port: 5432})
+//	err = apptest.Prepare(ctx, superuserConnToPrimary, s) // role, database, table
+//	h := apptest.New(t, &apptest.ContainerRunner{DockerHost: appServer.DockerHost(), Network: "kamal", Dir: t.TempDir()})
+//	err = h.Start(ctx, apptest.Writer{Client: apptest.ActiveRecord, Settings: s}, ...) // one per apptest.Core
+//	err = h.WaitAcknowledged(ctx, 5, begun, 2*time.Minute)
+//	end := h.Begin("switchover 1", "db-replica")        // the primary once it is over
+//	... understudy switchover db-replica ...
+//	end()
+//	err = h.WaitAcknowledged(ctx, 5, time.Now(), time.Minute)
+//	h.Stop(ctx)
+//	rows, err := apptest.ReadRows(ctx, superuserConnToFinalPrimary, s)
+//	rep := h.Verify(ctx, "db", rows)                    // "db": the primary at the start
+//	t.Log(rep); if err := rep.Err(); err != nil { t.Fatal(err) }
+//
+// On a lab, PrepareHost and a ProcessRunner take the container's place
+// (see TestLabWritersFollowSwitchovers). A node names itself in `writes`
+// by cluster_name, which understudy's boot script sets to the node's name.
 package apptest
 
 import (
