@@ -301,7 +301,7 @@ func streamingFrom(p *NodeStatus, node string) bool {
 // PlanApply reads the nodes and decides, changing nothing: what
 // `apply --dry-run` prints, and what ExecuteApply then runs.
 func PlanApply(ctx context.Context, t Target) ([]Step, error) {
-	st, err := Gather(ctx, t)
+	st, err := GatherNodes(ctx, t)
 	if err != nil {
 		return nil, err
 	}

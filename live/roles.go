@@ -64,7 +64,7 @@ func begin(ctx context.Context, t Target, o *RoleOptions, mustReach ...string) (
 	if err := reachAll(ctx, t, mustReach...); err != nil {
 		return nil, err
 	}
-	return Gather(ctx, t)
+	return GatherNodes(ctx, t)
 }
 
 func (o RoleOptions) hook(stage string) {

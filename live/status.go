@@ -62,8 +62,38 @@ func (s *Status) Node(name string) *NodeStatus {
 	return nil
 }
 
-// Gather reads every node at once. An unreachable node is reported, not an error.
+// NodeReadTimeout bounds the reading of one node (its connection, every
+// query, and the Running check after a failed connection): a server that
+// does not answer within it is reported as such, never waited on.
+var NodeReadTimeout = 15 * time.Second
+
+// Gather reads every node and, when backups are set up, the backup storage,
+// all at once: what status and check show. An unreachable node is reported,
+// not an error; so is storage that does not answer (GatherBackup has its own
+// deadline).
 func Gather(ctx context.Context, t Target) (*Status, error) {
+	var bs *BackupStatus
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if t.Backup != nil {
+			bs = GatherBackup(ctx, t.Backup)
+		}
+	}()
+	st, err := GatherNodes(ctx, t)
+	<-done
+	if st != nil {
+		st.Backup = bs
+	}
+	return st, err
+}
+
+// GatherNodes reads every node at once, and nothing else: what the role
+// changes, apply and verify decide on. Backup storage is never read here,
+// so a storage provider that hangs cannot stand between a user and a
+// writable database. Each node's reading has its own deadline
+// (NodeReadTimeout).
+func GatherNodes(ctx context.Context, t Target) (*Status, error) {
 	st := &Status{Taken: time.Now().UTC(), WALCap: t.Cluster.WALCap, Nodes: make([]NodeStatus, len(t.Cluster.Nodes))}
 	var wg sync.WaitGroup
 	for i, n := range t.Cluster.Nodes {
@@ -71,17 +101,18 @@ func Gather(ctx context.Context, t Target) (*Status, error) {
 		wg.Add(1)
 		go func(ns *NodeStatus) {
 			defer wg.Done()
-			readNode(ctx, t, ns)
+			nctx, cancel := context.WithTimeout(ctx, NodeReadTimeout)
+			defer cancel()
+			readNode(nctx, t, ns)
+			if nctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
+				ns.Error = fmt.Sprintf("no answer within %s (reading its state): %s", NodeReadTimeout, ns.Error)
+			}
 		}(&st.Nodes[i])
 	}
-	if t.Backup != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			st.Backup = GatherBackup(ctx, t.Backup)
-		}()
-	}
 	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("reading the nodes: %w", err)
+	}
 	for i := range st.Nodes {
 		if st.Nodes[i].Role == RolePrimary {
 			if st.Primary != "" {

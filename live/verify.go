@@ -36,7 +36,7 @@ type VerifyResult struct {
 // dial from a third address, that every node refuses replication from it
 // even with the right password.
 func Verify(ctx context.Context, t Target, timeout time.Duration) (*VerifyResult, error) {
-	st, err := Gather(ctx, t)
+	st, err := GatherNodes(ctx, t)
 	if err != nil {
 		return nil, err
 	}

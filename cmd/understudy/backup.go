@@ -36,12 +36,13 @@ func openBackups(ctx context.Context, fs *flag.FlagSet, args []string) (*backups
 	if err != nil {
 		return nil, err
 	}
-	return backupsOf(t)
+	return backupsOf(ctx, t)
 }
 
 // backupsOf is an opened target's backups; it closes t on failure.
-func backupsOf(t *target) (*backups, error) {
+func backupsOf(ctx context.Context, t *target) (*backups, error) {
 	var err error
+	t.withBackups(ctx)
 	b := &backups{t: t}
 	switch {
 	case t.lab != nil && t.lab.Backup() == nil:

@@ -32,7 +32,7 @@ func (c *checkCommand) Run(ctx context.Context, args []string) error {
 		return &exitError{code: 2, err: err}
 	}
 	defer t.close()
-	st, err := live.Gather(ctx, t.Target)
+	st, err := live.Gather(ctx, t.withBackups(ctx).Target)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}

@@ -184,7 +184,7 @@ func demoBackups(ctx context.Context, out io.Writer, l *lab.Lab, primary string,
 		return err
 	}
 	say("   the app wrote 5000 orders; then a bad migration dropped the table at %s", time.Now().UTC().Format("15:04:05.000"))
-	b, err := backupsOf(&target{Target: l.Target(), lab: l, close: func() {}})
+	b, err := backupsOf(ctx, &target{Target: l.Target(), lab: l, close: func() {}})
 	if err != nil {
 		return err
 	}

@@ -303,7 +303,7 @@ func waitArchived(ctx context.Context, t live.Target, store backup.Store, timeou
 // restore where the node's data lives (the lab's directory; on Kamal, a
 // container of the node's image on its server, with its data directory).
 func (c *restoreCommand) intoNode(ctx context.Context, b *backups, node string, target backup.Target, to string, tli int, agentBin string) error {
-	st, err := live.Gather(ctx, b.t.Target)
+	st, err := live.GatherNodes(ctx, b.t.Target)
 	if err != nil {
 		return err
 	}

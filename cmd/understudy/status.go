@@ -26,7 +26,7 @@ func (c *statusCommand) Run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer t.close()
-	st, err := live.Gather(ctx, t.Target)
+	st, err := live.Gather(ctx, t.withBackups(ctx).Target)
 	if err != nil {
 		return err
 	}

@@ -55,7 +55,21 @@ type target struct {
 	// backupSecrets: the storage's credentials and the key, resolved here
 	// (restore --into NODE hands them to the server on stdin).
 	backupSecrets backup.Secrets
-	close         func()
+	// openBackup resolves the backup secrets and opens the bucket (Kamal);
+	// only the commands that read backups call it (withBackups), so a role
+	// change never waits on a secret store or on the storage.
+	openBackup func(context.Context)
+	close      func()
+}
+
+// withBackups opens the backup storage for the commands that read it
+// (status, check, the backup commands); once.
+func (t *target) withBackups(ctx context.Context) *target {
+	if t.openBackup != nil {
+		t.openBackup(ctx)
+		t.openBackup = nil
+	}
+	return t
 }
 
 // open picks the target: --lab; else the app's deploy.yml when there is
@@ -151,7 +165,7 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 		tg.agent = &remote.BackupAgent{Control: ctl, Name: d.Backup.Accessory, Host: d.BackupHost, Commands: cmds[d.Backup.Accessory],
 			BinDir: setup.BackupBinDir, Setup: d.BackupText, Binary: defaultAgentBinary()}
 		tg.BackupAgent = tg.agent
-		tg.Backup, tg.backupSecrets = kamalBackupAccess(ctx, d, abs)
+		tg.openBackup = func(ctx context.Context) { tg.Backup, tg.backupSecrets = kamalBackupAccess(ctx, d, abs) }
 	}
 	return tg, nil
 }
