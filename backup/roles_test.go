@@ -29,6 +29,16 @@ func TestBackupsFollowSwitchoverPromoteAndRejoin(t *testing.T) {
 	if _, err := live.Switchover(ctx, l.Target(), "db-replica", live.RoleOptions{}); err != nil {
 		t.Fatalf("switchover: %v", err)
 	}
+	// The switchover moved the backup slot in its own steps: the new
+	// primary holds none the moment it returns, and the agent streams from
+	// the new standby without a retry loop's wait.
+	if n := labtest.Query(t, l, "db-replica", "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = 'understudy_backup'"); n != "0" {
+		t.Errorf("right after the switchover, the new primary db-replica holds %s backup slot(s)", n)
+	}
+	labtest.WaitFor(t, 20*time.Second, "the agent to stream from db, the standby after the switchover", func() bool {
+		st := a.Status()
+		return st.Source == "db" && st.SourceStandby && st.Receiving
+	})
 	time.Sleep(2 * time.Second)
 	T1 := time.Now()
 	time.Sleep(time.Second)

@@ -43,6 +43,8 @@ type Step struct {
 	Primary  bool     `json:"primary,omitempty"`  // the step interrupts the primary
 	Settings []string `json:"settings,omitempty"` // restart: each setting and why
 	Slot     string   `json:"slot,omitempty"`
+	Slots    []string `json:"slots,omitempty"`    // several slots on Node
+	Upstream string   `json:"upstream,omitempty"` // the node Node follows, or is swapped with
 }
 
 // SettingGap is one planned setting a running node does not have.

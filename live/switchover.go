@@ -8,19 +8,38 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/pgops"
 )
 
+// Role-change step kinds: what a switchover's plan holds, in order. Each
+// kind's data is in the Step's typed fields (Node, Upstream, Slot, Slots);
+// ExecuteSwitchover walks the plan and runs exactly these.
+const (
+	StepPrepare         StepKind = "prepare"           // prove the control's own role-change steps work on these nodes (Kamal: docker, image, volumes)
+	StepCandidateSlots  StepKind = "candidate-slots"   // Slots on Node (the candidate) for every other node, for after the swap
+	StepBackupSlotAhead StepKind = "backup-slot-ahead" // the backup agent's Slot on Node (the old primary, a standby after), reserving WAL from before the stop
+	StepFastRetry       StepKind = "fast-retry"        // wal_retrieve_retry_interval 20ms on Node while the switchover runs
+	StepCheckpoint      StepKind = "checkpoint"        // CHECKPOINT on Node, so its shutdown checkpoint is quick
+	StepStopPrimary     StepKind = "stop-primary"      // stop Node cleanly and read its shutdown checkpoint: writes pause
+	StepPromote         StepKind = "promote"           // prove Node has all WAL up to that checkpoint, then promote it: writes resume
+	StepFollow          StepKind = "follow"            // the stopped Node becomes a standby of Upstream and starts
+	StepRepoint         StepKind = "repoint"           // running standby Node follows Upstream (reload)
+	StepAwaitFollowers  StepKind = "await-followers"   // every other node streams from Node
+	StepBackupSlotMove  StepKind = "backup-slot-move"  // the backup agent leaves Node (now the primary) for Upstream: its session ended, Slot dropped on Node
+)
+
 // SwitchoverPlan is what a switchover will do, decided before anything
-// changes: the swap, the slots the candidate gets for the other nodes,
-// and the other standbys that will follow it.
+// changes: the swap and its steps, the only thing ExecuteSwitchover runs.
 type SwitchoverPlan struct {
 	Old, To string
-	Slots   []string // on To, before the stop
-	Repoint []string // other running standbys, re-pointed at To by a reload
-	Steps   []Step   // the same, for --dry-run
+	Steps   []Step
 }
+
+// BackupSlot is the backup agent's slot (backup.DefaultSlot): on a
+// standby, never left on a primary.
+const BackupSlot = backup.DefaultSlot
 
 // DecideSwitchover is the switchover's decision over a reading: the
 // refusals (no single primary, the candidate not streaming or too far
@@ -31,26 +50,39 @@ func DecideSwitchover(st *Status, c pgconf.Cluster, to string, o RoleOptions) (*
 	if err := preflight(st, c, to, o); err != nil {
 		return nil, fmt.Errorf("switchover refused, nothing was changed: %w", err)
 	}
-	p := &SwitchoverPlan{Old: st.Primary, To: to}
+	old := st.Primary
+	p := &SwitchoverPlan{Old: old, To: to}
+	add := func(s Step) { p.Steps = append(p.Steps, s) }
+	var slots []string
 	for _, n := range c.Nodes {
 		if n.Name != to {
-			p.Slots = append(p.Slots, n.Slot())
+			slots = append(slots, n.Slot())
 		}
 	}
+	// The backup agent streams from a standby over its own slot. When that
+	// standby is the candidate, the slot moves with the standby role: made
+	// on the old primary before the stop (so it keeps every WAL segment from
+	// before the switch), dropped on the candidate once the agent has
+	// everything up to the switch.
+	backupOnCandidate := hasSlot(st.Node(to), BackupSlot)
+	add(Step{Kind: StepPrepare, Node: old, Upstream: to, Action: "check that the role-change steps can run on " + old + " and " + to + " (on Kamal: docker, the image, a container with the node's volumes)", Effect: "none"})
+	add(Step{Kind: StepCandidateSlots, Node: to, Slots: slots, Action: "make sure it holds slots " + strings.Join(slots, ", ") + " for after the swap", Effect: "none"})
+	if backupOnCandidate {
+		add(Step{Kind: StepBackupSlotAhead, Node: old, Slot: BackupSlot, Action: "create the backup agent's slot " + BackupSlot + " here, keeping WAL from before the switch for when it streams from " + old, Effect: "none"})
+	}
+	add(Step{Kind: StepFastRetry, Node: to, Action: "retry reading WAL every 20 ms during the switchover (wal_retrieve_retry_interval, reset at the end)", Effect: "none"})
+	add(Step{Kind: StepCheckpoint, Node: old, Action: "CHECKPOINT, so its shutdown is quick", Effect: "none"})
+	add(Step{Kind: StepStopPrimary, Node: old, Action: "stop it cleanly and read its shutdown checkpoint", Effect: "writes pause from here"})
+	add(Step{Kind: StepPromote, Node: to, Upstream: old, Action: "prove it has all of " + old + "'s WAL (its shutdown checkpoint), then promote it", Effect: "writes resume on " + to})
+	add(Step{Kind: StepFollow, Node: old, Upstream: to, Action: "make it a standby of " + to + " (standby.signal, primary_conninfo) and start it", Effect: "none"})
 	for _, n := range c.Nodes {
-		if n.Name != p.Old && n.Name != to && st.Node(n.Name).Role == RoleStandby {
-			p.Repoint = append(p.Repoint, n.Name)
+		if n.Name != old && n.Name != to && st.Node(n.Name).Role == RoleStandby {
+			add(Step{Kind: StepRepoint, Node: n.Name, Upstream: to, Action: "follow " + to + " (primary_conninfo, reloaded)", Effect: "none"})
 		}
 	}
-	add := func(node, action, effect string) {
-		p.Steps = append(p.Steps, Step{Kind: "switchover", Node: node, Action: action, Effect: effect})
-	}
-	add(to, "make sure it holds slots "+strings.Join(p.Slots, ", ")+" for after the swap", "none")
-	add(p.Old, "CHECKPOINT, then stop it cleanly", "writes pause from here")
-	add(to, "prove it has all of "+p.Old+"'s WAL (its shutdown checkpoint), then promote it", "writes resume on "+to)
-	add(p.Old, "make it a standby of "+to+" (standby.signal, primary_conninfo) and start it", "none")
-	for _, n := range p.Repoint {
-		add(n, "follow "+to+" (primary_conninfo, reloaded)", "none")
+	add(Step{Kind: StepAwaitFollowers, Node: to, Action: "wait until every other node streams from it", Effect: "none"})
+	if backupOnCandidate {
+		add(Step{Kind: StepBackupSlotMove, Node: to, Upstream: old, Slot: BackupSlot, Action: "once the backup agent has the WAL that " + old + "'s slot starts at (10 s at most), end its session and drop " + BackupSlot + " here: it streams from " + old + " next, and the primary keeps no WAL for it", Effect: "none"})
 	}
 	return p, nil
 }
@@ -80,117 +112,295 @@ func Switchover(ctx context.Context, t Target, to string, o RoleOptions) (*RoleR
 	return ExecuteSwitchover(ctx, t, p, o)
 }
 
-// ExecuteSwitchover carries out a plan DecideSwitchover made.
+// ExecuteSwitchover walks a plan DecideSwitchover made, step by step, and
+// runs nothing else. A step that fails before the stop changes nothing
+// further; between the stop and the promote the old primary is started
+// again (rollback); after the promote the error says how to finish.
 func ExecuteSwitchover(ctx context.Context, t Target, p *SwitchoverPlan, o RoleOptions) (*RoleResult, error) {
 	o.defaults()
-	old, to := p.Old, p.To
-	if err := prepare(ctx, t, old, to); err != nil {
-		return nil, fmt.Errorf("switchover refused, nothing was changed: %w", err)
-	}
-	res := &RoleResult{OldPrimary: old, NewPrimary: to}
-	sc, err := t.Control.Conn(ctx, to)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { sc.Close(context.WithoutCancel(ctx)) }()
-	// Slots on the future primary for every other node, so none of them
-	// loses WAL after the swap. Physical slots can be made on a standby.
-	for _, slot := range p.Slots {
-		if created, err := pgops.EnsureSlot(ctx, sc, slot); err != nil {
-			return nil, fmt.Errorf("switchover refused, nothing else was changed: %w", err)
-		} else if created {
-			say(o, "  ✓ slot %s created on %s for after the swap", slot, to)
+	x := &switchover{t: t, p: p, o: o, res: &RoleResult{OldPrimary: p.Old, NewPrimary: p.To}}
+	defer x.close(ctx)
+	for _, s := range p.Steps {
+		if err := x.step(ctx, s); err != nil {
+			return x.fail(ctx, s, err)
 		}
 	}
-	// The promote must not wait out wal_retrieve_retry_interval. When the old
-	// primary stops, the candidate's walreceiver loses it and the startup
-	// process starts a new one; a promote request that finds it waiting on
-	// that walreceiver is handled as one more failed attempt, and PostgreSQL
-	// sleeps the rest of the retry interval since the previous failure
-	// before it reads pg_wal once more and promotes (a 2 s stall in about 1
-	// switchover of 10 with the generated 2 s). So, for the switchover only,
-	// the candidate retries every 20 ms; the generated value comes back when
-	// this function returns, whatever happened.
-	if err := pgops.SetSystem(ctx, sc, pgops.WALRetrieveRetryInterval, "20ms"); err != nil {
-		return nil, fmt.Errorf("switchover refused, nothing else was changed: %w", err)
-	}
-	defer func() {
-		if err := pgops.ResetSystem(context.WithoutCancel(ctx), sc, pgops.WALRetrieveRetryInterval); err != nil {
-			say(o, "  ! could not reset wal_retrieve_retry_interval on %s (%v): run `ALTER SYSTEM RESET wal_retrieve_retry_interval; SELECT pg_reload_conf();` there", to, err)
-		}
-	}()
-	pc, err := t.Control.Conn(ctx, old)
-	if err != nil {
-		return nil, err
-	}
-	if err := pgops.Checkpoint(ctx, pc); err != nil {
-		pc.Close(ctx)
-		return nil, fmt.Errorf("switchover refused: CHECKPOINT on %s failed: %w", old, err)
-	}
-	pc.Close(ctx)
+	x.res.Routing = Routing(t.Cluster, p.To)
+	return x.res, nil
+}
 
-	// From here on, an interruption must not leave the cluster without a
-	// primary: the rest runs to the end (or rolls back) even if ctx ends.
+// switchover is ExecuteSwitchover's state between steps.
+type switchover struct {
+	t   Target
+	p   *SwitchoverPlan
+	o   RoleOptions
+	res *RoleResult
+
+	sc        *pgx.Conn // the candidate (the new primary)
+	fastRetry bool      // wal_retrieve_retry_interval to reset on close
+	stopped   bool      // the old primary is stopped: a failure rolls back
+	promoted  bool      // the candidate is the primary: no way back
+	start     time.Time // the stop began
+	ckpt      pgops.LSN // the old primary's shutdown checkpoint
+}
+
+// cand is the connection to the candidate, opened on first use.
+func (x *switchover) cand(ctx context.Context) (*pgx.Conn, error) {
+	if x.sc == nil {
+		c, err := x.t.Control.Conn(ctx, x.p.To)
+		if err != nil {
+			return nil, fmt.Errorf("connecting to %s: %w", x.p.To, err)
+		}
+		x.sc = c
+	}
+	return x.sc, nil
+}
+
+func (x *switchover) close(ctx context.Context) {
+	if x.sc == nil {
+		return
+	}
+	wctx := context.WithoutCancel(ctx)
+	if x.fastRetry {
+		if err := pgops.ResetSystem(wctx, x.sc, pgops.WALRetrieveRetryInterval); err != nil {
+			say(x.o, "  ! could not reset wal_retrieve_retry_interval on %s (%v): run `ALTER SYSTEM RESET wal_retrieve_retry_interval; SELECT pg_reload_conf();` there", x.p.To, err)
+		}
+	}
+	x.sc.Close(wctx)
+}
+
+// fail turns a step's error into the switchover's outcome for its phase.
+func (x *switchover) fail(ctx context.Context, s Step, err error) (*RoleResult, error) {
 	cctx := context.WithoutCancel(ctx)
-	o.hook("before-stop")
-	start := time.Now()
-	say(o, "stopping %s cleanly (writes pause now)", old)
-	if err := t.Control.Stop(cctx, old); err != nil {
-		return nil, rollback(cctx, t, old, o, fmt.Errorf("stopping %s: %w", old, err))
+	switch {
+	case x.promoted:
+		return x.res, err
+	case x.stopped:
+		return nil, rollback(cctx, x.t, x.p.Old, x.o, err)
+	case s.Kind == StepPrepare:
+		return nil, fmt.Errorf("switchover refused, nothing was changed: %w", err)
+	default:
+		return nil, fmt.Errorf("switchover refused before %s stopped, nothing else was changed: %w", x.p.Old, err)
 	}
-	say(o, "  ✓ %s stopped (%d ms)", old, time.Since(start).Milliseconds())
-	o.hook("after-stop")
+}
+
+// step runs one step of the plan.
+func (x *switchover) step(ctx context.Context, s Step) error {
+	// From the stop on, an interruption must not leave the cluster without
+	// a primary: the rest runs to the end (or rolls back) even if ctx ends.
+	cctx := ctx
+	if x.stopped {
+		cctx = context.WithoutCancel(ctx)
+	}
+	switch s.Kind {
+	case StepPrepare:
+		return prepare(ctx, x.t, s.Node, s.Upstream)
+	case StepCandidateSlots:
+		sc, err := x.cand(ctx)
+		if err != nil {
+			return err
+		}
+		// Physical slots can be made on a standby.
+		for _, slot := range s.Slots {
+			if created, err := pgops.EnsureSlot(ctx, sc, slot); err != nil {
+				return err
+			} else if created {
+				say(x.o, "  ✓ slot %s created on %s for after the swap", slot, s.Node)
+			}
+		}
+		return nil
+	case StepBackupSlotAhead:
+		c, err := x.t.Control.Conn(ctx, s.Node)
+		if err != nil {
+			return fmt.Errorf("connecting to %s: %w", s.Node, err)
+		}
+		defer c.Close(context.WithoutCancel(ctx))
+		if created, err := pgops.EnsureSlot(ctx, c, s.Slot); err != nil {
+			return err
+		} else if created {
+			say(x.o, "  ✓ backup slot %s created on %s, keeping WAL from before the switch", s.Slot, s.Node)
+		}
+		return nil
+	case StepFastRetry:
+		// The promote must not wait out wal_retrieve_retry_interval. When
+		// the old primary stops, the candidate's walreceiver loses it and
+		// the startup process starts a new one; a promote request that
+		// finds it waiting on that walreceiver is handled as one more failed
+		// attempt, and PostgreSQL sleeps the rest of the retry interval
+		// since the previous failure before it reads pg_wal once more and
+		// promotes (a 2 s stall in about 1 switchover of 10 with the
+		// generated 2 s). So the candidate retries every 20 ms; close resets
+		// the generated value, whatever happened.
+		sc, err := x.cand(ctx)
+		if err != nil {
+			return err
+		}
+		if err := pgops.SetSystem(ctx, sc, pgops.WALRetrieveRetryInterval, "20ms"); err != nil {
+			return err
+		}
+		x.fastRetry = true
+		return nil
+	case StepCheckpoint:
+		c, err := x.t.Control.Conn(ctx, s.Node)
+		if err != nil {
+			return fmt.Errorf("connecting to %s: %w", s.Node, err)
+		}
+		defer c.Close(context.WithoutCancel(ctx))
+		if err := pgops.Checkpoint(ctx, c); err != nil {
+			return fmt.Errorf("CHECKPOINT on %s failed: %w", s.Node, err)
+		}
+		return nil
+	case StepStopPrimary:
+		return x.stop(ctx, s.Node)
+	case StepPromote:
+		return x.promote(cctx, s.Node, s.Upstream)
+	case StepFollow:
+		oldNode, _ := x.t.Cluster.Node(s.Node)
+		newNode, _ := x.t.Cluster.Node(s.Upstream)
+		if _, err := x.t.Control.Run(cctx, s.Node, pgconf.FollowScript(x.t.Cluster, oldNode, newNode, "")); err != nil {
+			return fmt.Errorf("%s is the primary, but pointing %s at it failed: %w. Run `understudy rejoin %s`", s.Upstream, s.Node, err, s.Node)
+		}
+		if err := x.t.Control.Start(cctx, s.Node); err != nil {
+			return fmt.Errorf("%s is the primary, but starting %s as its standby failed: %w. Run `understudy rejoin %s`", s.Upstream, s.Node, err, s.Node)
+		}
+		return nil
+	case StepRepoint:
+		return repointOthers(cctx, x.t, []string{s.Node}, s.Upstream, x.o)
+	case StepAwaitFollowers:
+		sc, err := x.cand(cctx)
+		if err != nil {
+			return err
+		}
+		if err := waitFollowers(cctx, x.t, sc, s.Node, x.o.Timeout); err != nil {
+			return err
+		}
+		say(x.o, "  ✓ %s streams from %s, without pg_rewind", x.p.Old, s.Node)
+		return nil
+	case StepBackupSlotMove:
+		return moveBackupSlot(cctx, x.t, s, x.o)
+	}
+	return fmt.Errorf("internal error: a switchover has no step %q", s.Kind)
+}
+
+// stop stops the old primary cleanly and reads its shutdown checkpoint.
+func (x *switchover) stop(ctx context.Context, old string) error {
+	x.o.hook("before-stop")
+	x.start = time.Now()
+	say(x.o, "stopping %s cleanly (writes pause now)", old)
+	x.stopped = true
+	cctx := context.WithoutCancel(ctx)
+	if err := x.t.Control.Stop(cctx, old); err != nil {
+		return fmt.Errorf("stopping %s: %w", old, err)
+	}
+	say(x.o, "  ✓ %s stopped (%d ms)", old, time.Since(x.start).Milliseconds())
+	x.o.hook("after-stop")
 	if ctx.Err() != nil {
-		return nil, rollback(cctx, t, old, o, fmt.Errorf("interrupted after %s stopped: %w", old, ctx.Err()))
+		return fmt.Errorf("interrupted after %s stopped: %w", old, ctx.Err())
 	}
-	cd, err := controlData(cctx, t, old)
+	cd, err := controlData(cctx, x.t, old)
 	if err != nil {
-		return nil, rollback(cctx, t, old, o, err)
+		return err
 	}
 	if cd.State != "shut down" {
-		return nil, rollback(cctx, t, old, o, fmt.Errorf("%s did not shut down cleanly (its control file says %q), so the standby cannot be proven complete", old, cd.State))
+		return fmt.Errorf("%s did not shut down cleanly (its control file says %q), so the standby cannot be proven complete", old, cd.State)
 	}
-	ckpt := cd.Checkpoint
+	x.ckpt = cd.Checkpoint
+	return nil
+}
+
+// promote proves the candidate has every WAL record up to the old
+// primary's shutdown checkpoint, then promotes it.
+func (x *switchover) promote(ctx context.Context, to, old string) error {
+	sc, err := x.cand(ctx)
+	if err != nil {
+		return err
+	}
 	// The walsender sends up to and including the shutdown checkpoint
 	// before it exits, so a complete standby has received past its start.
 	var pos pgops.WALPositions
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if pos, err = pgops.ReadWALPositions(cctx, sc); err != nil {
-			return nil, rollback(cctx, t, old, o, fmt.Errorf("reading %s's WAL position: %w", to, err))
+		if pos, err = pgops.ReadWALPositions(ctx, sc); err != nil {
+			return fmt.Errorf("reading %s's WAL position: %w", to, err)
 		}
-		if pos.Received > ckpt && pos.Replayed >= pos.Received {
+		if pos.Received > x.ckpt && pos.Replayed >= pos.Received {
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, rollback(cctx, t, old, o, fmt.Errorf("%s received WAL up to %s and replayed to %s, short of %s's shutdown checkpoint at %s", to, pos.Received, pos.Replayed, old, cd.Checkpoint))
+			return fmt.Errorf("%s received WAL up to %s and replayed to %s, short of %s's shutdown checkpoint at %s", to, pos.Received, pos.Replayed, old, x.ckpt)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	say(o, "  ✓ %s has all of %s's WAL (shutdown checkpoint %s, received %s; %d ms)", to, old, cd.Checkpoint, pos.Received, time.Since(start).Milliseconds())
-	if err := pgops.Promote(cctx, sc, 60*time.Second); err != nil {
-		return nil, rollback(cctx, t, old, o, fmt.Errorf("promoting %s failed (%v); if %s is writable now, do not start %s: run `understudy rejoin %s`", to, err, to, old, old))
+	say(x.o, "  ✓ %s has all of %s's WAL (shutdown checkpoint %s, received %s; %d ms)", to, old, x.ckpt, pos.Received, time.Since(x.start).Milliseconds())
+	if err := pgops.Promote(ctx, sc, 60*time.Second); err != nil {
+		return fmt.Errorf("promoting %s failed (%v); if %s is writable now, do not start %s: run `understudy rejoin %s`", to, err, to, old, old)
 	}
-	res.WriteOutage = time.Since(start)
-	say(o, "  ✓ %s promoted: writable again after %d ms", to, res.WriteOutage.Milliseconds())
+	x.promoted = true
+	x.res.WriteOutage = time.Since(x.start)
+	say(x.o, "  ✓ %s promoted: writable again after %d ms", to, x.res.WriteOutage.Milliseconds())
+	return nil
+}
 
-	newNode, _ := t.Cluster.Node(to)
-	oldNode, _ := t.Cluster.Node(old)
-	if _, err := t.Control.Run(cctx, old, pgconf.FollowScript(t.Cluster, oldNode, newNode, "")); err != nil {
-		return res, fmt.Errorf("%s is the primary, but pointing %s at it failed: %w. Run `understudy rejoin %s`", to, old, err, old)
+// moveBackupSlot takes the backup agent's slot off s.Node (the primary)
+// and leaves it on s.Upstream (a standby): the slot is made there when it
+// is missing, then, once the agent has flushed past where that slot keeps
+// WAL from (10 s at most), the agent's session on s.Node is ended and the
+// slot dropped. The agent then streams from s.Upstream with no gap. An
+// agent that is down or behind is not waited on longer: it resumes from
+// s.Upstream's slot, or reports the gap itself and takes a new base backup.
+func moveBackupSlot(ctx context.Context, t Target, s Step, o RoleOptions) error {
+	hc, err := t.Control.Conn(ctx, s.Upstream)
+	if err != nil {
+		return fmt.Errorf("connecting to %s to move the backup slot there: %w", s.Upstream, err)
 	}
-	if err := t.Control.Start(cctx, old); err != nil {
-		return res, fmt.Errorf("%s is the primary, but starting %s as its standby failed: %w. Run `understudy rejoin %s`", to, old, err, old)
+	defer hc.Close(context.WithoutCancel(ctx))
+	if _, err := pgops.EnsureSlot(ctx, hc, s.Slot); err != nil {
+		return err
 	}
-	if err := repointOthers(cctx, t, p.Repoint, to, o); err != nil {
-		return res, err
+	held, err := pgops.ReadSlotUse(ctx, hc, s.Slot)
+	if err != nil {
+		return err
 	}
-	if err := waitFollowers(cctx, t, sc, to, o.Timeout); err != nil {
-		return res, err
+	pc, err := t.Control.Conn(ctx, s.Node)
+	if err != nil {
+		return fmt.Errorf("connecting to %s to drop its backup slot: %w", s.Node, err)
 	}
-	say(o, "  ✓ %s streams from %s, without pg_rewind", old, to)
-	res.Routing = Routing(t.Cluster, to)
-	return res, nil
+	defer pc.Close(context.WithoutCancel(ctx))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		u, err := pgops.ReadSlotUse(ctx, pc, s.Slot)
+		if err != nil {
+			return err
+		}
+		if !u.Exists {
+			return nil
+		}
+		if !u.Active || u.Restart >= held.Restart {
+			break
+		}
+		if time.Now().After(deadline) {
+			say(o, "  ! the backup agent had flushed WAL only up to %s, and %s keeps it from %s; moving it anyway after 10 s (it will report the gap and take a new base backup)", u.Restart, s.Upstream, held.Restart)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := pgops.EndSlotSession(ctx, pc, s.Slot); err != nil {
+		return err
+	}
+	// The slot stays active until the walsender has exited.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		err := pgops.DropSlot(ctx, pc, s.Slot)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s is the primary, but the backup slot %s on it could not be dropped: %w. Drop it there (`SELECT pg_drop_replication_slot('%s')`) once the backup agent streams from %s", s.Node, s.Slot, err, s.Slot, s.Upstream)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	say(o, "  ✓ backup slot %s moved from %s to %s: the backup agent streams from the standby, and the primary keeps no WAL for it", s.Slot, s.Node, s.Upstream)
+	return nil
 }
 
 // preflight refuses a switchover that could lose a commit or leave a

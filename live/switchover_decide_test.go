@@ -3,9 +3,11 @@ package live
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/understudy-dev/understudy/pgconf"
@@ -41,11 +43,39 @@ func TestDecideSwitchover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Old != "db" || strings.Join(p.Slots, ",") != "understudy_db,understudy_db_3" || strings.Join(p.Repoint, ",") != "db-3" {
-		t.Errorf("plan %+v", p)
+	want := []string{"prepare db", "candidate-slots db-replica [understudy_db understudy_db_3]", "fast-retry db-replica", "checkpoint db",
+		"stop-primary db", "promote db-replica", "follow db", "repoint db-3", "await-followers db-replica"}
+	if got := stepKinds(p.Steps); strings.Join(got, "; ") != strings.Join(want, "; ") || p.Old != "db" {
+		t.Errorf("plan from %s:\n got %q\nwant %q", p.Old, got, want)
 	}
-	if kinds := len(p.Steps); kinds != 5 || !strings.Contains(p.Steps[1].Effect, "writes pause") {
-		t.Errorf("steps %+v", p.Steps)
+	if s := p.Steps[4]; !strings.Contains(s.Effect, "writes pause") {
+		t.Errorf("the stop's effect: %q", s.Effect)
+	}
+	// With the backup agent's slot on the candidate, the slot moves with
+	// the standby role: made on the old primary before the stop, dropped
+	// on the new primary at the end.
+	st, c = healthyStatus("db", "db-replica")
+	st.Nodes[1].Slots = []pgops.Slot{{Name: BackupSlot, Active: true}}
+	p, err = DecideSwitchover(st, c, "db-replica", RoleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []string{"prepare db", "candidate-slots db-replica [understudy_db]", "backup-slot-ahead db understudy_backup", "fast-retry db-replica", "checkpoint db",
+		"stop-primary db", "promote db-replica", "follow db", "await-followers db-replica", "backup-slot-move db-replica understudy_backup"}
+	if got := stepKinds(p.Steps); strings.Join(got, "; ") != strings.Join(want, "; ") {
+		t.Errorf("plan with the backup slot on the candidate:\n got %q\nwant %q", got, want)
+	}
+	// The backup slot on the old primary (the agent had no standby) needs
+	// no step: that node is the standby after the swap.
+	st, c = healthyStatus("db", "db-replica")
+	st.Nodes[0].Slots = append(st.Nodes[0].Slots, pgops.Slot{Name: BackupSlot, Active: true})
+	if p, err = DecideSwitchover(st, c, "db-replica", RoleOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range p.Steps {
+		if s.Slot == BackupSlot {
+			t.Errorf("a backup slot step although the slot is on the old primary: %+v", s)
+		}
 	}
 	refusals := []struct {
 		name string
@@ -71,6 +101,84 @@ func TestDecideSwitchover(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), r.want) || !strings.Contains(err.Error(), "nothing was changed") {
 			t.Errorf("%s: %v (want %q)", r.name, err, r.want)
 		}
+	}
+}
+
+// stepKinds renders a plan as "kind node [slots] slot" lines.
+func stepKinds(steps []Step) []string {
+	var out []string
+	for _, s := range steps {
+		line := string(s.Kind) + " " + s.Node
+		if len(s.Slots) > 0 {
+			line += fmt.Sprintf(" %v", s.Slots)
+		}
+		if s.Slot != "" {
+			line += " " + s.Slot
+		}
+		out = append(out, line)
+	}
+	return out
+}
+
+// The executor runs the plan's steps and nothing else: a plan cut short
+// after the preparation stops there; a follow step alone runs only its
+// script and its start.
+func TestExecuteSwitchoverWalksThePlan(t *testing.T) {
+	st, c := healthyStatus("db", "db-replica")
+	p, err := DecideSwitchover(st, c, "db-replica", RoleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := &recording{}
+	cut := &SwitchoverPlan{Old: p.Old, To: p.To, Steps: p.Steps[:1]}
+	if _, err := ExecuteSwitchover(context.Background(), Target{Cluster: c, Control: fake}, cut, RoleOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(fake.calls, "; "); got != "prepare db,db-replica" {
+		t.Errorf("a plan of one preparation ran: %s", got)
+	}
+	var follow Step
+	for _, s := range p.Steps {
+		if s.Kind == StepFollow {
+			follow = s
+		}
+	}
+	fake = &recording{}
+	only := &SwitchoverPlan{Old: p.Old, To: p.To, Steps: []Step{follow}}
+	if _, err := ExecuteSwitchover(context.Background(), Target{Cluster: c, Control: fake}, only, RoleOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(fake.calls, "; "); got != "run db; start db" {
+		t.Errorf("a plan of one follow step ran: %s", got)
+	}
+}
+
+// A failure between the stop and the promote rolls back: the old primary
+// is started again, and the error says the switchover failed.
+func TestSwitchoverRollsBackAfterTheStop(t *testing.T) {
+	st, c := healthyStatus("db", "db-replica")
+	p, err := DecideSwitchover(st, c, "db-replica", RoleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []Step
+	for _, s := range p.Steps {
+		if s.Kind == StepPrepare || s.Kind == StepStopPrimary || s.Kind == StepPromote {
+			steps = append(steps, s)
+		}
+	}
+	fake := &recording{}
+	// The fake's control data is empty, so the stopped node's shutdown
+	// checkpoint cannot be read: the switchover must start db again.
+	_, err = ExecuteSwitchover(context.Background(), Target{Cluster: c, Control: fake}, &SwitchoverPlan{Old: p.Old, To: p.To, Steps: steps}, RoleOptions{Timeout: 50 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "switchover failed") {
+		t.Fatalf("got %v", err)
+	}
+	// After the start, the rollback waits for db to answer (the fake never
+	// does); nothing may have touched the candidate.
+	got := strings.Join(fake.calls, "; ")
+	if !strings.HasPrefix(got, "prepare db,db-replica; stop db; run db; start db") || strings.Contains(got, "conn db-replica") {
+		t.Errorf("calls: %s", got)
 	}
 }
 

@@ -2,6 +2,7 @@ package pgops
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -273,6 +274,43 @@ func ReadSettings(ctx context.Context, c *pgx.Conn, names []string) (map[string]
 func Reload(ctx context.Context, c *pgx.Conn) error {
 	if _, err := c.Exec(ctx, `SELECT pg_reload_conf()`); err != nil {
 		return fmt.Errorf("reloading the configuration: %w", err)
+	}
+	return nil
+}
+
+// SlotUse is where a physical slot is and who holds it.
+type SlotUse struct {
+	Exists  bool
+	Restart LSN // restart_lsn: the oldest WAL it keeps; what its user has flushed
+	Active  bool
+}
+
+// ReadSlotUse reads one slot's restart_lsn and whether a session holds it.
+func ReadSlotUse(ctx context.Context, c *pgx.Conn, name string) (SlotUse, error) {
+	var u SlotUse
+	var restart *string
+	err := c.QueryRow(ctx, `SELECT restart_lsn::text, active FROM pg_replication_slots WHERE slot_name = $1`, name).Scan(&restart, &u.Active)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return u, nil
+	}
+	if err != nil {
+		return u, fmt.Errorf("reading replication slot %s: %w", name, err)
+	}
+	u.Exists = true
+	if restart != nil {
+		if u.Restart, err = ParseLSN(*restart); err != nil {
+			return u, fmt.Errorf("reading replication slot %s: %w", name, err)
+		}
+	}
+	return u, nil
+}
+
+// EndSlotSession ends the session that holds a slot (its walsender), if
+// any, so the slot can be dropped; the client sees its connection end.
+func EndSlotSession(ctx context.Context, c *pgx.Conn, name string) error {
+	_, err := c.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, name)
+	if err != nil {
+		return fmt.Errorf("ending the session that holds replication slot %s: %w", name, err)
 	}
 	return nil
 }
