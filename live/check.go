@@ -3,6 +3,7 @@ package live
 import (
 	"fmt"
 	"github.com/understudy-dev/understudy/backup"
+	"net"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -281,7 +282,7 @@ func checkStandby(n, p *NodeStatus, th Thresholds) []Finding {
 	case rep == nil:
 		why := "no WAL receiver is running"
 		if n.Facts.Receiver != nil {
-			why = fmt.Sprintf("its WAL receiver is %s (%s:%d)", n.Facts.Receiver.Status, n.Facts.Receiver.SenderHost, n.Facts.Receiver.SenderPort)
+			why = fmt.Sprintf("its WAL receiver is %s (%s)", n.Facts.Receiver.Status, net.JoinHostPort(n.Facts.Receiver.SenderHost, strconv.Itoa(n.Facts.Receiver.SenderPort)))
 		}
 		add(Critical, CodeNotStreaming, fmt.Sprintf("%s is a standby but is not replicating from %s: %s", n.Name, p.Name, why),
 			"read "+n.Name+"'s log for the replication error; `understudy apply` fixes a missing slot, role or pg_hba line")

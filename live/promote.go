@@ -7,22 +7,40 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/pgops"
 )
 
-// PromoteDecision is what an emergency promote will do.
+// Promote's step kinds, beside the switchover's (StepCandidateSlots,
+// StepRepoint, StepBackupSlotMove).
+const (
+	StepFence       StepKind = "fence"        // stop Node if it runs and mark it a standby of Upstream
+	StepLossReport  StepKind = "loss-report"  // compare what Node received with where Upstream's own WAL ends
+	StepPromoteNow  StepKind = "promote-now"  // promote Node: it accepts writes
+	StepAwaitStream StepKind = "await-stream" // wait until Node streams from Upstream
+)
+
+// PromoteDecision is what an emergency promote will do: its steps, the
+// only thing ExecutePromote runs.
 type PromoteDecision struct {
+	To        string
 	Old       string            // the lost (or fenced) primary, "" if none is known
 	Fence     []string          // nodes to stop and mark as standbys first
 	LastKnown map[string]string // a writable old primary's WAL position when read
+	Timeline  int               // the candidate's timeline when read
+	// BackupStays is set when the backup agent's slot stays on the new
+	// primary because no standby is left to stream from (rejoin moves it).
+	BackupStays bool
+	Steps       []Step
 }
 
 // DecidePromote is promote's decision over a reading: refuse while another
 // node is up and writable, or runs without answering, unless fence; else
-// fence every node that is neither the candidate nor a healthy standby.
-// Pure.
-func DecidePromote(st *Status, to string, fence bool) (*PromoteDecision, error) {
+// fence every node that is neither the candidate nor a healthy standby,
+// promote, give the new primary a slot for every other node, re-point the
+// other standbys, and move the backup agent's slot to one of them. Pure.
+func DecidePromote(st *Status, c pgconf.Cluster, to string, fence bool) (*PromoteDecision, error) {
 	s := st.Node(to)
 	if s == nil {
 		return nil, fmt.Errorf("there is no node %q", to)
@@ -30,7 +48,7 @@ func DecidePromote(st *Status, to string, fence bool) (*PromoteDecision, error) 
 	if s.Role != RoleStandby {
 		return nil, fmt.Errorf("%s is not a running standby (%s): only a standby can be promoted", to, s.Role)
 	}
-	d := &PromoteDecision{LastKnown: map[string]string{}}
+	d := &PromoteDecision{To: to, LastKnown: map[string]string{}, Timeline: s.Facts.Timeline}
 	for _, n := range st.Nodes {
 		if n.Name == to {
 			continue
@@ -46,8 +64,13 @@ func DecidePromote(st *Status, to string, fence bool) (*PromoteDecision, error) 
 			return nil, fmt.Errorf("%s runs but does not answer (%s): it may still accept writes from apps that reach it. Stop it, or re-run with --fence to have understudy stop and mark it", n.Name, firstLine(n.Error))
 		}
 	}
+	var standbys []string
 	for _, n := range st.Nodes {
-		if n.Name == to || n.Role == RoleStandby {
+		if n.Name == to {
+			continue
+		}
+		if n.Role == RoleStandby {
+			standbys = append(standbys, n.Name)
 			continue
 		}
 		if d.Old == "" {
@@ -55,7 +78,44 @@ func DecidePromote(st *Status, to string, fence bool) (*PromoteDecision, error) 
 		}
 		d.Fence = append(d.Fence, n.Name)
 	}
+	add := func(s Step) { d.Steps = append(d.Steps, s) }
+	for _, n := range d.Fence {
+		add(Step{Kind: StepFence, Node: n, Upstream: to, Action: "stop it if it runs, and mark it a standby of " + to + " (standby.signal), so it can only come back read-only", Effect: "none: it is lost or taken out"})
+	}
+	if d.Old != "" {
+		add(Step{Kind: StepLossReport, Node: to, Upstream: d.Old, Action: "compare the WAL it received with where " + d.Old + "'s own WAL ends: what would be lost", Effect: "none"})
+	}
+	add(Step{Kind: StepPromoteNow, Node: to, Action: "promote it", Effect: "writes resume on " + to})
+	var slots []string
+	for _, n := range c.Nodes {
+		if n.Name != to {
+			slots = append(slots, n.Slot())
+		}
+	}
+	add(Step{Kind: StepCandidateSlots, Node: to, Slots: slots, Action: "make sure it holds slots " + strings.Join(slots, ", ") + " for the other nodes", Effect: "none"})
+	for _, n := range standbys {
+		add(Step{Kind: StepRepoint, Node: n, Upstream: to, Action: "follow " + to + " (primary_conninfo, reloaded)", Effect: "none"})
+	}
+	if hasSlot(s, BackupSlot) {
+		if len(standbys) > 0 {
+			add(Step{Kind: StepAwaitStream, Node: standbys[0], Upstream: to, Action: "wait until it streams from " + to, Effect: "none"})
+			add(Step{Kind: StepBackupSlotMove, Node: to, Upstream: standbys[0], Slot: BackupSlot, Action: "move the backup agent's slot " + BackupSlot + " to " + standbys[0] + " (the agent's session here ended once it has the WAL that slot starts at, 10 s at most)", Effect: "none"})
+		} else {
+			d.BackupStays = true
+		}
+	}
 	return d, nil
+}
+
+// PlanPromote reads the nodes and decides, changing nothing (`promote
+// --dry-run`). Only the standby's server must be reachable: the old
+// primary's may be the thing that is lost, and fencing copes without it.
+func PlanPromote(ctx context.Context, t Target, to string, o RoleOptions) (*PromoteDecision, error) {
+	st, err := begin(ctx, t, &o, to)
+	if err != nil {
+		return nil, err
+	}
+	return DecidePromote(st, t.Cluster, to, o.Fence)
 }
 
 // Promote makes the standby `to` the primary when the primary is lost. It
@@ -64,67 +124,88 @@ func DecidePromote(st *Status, to string, fence bool) (*PromoteDecision, error) 
 // can never come back as a primary on its own. A primary that is down is
 // marked the same way when its files can be reached. It reports how much
 // WAL may be lost: what the old primary wrote that the standby never got.
+// It is PlanPromote followed by ExecutePromote.
 func Promote(ctx context.Context, t Target, to string, o RoleOptions) (*RoleResult, error) {
-	// Only the standby must be reachable: the old primary's server may be
-	// the thing that is lost, and fencing copes without it.
-	st, err := begin(ctx, t, &o, to)
+	d, err := PlanPromote(ctx, t, to, o)
 	if err != nil {
 		return nil, err
 	}
-	d, err := DecidePromote(st, to, o.Fence)
-	if err != nil {
-		return nil, err
-	}
-	s := st.Node(to)
-	res := &RoleResult{NewPrimary: to, OldPrimary: d.Old}
-	newNode, _ := t.Cluster.Node(to)
-	for _, n := range d.Fence {
-		if err := fence(ctx, t, n, newNode, o); err != nil {
+	return ExecutePromote(ctx, t, d, o)
+}
+
+// ExecutePromote walks the steps DecidePromote chose, and nothing else.
+func ExecutePromote(ctx context.Context, t Target, d *PromoteDecision, o RoleOptions) (*RoleResult, error) {
+	o.defaults()
+	res := &RoleResult{NewPrimary: d.To, OldPrimary: d.Old}
+	promoted := false
+	for _, s := range d.Steps {
+		if err := promoteStep(ctx, t, d, s, res, o); err != nil {
+			if promoted {
+				return res, err
+			}
 			return nil, err
 		}
+		promoted = promoted || s.Kind == StepPromoteNow
 	}
-	lastKnown := d.LastKnown
-	sc, err := t.Control.Conn(ctx, to)
-	if err != nil {
-		return nil, err
+	res.Routing = Routing(t.Cluster, d.To)
+	if d.Old != "" {
+		res.Routing += fmt.Sprintf("\nWhen %s is back, bring it in as a standby: understudy rejoin %s", d.Old, d.Old)
 	}
-	defer sc.Close(context.WithoutCancel(ctx))
-	pos, err := pgops.ReadWALPositions(ctx, sc)
-	if err != nil {
-		return nil, fmt.Errorf("reading %s's WAL position: %w", to, err)
-	}
-	recv := pos.Known().String()
-	if res.OldPrimary != "" {
-		res.Lost = lossReport(ctx, t, res.OldPrimary, to, recv, lastKnown[res.OldPrimary], s.Facts.Timeline)
-		say(o, "  %s", res.Lost)
-	}
-	start := time.Now()
-	if err := pgops.Promote(ctx, sc, 60*time.Second); err != nil {
-		return res, fmt.Errorf("promoting %s failed: %v; read its log", to, err)
-	}
-	say(o, "  ✓ %s promoted in %d ms: it accepts writes", to, time.Since(start).Milliseconds())
-	for _, n := range t.Cluster.Nodes {
-		if n.Name == to {
-			continue
-		}
-		if _, err := pgops.EnsureSlot(ctx, sc, n.Slot()); err != nil {
-			return res, err
-		}
-	}
-	var others []string
-	for _, n := range t.Cluster.Nodes {
-		if n.Name != res.OldPrimary && n.Name != to && st.Node(n.Name).Role == RoleStandby {
-			others = append(others, n.Name)
-		}
-	}
-	if err := repointOthers(ctx, t, others, to, o); err != nil {
-		return res, err
-	}
-	res.Routing = Routing(t.Cluster, to)
-	if res.OldPrimary != "" {
-		res.Routing += fmt.Sprintf("\nWhen %s is back, bring it in as a standby: understudy rejoin %s", res.OldPrimary, res.OldPrimary)
+	if d.BackupStays {
+		res.Routing += fmt.Sprintf("\nThe backup agent streams from %s until a standby is back; `rejoin` moves it there.", d.To)
 	}
 	return res, nil
+}
+
+func promoteStep(ctx context.Context, t Target, d *PromoteDecision, s Step, res *RoleResult, o RoleOptions) error {
+	withConn := func(node string, f func(*pgx.Conn) error) error {
+		c, err := t.Control.Conn(ctx, node)
+		if err != nil {
+			return fmt.Errorf("connecting to %s: %w", node, err)
+		}
+		defer c.Close(context.WithoutCancel(ctx))
+		return f(c)
+	}
+	switch s.Kind {
+	case StepFence:
+		n, _ := t.Cluster.Node(s.Upstream)
+		return fence(ctx, t, s.Node, n, o)
+	case StepLossReport:
+		return withConn(s.Node, func(c *pgx.Conn) error {
+			pos, err := pgops.ReadWALPositions(ctx, c)
+			if err != nil {
+				return fmt.Errorf("reading %s's WAL position: %w", s.Node, err)
+			}
+			res.Lost = lossReport(ctx, t, s.Upstream, s.Node, pos.Known().String(), d.LastKnown[s.Upstream], d.Timeline)
+			say(o, "  %s", res.Lost)
+			return nil
+		})
+	case StepPromoteNow:
+		return withConn(s.Node, func(c *pgx.Conn) error {
+			start := time.Now()
+			if err := pgops.Promote(ctx, c, 60*time.Second); err != nil {
+				return fmt.Errorf("promoting %s failed: %v; read its log", s.Node, err)
+			}
+			say(o, "  ✓ %s promoted in %d ms: it accepts writes", s.Node, time.Since(start).Milliseconds())
+			return nil
+		})
+	case StepCandidateSlots:
+		return withConn(s.Node, func(c *pgx.Conn) error {
+			for _, slot := range s.Slots {
+				if _, err := pgops.EnsureSlot(ctx, c, slot); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	case StepRepoint:
+		return repointOthers(ctx, t, []string{s.Node}, s.Upstream, o)
+	case StepAwaitStream:
+		return awaitStream(ctx, t, s.Node, s.Upstream, o.Timeout)
+	case StepBackupSlotMove:
+		return moveBackupSlot(ctx, t, s, o)
+	}
+	return fmt.Errorf("internal error: a promote has no step %q", s.Kind)
 }
 
 // fence stops a node and marks it a standby of upstream. A node whose files

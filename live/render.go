@@ -2,6 +2,8 @@ package live
 
 import (
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -41,7 +43,7 @@ func StatusText(st *Status) string {
 			}
 			conn = "no WAL receiver"
 			if r := f.Receiver; r != nil {
-				conn = fmt.Sprintf("%s from %s:%d", r.Status, r.SenderHost, r.SenderPort)
+				conn = fmt.Sprintf("%s from %s", r.Status, net.JoinHostPort(r.SenderHost, strconv.Itoa(r.SenderPort)))
 			}
 		}
 		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", n.Name, n.Role, f.Timeline, lsn, lag, conn)

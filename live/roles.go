@@ -108,6 +108,13 @@ func Routing(c pgconf.Cluster, primary string) string {
 // prepare proves, where the control has steps of its own that can fail,
 // that they work on these nodes before anything is stopped.
 func prepare(ctx context.Context, t Target, nodes ...string) error {
+	var named []string
+	for _, n := range nodes {
+		if n != "" {
+			named = append(named, n)
+		}
+	}
+	nodes = named
 	if p, ok := t.Control.(RoleChangePreparer); ok {
 		return p.PrepareRoleChange(ctx, nodes...)
 	}

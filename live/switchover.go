@@ -80,7 +80,11 @@ func DecideSwitchover(st *Status, c pgconf.Cluster, to string, o RoleOptions) (*
 			add(Step{Kind: StepRepoint, Node: n.Name, Upstream: to, Action: "follow " + to + " (primary_conninfo, reloaded)", Effect: "none"})
 		}
 	}
-	add(Step{Kind: StepAwaitFollowers, Node: to, Action: "wait until every other node streams from it", Effect: "none"})
+	for _, n := range c.Nodes {
+		if n.Name == old || n.Name != to && st.Node(n.Name).Role == RoleStandby {
+			add(Step{Kind: StepAwaitStream, Node: n.Name, Upstream: to, Action: "wait until it streams from " + to, Effect: "none"})
+		}
+	}
 	if backupOnCandidate {
 		add(Step{Kind: StepBackupSlotMove, Node: to, Upstream: old, Slot: BackupSlot, Action: "once the backup agent has the WAL that " + old + "'s slot starts at (10 s at most), end its session and drop " + BackupSlot + " here: it streams from " + old + " next, and the primary keeps no WAL for it", Effect: "none"})
 	}
@@ -266,15 +270,13 @@ func (x *switchover) step(ctx context.Context, s Step) error {
 		return nil
 	case StepRepoint:
 		return repointOthers(cctx, x.t, []string{s.Node}, s.Upstream, x.o)
-	case StepAwaitFollowers:
-		sc, err := x.cand(cctx)
-		if err != nil {
+	case StepAwaitStream:
+		if err := awaitStream(cctx, x.t, s.Node, s.Upstream, x.o.Timeout); err != nil {
 			return err
 		}
-		if err := waitFollowers(cctx, x.t, sc, s.Node, x.o.Timeout); err != nil {
-			return err
+		if s.Node == x.p.Old {
+			say(x.o, "  ✓ %s streams from %s, without pg_rewind", s.Node, s.Upstream)
 		}
-		say(x.o, "  ✓ %s streams from %s, without pg_rewind", x.p.Old, s.Node)
 		return nil
 	case StepBackupSlotMove:
 		return moveBackupSlot(cctx, x.t, s, x.o)
@@ -497,32 +499,35 @@ func repointOthers(ctx context.Context, t Target, nodes []string, to string, o R
 	return nil
 }
 
-// waitFollowers waits until every other node streams from the primary and
-// has replayed past where the primary's WAL was when the wait began (so a
-// node stuck on an old timeline does not count).
-func waitFollowers(ctx context.Context, t Target, pc *pgx.Conn, primary string, timeout time.Duration) error {
+// awaitStream waits until node streams from primary and has replayed past
+// where the primary's WAL was when the wait began (so a node stuck on an
+// old timeline does not count).
+func awaitStream(ctx context.Context, t Target, node, primary string, timeout time.Duration) error {
+	pc, err := t.Control.Conn(ctx, primary)
+	if err != nil {
+		return fmt.Errorf("connecting to %s: %w", primary, err)
+	}
+	defer pc.Close(context.WithoutCancel(ctx))
 	deadline := time.Now().Add(timeout)
 	target, err := pgops.CurrentWALLSN(ctx, pc)
 	if err != nil {
 		return fmt.Errorf("reading %s's WAL position: %w", primary, err)
 	}
-	for _, n := range t.Cluster.Nodes {
-		if n.Name == primary {
-			continue
+	for {
+		state, err := pgops.FollowerState(ctx, pc, node, target)
+		if err != nil {
+			return fmt.Errorf("reading pg_stat_replication on %s: %w", primary, err)
 		}
-		for {
-			state, err := pgops.FollowerState(ctx, pc, n.Name, target)
-			if err != nil {
-				return fmt.Errorf("reading pg_stat_replication on %s: %w", primary, err)
-			}
-			if state == "streaming" {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s is the primary, but %s is not streaming from it after %s (state %q): run `understudy rejoin %s`", primary, n.Name, timeout, state, n.Name)
-			}
-			time.Sleep(20 * time.Millisecond)
+		if state == "streaming" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s is the primary, but %s is not streaming from it after %s (state %q): run `understudy rejoin %s`", primary, node, timeout, state, node)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return nil
 }

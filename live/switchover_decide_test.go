@@ -44,7 +44,7 @@ func TestDecideSwitchover(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"prepare db", "candidate-slots db-replica [understudy_db understudy_db_3]", "fast-retry db-replica", "checkpoint db",
-		"stop-primary db", "promote db-replica", "follow db", "repoint db-3", "await-followers db-replica"}
+		"stop-primary db", "promote db-replica", "follow db", "repoint db-3", "await-stream db", "await-stream db-3"}
 	if got := stepKinds(p.Steps); strings.Join(got, "; ") != strings.Join(want, "; ") || p.Old != "db" {
 		t.Errorf("plan from %s:\n got %q\nwant %q", p.Old, got, want)
 	}
@@ -61,7 +61,7 @@ func TestDecideSwitchover(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = []string{"prepare db", "candidate-slots db-replica [understudy_db]", "backup-slot-ahead db understudy_backup", "fast-retry db-replica", "checkpoint db",
-		"stop-primary db", "promote db-replica", "follow db", "await-followers db-replica", "backup-slot-move db-replica understudy_backup"}
+		"stop-primary db", "promote db-replica", "follow db", "await-stream db", "backup-slot-move db-replica understudy_backup"}
 	if got := stepKinds(p.Steps); strings.Join(got, "; ") != strings.Join(want, "; ") {
 		t.Errorf("plan with the backup slot on the candidate:\n got %q\nwant %q", got, want)
 	}
@@ -236,28 +236,105 @@ func TestSwitchoverStopsAtAFailedPreparation(t *testing.T) {
 }
 
 func TestDecidePromote(t *testing.T) {
-	st, _ := healthyStatus("db", "db-replica", "db-3")
-	if _, err := DecidePromote(st, "db-replica", false); err == nil || !strings.Contains(err.Error(), "two primaries") {
+	st, c := healthyStatus("db", "db-replica", "db-3")
+	if _, err := DecidePromote(st, c, "db-replica", false); err == nil || !strings.Contains(err.Error(), "two primaries") {
 		t.Errorf("a writable primary without --fence: %v", err)
 	}
-	d, err := DecidePromote(st, "db-replica", true)
+	d, err := DecidePromote(st, c, "db-replica", true)
 	if err != nil || d.Old != "db" || strings.Join(d.Fence, ",") != "db" {
 		t.Errorf("with --fence: %+v %v", d, err)
 	}
 	// The primary is lost: unreachable and not running. Nothing refuses; it
 	// is fenced when its files can be reached, the healthy standby is kept.
 	st.Nodes[0] = NodeStatus{Name: "db", Role: RoleDown, Running: new(bool)}
-	d, err = DecidePromote(st, "db-replica", false)
+	d, err = DecidePromote(st, c, "db-replica", false)
 	if err != nil || d.Old != "db" || strings.Join(d.Fence, ",") != "db" {
 		t.Errorf("lost primary: %+v %v", d, err)
 	}
 	running := true
 	st.Nodes[0].Running = &running
-	if _, err := DecidePromote(st, "db-replica", false); err == nil || !strings.Contains(err.Error(), "runs but does not answer") {
+	if _, err := DecidePromote(st, c, "db-replica", false); err == nil || !strings.Contains(err.Error(), "runs but does not answer") {
 		t.Errorf("a primary that runs but does not answer: %v", err)
 	}
-	if _, err := DecidePromote(st, "db", true); err == nil || !strings.Contains(err.Error(), "not a running standby") {
+	if _, err := DecidePromote(st, c, "db", true); err == nil || !strings.Contains(err.Error(), "not a running standby") {
 		t.Errorf("promoting a down node: %v", err)
+	}
+	// The steps for a lost primary: fence it, report the loss, promote,
+	// slots, and the other standby follows; with the backup agent's slot on
+	// the candidate, it moves to that standby once it streams.
+	st.Nodes[0].Running = new(bool)
+	st.Nodes[1].Slots = []pgops.Slot{{Name: BackupSlot, Active: true}}
+	d, err = DecidePromote(st, c, "db-replica", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"fence db", "loss-report db-replica", "promote-now db-replica", "candidate-slots db-replica [understudy_db understudy_db_3]",
+		"repoint db-3", "await-stream db-3", "backup-slot-move db-replica understudy_backup"}
+	if got := stepKinds(d.Steps); strings.Join(got, "; ") != strings.Join(want, "; ") || d.BackupStays {
+		t.Errorf("promote plan:\n got %q\nwant %q (backup stays %v)", got, want, d.BackupStays)
+	}
+	// Two nodes: no standby is left, so the agent's slot stays with it
+	// (the agent streams from the primary until rejoin moves it).
+	st, c = healthyStatus("db", "db-replica")
+	st.Nodes[0] = NodeStatus{Name: "db", Role: RoleDown, Running: new(bool)}
+	st.Nodes[1].Slots = []pgops.Slot{{Name: BackupSlot, Active: true}}
+	if d, err = DecidePromote(st, c, "db-replica", false); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range d.Steps {
+		if s.Slot == BackupSlot {
+			t.Errorf("a backup slot step with no standby to move to: %+v", s)
+		}
+	}
+	if !d.BackupStays {
+		t.Error("the promote does not say the backup agent stays on the new primary")
+	}
+}
+
+func TestDecideRejoinPlan(t *testing.T) {
+	// db was fenced and is down; db-replica is the primary and holds the
+	// backup agent's slot (no standby was left to stream from).
+	st, c := healthyStatus("db-replica", "db")
+	st.Nodes[1] = NodeStatus{Name: "db", Role: RoleDown, Running: new(bool)}
+	st.Nodes[0].Replication = nil
+	st.Nodes[0].Slots = append(st.Nodes[0].Slots, pgops.Slot{Name: BackupSlot, Active: true})
+	p, err := DecideRejoinPlan(st, c, "db", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"prepare db", "ensure-slot db-replica understudy_db", "stop-node db", "rejoin-way db", "start-node db", "await-stream db",
+		"backup-slot-move db-replica understudy_backup"}
+	if got := stepKinds(p.Steps); strings.Join(got, "; ") != strings.Join(want, "; ") || p.Primary != "db-replica" || p.Nothing != "" {
+		t.Errorf("rejoin plan:\n got %q\nwant %q", got, want)
+	}
+	// Already streaming: nothing to do, and no step.
+	st, c = healthyStatus("db-replica", "db")
+	if p, err = DecideRejoinPlan(st, c, "db", false); err != nil || p.Nothing == "" || len(p.Steps) != 0 {
+		t.Errorf("a streaming standby: %+v %v", p, err)
+	}
+	refusals := []struct {
+		name  string
+		edit  func(*Status)
+		node  string
+		fence bool
+		want  string
+	}{
+		{"no such node", func(*Status) {}, "nope", false, "no node"},
+		{"no primary", func(s *Status) { s.Primary, s.Nodes[0].Role = "", RoleDown }, "db", false, "exactly one other node that is the primary"},
+		{"two primaries, no --fence", func(s *Status) { s.Primary, s.Nodes[1].Role = "", RolePrimary }, "db", false, "--fence"},
+	}
+	for _, r := range refusals {
+		st, c := healthyStatus("db-replica", "db")
+		r.edit(st)
+		if _, err := DecideRejoinPlan(st, c, r.node, r.fence); err == nil || !strings.Contains(err.Error(), r.want) {
+			t.Errorf("%s: %v (want %q)", r.name, err, r.want)
+		}
+	}
+	st, c = healthyStatus("db-replica", "db")
+	st.Primary, st.Nodes[1].Role = "", RolePrimary
+	st.Nodes[0].Replication = nil
+	if p, err := DecideRejoinPlan(st, c, "db", true); err != nil || p.Primary != "db-replica" || len(p.Steps) == 0 {
+		t.Errorf("two primaries with --fence: %+v %v", p, err)
 	}
 }
 

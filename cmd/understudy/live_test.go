@@ -87,9 +87,24 @@ func TestRoleCommandsOnLab(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "two primaries") {
 		t.Errorf("promote with a live primary: exit %d:\n%s", code, out)
 	}
+	// --dry-run shows the promote's steps and changes nothing.
+	out, code = runCLI(t, "promote", "--lab", l.Dir, "--fence", "--dry-run", "db")
+	if code != 0 || !strings.Contains(out, "db-replica: stop it if it runs, and mark it a standby of db") || !strings.Contains(out, "db: promote it") {
+		t.Errorf("promote --dry-run: exit %d:\n%s", code, out)
+	}
+	if got := labtest.Query(t, l, "db-replica", "SELECT pg_is_in_recovery()::text"); got != "false" {
+		t.Fatalf("promote --dry-run changed db-replica: in recovery %s", got)
+	}
 	out, code = runCLI(t, "promote", "--lab", l.Dir, "--fence", "db")
 	if code != 0 || !strings.Contains(out, "fenced db-replica") || !strings.Contains(out, "understudy rejoin db-replica") {
 		t.Fatalf("promote --fence: exit %d:\n%s", code, out)
+	}
+	out, code = runCLI(t, "rejoin", "--lab", l.Dir, "--dry-run", "db-replica")
+	if code != 0 || !strings.Contains(out, "db-replica: read its control file, then re-point it at db") || !strings.Contains(out, "db-replica: start it") {
+		t.Errorf("rejoin --dry-run: exit %d:\n%s", code, out)
+	}
+	if run, err := l.Running(context.Background(), "db-replica"); err != nil || run {
+		t.Fatalf("rejoin --dry-run started db-replica (%v)", err)
 	}
 	out, code = runCLI(t, "rejoin", "--lab", l.Dir, "db-replica")
 	if code != 0 || !strings.Contains(out, "db-replica: re-point") {

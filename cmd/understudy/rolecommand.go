@@ -19,8 +19,8 @@ type roleCommand struct {
 	summary string
 	run     func(context.Context, live.Target, string, live.RoleOptions) (*live.RoleResult, error)
 	fence   string // help for --fence; "" when the command has none
-	// plan, when set, gives --dry-run: the steps the command would take.
-	plan func(context.Context, live.Target, string, live.RoleOptions) ([]live.Step, error)
+	// plan gives --dry-run: the steps the command would take, rendered.
+	plan func(context.Context, live.Target, string, live.RoleOptions) (string, error)
 }
 
 func (c *roleCommand) Name() string    { return c.name }
@@ -34,10 +34,7 @@ func (c *roleCommand) Run(ctx context.Context, args []string) error {
 	if c.fence != "" {
 		fs.BoolVar(&o.Fence, "fence", false, c.fence)
 	}
-	dryRun := new(bool)
-	if c.plan != nil {
-		dryRun = fs.Bool("dry-run", false, "show the steps, and change nothing")
-	}
+	dryRun := fs.Bool("dry-run", false, "show the steps, and change nothing")
 	fs.Usage = func() { fmt.Fprintf(fs.Output(), "usage: understudy %s [flags] NODE\n", c.name); fs.PrintDefaults() }
 	// The node name may come before or after the flags.
 	var node string
@@ -63,11 +60,11 @@ func (c *roleCommand) Run(ctx context.Context, args []string) error {
 	}
 	o.Out = c.out
 	if *dryRun {
-		steps, err := c.plan(ctx, t.Target, node, o)
+		text, err := c.plan(ctx, t.Target, node, o)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(c.out, "plan:\n%s", live.StepsText(steps))
+		fmt.Fprintf(c.out, "plan:\n%s", text)
 		return nil
 	}
 	start := time.Now()

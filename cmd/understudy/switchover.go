@@ -12,12 +12,12 @@ func switchoverCommand(out io.Writer) command {
 		summary: "planned swap: make standby NODE the primary with no lost commit; the old primary follows it"}
 }
 
-func planSwitchover(ctx context.Context, t live.Target, to string, o live.RoleOptions) ([]live.Step, error) {
+func planSwitchover(ctx context.Context, t live.Target, to string, o live.RoleOptions) (string, error) {
 	p, err := live.PlanSwitchover(ctx, t, to, o)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	return p.Steps, nil
+	return live.StepsText(p.Steps), nil
 }
 
 func roleCommands(out io.Writer) []command {
