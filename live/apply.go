@@ -153,8 +153,10 @@ func (a *applier) step(ctx context.Context, s Step) error {
 			return err
 		}
 		defer done()
-		return a.reload(ctx, c, s.Node)
+		return a.reload(ctx, c, s.Node, s.Reset)
 	case StepCheckSettings:
+		// A guard: a primary that apply started could not be read when the
+		// plan was made, so its settings are read, and reloaded, now.
 		c, err := a.primary(ctx, s.Node)
 		if err != nil {
 			return err
@@ -167,7 +169,7 @@ func (a *applier) step(ctx context.Context, s Step) error {
 			return fmt.Errorf("%s started without understudy's settings file (%s); re-run `understudy init`, then apply", s.Node, r.NotOurConfig)
 		}
 		if len(r.Gaps) > 0 {
-			return a.reload(ctx, c, s.Node)
+			return a.reload(ctx, c, s.Node, autoConfOverrides(r.Gaps))
 		}
 		return nil
 	case StepRestart:
@@ -177,15 +179,21 @@ func (a *applier) step(ctx context.Context, s Step) error {
 		if err != nil {
 			return err
 		}
-		role, err := pgops.ReadRole(ctx, pc, a.t.Cluster.ReplUser, a.t.Password)
-		if err != nil || role.OK() {
-			return err
+		exists := s.Exists
+		if s.Fresh {
+			// A guard: the primary apply started could not be read when the
+			// plan was made; its first boot may have made the role already.
+			role, err := pgops.ReadRole(ctx, pc, a.t.Cluster.ReplUser, a.t.Password)
+			if err != nil || role.OK() {
+				return err
+			}
+			exists = role.Exists
 		}
 		if err := pgops.EnsureReplicationRole(ctx, pc, a.t.Cluster.ReplUser, a.t.Password); err != nil {
 			return err
 		}
 		verb := "created"
-		if role.Exists {
+		if exists {
 			verb = "updated"
 		}
 		a.did("%s replication role %s from a SCRAM verifier computed here (the password never reached the server)", verb, a.t.Cluster.ReplUser)
@@ -210,16 +218,7 @@ func (a *applier) step(ctx context.Context, s Step) error {
 		if err != nil {
 			return err
 		}
-		for _, n := range a.t.Cluster.Nodes {
-			if n.Name == s.Node {
-				continue
-			}
-			if v := HBADecides(rules, "replication", a.t.Cluster.ReplUser, n.Addr); !v.Allowed {
-				return fmt.Errorf("the primary %s's pg_hba file does not let %s (%s) connect for replication (%s). Mount understudy's pg_hba file (re-run `understudy init`) and run apply again",
-					s.Node, n.Name, n.Addr, describeVerdict(v))
-			}
-		}
-		return nil
+		return hbaRefusal(rules, a.t.Cluster, s.Node)
 	case StepEnsureSlot:
 		pc, err := a.primary(ctx, s.Node)
 		if err != nil {
@@ -324,22 +323,19 @@ func notOurConfig(ctx context.Context, c *pgx.Conn, cl pgconf.Cluster) (string, 
 	return "", nil
 }
 
-// reload makes a node's reloadable settings match the plan: ALTER SYSTEM
-// overrides of managed settings are reset, then the configuration is
-// reloaded and checked. What still differs must need a restart (a later
-// step), or apply stops.
-func (a *applier) reload(ctx context.Context, c *pgx.Conn, node string) error {
-	gaps, err := settingGaps(ctx, c, a.t.Cluster)
-	if err != nil || len(gaps) == 0 {
+// reload resets the ALTER SYSTEM overrides the plan named, reloads the
+// configuration, and then, as a guard, reads the settings again: what still
+// differs must need a restart (a later step), or apply stops.
+func (a *applier) reload(ctx context.Context, c *pgx.Conn, node string, reset []string) error {
+	before, err := settingGaps(ctx, c, a.t.Cluster)
+	if err != nil {
 		return err
 	}
-	for _, g := range gaps {
-		if strings.HasSuffix(g.Live.SourceFile, "postgresql.auto.conf") {
-			if err := pgops.ResetAutoConf(ctx, c, g.Setting.Name); err != nil {
-				return fmt.Errorf("resetting %s (set by ALTER SYSTEM) on %s: %w", g.Setting.Name, node, err)
-			}
-			a.did("reset %s on %s: ALTER SYSTEM had set it to %s, overriding the managed settings file", g.Setting.Name, node, g.Live.Setting)
+	for _, name := range reset {
+		if err := pgops.ResetAutoConf(ctx, c, name); err != nil {
+			return fmt.Errorf("resetting %s (set by ALTER SYSTEM) on %s: %w", name, node, err)
 		}
+		a.did("reset %s on %s: ALTER SYSTEM had overridden the managed settings file", name, node)
 	}
 	if err := pgops.Reload(ctx, c); err != nil {
 		return err
@@ -350,7 +346,7 @@ func (a *applier) reload(ctx context.Context, c *pgx.Conn, node string) error {
 		return err
 	}
 	var changed []string
-	for _, g := range gaps {
+	for _, g := range before {
 		if !hasGap(after, g.Setting.Name) {
 			changed = append(changed, g.Setting.Name+" = "+g.Setting.Value)
 		}

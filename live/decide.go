@@ -27,8 +27,8 @@ const (
 	StepEnsureSlot    StepKind = "ensure-slot"    // a standby's slot, before its clone
 	StepStartStandby  StepKind = "start-standby"  // start it (it clones when empty) and wait until it streams
 	StepAwaitStandby  StepKind = "await-standby"  // it runs but does not stream yet: wait
-	StepCheckPrimHBA  StepKind = "check-hba"      // after a start: the primary's pg_hba lets every standby in
-	StepCheckSettings StepKind = "check-settings" // after a start: the new primary's settings, reloaded if needed
+	StepCheckPrimHBA  StepKind = "check-hba"      // after a start: the primary's pg_hba lets every standby in (a guard: read once it runs)
+	StepCheckSettings StepKind = "check-settings" // after a fresh start: the new primary's settings, read now, reloaded if needed (a guard: they could not be read before)
 )
 
 // Step is one thing apply does: the kind, the node, what it changes and
@@ -43,6 +43,9 @@ type Step struct {
 	Primary  bool     `json:"primary,omitempty"`  // the step interrupts the primary
 	Settings []string `json:"settings,omitempty"` // restart: each setting and why
 	Slot     string   `json:"slot,omitempty"`
+	Reset    []string `json:"reset,omitempty"`    // reload: settings ALTER SYSTEM overrides, reset before it
+	Exists   bool     `json:"exists,omitempty"`   // ensure-role: the role exists (it is updated, not created)
+	Fresh    bool     `json:"fresh,omitempty"`    // the node was not running when the plan was made: a guard reads it first
 	Slots    []string `json:"slots,omitempty"`    // several slots on Node
 	Upstream string   `json:"upstream,omitempty"` // the node Node follows, or is swapped with
 }
@@ -184,8 +187,8 @@ func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
 				reload = append(reload, g.Setting.Name+" → "+g.Setting.Value)
 			}
 		}
-		if len(reload) > 0 || hasAutoConfOverride(r.Gaps) {
-			add(Step{Kind: StepReload, Node: n.Name, Action: "reload for: " + strings.Join(append(reload, restart...), ", "), Effect: "none"})
+		if reset := autoConfOverrides(r.Gaps); len(reload) > 0 || len(reset) > 0 {
+			add(Step{Kind: StepReload, Node: n.Name, Reset: reset, Action: "reload for: " + strings.Join(append(reload, restart...), ", "), Effect: "none"})
 		}
 		if len(restart) > 0 {
 			restarts = append(restarts, Step{Kind: StepRestart, Node: n.Name, Action: "restart for: " + strings.Join(restart, ", "), Effect: pause, Consent: true, Primary: n.Name == prim, Settings: why})
@@ -214,7 +217,7 @@ func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
 		case f.Role.Exists:
 			action = "update the replication role " + c.ReplUser + " (login, replication, password) from a SCRAM verifier computed here"
 		}
-		add(Step{Kind: StepEnsureRole, Node: prim, Action: action, Effect: "none"})
+		add(Step{Kind: StepEnsureRole, Node: prim, Exists: !fresh && f.Role.Exists, Fresh: fresh, Action: action, Effect: "none"})
 	}
 	if fresh || f.GrantsMissing {
 		add(Step{Kind: StepRewindGrants, Node: prim, Action: "let " + c.ReplUser + " read the files pg_rewind needs", Effect: "none"})
@@ -226,16 +229,8 @@ func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
 	if fresh || primRestarts {
 		// Its pg_hba file is read once it runs with the managed files.
 		add(Step{Kind: StepCheckPrimHBA, Node: prim, Action: "check that its pg_hba file lets every standby in for replication", Effect: "none"})
-	} else {
-		for _, n := range c.Nodes {
-			if n.Name == prim {
-				continue
-			}
-			if v := HBADecides(f.HBA, "replication", c.ReplUser, n.Addr); !v.Allowed {
-				return nil, fmt.Errorf("the primary %s's pg_hba file does not let %s (%s) connect for replication (%s). Mount understudy's pg_hba file (re-run `understudy init`) and run apply again",
-					prim, n.Name, n.Addr, describeVerdict(v))
-			}
-		}
+	} else if err := hbaRefusal(f.HBA, c, prim); err != nil {
+		return nil, err
 	}
 	p := st.Node(prim)
 	for _, n := range c.Nodes {
@@ -267,13 +262,32 @@ func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
 	return steps, nil
 }
 
-func hasAutoConfOverride(gaps []SettingGap) bool {
+// autoConfOverrides names the planned settings that ALTER SYSTEM
+// overrides (postgresql.auto.conf): a reload resets them first.
+func autoConfOverrides(gaps []SettingGap) []string {
+	var names []string
 	for _, g := range gaps {
 		if strings.HasSuffix(g.Live.SourceFile, "postgresql.auto.conf") {
-			return true
+			names = append(names, g.Setting.Name)
 		}
 	}
-	return false
+	return names
+}
+
+// hbaRefusal refuses a primary whose pg_hba rules shut a standby out of
+// replication: DecideApply over the rules it read, and apply's guard after
+// a fresh start (the rules are read only once the node runs).
+func hbaRefusal(rules []pgops.HBARule, c pgconf.Cluster, prim string) error {
+	for _, n := range c.Nodes {
+		if n.Name == prim {
+			continue
+		}
+		if v := HBADecides(rules, "replication", c.ReplUser, n.Addr); !v.Allowed {
+			return fmt.Errorf("the primary %s's pg_hba file does not let %s (%s) connect for replication (%s). Mount understudy's pg_hba file (re-run `understudy init`) and run apply again",
+				prim, n.Name, n.Addr, describeVerdict(v))
+		}
+	}
+	return nil
 }
 
 func hasSlot(p *NodeStatus, slot string) bool {
