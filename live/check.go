@@ -32,30 +32,31 @@ type FindingCode string
 
 // The finding codes.
 const (
-	CodeCatchingUp       FindingCode = "catching-up"
-	CodeHbaError         FindingCode = "hba-error"
-	CodeHbaMissing       FindingCode = "hba-missing"
-	CodeHotStandby       FindingCode = "hot-standby"
-	CodeLag              FindingCode = "lag"
-	CodeNoPrimary        FindingCode = "no-primary"
-	CodeNotStreaming     FindingCode = "not-streaming"
-	CodeOtherCluster     FindingCode = "other-cluster"
-	CodeParity           FindingCode = "parity"
-	CodePendingRestart   FindingCode = "pending-restart"
-	CodeRewindImpossible FindingCode = "rewind-impossible"
-	CodeSlotAbandoned    FindingCode = "slot-abandoned"
-	CodeSlotCapUnlimited FindingCode = "slot-cap-unlimited"
-	CodeSlotInactive     FindingCode = "slot-inactive"
-	CodeSlotLost         FindingCode = "slot-lost"
-	CodeSlotMissing      FindingCode = "slot-missing"
-	CodeSlotNearCap      FindingCode = "slot-near-cap"
-	CodeSlotUnreserved   FindingCode = "slot-unreserved"
-	CodeSplitBrain       FindingCode = "split-brain"
-	CodeSyncSingle       FindingCode = "sync-single"
-	CodeTimeline         FindingCode = "timeline"
-	CodeTlsOff           FindingCode = "tls-off"
-	CodeUnreachable      FindingCode = "unreachable"
-	CodeWalLevel         FindingCode = "wal-level"
+	CodeCatchingUp          FindingCode = "catching-up"
+	CodeHbaError            FindingCode = "hba-error"
+	CodeHbaMissing          FindingCode = "hba-missing"
+	CodeHotStandby          FindingCode = "hot-standby"
+	CodeLag                 FindingCode = "lag"
+	CodeNoPrimary           FindingCode = "no-primary"
+	CodeNotStreaming        FindingCode = "not-streaming"
+	CodeOtherCluster        FindingCode = "other-cluster"
+	CodeParity              FindingCode = "parity"
+	CodePendingRestart      FindingCode = "pending-restart"
+	CodeRewindImpossible    FindingCode = "rewind-impossible"
+	CodeSlotAbandoned       FindingCode = "slot-abandoned"
+	CodeBackupSlotOnPrimary FindingCode = "backup-slot-on-primary"
+	CodeSlotCapUnlimited    FindingCode = "slot-cap-unlimited"
+	CodeSlotInactive        FindingCode = "slot-inactive"
+	CodeSlotLost            FindingCode = "slot-lost"
+	CodeSlotMissing         FindingCode = "slot-missing"
+	CodeSlotNearCap         FindingCode = "slot-near-cap"
+	CodeSlotUnreserved      FindingCode = "slot-unreserved"
+	CodeSplitBrain          FindingCode = "split-brain"
+	CodeSyncSingle          FindingCode = "sync-single"
+	CodeTimeline            FindingCode = "timeline"
+	CodeTlsOff              FindingCode = "tls-off"
+	CodeUnreachable         FindingCode = "unreachable"
+	CodeWalLevel            FindingCode = "wal-level"
 )
 
 // Finding is one problem check found, and the exact fix.
@@ -194,6 +195,19 @@ func primaryFindings(st *Status, p *NodeStatus, c pgconf.Cluster, th Thresholds)
 		if !owned[s.Name] && !s.Active && !(s.Name == backup.DefaultSlot && st.Backup != nil) { // with backups, CheckBackup reports it
 			add(Warning, CodeSlotAbandoned, p.Name, fmt.Sprintf("slot %s belongs to no node and keeps %s of WAL on %s", s.Name, bytesText(s.RetainedBytes), p.Name),
 				"if nothing uses it, drop it: SELECT pg_drop_replication_slot('"+s.Name+"')")
+		}
+	}
+	// The backup agent streams from the primary only while no standby runs;
+	// role changes move its slot in their own steps, so one left here while
+	// a standby streams is WAL kept for nobody (or streamed from the wrong
+	// node).
+	if hasSlot(p, BackupSlot) {
+		for _, n := range st.Nodes {
+			if n.Role == RoleStandby && streamingFrom(p, n.Name) {
+				add(Warning, CodeBackupSlotOnPrimary, p.Name, fmt.Sprintf("the backup agent's slot %s is on the primary %s while %s streams as a standby: the primary keeps WAL for the backups, which should come from the standby", BackupSlot, p.Name, n.Name),
+					"the backup agent moves to the standby by itself within a minute; if the slot stays, end its session and drop it on "+p.Name+": SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '"+BackupSlot+"'; SELECT pg_drop_replication_slot('"+BackupSlot+"') (the agent makes it again on "+n.Name+")")
+				break
+			}
 		}
 	}
 	if v := p.Facts.Settings["synchronous_standby_names"]; v != "" && countStandbys(st) < 2 {

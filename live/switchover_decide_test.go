@@ -361,3 +361,30 @@ func TestDecideRejoin(t *testing.T) {
 		}
 	}
 }
+
+// check finds the backup agent's slot on the primary while a standby
+// streams, and not while none does (then the agent uses the primary by
+// design).
+func TestCheckFindsTheBackupSlotOnAPrimary(t *testing.T) {
+	has := func(st *Status, c pgconf.Cluster) bool {
+		for _, f := range Check(st, c, DefaultThresholds) {
+			if f.Code == CodeBackupSlotOnPrimary {
+				return true
+			}
+		}
+		return false
+	}
+	st, c := healthyStatus("db", "db-replica")
+	if has(st, c) {
+		t.Error("a finding without a backup slot on the primary")
+	}
+	st.Nodes[0].Slots = append(st.Nodes[0].Slots, pgops.Slot{Name: BackupSlot, Active: true})
+	if !has(st, c) {
+		t.Error("no finding for the backup slot on the primary while db-replica streams")
+	}
+	st.Nodes[0].Replication = nil
+	st.Nodes[1] = NodeStatus{Name: "db-replica", Role: RoleDown}
+	if has(st, c) {
+		t.Error("a finding although no standby streams (the agent uses the primary then)")
+	}
+}
