@@ -142,9 +142,8 @@ func CheckBackup(st *Status, capBytes int64, th BackupThresholds, slotHeadroom f
 		} else if ag.UploadError != "" {
 			add(Warning, CodeBackupStorage, "", "the agent cannot upload: "+ag.UploadError, "check the storage and its credentials; WAL waits in the agent's spool meanwhile")
 		}
-		if p := st.Node(st.Primary); p != nil && p.Facts != nil && p.Facts.CurrentLSN != "" && int(ag.ArchivedTLI) == p.Facts.Timeline {
-			cur, err := pgops.ParseLSN(p.Facts.CurrentLSN)
-			if err == nil && cur > ag.ArchivedLSN {
+		if p := st.Node(st.Primary); p != nil && p.Facts != nil && p.Facts.CurrentLSN != 0 && ag.ArchivedTLI == p.Facts.Timeline {
+			if cur := p.Facts.CurrentLSN; cur > ag.ArchivedLSN {
 				behind := int64(cur - ag.ArchivedLSN)
 				last := later(ag.LastPartialAt, ag.LastArchivedAt)
 				stale := now.Sub(last)

@@ -12,7 +12,7 @@ import (
 func backupHealthy(now time.Time) *Status {
 	safe := int64(900 << 20)
 	return &Status{Taken: now, Primary: "db", Nodes: []NodeStatus{
-		{Name: "db", Role: RolePrimary, Reachable: true, Facts: &pgops.Facts{Timeline: 1, CurrentLSN: "0/5000000"}},
+		{Name: "db", Role: RolePrimary, Reachable: true, Facts: &pgops.Facts{Timeline: 1, CurrentLSN: 0x5000000}},
 		{Name: "db-replica", Role: RoleStandby, Reachable: true, Slots: []pgops.Slot{{Name: backup.DefaultSlot, Active: true, WALStatus: "reserved", SafeWALBytes: &safe}}},
 	}, Backup: &BackupStatus{Where: "s3://b/p",
 		Agent: &backup.AgentStatus{Updated: now.Add(-2 * time.Second), ArchivedLSN: 0x5000000, ArchivedTLI: 1, LastPartialAt: now.Add(-time.Second), Recipient: "age1x"},
@@ -41,12 +41,12 @@ func TestCheckBackupDecides(t *testing.T) {
 		{"agent never reported", func(s *Status) { s.Backup.Agent, s.Backup.AgentError = nil, "not yet" }, "critical:backup-agent"},
 		{"paused", func(s *Status) { s.Backup.Agent.Paused = "spool full"; s.Backup.Agent.UploadError = "503" }, "critical:backup-paused"},
 		{"gap", func(s *Status) { s.Backup.Agent.Gap = "WAL after X was removed" }, "critical:backup-gap"},
-		{"lag in bytes", func(s *Status) { s.Nodes[0].Facts.CurrentLSN = "0/A000000" }, "warning:backup-archive-lag"},
+		{"lag in bytes", func(s *Status) { s.Nodes[0].Facts.CurrentLSN = 0xA000000 }, "warning:backup-archive-lag"},
 		{"lag in time", func(s *Status) {
-			s.Nodes[0].Facts.CurrentLSN = "0/5000100"
+			s.Nodes[0].Facts.CurrentLSN = 0x5000100
 			s.Backup.Agent.LastPartialAt = now.Add(-3 * time.Minute)
 		}, "warning:backup-archive-lag"},
-		{"a new timeline is not lag", func(s *Status) { s.Nodes[0].Facts.Timeline, s.Nodes[0].Facts.CurrentLSN = 2, "0/A000000" }, ""},
+		{"a new timeline is not lag", func(s *Status) { s.Nodes[0].Facts.Timeline, s.Nodes[0].Facts.CurrentLSN = 2, 0xA000000 }, ""},
 		{"slot near cap", func(s *Status) { small := int64(10 << 20); s.Nodes[1].Slots[0].SafeWALBytes = &small }, "warning:backup-slot-near-cap"},
 		{"slot lost", func(s *Status) { s.Nodes[1].Slots[0].WALStatus = "lost" }, "critical:backup-slot-lost"},
 		{"no base", func(s *Status) { s.Backup.Bases = nil }, "critical:backup-no-base"},

@@ -27,8 +27,8 @@ type PromoteDecision struct {
 	To        string
 	Old       string            // the lost (or fenced) primary, "" if none is known
 	Fence     []string          // nodes to stop and mark as standbys first
-	LastKnown map[string]string // a writable old primary's WAL position when read
-	Timeline  int               // the candidate's timeline when read
+	LastKnown map[string]pgops.LSN // a writable old primary's WAL position when read
+	Timeline  pgops.Timeline               // the candidate's timeline when read
 	// BackupStays is set when the backup agent's slot stays on the new
 	// primary because no standby is left to stream from (rejoin moves it).
 	BackupStays bool
@@ -48,7 +48,7 @@ func DecidePromote(st *Status, c pgconf.Cluster, to string, fence bool) (*Promot
 	if s.Role != RoleStandby {
 		return nil, fmt.Errorf("%s is not a running standby (%s): only a standby can be promoted", to, s.Role)
 	}
-	d := &PromoteDecision{To: to, LastKnown: map[string]string{}, Timeline: s.Facts.Timeline}
+	d := &PromoteDecision{To: to, LastKnown: map[string]pgops.LSN{}, Timeline: s.Facts.Timeline}
 	for _, n := range st.Nodes {
 		if n.Name == to {
 			continue
@@ -176,7 +176,7 @@ func promoteStep(ctx context.Context, t Target, d *PromoteDecision, s Step, res 
 			if err != nil {
 				return fmt.Errorf("reading %s's WAL position: %w", s.Node, err)
 			}
-			res.Lost = lossReport(ctx, t, s.Upstream, s.Node, pos.Known().String(), d.LastKnown[s.Upstream], d.Timeline)
+			res.Lost = lossReport(ctx, t, s.Upstream, s.Node, pos.Known(), d.LastKnown[s.Upstream], d.Timeline)
 			say(o, "  %s", res.Lost)
 			return nil
 		})
@@ -235,32 +235,30 @@ func fence(ctx context.Context, t Target, node string, upstream pgconf.Node, o R
 
 var walEndRE = regexp.MustCompile(`(?:invalid record length|invalid magic number|record with incorrect prev-link|invalid resource manager ID|contrecord is requested|zero-length record|record length) at ([0-9A-F]+/[0-9A-F]+)|at ([0-9A-F]+/[0-9A-F]+): (?:invalid|unexpected)`)
 
-// lossReport compares the last WAL position each side knew.
-func lossReport(ctx context.Context, t Target, old, to, recv, known string, tli int) string {
-	r, err := pgops.ParseLSN(recv)
-	if err != nil {
-		return fmt.Sprintf("%s's received WAL position could not be read (%v), so what may be lost is unknown", to, err)
-	}
+// lossReport compares the last WAL position each side knew: recv, what
+// the candidate received, and known, the old primary's position when it was
+// last read (0 when it was not: its own WAL is then read where it lies).
+func lossReport(ctx context.Context, t Target, old, to string, recv, known pgops.LSN, tli pgops.Timeline) string {
 	end := known
-	if end == "" {
-		out, err := t.Control.Run(ctx, old, pgconf.EndOfWALScript(recv, tli))
+	if end == 0 {
+		out, err := t.Control.Run(ctx, old, pgconf.EndOfWALScript(recv.String(), int(tli)))
 		if m := walEndRE.FindStringSubmatch(out); err == nil && m != nil {
-			end = m[1] + m[2]
+			e, perr := pgops.ParseLSN(m[1] + m[2])
+			if perr != nil {
+				return fmt.Sprintf("%s has WAL up to %s; where %s's own WAL ends could not be read (%v), so what it wrote after that is unknown and would be lost", to, recv, old, perr)
+			}
+			end = e
 		} else if strings.Contains(out, "could not find a valid record after") {
 			end = recv
 		}
 	}
-	if end == "" {
+	if end == 0 {
 		return fmt.Sprintf("%s has WAL up to %s. %s's own WAL could not be read, so what it wrote after that is unknown and would be lost", to, recv, old)
 	}
-	e, err := pgops.ParseLSN(end)
-	if err != nil {
-		return fmt.Sprintf("%s has WAL up to %s; where %s's own WAL ends could not be read (%v), so what it wrote after that is unknown and would be lost", to, recv, old, err)
-	}
-	if e <= r {
+	if end <= recv {
 		return fmt.Sprintf("nothing lost: %s had received all of %s's WAL (up to %s)", to, old, recv)
 	}
-	return fmt.Sprintf("%s has WAL up to %s, but %s's WAL goes on to %s: %s of changes never reached %s and will not be in the new primary", to, recv, old, end, bytesText(int64(e-r)), to)
+	return fmt.Sprintf("%s has WAL up to %s, but %s's WAL goes on to %s: %s of changes never reached %s and will not be in the new primary", to, recv, old, end, bytesText(int64(end-recv)), to)
 }
 
 func lastLine(s string) string {

@@ -18,7 +18,7 @@ type RejoinReading struct {
 	Control         *pgops.ControlData // nil when ControlErr
 	ControlErr      error
 	PrimarySystemID string
-	PrimaryTimeline int
+	PrimaryTimeline pgops.Timeline
 	Switchpoint     pgops.LSN
 	SwitchpointErr  error
 }
@@ -57,7 +57,7 @@ type RejoinPlan struct {
 	// The primary's identity and timeline, which the way back is decided
 	// against once the node is stopped.
 	PrimarySystemID string
-	PrimaryTimeline int
+	PrimaryTimeline pgops.Timeline
 	Steps           []Step
 }
 

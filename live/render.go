@@ -25,7 +25,7 @@ func StatusText(st *Status) string {
 			continue
 		}
 		f := n.Facts
-		lsn, lag, conn := f.CurrentLSN, "-", ""
+		lsn, lag, conn := f.CurrentLSN.String(), "-", ""
 		switch n.Role {
 		case RolePrimary:
 			var parts []string
@@ -37,7 +37,7 @@ func StatusText(st *Status) string {
 				conn = "no standby connected"
 			}
 		case RoleStandby:
-			lsn = f.ReplayLSN + " replayed"
+			lsn = f.ReplayLSN.String() + " replayed"
 			if n.LagBytes != nil {
 				lag = fmt.Sprintf("%s / %s", bytesText(*n.LagBytes), (time.Duration(*n.LagSeconds * float64(time.Second))).Round(time.Millisecond))
 			}

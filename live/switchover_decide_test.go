@@ -339,7 +339,7 @@ func TestDecideRejoinPlan(t *testing.T) {
 }
 
 func TestDecideRejoin(t *testing.T) {
-	cd := func(sys string, tl int, state string, ckpt pgops.LSN) *pgops.ControlData {
+	cd := func(sys string, tl pgops.Timeline, state string, ckpt pgops.LSN) *pgops.ControlData {
 		return &pgops.ControlData{SystemID: sys, Timeline: tl, State: state, Checkpoint: ckpt}
 	}
 	cases := []struct {

@@ -2,6 +2,7 @@ package pgops
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -29,13 +30,42 @@ func ParseLSN(s string) (LSN, error) {
 
 func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint64(l)>>32, uint32(l)) }
 
+// MarshalText writes the "X/Y" form, so JSON carries LSNs as PostgreSQL
+// prints them.
+func (l LSN) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText reads the "X/Y" form.
+func (l *LSN) UnmarshalText(b []byte) error {
+	v, err := ParseLSN(string(b))
+	*l = v
+	return err
+}
+
+// UnmarshalJSON reads "X/Y", or a number (what objects written before LSNs
+// were text hold).
+func (l *LSN) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		return l.UnmarshalText([]byte(s))
+	}
+	var n uint64
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("%s is not an LSN (\"X/Y\")", b)
+	}
+	*l = LSN(n)
+	return nil
+}
+
 // ControlData is the part of a cluster's control file (global/pg_control)
 // that a role change reads.
 type ControlData struct {
 	SystemID   string // Database system identifier
 	State      string // as pg_controldata prints it: "shut down", "in production", ...
 	Checkpoint LSN    // Latest checkpoint location
-	Timeline   int    // Latest checkpoint's TimeLineID
+	Timeline   Timeline // Latest checkpoint's TimeLineID
 }
 
 // ParseControlData reads pg_controldata's output (run with LC_ALL=C: the
@@ -57,11 +87,11 @@ func ParseControlData(out string) (ControlData, error) {
 		case "Latest checkpoint location":
 			ckpt = v
 		case "Latest checkpoint's TimeLineID":
-			tl, err := strconv.Atoi(v)
+			tl, err := strconv.ParseUint(v, 10, 32)
 			if err != nil {
 				return cd, fmt.Errorf("pg_controldata's TimeLineID %q is not a number", v)
 			}
-			cd.Timeline = tl
+			cd.Timeline = Timeline(tl)
 		}
 	}
 	if cd.State == "" || ckpt == "" {
@@ -116,7 +146,7 @@ func ParseControlFile(b []byte) (ControlData, error) {
 	cd.SystemID = strconv.FormatUint(le.Uint64(b[0:]), 10)
 	cd.State = dbStates[state]
 	cd.Checkpoint = LSN(le.Uint64(b[32:]))
-	cd.Timeline = int(le.Uint32(b[48:]))
+	cd.Timeline = Timeline(le.Uint32(b[48:]))
 	return cd, nil
 }
 

@@ -1,6 +1,7 @@
 package pgops_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -71,5 +72,26 @@ func TestParseControlFileMatchesPgControldata(t *testing.T) {
 	}
 	if _, err := ParseControlFile(b[:40]); err == nil {
 		t.Fatal("a truncated file was accepted")
+	}
+}
+
+// LSNs travel in JSON as PostgreSQL prints them; numbers (what objects
+// written before held) are still read.
+func TestLSNJSON(t *testing.T) {
+	b, err := json.Marshal(struct {
+		L LSN `json:"l"`
+		Z LSN `json:"z,omitempty"`
+	}{L: 0x1_0000_0A28})
+	if err != nil || string(b) != `{"l":"1/A28"}` {
+		t.Fatalf("marshal: %s %v", b, err)
+	}
+	var v struct{ A, B LSN }
+	if err := json.Unmarshal([]byte(`{"A":"1/A28","B":4294969896}`), &v); err != nil || v.A != 0x1_0000_0A28 || v.B != 0x1_0000_0A28 {
+		t.Fatalf("unmarshal: %+v %v", v, err)
+	}
+	for _, bad := range []string{`{"A":"1-A28"}`, `{"A":true}`, `{"A":-1}`} {
+		if err := json.Unmarshal([]byte(bad), &v); err == nil {
+			t.Errorf("%s read without an error", bad)
+		}
 	}
 }

@@ -16,10 +16,10 @@ type Facts struct {
 	Version          string            `json:"version"`
 	SystemIdentifier string            `json:"system_identifier"`
 	InRecovery       bool              `json:"in_recovery"`
-	Timeline         int               `json:"timeline"`
-	CurrentLSN       string            `json:"current_lsn,omitempty"` // primary: pg_current_wal_lsn()
-	ReceiveLSN       string            `json:"receive_lsn,omitempty"` // standby: pg_last_wal_receive_lsn()
-	ReplayLSN        string            `json:"replay_lsn,omitempty"`  // standby: pg_last_wal_replay_lsn()
+	Timeline         Timeline          `json:"timeline"`
+	CurrentLSN       LSN               `json:"current_lsn,omitempty"` // primary: pg_current_wal_lsn()
+	ReceiveLSN       LSN               `json:"receive_lsn,omitempty"` // standby: pg_last_wal_receive_lsn()
+	ReplayLSN        LSN               `json:"replay_lsn,omitempty"`  // standby: pg_last_wal_replay_lsn()
 	LastReplay       *time.Time        `json:"last_replay,omitempty"` // standby: pg_last_xact_replay_timestamp()
 	DataChecksums    bool              `json:"data_checksums"`
 	Settings         map[string]string `json:"settings"`
@@ -33,8 +33,8 @@ type Receiver struct {
 	SenderHost string `json:"sender_host"`
 	SenderPort int    `json:"sender_port"`
 	SlotName   string `json:"slot_name"`
-	Timeline   int    `json:"received_timeline"`
-	FlushedLSN string `json:"flushed_lsn"`
+	Timeline   Timeline `json:"received_timeline"`
+	FlushedLSN LSN      `json:"flushed_lsn"`
 }
 
 // FactSettings are the settings Facts reads: replication, parity
@@ -51,6 +51,7 @@ var FactSettings = []string{
 func ReadFacts(ctx context.Context, c *pgx.Conn) (Facts, error) {
 	f := Facts{Settings: map[string]string{}}
 	var sysid int64
+	var tli int64
 	var lsn1, lsn2, lsn3 *string
 	// A primary's timeline is the one its WAL is written on now (the
 	// checkpoint's lags behind a promotion until the next checkpoint).
@@ -60,12 +61,23 @@ func ReadFacts(ctx context.Context, c *pgx.Conn) (Facts, error) {
 		CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
 		pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
 		pg_last_xact_replay_timestamp(), current_setting('data_checksums') = 'on'`).
-		Scan(&f.Version, &sysid, &f.InRecovery, &f.Timeline, &lsn1, &lsn2, &lsn3, &f.LastReplay, &f.DataChecksums)
+		Scan(&f.Version, &sysid, &f.InRecovery, &tli, &lsn1, &lsn2, &lsn3, &f.LastReplay, &f.DataChecksums)
 	if err != nil {
 		return f, fmt.Errorf("reading the server's identity and WAL position: %w", err)
 	}
 	f.SystemIdentifier = fmt.Sprint(uint64(sysid))
-	f.CurrentLSN, f.ReceiveLSN, f.ReplayLSN = deref(lsn1), deref(lsn2), deref(lsn3)
+	f.Timeline = Timeline(tli)
+	for _, l := range []struct {
+		from *string
+		to   *LSN
+	}{{lsn1, &f.CurrentLSN}, {lsn2, &f.ReceiveLSN}, {lsn3, &f.ReplayLSN}} {
+		if l.from == nil {
+			continue
+		}
+		if *l.to, err = ParseLSN(*l.from); err != nil {
+			return f, fmt.Errorf("reading the server's WAL position: %w", err)
+		}
+	}
 	rows, err := c.Query(ctx, `SELECT name, setting, pending_restart FROM pg_settings WHERE name = ANY($1)`, FactSettings)
 	if err != nil {
 		return f, fmt.Errorf("reading pg_settings: %w", err)
@@ -93,13 +105,18 @@ func ReadFacts(ctx context.Context, c *pgx.Conn) (Facts, error) {
 		err := c.QueryRow(ctx, `SELECT status, sender_host, sender_port, slot_name, received_tli, flushed_lsn::text FROM pg_stat_wal_receiver`).
 			Scan(&r.Status, &host, &port, &slot, &tli, &flushed)
 		if err == nil {
-			r.SenderHost, r.SlotName, r.FlushedLSN = deref(host), deref(slot), deref(flushed)
+			r.SenderHost, r.SlotName = deref(host), deref(slot)
+			if flushed != nil {
+				if r.FlushedLSN, err = ParseLSN(*flushed); err != nil {
+					return f, fmt.Errorf("reading pg_stat_wal_receiver: %w", err)
+				}
+			}
 			if port != nil {
 				r.SenderPort = *port
 			}
 			if tli != nil {
-				r.Timeline = *tli
-				f.Timeline = max(f.Timeline, *tli)
+				r.Timeline = Timeline(*tli)
+				f.Timeline = max(f.Timeline, r.Timeline)
 			}
 			f.Receiver = &r
 		} else if err != pgx.ErrNoRows {
@@ -122,8 +139,8 @@ type Replication struct {
 	Name       string  `json:"application_name"`
 	ClientAddr string  `json:"client_addr"`
 	State      string  `json:"state"`
-	SentLSN    string  `json:"sent_lsn"`
-	ReplayLSN  string  `json:"replay_lsn"`
+	SentLSN    LSN     `json:"sent_lsn,omitempty"`
+	ReplayLSN  LSN     `json:"replay_lsn,omitempty"`
 	LagBytes   int64   `json:"lag_bytes"`
 	ReplayLag  float64 `json:"replay_lag_seconds"`
 	SyncState  string  `json:"sync_state"`
@@ -133,7 +150,7 @@ type Replication struct {
 // ReadReplication lists the walsenders of a primary.
 func ReadReplication(ctx context.Context, c *pgx.Conn) ([]Replication, error) {
 	rows, err := c.Query(ctx, `SELECT r.application_name, coalesce(host(r.client_addr), 'local'), r.state,
-		coalesce(r.sent_lsn::text, ''), coalesce(r.replay_lsn::text, ''),
+		coalesce(r.sent_lsn, '0/0')::text, coalesce(r.replay_lsn, '0/0')::text,
 		coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn), 0)::bigint,
 		coalesce(extract(epoch FROM r.replay_lag), 0)::float8, r.sync_state,
 		coalesce((SELECT s.ssl FROM pg_stat_ssl s WHERE s.pid = r.pid), false)
@@ -143,7 +160,13 @@ func ReadReplication(ctx context.Context, c *pgx.Conn) ([]Replication, error) {
 	}
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Replication, error) {
 		var r Replication
-		err := row.Scan(&r.Name, &r.ClientAddr, &r.State, &r.SentLSN, &r.ReplayLSN, &r.LagBytes, &r.ReplayLag, &r.SyncState, &r.SSL)
+		var sent, replay string
+		err := row.Scan(&r.Name, &r.ClientAddr, &r.State, &sent, &replay, &r.LagBytes, &r.ReplayLag, &r.SyncState, &r.SSL)
+		if err == nil {
+			if r.SentLSN, err = ParseLSN(sent); err == nil {
+				r.ReplayLSN, err = ParseLSN(replay)
+			}
+		}
 		return r, err
 	})
 }

@@ -106,8 +106,8 @@ func FollowerState(ctx context.Context, c *pgx.Conn, node string, target LSN) (s
 
 // TimelineSwitchpoint reads the primary's history file for timeline
 // current and returns where timeline from ended.
-func TimelineSwitchpoint(ctx context.Context, c *pgx.Conn, current, from int) (LSN, error) {
-	hist, err := ReadHistoryFile(ctx, c, Timeline(current))
+func TimelineSwitchpoint(ctx context.Context, c *pgx.Conn, current, from Timeline) (LSN, error) {
+	hist, err := ReadHistoryFile(ctx, c, current)
 	if err != nil {
 		return 0, fmt.Errorf("reading timeline %d's history: %w", current, err)
 	}
@@ -116,13 +116,13 @@ func TimelineSwitchpoint(ctx context.Context, c *pgx.Conn, current, from int) (L
 
 // ParseSwitchpoint finds timeline from's switchpoint in a history file's
 // text (ParseHistory).
-func ParseSwitchpoint(hist string, from int) (LSN, error) {
+func ParseSwitchpoint(hist string, from Timeline) (LSN, error) {
 	steps, err := ParseHistory(hist)
 	if err != nil {
 		return 0, err
 	}
 	for _, s := range steps {
-		if int(s.Parent) == from {
+		if s.Parent == from {
 			return s.Switch, nil
 		}
 	}
