@@ -25,10 +25,10 @@ const (
 // only thing ExecutePromote runs.
 type PromoteDecision struct {
 	To        string
-	Old       string            // the lost (or fenced) primary, "" if none is known
-	Fence     []string          // nodes to stop and mark as standbys first
+	Old       string               // the lost (or fenced) primary, "" if none is known
+	Fence     []string             // nodes to stop and mark as standbys first
 	LastKnown map[string]pgops.LSN // a writable old primary's WAL position when read
-	Timeline  pgops.Timeline               // the candidate's timeline when read
+	Timeline  pgops.Timeline       // the candidate's timeline when read
 	// BackupStays is set when the backup agent's slot stays on the new
 	// primary because no standby is left to stream from (rejoin moves it).
 	BackupStays bool

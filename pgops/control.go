@@ -62,9 +62,9 @@ func (l *LSN) UnmarshalJSON(b []byte) error {
 // ControlData is the part of a cluster's control file (global/pg_control)
 // that a role change reads.
 type ControlData struct {
-	SystemID   string // Database system identifier
-	State      string // as pg_controldata prints it: "shut down", "in production", ...
-	Checkpoint LSN    // Latest checkpoint location
+	SystemID   string   // Database system identifier
+	State      string   // as pg_controldata prints it: "shut down", "in production", ...
+	Checkpoint LSN      // Latest checkpoint location
 	Timeline   Timeline // Latest checkpoint's TimeLineID
 }
 

@@ -29,10 +29,10 @@ type Facts struct {
 
 // Receiver is a standby's pg_stat_wal_receiver row.
 type Receiver struct {
-	Status     string `json:"status"`
-	SenderHost string `json:"sender_host"`
-	SenderPort int    `json:"sender_port"`
-	SlotName   string `json:"slot_name"`
+	Status     string   `json:"status"`
+	SenderHost string   `json:"sender_host"`
+	SenderPort int      `json:"sender_port"`
+	SlotName   string   `json:"slot_name"`
 	Timeline   Timeline `json:"received_timeline"`
 	FlushedLSN LSN      `json:"flushed_lsn"`
 }
