@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/understudy-dev/understudy/internal/dockertest"
+	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/internal/sshtest"
 	"github.com/understudy-dev/understudy/lab"
 )
@@ -72,6 +73,13 @@ func newKamalWorld(t testing.TB, o worldOptions) *kamalWorld {
 	dockertest.Skip(t)
 	tar := testImage(t)
 	ctx := context.Background()
+	// Each world plugs this host into its switch at the same address: one
+	// world at a time on this machine, across test processes too.
+	release, err := netutil.HostLock(ctx, "kamal-world")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
 	b := make([]byte, 2)
 	rand.Read(b)
 	w := &kamalWorld{netns: &lab.NetNS{ID: hex.EncodeToString(b), Nodes: len(nodes)},
