@@ -298,6 +298,7 @@ func (l *Lab) Password() string { return l.password }
 func (l *Lab) Target() live.Target {
 	t := live.Target{Cluster: l.Cluster, Control: l, Password: l.password}
 	if l.state.Backup != nil {
+		t.Backups = l.BackupSite()
 		if s, err := l.BackupStore(); err == nil {
 			k, kerr := l.BackupKey()
 			t.Backup = &live.BackupAccess{Store: s, Where: s.Where(), Key: k, KeyErr: kerr}

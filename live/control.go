@@ -109,6 +109,9 @@ type Target struct {
 	// BackupAgent runs the backup accessory (Kamal); nil on the lab, whose
 	// agent `lab up --backup` starts.
 	BackupAgent BackupAgentDeployer
+	// Backups is where the backup work runs (base backups, drills,
+	// restores); nil when the target has no backups set up.
+	Backups BackupSite
 }
 
 // BackupAccess is how status and check read the backups: the bucket, and

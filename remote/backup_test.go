@@ -5,7 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/kamal"
+	"github.com/understudy-dev/understudy/live"
 )
 
 func TestAgentFileCommands(t *testing.T) {
@@ -45,5 +47,23 @@ func TestRestoreNodeCmd(t *testing.T) {
 	}
 	if got := ListCmd("$PWD/shop-db/data"); got != "ls -A $PWD/shop-db/data 2>/dev/null | head -5; true" {
 		t.Errorf("ListCmd: %s", got)
+	}
+}
+
+// The Kamal site's command lines: the drill in the backup accessory with
+// its flags, and restore --here with the target as the user gave it (no
+// secret: those go on stdin).
+func TestBackupSiteCommandLines(t *testing.T) {
+	s := &BackupSite{Control: &Control{DBUser: "shop"}, Binary: "/understudy/bin/understudy", SetupPath: "/understudy/backup.json", DataDir: "/var/lib/postgresql/data", Major: 17}
+	got := strings.Join(s.DrillArgv(live.DrillOptions{Check: "SELECT count(*) FROM orders", JSON: true}), " | ")
+	if want := "/understudy/bin/understudy | restore | drill | --config | /understudy/backup.json | --check | SELECT count(*) FROM orders | --json"; got != want {
+		t.Errorf("drill argv:\n got %s\nwant %s", got, want)
+	}
+	if got := strings.Join(s.DrillArgv(live.DrillOptions{}), " "); got != "/understudy/bin/understudy restore drill --config /understudy/backup.json" {
+		t.Errorf("plain drill argv: %s", got)
+	}
+	got = strings.Join(s.RestoreHereArgs(live.RestoreTarget{Target: backup.Target{Timeline: 2}, Text: "2026-12-01 10:15:30"}), " | ")
+	if want := "--pgdata | /var/lib/postgresql/data | --to | 2026-12-01 10:15:30 | --timeline | 2 | --user | shop | --major | 17"; got != want {
+		t.Errorf("restore --here args:\n got %s\nwant %s", got, want)
 	}
 }

@@ -8,24 +8,22 @@ import (
 	"io"
 	"os"
 	"strings"
-	"syscall"
 	"text/tabwriter"
-	"time"
 
 	"github.com/understudy-dev/understudy/backup"
+	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/pgops"
-	"github.com/understudy-dev/understudy/setup"
 )
 
-// backups is what a backup command works with: the target (lab or Kamal),
-// its bucket and key, and the PostgreSQL programs a restore runs here.
+// backups is what a backup command works with: the target, its bucket and
+// key, and where its backup work runs (the target's live.BackupSite).
 type backups struct {
 	t      *target
+	site   live.BackupSite
 	store  backup.Store
 	where  string
 	key    *backup.Key
 	keyErr error
-	policy backup.Policy
 }
 
 // openBackups parses a backup command's flags and opens its target and
@@ -43,14 +41,11 @@ func openBackups(ctx context.Context, fs *flag.FlagSet, args []string) (*backups
 func backupsOf(ctx context.Context, t *target) (*backups, error) {
 	var err error
 	t.withBackups(ctx)
-	b := &backups{t: t}
 	switch {
-	case t.lab != nil && t.lab.Backup() == nil:
-		err = fmt.Errorf("the lab in %s has no backups: make one with `understudy lab up --backup`", t.lab.Dir)
-	case t.lab == nil && t.backup == nil:
-		err = errors.New("this app has no backups set up: run `understudy init --backup --backup-endpoint URL --backup-bucket NAME` (with the flags you gave init before), then `understudy apply`; see docs/backups.md")
+	case t.Backups == nil:
+		err = errors.New(t.noBackups)
 	case t.Backup == nil:
-		err = errors.New("the lab's backup storage cannot be opened: its files in run/ are missing")
+		err = errors.New("the backup storage cannot be opened: the lab's files in run/ are missing")
 	case t.Backup.Err != nil:
 		err = t.Backup.Err
 	}
@@ -58,23 +53,7 @@ func backupsOf(ctx context.Context, t *target) (*backups, error) {
 		t.close()
 		return nil, err
 	}
-	b.store, b.where, b.key, b.keyErr = t.Backup.Store, t.Backup.Where, t.Backup.Key, t.Backup.KeyErr
-	if t.lab != nil {
-		b.policy = t.lab.Backup().Policy
-	} else {
-		b.policy = t.backup.Retention
-	}
-	return b, nil
-}
-
-// dbUser is a role the restored cluster has: the one understudy logs in
-// to the nodes as (on Kamal the image's POSTGRES_USER, its bootstrap
-// superuser).
-func (b *backups) dbUser() string {
-	if b.t.kamal != nil {
-		return b.t.kamal.DBUser
-	}
-	return "postgres"
+	return &backups{t: t, site: t.Backups, store: t.Backup.Store, where: t.Backup.Where, key: t.Backup.Key, keyErr: t.Backup.KeyErr}, nil
 }
 
 // needKey is the key, or why this machine has none.
@@ -83,20 +62,6 @@ func (b *backups) needKey() (*backup.Key, error) {
 		return nil, fmt.Errorf("restoring needs the backup key here: %w", b.keyErr)
 	}
 	return b.key, nil
-}
-
-// pgBin and cred: the PostgreSQL programs a restore runs on this machine,
-// and whom as.
-func (b *backups) pgBin() (string, *syscall.Credential, error) {
-	if b.t.lab != nil {
-		return b.t.lab.Bin, b.t.lab.Cred(), nil
-	}
-	bin, err := backup.FindPGBin(b.t.Cluster.Major)
-	if err != nil {
-		return "", nil, err
-	}
-	cred, err := backup.PostgresCred()
-	return bin, cred, err
 }
 
 // backupCommand: `backup` (a base backup now), `backup keygen`, `backup agent`.
@@ -128,38 +93,7 @@ func (c *backupCommand) Run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer b.t.close()
-	if b.t.lab == nil {
-		// Kamal: the base backup runs where the agent does, next to the
-		// standby, with the accessory's own secrets.
-		fmt.Fprintf(c.out, "base backup into %s, run in the backup accessory %s on %s\n", b.where, b.t.agent.Name, b.t.agent.Host)
-		return b.t.agent.Exec(ctx, c.out, setup.BackupBinary, "backup", "--config", setup.BackupSetupPath)
-	}
-	key, err := b.needKey()
-	if err != nil {
-		return err
-	}
-	cfg := b.t.lab.AgentConfig(io.Discard)
-	return c.takeBase(ctx, &cfg, b.store, b.where, key, b.policy)
-}
-
-// takeBase takes a base backup now and applies retention.
-func (c *backupCommand) takeBase(ctx context.Context, cfg *backup.AgentConfig, store backup.Store, where string, key *backup.Key, policy backup.Policy) error {
-	fmt.Fprintf(c.out, "base backup into %s\n", where)
-	bi, err := backup.TakeBase(ctx, cfg, store, key, func(p backup.Progress) {
-		fmt.Fprintf(c.out, "  %s\n", progressText(p))
-	})
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(c.out, "✓ base backup %s: %s from %s in %.1f s (%s stored), WAL %s to %s on timeline %d\n", bi.ID, mb(bi.Bytes), bi.Source, bi.Duration().Seconds(), mb(bi.Stored), bi.StartLSN, bi.EndLSN, bi.Timeline)
-	n, err := backup.ApplyRetention(ctx, store, policy, time.Now())
-	if err != nil {
-		return fmt.Errorf("the backup is stored, but retention failed: %w", err)
-	}
-	if n > 0 {
-		fmt.Fprintf(c.out, "retention removed %d objects (policy: keep %d base backups)\n", n, policy.KeepBases)
-	}
-	return nil
+	return b.site.TakeBase(ctx, c.out)
 }
 
 func hasConfigFlag(args []string) bool {
@@ -169,16 +103,6 @@ func hasConfigFlag(args []string) bool {
 		}
 	}
 	return false
-}
-
-func mb(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/(1<<20)) }
-
-func progressText(p backup.Progress) string {
-	rate := float64(p.Done) / max(p.Elapsed.Seconds(), 0.001) / (1 << 20)
-	if p.Total > 0 {
-		return fmt.Sprintf("%s of %s (%.0f%%), %.1f MB/s", mb(p.Done), mb(p.Total), 100*float64(p.Done)/float64(p.Total), rate)
-	}
-	return fmt.Sprintf("%s, %.1f MB/s", mb(p.Done), rate)
 }
 
 // agent runs the backup agent in the foreground until SIGINT/SIGTERM: in
@@ -193,6 +117,9 @@ func (c *backupCommand) agent(ctx context.Context, args []string) error {
 		return err
 	}
 	defer b.t.close()
+	if b.t.lab == nil {
+		return errors.New("on Kamal the backup agent runs in the backup accessory, which `understudy apply` boots; `backup agent --config backup.json` is its command there")
+	}
 	key, err := b.needKey()
 	if err != nil {
 		return err
@@ -252,7 +179,7 @@ func (c *backupCommand) inAccessory(ctx context.Context, args []string, agent bo
 		return backup.NewAgent(a.cfg, a.store, a.sec.Key).Run(ctx)
 	}
 	a.cfg.Log = io.Discard
-	return c.takeBase(ctx, &a.cfg, a.store, a.store.Where(), a.sec.Key, a.setup.Retention)
+	return live.TakeBaseHere(ctx, &a.cfg, a.store, a.store.Where(), a.sec.Key, a.setup.Retention, c.out)
 }
 
 // backupsCommand lists the base backups and the recovery window.
@@ -298,7 +225,7 @@ func (c *backupsCommand) Run(ctx context.Context, args []string) error {
 		if b.FromStandby {
 			from += " (standby)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f s\t%s\t%d\t%s\t%s\n", b.ID, b.Finished.UTC().Format("2006-01-02 15:04:05"), mb(b.Bytes), mb(b.Stored), b.Duration().Seconds(), from, b.Timeline, b.StartLSN, b.EndLSN)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f s\t%s\t%d\t%s\t%s\n", b.ID, b.Finished.UTC().Format("2006-01-02 15:04:05"), live.MB(b.Bytes), live.MB(b.Stored), b.Duration().Seconds(), from, b.Timeline, b.StartLSN, b.EndLSN)
 	}
 	tw.Flush()
 	if w.OK {

@@ -188,7 +188,7 @@ func demoBackups(ctx context.Context, out io.Writer, l *lab.Lab, primary string,
 	if err != nil {
 		return err
 	}
-	if _, _, err := waitArchived(ctx, b.t.Target, b.store, time.Minute); err != nil {
+	if _, _, err := live.WaitArchived(ctx, b.t.Target, b.store, time.Minute); err != nil {
 		return err
 	}
 	dir := filepath.Join(filepath.Dir(l.Dir), "restored")

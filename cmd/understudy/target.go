@@ -59,7 +59,9 @@ type target struct {
 	// only the commands that read backups call it (withBackups), so a role
 	// change never waits on a secret store or on the storage.
 	openBackup func(context.Context)
-	close      func()
+	// noBackups says why the target has no backups, and how to add them.
+	noBackups string
+	close     func()
 }
 
 // withBackups opens the backup storage for the commands that read it
@@ -97,7 +99,8 @@ func openLab(dir string) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &target{Target: l.Target(), lab: l, close: func() {}}, nil
+	return &target{Target: l.Target(), lab: l, close: func() {},
+		noBackups: fmt.Sprintf("the lab in %s has no backups: make one with `understudy lab up --backup`", l.Dir)}, nil
 }
 
 // openKamal reads the deployment init wrote, resolves the two passwords
@@ -159,13 +162,19 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 		Dialer: dialer, Shell: dialer, Nodes: remote.NodesFromCluster(d.Cluster, d.Hosts, cmds),
 		DBUser: dbUser, DBUserFrom: userFrom, DBPassword: dbPassword,
 	}
-	tg := &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword}, kamal: ctl, close: dialer.Close}
+	tg := &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword}, kamal: ctl, close: dialer.Close,
+		noBackups: "this app has no backups set up: run `understudy init --backup --backup-endpoint URL --backup-bucket NAME` (with the flags you gave init before), then `understudy apply`; see docs/backups.md"}
 	if d.Backup != nil {
 		tg.backup = d.Backup
 		tg.agent = &remote.BackupAgent{Control: ctl, Name: d.Backup.Accessory, Host: d.BackupHost, Commands: cmds[d.Backup.Accessory],
 			BinDir: setup.BackupBinDir, Setup: d.BackupText, Binary: defaultAgentBinary()}
 		tg.BackupAgent = tg.agent
-		tg.openBackup = func(ctx context.Context) { tg.Backup, tg.backupSecrets = kamalBackupAccess(ctx, d, abs) }
+		tg.openBackup = func(ctx context.Context) {
+			tg.Backup, tg.backupSecrets = kamalBackupAccess(ctx, d, abs)
+			tg.Backups = &remote.BackupSite{Control: ctl, Agent: tg.agent, Binary: setup.BackupBinary, SetupPath: setup.BackupSetupPath,
+				Storage: d.Backup.Storage, Secrets: tg.backupSecrets, KeyErr: tg.Backup.KeyErr,
+				LocalBinary: defaultAgentBinary(), DataDir: d.Cluster.DataDir, Major: d.Cluster.Major}
+		}
 	}
 	return tg, nil
 }
