@@ -240,4 +240,3 @@ func (c *restoreCommand) here(ctx context.Context, args []string) error {
 	fmt.Fprint(c.out, live.RestoredText(res))
 	return nil
 }
-
