@@ -289,6 +289,10 @@ func (l *Lab) startService(name string, argv, env []string) error {
 	return nil
 }
 
+// ServicePID is a background service's PID ("storage", "agent") while it
+// runs as the lab's, 0 otherwise (benches and tests freeze the storage).
+func (l *Lab) ServicePID(name string) int { return l.servicePID(name) }
+
 // servicePID is the service's PID while it runs as ours (its argv names
 // the lab's directory, so a reused PID is not mistaken for it).
 func (l *Lab) servicePID(name string) int {

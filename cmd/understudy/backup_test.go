@@ -3,11 +3,15 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/understudy-dev/understudy/lab"
 )
@@ -144,4 +148,80 @@ func TestBackupCommandsOnALab(t *testing.T) {
 	if _, err := os.Stat(dir); err == nil {
 		t.Errorf("lab down left %s", dir)
 	}
+}
+
+// Role changes never wait on the backup storage: with the lab's S3 server
+// frozen (SIGSTOP), a switchover completes and moves the backup slot, and
+// after the primary is killed an emergency promote completes; both from the
+// built binary, as a user runs them.
+func TestRoleCommandsWithTheStorageFrozen(t *testing.T) {
+	if _, err := lab.BinDir(); err != nil {
+		t.Skip(err)
+	}
+	root, err := os.MkdirTemp("", "understudy-clitest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(root, 0o755) // the servers run as postgres when root
+	t.Cleanup(func() { os.RemoveAll(root) })
+	bin := filepath.Join(root, "understudy")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	dir := filepath.Join(root, "lab")
+	// Each command gets 90 s; a role change that waited on the storage
+	// would wait for ever.
+	cli := func(args ...string) (string, int, time.Duration) {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, bin, args...)
+		start := time.Now()
+		out, _ := cmd.CombinedOutput()
+		if ctx.Err() != nil {
+			t.Errorf("%s did not end within 90 s:\n%s", strings.Join(args, " "), out)
+		}
+		return string(out), cmd.ProcessState.ExitCode(), time.Since(start)
+	}
+	out, code, _ := cli("lab", "up", "--dir", dir, "--backup")
+	t.Cleanup(func() {
+		if out, code, _ := cli("lab", "down", "--dir", dir); code != 0 {
+			t.Errorf("lab down: %s", out)
+		}
+	})
+	if code != 0 {
+		t.Fatalf("lab up --backup (exit %d):\n%s", code, out)
+	}
+	// The storage server is the lab's service (its PID file in run/, its
+	// argv naming the lab's directory): only that process is stopped.
+	b, err := os.ReadFile(filepath.Join(dir, "run", "storage.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); pid <= 0 || !strings.Contains(string(cmdline), dir) {
+		t.Fatalf("run/storage.pid names %d, not the lab's storage server", pid)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+
+	out, code, took := cli("switchover", "db-replica", "--lab", dir)
+	if code != 0 || !strings.Contains(out, "backup slot understudy_backup moved from db-replica to db") {
+		t.Fatalf("switchover with the storage frozen (exit %d, %.1f s):\n%s", code, took.Seconds(), out)
+	}
+	t.Logf("switchover with the storage frozen: %.2f s", took.Seconds())
+
+	l, err := lab.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Kill("db-replica"); err != nil {
+		t.Fatal(err)
+	}
+	out, code, took = cli("promote", "db", "--lab", dir)
+	if code != 0 || !strings.Contains(out, "db promoted") {
+		t.Fatalf("promote with the storage frozen and the primary killed (exit %d, %.1f s):\n%s", code, took.Seconds(), out)
+	}
+	t.Logf("promote with the storage frozen: %.2f s", took.Seconds())
 }
