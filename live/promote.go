@@ -139,7 +139,7 @@ func ExecutePromote(ctx context.Context, t Target, d *PromoteDecision, o RoleOpt
 	res := &RoleResult{NewPrimary: d.To, OldPrimary: d.Old}
 	promoted := false
 	for _, s := range d.Steps {
-		if err := promoteStep(ctx, t, d, s, res, o); err != nil {
+		if err := runStep(ctx, o, s, func(sctx context.Context) error { return promoteStep(sctx, t, d, s, res, o) }); err != nil {
 			if promoted {
 				return res, err
 			}

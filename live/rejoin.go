@@ -143,7 +143,7 @@ func ExecuteRejoin(ctx context.Context, t Target, p *RejoinPlan, o RoleOptions) 
 		return res, nil
 	}
 	for _, s := range p.Steps {
-		if err := rejoinStep(ctx, t, p, s, res, o); err != nil {
+		if err := runStep(ctx, o, s, func(sctx context.Context) error { return rejoinStep(sctx, t, p, s, res, o) }); err != nil {
 			if s.Kind == StepPrepare {
 				return nil, fmt.Errorf("rejoin refused, nothing was changed: %w", err)
 			}

@@ -2,6 +2,7 @@ package live
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -74,6 +75,24 @@ func (o RoleOptions) hook(stage string) {
 }
 
 func say(o RoleOptions, format string, a ...any) { fmt.Fprintf(o.Out, format+"\n", a...) }
+
+// stepSlack is what a step gets beyond the role options' Timeout, which
+// bounds its own waits (a node stopping, starting, streaming).
+var stepSlack = 30 * time.Second
+
+// runStep runs one step of a role change's plan under a deadline of its
+// own, so a node that stops answering mid-step ends the command with what
+// it waited for instead of hanging it.
+func runStep(ctx context.Context, o RoleOptions, s Step, run func(context.Context) error) error {
+	limit := o.Timeout + stepSlack
+	sctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	err := run(sctx)
+	if err != nil && errors.Is(sctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		return fmt.Errorf("%s: step %q on %s did not finish within %s: %w", s.Action, s.Kind, s.Node, limit, err)
+	}
+	return err
+}
 
 // controlData reads a stopped node's control file: directly where the
 // control can (ControlReader: a copy of one file, no new process or

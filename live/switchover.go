@@ -125,7 +125,14 @@ func ExecuteSwitchover(ctx context.Context, t Target, p *SwitchoverPlan, o RoleO
 	x := &switchover{t: t, p: p, o: o, res: &RoleResult{OldPrimary: p.Old, NewPrimary: p.To}}
 	defer x.close(ctx)
 	for _, s := range p.Steps {
-		if err := x.step(ctx, s); err != nil {
+		// From the stop on, an interruption must not leave the cluster
+		// without a primary: the rest runs to the end (or rolls back) even
+		// if ctx ends, each step under its own deadline still.
+		base := ctx
+		if x.stopped {
+			base = context.WithoutCancel(ctx)
+		}
+		if err := runStep(base, o, s, func(sctx context.Context) error { return x.step(sctx, s) }); err != nil {
 			return x.fail(ctx, s, err)
 		}
 	}
@@ -190,12 +197,6 @@ func (x *switchover) fail(ctx context.Context, s Step, err error) (*RoleResult, 
 
 // step runs one step of the plan.
 func (x *switchover) step(ctx context.Context, s Step) error {
-	// From the stop on, an interruption must not leave the cluster without
-	// a primary: the rest runs to the end (or rolls back) even if ctx ends.
-	cctx := ctx
-	if x.stopped {
-		cctx = context.WithoutCancel(ctx)
-	}
 	switch s.Kind {
 	case StepPrepare:
 		return prepare(ctx, x.t, s.Node, s.Upstream)
@@ -257,21 +258,21 @@ func (x *switchover) step(ctx context.Context, s Step) error {
 	case StepStopPrimary:
 		return x.stop(ctx, s.Node)
 	case StepPromote:
-		return x.promote(cctx, s.Node, s.Upstream)
+		return x.promote(ctx, s.Node, s.Upstream)
 	case StepFollow:
 		oldNode, _ := x.t.Cluster.Node(s.Node)
 		newNode, _ := x.t.Cluster.Node(s.Upstream)
-		if _, err := x.t.Control.Run(cctx, s.Node, pgconf.FollowScript(x.t.Cluster, oldNode, newNode, "")); err != nil {
+		if _, err := x.t.Control.Run(ctx, s.Node, pgconf.FollowScript(x.t.Cluster, oldNode, newNode, "")); err != nil {
 			return fmt.Errorf("%s is the primary, but pointing %s at it failed: %w. Run `understudy rejoin %s`", s.Upstream, s.Node, err, s.Node)
 		}
-		if err := x.t.Control.Start(cctx, s.Node); err != nil {
+		if err := x.t.Control.Start(ctx, s.Node); err != nil {
 			return fmt.Errorf("%s is the primary, but starting %s as its standby failed: %w. Run `understudy rejoin %s`", s.Upstream, s.Node, err, s.Node)
 		}
 		return nil
 	case StepRepoint:
-		return repointOthers(cctx, x.t, []string{s.Node}, s.Upstream, x.o)
+		return repointOthers(ctx, x.t, []string{s.Node}, s.Upstream, x.o)
 	case StepAwaitStream:
-		if err := awaitStream(cctx, x.t, s.Node, s.Upstream, x.o.Timeout); err != nil {
+		if err := awaitStream(ctx, x.t, s.Node, s.Upstream, x.o.Timeout); err != nil {
 			return err
 		}
 		if s.Node == x.p.Old {
@@ -279,7 +280,7 @@ func (x *switchover) step(ctx context.Context, s Step) error {
 		}
 		return nil
 	case StepBackupSlotMove:
-		return moveBackupSlot(cctx, x.t, s, x.o)
+		return moveBackupSlot(ctx, x.t, s, x.o)
 	}
 	return fmt.Errorf("internal error: a switchover has no step %q", s.Kind)
 }

@@ -388,3 +388,26 @@ func TestCheckFindsTheBackupSlotOnAPrimary(t *testing.T) {
 		t.Error("a finding although no standby streams (the agent uses the primary then)")
 	}
 }
+
+// A step that does not finish within its deadline ends the role change
+// with which step, on which node, waited how long.
+func TestRoleStepDeadline(t *testing.T) {
+	defer func(s time.Duration) { stepSlack = s }(stepSlack)
+	stepSlack = 0
+	s := Step{Kind: StepCheckpoint, Node: "db", Action: "CHECKPOINT, so its shutdown is quick"}
+	start := time.Now()
+	err := runStep(context.Background(), RoleOptions{Timeout: 50 * time.Millisecond}, s, func(ctx context.Context) error {
+		<-ctx.Done() // a server that never answers
+		return ctx.Err()
+	})
+	if err == nil || !strings.Contains(err.Error(), `step "checkpoint" on db did not finish within 50ms`) || time.Since(start) > 5*time.Second {
+		t.Fatalf("got %v after %s", err, time.Since(start))
+	}
+	// An interruption is not a deadline: it is passed on as it is.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err = runStep(ctx, RoleOptions{Timeout: time.Minute}, s, func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() })
+	if !errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "did not finish") {
+		t.Errorf("interrupted: %v", err)
+	}
+}
