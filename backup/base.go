@@ -23,7 +23,6 @@ import (
 
 	"github.com/understudy-dev/understudy/atomicfile"
 	"github.com/understudy-dev/understudy/pgops"
-	"golang.org/x/sys/unix"
 )
 
 func jsonIndent(v any) ([]byte, error) {
@@ -67,11 +66,8 @@ func TakeBase(ctx context.Context, cfg *AgentConfig, store Store, key *Key, prog
 	if err != nil {
 		return bi, err
 	}
-	// A 1 MiB pipe (Linux's default limit for F_SETPIPE_SZ, fcntl(2))
-	// instead of 64 KiB lets pg_basebackup write ahead while a chunk is
-	// being sealed.
 	if f, ok := stdout.(*os.File); ok {
-		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+		growPipe(f)
 	}
 	stderrR, stderrW := io.Pipe()
 	cmd.Stderr = stderrW

@@ -202,7 +202,7 @@ func DrillNow(ctx context.Context, cfg *AgentConfig, store Store, key *Key, d Dr
 				wal++
 			}
 		}
-		free := int64(fs.Bavail) * fs.Bsize
+		free := int64(fs.Bavail) * int64(fs.Bsize)
 		if !DrillRoom(free, b.Bytes, wal, b.SegSize) {
 			return fail(fmt.Sprintf("not enough disk for a drill in %s: %d MB free, a copy of the newest base backup and its WAL needs about %d MB with room to spare; free space there, or turn scheduled drills off (drill_every in backup.json, `init --backup-drill-every 0`) and run drills where there is room", d.Dir, free>>20, (b.Bytes+int64(wal)*int64(b.SegSize))>>20))
 		}

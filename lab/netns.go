@@ -9,8 +9,6 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
-
-	"golang.org/x/sys/unix"
 )
 
 // Subnet is the one private /24 understudy's labs and tests use. Each lab
@@ -166,7 +164,7 @@ func DialIn(ctx context.Context, nsPath, network, addr string) (net.Conn, error)
 			return
 		}
 		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		if err := enterNetNS(f); err != nil {
 			ch <- result{nil, fmt.Errorf("entering network namespace %s: %w", nsPath, err)}
 			return
 		}

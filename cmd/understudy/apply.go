@@ -83,7 +83,7 @@ func confirmer(in io.Reader, out io.Writer) func(string) bool {
 	if !ok {
 		return nil
 	}
-	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+	if _, err := unix.IoctlGetTermios(int(f.Fd()), ioctlReadTermios); err != nil {
 		return nil // not a terminal (/dev/null is a character device too)
 	}
 	return func(prompt string) bool {
