@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/understudy-dev/understudy/internal/version"
 	"github.com/understudy-dev/understudy/pgops"
 )
 
@@ -46,6 +47,7 @@ type AgentConfig struct {
 	Policy       Policy
 	Drill        *DrillSchedule // scheduled restore drills, or nil
 	Log          io.Writer
+	Version      version.Build // reported in AgentStatus; default: this process's build
 }
 
 func (c *AgentConfig) defaults() {
@@ -63,6 +65,9 @@ func (c *AgentConfig) defaults() {
 	}
 	if c.Log == nil {
 		c.Log = io.Discard
+	}
+	if c.Version.IsZero() {
+		c.Version = version.Info()
 	}
 }
 
@@ -100,6 +105,7 @@ type AgentStatus struct {
 	LastBase      string         `json:"last_base,omitempty"`
 	LastBaseError string         `json:"last_base_error,omitempty"`
 	Recipient     string         `json:"recipient"`
+	Understudy    version.Build  `json:"understudy,omitzero"` // the agent's build
 }
 
 // Agent streams WAL with pg_receivewal into a spool, uploads it sealed,
@@ -126,7 +132,7 @@ func NewAgent(cfg AgentConfig, store Store, key *Key) *Agent {
 	cfg.defaults()
 	now := time.Now()
 	return &Agent{cfg: cfg, store: store, key: key, partial: map[string]time.Time{},
-		st: AgentStatus{Started: now, Updated: now, SpoolCap: cfg.SpoolCap, Recipient: key.Recipient()}}
+		st: AgentStatus{Started: now, Updated: now, SpoolCap: cfg.SpoolCap, Recipient: key.Recipient(), Understudy: cfg.Version}}
 }
 
 // Status is a copy of the agent's status.

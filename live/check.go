@@ -129,6 +129,7 @@ func Check(st *Status, c pgconf.Cluster, th Thresholds) []Finding {
 	}
 	capBytes, _ := pgconf.ParseSize(c.WALCap, "MB")
 	out = append(out, CheckBackup(st, capBytes, DefaultBackupThresholds, th.SlotHeadroom)...)
+	out = append(out, CheckVersions(st)...)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Severity > out[j].Severity })
 	return out
 }

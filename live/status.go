@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/understudy-dev/understudy/internal/version"
 	"github.com/understudy-dev/understudy/pgops"
 )
 
@@ -17,6 +18,9 @@ type Status struct {
 	WALCap  string        `json:"wal_cap"` // max_slot_wal_keep_size in the plan
 	Nodes   []NodeStatus  `json:"nodes"`
 	Backup  *BackupStatus `json:"backup,omitempty"`
+
+	// Understudy is the build that took the reading (this machine's).
+	Understudy version.Build `json:"understudy"`
 }
 
 // NodeStatus is one node's part of a Status.
@@ -94,7 +98,7 @@ func Gather(ctx context.Context, t Target) (*Status, error) {
 // writable database. Each node's reading has its own deadline
 // (NodeReadTimeout).
 func GatherNodes(ctx context.Context, t Target) (*Status, error) {
-	st := &Status{Taken: time.Now().UTC(), WALCap: t.Cluster.WALCap, Nodes: make([]NodeStatus, len(t.Cluster.Nodes))}
+	st := &Status{Taken: time.Now().UTC(), Understudy: version.Info(), WALCap: t.Cluster.WALCap, Nodes: make([]NodeStatus, len(t.Cluster.Nodes))}
 	var wg sync.WaitGroup
 	for i, n := range t.Cluster.Nodes {
 		st.Nodes[i] = NodeStatus{Name: n.Name, Addr: n.Addr, Port: n.Port, Where: t.Control.Where(n.Name), Role: RoleDown, HBA: map[string]HBAVerdict{}}

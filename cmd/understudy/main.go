@@ -10,11 +10,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
-)
 
-// Version is set at build time.
-var Version = "dev"
+	"github.com/understudy-dev/understudy/internal/version"
+)
 
 // command is one subcommand: a flag set and a Run.
 type command interface {
@@ -61,7 +61,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if args[0] == "version" || args[0] == "--version" {
-		fmt.Fprintln(stdout, "understudy", Version)
+		// One line: the release version, its commit, the Go toolchain and
+		// the platform (release builds are stamped; see docs/install.md).
+		fmt.Fprintf(stdout, "understudy %s %s/%s\n", version.Info(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	}
 	for _, c := range cmds {
