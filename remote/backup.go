@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path"
 	"strings"
 
@@ -26,9 +25,6 @@ type BackupAgent struct {
 	Commands *kamal.AccessoryCommands
 	BinDir   string // where the container sees the binary's directory
 	Setup    string // backup.json as init wrote it (what boot uploads)
-	// Binary is the local understudy executable to put on the server: a
-	// static Linux one for the server's architecture.
-	Binary string
 }
 
 var _ live.BackupAgentDeployer = (*BackupAgent)(nil)
@@ -89,57 +85,39 @@ func sumOf(r io.Reader) (string, error) {
 // checkBinary refuses a binary the accessory's container cannot run: not
 // Linux ELF for the server's machine, or linked against a C library.
 func checkBinary(file, machine string) error {
+	const fix = "reinstall understudy (docs/install.md); with --agent-binary (development), pass a static Linux build"
 	f, err := elf.Open(file)
 	if err != nil {
-		return fmt.Errorf("%s is not a Linux executable (%v): the backup accessory runs understudy inside a Linux container; pass --agent-binary with a Linux build (GOOS=linux CGO_ENABLED=0 go build ./cmd/understudy)", file, err)
+		return fmt.Errorf("%s is not a Linux executable (%v), and understudy runs inside the server's Linux containers: %s (CGO_ENABLED=0 GOOS=linux go build ./cmd/understudy)", file, err, fix)
 	}
 	defer f.Close()
 	want := map[string]elf.Machine{"x86_64": elf.EM_X86_64, "aarch64": elf.EM_AARCH64, "arm64": elf.EM_AARCH64}[machine]
 	if want != 0 && f.Machine != want {
-		return fmt.Errorf("%s is built for %s, but the server is %s: pass --agent-binary with a build for it (GOOS=linux GOARCH=%s CGO_ENABLED=0 go build ./cmd/understudy)", file, f.Machine, machine, map[string]string{"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[machine])
+		return fmt.Errorf("%s is built for %s, but the server is %s: %s for it (CGO_ENABLED=0 GOOS=linux GOARCH=%s go build ./cmd/understudy)", file, f.Machine, machine, fix, map[string]string{"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[machine])
 	}
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("%s is linked against the C library, which the postgres image may not have in the same version: pass --agent-binary with a static build (CGO_ENABLED=0 go build ./cmd/understudy)", file)
+			return fmt.Errorf("%s is linked against the C library, which the postgres image may not have in the same version: %s (CGO_ENABLED=0 go build ./cmd/understudy)", file, fix)
 		}
 	}
 	return nil
 }
 
-// checkBinaryFor checks a binary against a server's machine type.
-func checkBinaryFor(ctx context.Context, c *Control, host, binary string) error {
-	if binary == "" {
-		return errors.New("understudy must copy a static Linux understudy binary to the server, and this one cannot be used: pass --agent-binary PATH (GOOS=linux CGO_ENABLED=0 go build ./cmd/understudy)")
-	}
-	machine, err := c.Shell.Exec(ctx, host, "uname -m", nil)
-	if err != nil {
-		return fmt.Errorf("reading %s's machine type: %w", host, err)
-	}
-	return checkBinary(binary, strings.TrimSpace(string(machine)))
-}
-
 // ReadAgent reads the container's state and what the server holds.
 func (b *BackupAgent) ReadAgent(ctx context.Context) (live.AgentFacts, error) {
-	f := live.AgentFacts{Name: b.Name, Binary: b.Binary}
+	f := live.AgentFacts{Name: b.Name}
 	dir, err := b.binHostDir()
 	if err != nil {
 		return f, err
 	}
-	if err := checkBinaryFor(ctx, b.Control, b.Host, b.Binary); err != nil {
+	if f.Binary, err = b.Control.UnderstudyFor(ctx, b.Host); err != nil {
 		return f, err
 	}
-	bin, err := os.Open(b.Binary)
+	local, err := fileSum(f.Binary)
 	if err != nil {
 		return f, err
 	}
-	local, err := sumOf(bin)
-	bin.Close()
-	if err != nil {
-		return f, err
-	}
-	// Relative to the SSH user's home, where the command runs, so that
-	// sha256sum prints the paths as given.
-	binPath, setupPath := strings.TrimPrefix(dir, "$PWD/")+"/understudy", b.setupHostPath()
+	binPath, setupPath := UnderstudyPath(dir), b.setupHostPath()
 	out, err := b.Control.Shell.Exec(ctx, b.Host, SumCmd(binPath, setupPath), nil)
 	if err != nil {
 		return f, fmt.Errorf("reading the backup accessory's files on %s: %w", b.Host, err)
@@ -160,21 +138,15 @@ func (b *BackupAgent) ReadAgent(ctx context.Context) (live.AgentFacts, error) {
 	return f, nil
 }
 
-// InstallAgentBinary copies the binary to the server.
+// InstallAgentBinary copies the understudy build for the server's machine
+// to it.
 func (b *BackupAgent) InstallAgentBinary(ctx context.Context) error {
 	dir, err := b.binHostDir()
 	if err != nil {
 		return err
 	}
-	bin, err := os.Open(b.Binary)
-	if err != nil {
-		return err
-	}
-	defer bin.Close()
-	if _, err := b.Control.Shell.Exec(ctx, b.Host, InstallCmd(dir, "understudy"), bin); err != nil {
-		return fmt.Errorf("copying %s to %s:%s: %w", b.Binary, b.Host, dir, err)
-	}
-	return nil
+	_, err = b.Control.InstallUnderstudy(ctx, b.Host, dir)
+	return err
 }
 
 // BootAgent is `kamal accessory boot`.

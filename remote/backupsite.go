@@ -27,11 +27,8 @@ type BackupSite struct {
 	Storage backup.S3Config
 	Secrets backup.Secrets
 	KeyErr  error
-	// LocalBinary is the understudy executable copied to a node's server
-	// for a restore there (a static Linux build for its architecture).
-	LocalBinary string
-	DataDir     string // PGDATA in the nodes' containers
-	Major       int
+	DataDir string // PGDATA in the nodes' containers
+	Major   int
 }
 
 var _ live.BackupSite = (*BackupSite)(nil)
@@ -108,5 +105,5 @@ func (s *BackupSite) RestoreIntoNode(ctx context.Context, out io.Writer, node st
 	if err != nil {
 		return err
 	}
-	return s.Control.RestoreNode(ctx, node, s.DataDir, s.LocalBinary, s.RestoreHereArgs(target), bytes.NewReader(in), out)
+	return s.Control.RestoreNode(ctx, node, s.DataDir, s.RestoreHereArgs(target), bytes.NewReader(in), out)
 }

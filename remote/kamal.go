@@ -104,9 +104,13 @@ type Control struct {
 	DBUser     string
 	DBUserFrom string // where DBUser came from, for messages
 	DBPassword string
+	// Builds: the understudy to copy to a server, by its machine
+	// (InstallUnderstudy: the backup accessory, restore --into NODE).
+	Builds Builds
 
-	mu    sync.Mutex
-	known map[string]ContainerInfo // the last inspect of each node's container
+	mu       sync.Mutex
+	known    map[string]ContainerInfo // the last inspect of each node's container
+	machines map[string]string        // host → uname -m
 }
 
 // Reach logs in to the node's server over SSH (live.Reacher).

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/understudy-dev/understudy/kamal"
@@ -57,26 +56,18 @@ func RestoreNodeCmd(image string, mount kamal.Directory, binDir string, args []s
 		kamal.MakeDirectory(mount.HostPath), mount.HostPath, mount.ContainerPath, binDir, shq(image), strings.Join(q, " "))
 }
 
-// RestoreNode copies binary to the node's server and runs the restore
-// there, its output copied to out as it comes.
-func (c *Control) RestoreNode(ctx context.Context, node, pgdata, binary string, args []string, secrets io.Reader, out io.Writer) error {
+// RestoreNode copies understudy (the build for the server's machine) to
+// the node's server and runs the restore there, its output copied to out
+// as it comes.
+func (c *Control) RestoreNode(ctx context.Context, node, pgdata string, args []string, secrets io.Reader, out io.Writer) error {
 	mount, _, err := c.nodeData(node, pgdata)
 	if err != nil {
 		return err
 	}
 	n := c.Nodes[node]
-	if err := checkBinaryFor(ctx, c, n.Host, binary); err != nil {
-		return err
-	}
 	const binDir = "$PWD/.understudy/bin"
-	bin, err := os.Open(binary)
-	if err != nil {
+	if _, err := c.InstallUnderstudy(ctx, n.Host, binDir); err != nil {
 		return err
-	}
-	_, err = c.Shell.Exec(ctx, n.Host, InstallCmd(binDir, "understudy"), bin)
-	bin.Close()
-	if err != nil {
-		return fmt.Errorf("copying %s to %s: %w", binary, n.Host, err)
 	}
 	cmd := RestoreNodeCmd(n.Commands.Image, mount, binDir, args)
 	if _, err := c.Dialer.ExecTee(ctx, n.Host, cmd, secrets, out); err != nil {

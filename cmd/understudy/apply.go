@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/understudy-dev/understudy/live"
+	"github.com/understudy-dev/understudy/remote"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,7 +33,7 @@ func (c *applyCommand) Run(ctx context.Context, args []string) error {
 	yes := fs.Bool("yes", false, "agree in advance to restarting nodes whose settings need a restart")
 	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for a node to start, clone and stream")
 	dryRun := fs.Bool("dry-run", false, "show the steps apply would take, and change nothing")
-	agentBin := fs.String("agent-binary", "", "the understudy binary to put into the backup accessory: a static Linux build for its server (default: this one, when it is)")
+	agentBin := fs.String("agent-binary", "", "development: the understudy file to put on the backup accessory's server (default: the release's Linux build for its machine; docs/install.md)")
 	t, err := tf.parse(ctx, fs, args, true)
 	if err != nil {
 		return err
@@ -42,9 +43,11 @@ func (c *applyCommand) Run(ctx context.Context, args []string) error {
 		if t.agent == nil {
 			return errors.New("--agent-binary: this app has no backup accessory (`understudy init --backup ...` adds one)")
 		}
-		if t.agent.Binary, err = filepath.Abs(*agentBin); err != nil {
+		abs, err := filepath.Abs(*agentBin)
+		if err != nil {
 			return err
 		}
+		t.kamal.Builds = remote.FixedBuild(abs)
 	}
 	// One reading, one decision: what --dry-run prints is the slice that runs.
 	start := time.Now()

@@ -57,7 +57,7 @@ func (c *restoreCommand) Run(ctx context.Context, args []string) error {
 	tli := fs.Int("timeline", 0, "follow this timeline (default: the newest)")
 	into := fs.String("into", "", "a node of the cluster (when the cluster is lost: it starts as the primary), or a new or empty directory on this machine")
 	port := fs.Int("port", 0, "port for the restored server's socket (default: a free one)")
-	agentBin := fs.String("agent-binary", "", "with --into NODE on Kamal: the static Linux understudy binary to run on the node's server (default: this one, when it is)")
+	agentBin := fs.String("agent-binary", "", "development, with --into NODE on Kamal: the understudy file to run on the node's server (default: the release's Linux build for its machine)")
 	b, err := openBackups(ctx, fs, args)
 	if err != nil {
 		return err
@@ -72,7 +72,11 @@ func (c *restoreCommand) Run(ctx context.Context, args []string) error {
 	}
 	if _, ok := b.t.Cluster.Node(*into); ok {
 		if s, ok := b.site.(*remote.BackupSite); ok && *agentBin != "" {
-			s.LocalBinary = *agentBin
+			abs, err := filepath.Abs(*agentBin)
+			if err != nil {
+				return err
+			}
+			s.Control.Builds = remote.FixedBuild(abs)
 		}
 		return live.RestoreIntoNode(ctx, b.t.Target, b.site, c.out, *into, live.RestoreTarget{Target: target, Text: *to})
 	}

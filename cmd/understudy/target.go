@@ -8,13 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 
 	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/kamal"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
+	"github.com/understudy-dev/understudy/release"
 	"github.com/understudy-dev/understudy/remote"
 	"github.com/understudy-dev/understudy/setup"
 )
@@ -160,20 +160,20 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 		Kamal:  remote.Kamal{ConfigFile: config, Destination: dest},
 		Runner: remote.ExecRunner{Dir: abs},
 		Dialer: dialer, Shell: dialer, Nodes: remote.NodesFromCluster(d.Cluster, d.Hosts, cmds),
-		DBUser: dbUser, DBUserFrom: userFrom, DBPassword: dbPassword,
+		DBUser: dbUser, DBUserFrom: userFrom, DBPassword: dbPassword, Builds: serverBuilds(),
 	}
 	tg := &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword}, kamal: ctl, close: dialer.Close,
 		noBackups: "this app has no backups set up: run `understudy init --backup --backup-endpoint URL --backup-bucket NAME` (with the flags you gave init before), then `understudy apply`; see docs/backups.md"}
 	if d.Backup != nil {
 		tg.backup = d.Backup
 		tg.agent = &remote.BackupAgent{Control: ctl, Name: d.Backup.Accessory, Host: d.BackupHost, Commands: cmds[d.Backup.Accessory],
-			BinDir: setup.BackupBinDir, Setup: d.BackupText, Binary: defaultAgentBinary()}
+			BinDir: setup.BackupBinDir, Setup: d.BackupText}
 		tg.BackupAgent = tg.agent
 		tg.openBackup = func(ctx context.Context) {
 			tg.Backup, tg.backupSecrets = kamalBackupAccess(ctx, d, abs)
 			tg.Backups = &remote.BackupSite{Control: ctl, Agent: tg.agent, Binary: setup.BackupBinary, SetupPath: setup.BackupSetupPath,
 				Storage: d.Backup.Storage, Secrets: tg.backupSecrets, KeyErr: tg.Backup.KeyErr,
-				LocalBinary: defaultAgentBinary(), DataDir: d.Cluster.DataDir, Major: d.Cluster.Major}
+				DataDir: d.Cluster.DataDir, Major: d.Cluster.Major}
 		}
 	}
 	return tg, nil
@@ -217,18 +217,15 @@ func kamalBackupAccess(ctx context.Context, d *setup.Deployed, app string) (*liv
 	return a, sec
 }
 
-// defaultAgentBinary is the understudy binary apply puts into the backup
-// accessory: $UNDERSTUDY_AGENT_BINARY, else this one when it is a Linux
-// build (apply checks it further against the server).
-func defaultAgentBinary() string {
+// serverBuilds finds the understudy apply copies to a server: the
+// release's Linux build for its machine, kept beside this executable
+// (docs/install.md); $UNDERSTUDY_AGENT_BINARY, like --agent-binary, names
+// one file instead (development).
+func serverBuilds() remote.Builds {
 	if p := os.Getenv("UNDERSTUDY_AGENT_BINARY"); p != "" {
-		return p
+		return remote.FixedBuild(p)
 	}
-	exe, err := os.Executable()
-	if err != nil || runtime.GOOS != "linux" || strings.HasSuffix(exe, ".test") {
-		return ""
-	}
-	return exe
+	return release.NewLocal(os.Stderr)
 }
 
 // parse parses a live command's flags and opens its target; for a command
