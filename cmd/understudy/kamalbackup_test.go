@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,25 +16,31 @@ import (
 	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/internal/netutil"
+	"github.com/understudy-dev/understudy/internal/releasetest"
+	"github.com/understudy-dev/understudy/internal/version"
 	"github.com/understudy-dev/understudy/pgops"
+	"github.com/understudy-dev/understudy/setup"
 )
 
-// staticUnderstudy builds the binary apply puts into the backup accessory:
-// static, as a release is (the test binary itself is not a CLI).
-func staticUnderstudy(t *testing.T) string {
+// runRelease runs an installed release's understudy, as a user runs it.
+func runRelease(t testing.TB, exe string, args ...string) (string, int) {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "understudy")
-	c := exec.Command("go", "build", "-o", out, ".")
-	c.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := c.CombinedOutput(); err != nil {
-		t.Fatalf("building a static understudy: %v\n%s", err, b)
+	out, err := exec.Command(exe, args...).CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return string(out), 0
+	case errors.As(err, &ee):
+		return string(out), ee.ExitCode()
 	}
-	return out
+	t.Fatalf("running %s: %v", exe, err)
+	return "", -1
 }
 
 // Backups on the production path: `init --backup` on an app that already
-// replicates, apply puts the binary on the standby's server and boots the
-// backup accessory (the nodes' image, unmodified, on the host network),
+// replicates, apply (of an installed release, with no --agent-binary) puts
+// the release's Linux build for the server's machine on the standby's
+// server and boots the backup accessory (the nodes' image, unmodified, on the host network),
 // the agent streams from the standby into an S3-compatible server (versitygw
 // on the operator's side of the switch), and a restore drill on this
 // machine proves the data. Real Docker, real SSH, the Kamal stand-in.
@@ -87,24 +94,32 @@ func TestKamalBackupAccessory(t *testing.T) {
 		return nil
 	})
 
-	bin := staticUnderstudy(t)
-	out, code = runCLI(t, "apply", "--app", w.app, "--agent-binary", bin, "--dry-run")
-	if code != 0 || !strings.Contains(out, "db-backup: put the understudy binary") || !strings.Contains(out, "db-backup: boot it") {
+	// From here on, understudy is a release installed as docs/install.md
+	// says (its archive unpacked), not this test binary.
+	rel := releasetest.Get(t)
+	us := func(args ...string) (string, int) { return runRelease(t, rel.Exe, args...) }
+	out, code = us("apply", "--app", w.app, "--dry-run")
+	if code != 0 || !strings.Contains(out, "db-backup: put the understudy binary ("+rel.Exe+")") || !strings.Contains(out, "db-backup: boot it") {
 		t.Fatalf("apply --dry-run: exit %d\n%s", code, out)
 	}
 	if s := w.containerState(t, "db-replica", "shop-db-backup"); s != "absent" {
 		t.Fatalf("--dry-run left the backup container %s", s)
 	}
-	out, code = runCLI(t, "apply", "--app", w.app, "--agent-binary", bin)
+	out, code = us("apply", "--app", w.app)
 	if code != 0 || !strings.Contains(out, "booted db-backup") {
 		t.Fatalf("apply: exit %d\n%s", code, out)
 	}
 	// A second apply finds the binary and the container in place.
-	if out, code = runCLI(t, "apply", "--app", w.app, "--agent-binary", bin); code != 0 || !strings.Contains(out, "nothing to do") {
+	if out, code = us("apply", "--app", w.app); code != 0 || !strings.Contains(out, "nothing to do") {
 		t.Errorf("second apply: exit %d\n%s", code, out)
 	}
 	if s := w.containerState(t, "db-replica", "shop-db-backup"); s != "running" {
 		t.Fatalf("the backup accessory is %s\n%s", s, w.docker["db-replica"].Docker(t, "logs", "shop-db-backup"))
+	}
+	// What runs in the accessory is the release's build.
+	want := "understudy " + releasetest.Version + ", commit " + rel.Result.Commit + ", "
+	if got := w.docker["db-replica"].Docker(t, "exec", "shop-db-backup", setup.BackupBinary, "version"); !strings.HasPrefix(got, want) {
+		t.Errorf("the accessory's understudy says %q, want %q…", got, want)
 	}
 	logs := func() string {
 		o, _ := exec.Command("docker", "-H", w.docker["db-replica"].DockerHost(), "logs", "shop-db-backup").CombinedOutput()
@@ -157,13 +172,33 @@ func TestKamalBackupAccessory(t *testing.T) {
 		}
 		time.Sleep(2 * time.Second)
 	}
-	out, code = runCLI(t, "check", "--app", w.app)
+	out, code = us("check", "--app", w.app)
 	if code != 0 {
 		t.Errorf("check after a passing drill: exit %d\n%s", code, out)
 	}
-	out, code = runCLI(t, "status", "--app", w.app)
+	out, code = us("status", "--app", w.app)
 	if !strings.Contains(out, "backups") || !strings.Contains(out, s3.Bucket) {
 		t.Errorf("status has no backup section:\n%s", out)
+	}
+	// status --json carries this machine's build and the agent's.
+	var st struct {
+		Understudy version.Build `json:"understudy"`
+		Backup     struct {
+			Agent struct {
+				Understudy version.Build `json:"understudy"`
+			} `json:"agent"`
+		} `json:"backup"`
+	}
+	out, _ = us("status", "--app", w.app, "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Understudy.Version != releasetest.Version || st.Understudy.Commit != rel.Result.Commit ||
+		st.Backup.Agent.Understudy != st.Understudy {
+		t.Errorf("status --json: %v, understudy %+v, the agent's %+v\n%s", err, st.Understudy, st.Backup.Agent.Understudy, out)
+	}
+	// An understudy of another build here (this test binary, a dev build)
+	// is told that the agent runs another.
+	out, code = runCLI(t, "check", "--app", w.app)
+	if code != 1 || !strings.Contains(out, "the backup agent runs understudy "+releasetest.Version) {
+		t.Errorf("check from another build: exit %d\n%s", code, out)
 	}
 
 	// A restore on this machine needs the locale the image gave the
@@ -245,24 +280,24 @@ func TestKamalBackupAccessory(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	out, code = runCLI(t, "restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db", "--agent-binary", bin)
+	out, code = us("restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db")
 	if code == 0 || !strings.Contains(out, "db is running") {
 		t.Errorf("restore into the running db: exit %d\n%s", code, out)
 	}
 	w.docker["db"].Docker(t, "container", "rm", "-f", "shop-db")
-	out, code = runCLI(t, "restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db", "--agent-binary", bin)
+	out, code = us("restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db")
 	if code == 0 || !strings.Contains(out, "second primary") {
 		t.Errorf("restore into db while db-replica is the primary: exit %d\n%s", code, out)
 	}
 	w.docker["db-replica"].Docker(t, "container", "stop", "shop-db-replica")
-	out, code = runCLI(t, "restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db", "--agent-binary", bin)
+	out, code = us("restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db")
 	if code == 0 || !strings.Contains(out, "not empty") {
 		t.Errorf("restore into db over its old data: exit %d\n%s", code, out)
 	}
 	if err := os.RemoveAll(filepath.Join(w.docker["db"].Home, "shop-db", "data")); err != nil {
 		t.Fatal(err)
 	}
-	out, code = runCLI(t, "restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db", "--agent-binary", bin)
+	out, code = us("restore", "--app", w.app, "--to", T.UTC().Format(time.RFC3339Nano), "--into", "db")
 	if code != 0 || !strings.Contains(out, "db runs the restored data as the primary") {
 		t.Fatalf("restore --into db: exit %d\n%s", code, out)
 	}
