@@ -165,7 +165,7 @@ func (l *Local) crossBuild(ctx context.Context, goarch string) (string, error) {
 		// stamp: so will the server's, built from the same checkout.
 		for i, a := range argv {
 			if a == "-buildvcs=false" {
-				argv[i] = "-buildvcs=true"
+				argv[i] = "-buildvcs=auto"
 			}
 		}
 	}
