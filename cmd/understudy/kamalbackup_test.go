@@ -40,8 +40,8 @@ func runRelease(t testing.TB, exe string, args ...string) (string, int) {
 // Backups on the production path: `init --backup` on an app that already
 // replicates, apply (of an installed release, with no --agent-binary) puts
 // the release's Linux build for the server's machine on the standby's
-// server and boots the backup accessory (the nodes' image, unmodified, on the host network),
-// the agent streams from the standby into an S3-compatible server (versitygw
+// server and boots the backup accessory (the nodes' image, unmodified, on
+// the host network), the agent streams from the standby into an S3-compatible server (versitygw
 // on the operator's side of the switch), and a restore drill on this
 // machine proves the data. Real Docker, real SSH, the Kamal stand-in.
 func TestKamalBackupAccessory(t *testing.T) {
