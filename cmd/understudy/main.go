@@ -101,4 +101,5 @@ func usage(w io.Writer, cmds []command) {
 	for _, c := range cmds {
 		fmt.Fprintf(w, "  %-10s %s\n", c.Name(), c.Summary())
 	}
+	fmt.Fprintf(w, "  %-10s %s\n", "version", "the release version, commit and Go version of this understudy (also --version)")
 }
