@@ -116,6 +116,10 @@ type Binary struct {
 	// neither PT_INTERP nor DT_NEEDED). Mach-O executables always link
 	// libSystem, so it is false for darwin.
 	Static bool
+	// Signed: a Mach-O with a code signature (LC_CODE_SIGNATURE); macOS on
+	// Apple silicon runs no arm64 executable without one (Go's linker signs
+	// them ad hoc).
+	Signed bool
 }
 
 // Inspect reads an executable's headers: ELF for Linux, Mach-O for macOS.
@@ -160,6 +164,12 @@ func Inspect(file string) (Binary, error) {
 	}
 	if f.Type != macho.TypeExec {
 		return b, fmt.Errorf("%s is a Mach-O file of type %v, not an executable", file, f.Type)
+	}
+	const lcCodeSignature = 0x1d // <mach-o/loader.h>
+	for _, l := range f.Loads {
+		if raw := l.Raw(); len(raw) >= 4 && f.ByteOrder.Uint32(raw) == lcCodeSignature {
+			b.Signed = true
+		}
 	}
 	return b, nil
 }

@@ -276,6 +276,9 @@ func buildOne(ctx context.Context, goCmd, src string, p Platform, version, commi
 	if p.GOOS == "linux" && !b.Static {
 		return fmt.Errorf("the build for %s is not static (it needs a program interpreter or shared libraries)", p)
 	}
+	if p == (Platform{"darwin", "arm64"}) && !b.Signed {
+		return fmt.Errorf("the build for %s has no code signature, and macOS on Apple silicon runs none without one", p)
+	}
 	return nil
 }
 

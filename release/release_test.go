@@ -107,6 +107,9 @@ func TestReleaseBinaries(t *testing.T) {
 		if p.GOOS == "linux" && !b.Static {
 			t.Errorf("the %s build is not static", p)
 		}
+		if p.GOARCH == "arm64" && p.GOOS == "darwin" && !b.Signed {
+			t.Errorf("the %s build has no code signature: Apple silicon would kill it", p)
+		}
 	}
 	here := Platform{runtime.GOOS, runtime.GOARCH}
 	if exe, ok := r.Binaries[here]; ok {
