@@ -1,16 +1,11 @@
 package backup
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,6 +25,9 @@ type Source struct {
 
 // DefaultSlot is the agent's replication slot, created on the node it
 // streams from (a standby when one is up, so the primary keeps nothing).
+// A role change that makes that standby a primary should drop it there
+// once the agent has moved (the agent drops it too, within seconds of
+// streaming from the new standby; Agent.Rechoose makes it move at once).
 const DefaultSlot = "understudy_backup"
 
 // AgentConfig is what the agent runs with. Secrets are not in it: the
@@ -48,6 +46,9 @@ type AgentConfig struct {
 	Drill        *DrillSchedule // scheduled restore drills, or nil
 	Log          io.Writer
 	Version      version.Build // reported in AgentStatus; default: this process's build
+	// BaseStall: a base backup whose pg_basebackup sends nothing this long
+	// is stopped; default 2 minutes.
+	BaseStall time.Duration
 }
 
 func (c *AgentConfig) defaults() {
@@ -68,6 +69,9 @@ func (c *AgentConfig) defaults() {
 	}
 	if c.Version.IsZero() {
 		c.Version = version.Info()
+	}
+	if c.BaseStall == 0 {
+		c.BaseStall = 2 * time.Minute
 	}
 }
 
@@ -93,6 +97,7 @@ type AgentStatus struct {
 	CaughtUpAt    time.Time      `json:"caught_up_at,omitzero"`
 	CaughtUpLSN   pgops.LSN      `json:"caught_up_lsn,omitempty"`
 	CaughtUpTLI   pgops.Timeline `json:"caught_up_timeline,omitempty"`
+	PausedFor     PauseKind      `json:"paused_for,omitempty"`
 	SpoolBytes    int64          `json:"spool_bytes"`
 	SpoolCap      int64          `json:"spool_cap"`
 	LastError     string         `json:"last_error,omitempty"`
@@ -109,21 +114,37 @@ type AgentStatus struct {
 }
 
 // Agent streams WAL with pg_receivewal into a spool, uploads it sealed,
-// takes base backups on schedule, and applies retention.
+// takes base backups on schedule, and applies retention. It observes
+// (observe), decides (DecideAgent, pure) and runs the steps (agentexec.go).
 type Agent struct {
 	cfg   AgentConfig
+	pol   AgentPolicy
 	store Store
 	key   *Key
+	wake  chan struct{}
 
-	mu       sync.Mutex
-	st       AgentStatus
-	needBase bool
-	partial  map[string]time.Time // partial file → mtime uploaded
-	source   *Source              // the node pg_receivewal streams from
-	afterGap bool                 // WAL was lost: resume from the new slot, not from the archive's end
+	mu        sync.Mutex
+	st        AgentStatus
+	nodes     []NodeSeen // one per cfg.Sources, in order
+	recv      ReceiverSeen
+	proc      *receiverProc
+	upName    string    // the partial uploaded last
+	upMTime   time.Time // and its modification time then
+	needBase  bool
+	afterGap  bool // WAL was lost: resume from the new slot, not from the archive's end
+	rechoose  bool
+	busy      [laneCount]bool
+	upFails   int
+	upFailAt  time.Time
+	walErr    string // the last failed upload round ("" after one that worked)
+	statusErr string // the last failed report write
+	catalog   CatalogSeen
+	baseTried time.Time
+	baseErr   string
+	statusAt  time.Time
+	drill     DrillSeen
 
-	uploadMu sync.Mutex     // one upload round at a time (the uploader, gap handling, the last round)
-	probe    *pgconn.PgConn // under uploadMu: a replication connection to probeFor, for READ_REPLICATION_SLOT
+	probe    *pgconn.PgConn // the WAL lane's: a replication connection to probeFor, for READ_REPLICATION_SLOT
 	probeFor Source
 }
 
@@ -131,8 +152,13 @@ type Agent struct {
 func NewAgent(cfg AgentConfig, store Store, key *Key) *Agent {
 	cfg.defaults()
 	now := time.Now()
-	return &Agent{cfg: cfg, store: store, key: key, partial: map[string]time.Time{},
+	a := &Agent{cfg: cfg, pol: cfg.policy(), store: store, key: key, wake: make(chan struct{}, 1),
 		st: AgentStatus{Started: now, Updated: now, SpoolCap: cfg.SpoolCap, Recipient: key.Recipient(), Understudy: cfg.Version}}
+	for _, s := range cfg.Sources {
+		a.nodes = append(a.nodes, NodeSeen{Source: s})
+	}
+	a.recv.FailedOn = map[string]time.Time{}
+	return a
 }
 
 // Status is a copy of the agent's status.
@@ -140,6 +166,24 @@ func (a *Agent) Status() AgentStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.st
+}
+
+// Rechoose makes the agent choose its source again now (a role change has
+// made the node it streams from a primary, say): it stops pg_receivewal and
+// starts it on the node DecideAgent picks, which then loses nothing (the
+// spool holds where it was). The `backup agent` command calls it on SIGHUP.
+func (a *Agent) Rechoose() {
+	a.mu.Lock()
+	a.rechoose = true
+	a.mu.Unlock()
+	a.poke()
+}
+
+func (a *Agent) poke() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (a *Agent) update(f func(*AgentStatus)) {
@@ -153,35 +197,208 @@ func (a *Agent) logf(format string, args ...any) {
 	fmt.Fprintf(a.cfg.Log, "%s understudy backup agent: %s\n", time.Now().UTC().Format("2006-01-02 15:04:05.000"), fmt.Sprintf(format, args...))
 }
 
+// agentTick is how often the agent observes and decides: the spool is
+// checked often, since on a fast link pg_receivewal writes 100 MB/s or
+// more and the cap should hold within a few MB.
+const agentTick = 50 * time.Millisecond
+
 // Run works until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.Spool, 0o700); err != nil {
 		return fmt.Errorf("making the spool %s: %w", a.cfg.Spool, err)
 	}
 	a.logf("starting: sources %s, spool %s (cap %d MB), key %s", sourceNames(a.cfg.Sources), a.cfg.Spool, a.cfg.SpoolCap>>20, a.key.Recipient())
-	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() { defer wg.Done(); a.uploadLoop(ctx) }()
-	go func() { defer wg.Done(); a.statusLoop(ctx) }()
-	go func() { defer wg.Done(); a.baseLoop(ctx) }()
-	if a.cfg.Drill != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); a.drillLoop(ctx) }()
+	var probes, lanes sync.WaitGroup
+	for i := range a.cfg.Sources {
+		probes.Add(1)
+		go func() { defer probes.Done(); a.probeLoop(ctx, i) }()
 	}
-	a.receiveLoop(ctx)
-	wg.Wait()
-	// A last upload and status, so a clean stop leaves nothing behind.
+	t := time.NewTicker(agentTick)
+	defer t.Stop()
+	for ctx.Err() == nil {
+		a.dispatch(ctx, DecideAgent(a.observe(false), a.pol), &lanes)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		case <-a.wake:
+		}
+	}
+	// A last round, so a clean stop leaves nothing behind: pg_receivewal
+	// stops first (its partial file is then complete), the lanes end (their
+	// calls were given ctx), then the spool is uploaded and the report written.
+	a.stopReceiver("the agent is stopping")
+	a.waitReceiver(15 * time.Second)
+	lanes.Wait()
+	probes.Wait()
 	final, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	a.uploadOnce(final, true)
-	a.writeStatus(final)
-	a.uploadMu.Lock()
+	steps := DecideAgent(a.observe(true), a.pol)
+	for _, lane := range []Lane{LaneWAL, LaneStatus} {
+		var batch []AgentStep
+		for _, s := range steps {
+			if s.Lane() == lane {
+				batch = append(batch, s)
+			}
+		}
+		a.runBatch(final, lane, batch)
+	}
 	if a.probe != nil {
 		a.probe.Close(final)
 		a.probe = nil
 	}
-	a.uploadMu.Unlock()
 	return nil
+}
+
+// dispatch runs LaneNow steps here and starts one goroutine per other lane
+// with its batch; DecideAgent returned nothing for a busy lane.
+func (a *Agent) dispatch(ctx context.Context, steps []AgentStep, lanes *sync.WaitGroup) {
+	var batches [laneCount][]AgentStep
+	for _, s := range steps {
+		if s.Lane() == LaneNow {
+			a.execNow(s)
+			continue
+		}
+		batches[s.Lane()] = append(batches[s.Lane()], s)
+	}
+	for lane, batch := range batches {
+		if len(batch) == 0 {
+			continue
+		}
+		a.mu.Lock()
+		a.busy[lane] = true
+		a.mu.Unlock()
+		lanes.Add(1)
+		go func() {
+			defer lanes.Done()
+			a.runBatch(ctx, Lane(lane), batch)
+			a.mu.Lock()
+			a.busy[lane] = false
+			a.mu.Unlock()
+			a.poke()
+		}()
+	}
+}
+
+// observe reads the spool and its disk, and copies what the executor and
+// the probes recorded: an AgentView for DecideAgent.
+func (a *Agent) observe(stopping bool) AgentView {
+	spool := a.readSpool()
+	free := int64(-1)
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(a.cfg.Spool, &fs); err == nil {
+		free = int64(fs.Bavail) * fs.Bsize
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.st.SpoolBytes = pending(spool)
+	r := a.recv
+	r.FailedOn = cloneMap(a.recv.FailedOn)
+	r.DroppedOn = cloneMap(a.recv.DroppedOn)
+	return AgentView{Now: time.Now(), Stopping: stopping, Nodes: append([]NodeSeen(nil), a.nodes...), Receiver: r,
+		Spool: spool, SpoolFree: free, UploadedPartial: a.upName, UploadedPartialMTime: a.upMTime, Status: a.st,
+		NeedBase: a.needBase, AfterGap: a.afterGap, Rechoose: a.rechoose, Busy: a.busy,
+		UploadFailures: a.upFails, UploadFailedAt: a.upFailAt, Catalog: a.catalog, BaseTriedAt: a.baseTried, BaseErr: a.baseErr,
+		StatusWrittenAt: a.statusAt, Drill: a.drill}
+}
+
+func cloneMap[K comparable, V any](m map[K]V) map[K]V {
+	out := make(map[K]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// probeEvery: each source is asked once a second who it is (standby or
+// primary, timeline, position) and whether it holds the agent's slot, over
+// a replication connection held open; each probe has its own deadline, so a
+// node that hangs is seen as not answering.
+const (
+	probeEvery   = time.Second
+	probeTimeout = 3 * time.Second
+	connTimeout  = 5 * time.Second
+)
+
+func (a *Agent) probeLoop(ctx context.Context, i int) {
+	src := a.cfg.Sources[i]
+	var pc *pgconn.PgConn
+	defer func() {
+		if pc != nil {
+			pc.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for ctx.Err() == nil {
+		n, err := a.probeNode(ctx, &pc, src)
+		a.mu.Lock()
+		old := a.nodes[i]
+		if err != nil {
+			a.nodes[i].Err, a.nodes[i].ErrAt = err.Error(), time.Now()
+		} else {
+			a.nodes[i] = n
+		}
+		changed := err == nil && (old.Standby != n.Standby || old.Timeline != n.Timeline || old.At.IsZero()) || err != nil && old.ErrAt.Before(old.At)
+		a.mu.Unlock()
+		if changed {
+			a.poke()
+		}
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) probeNode(ctx context.Context, pc **pgconn.PgConn, src Source) (NodeSeen, error) {
+	if *pc == nil {
+		cctx, cancel := context.WithTimeout(ctx, connTimeout)
+		c, err := a.cfg.replConnect(cctx, src)
+		cancel()
+		if err != nil {
+			return NodeSeen{}, waited(err, cctx, "connecting to "+src.Name, connTimeout)
+		}
+		*pc = c
+	}
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	n, err := probe(pctx, *pc, src, a.cfg.Slot)
+	if err != nil {
+		(*pc).Close(context.WithoutCancel(ctx))
+		*pc = nil
+		return n, waited(err, pctx, "asking "+src.Name+" who it is", probeTimeout)
+	}
+	return n, nil
+}
+
+func probe(ctx context.Context, pc *pgconn.PgConn, src Source, slot string) (NodeSeen, error) {
+	at := time.Now()
+	ri, err := pgops.IdentifyReplication(ctx, pc)
+	if err != nil {
+		return NodeSeen{}, err
+	}
+	standby, err := pgops.InHotStandby(ctx, pc)
+	if err != nil {
+		return NodeSeen{}, err
+	}
+	n := NodeSeen{Source: src, At: at, Standby: standby, SystemID: ri.SystemID, Timeline: ri.Timeline, XLogPos: ri.XLogPos, SegSize: ri.SegSize}
+	if has, err := pgops.SlotExists(ctx, pc, slot); err == nil {
+		n.Slot = SlotAbsent
+		if has {
+			n.Slot = SlotPresent
+		}
+	} else if ctx.Err() != nil {
+		return NodeSeen{}, err
+	}
+	return n, nil
+}
+
+// waited names what a call that ran out of time waited for.
+func waited(err error, ctx context.Context, what string, d time.Duration) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("%s: no answer in %s", what, d)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 func sourceNames(ss []Source) string {
@@ -211,21 +428,34 @@ type Chosen struct {
 	Info   pgops.ReplicationInfo
 }
 
+// identify asks one source who it is, within connTimeout.
+func (c *AgentConfig) identify(ctx context.Context, s Source) (pgops.ReplicationInfo, error) {
+	ictx, cancel := context.WithTimeout(ctx, connTimeout)
+	defer cancel()
+	pc, err := c.replConnect(ictx, s)
+	if err != nil {
+		return pgops.ReplicationInfo{}, waited(err, ictx, "connecting to "+s.Name, connTimeout)
+	}
+	defer pc.Close(context.WithoutCancel(ctx))
+	ri, err := pgops.IdentifyReplication(ictx, pc)
+	if err != nil {
+		return ri, waited(err, ictx, "asking "+s.Name+" who it is", connTimeout)
+	}
+	if standby, err := pgops.InHotStandby(ictx, pc); err == nil {
+		ri.Standby = standby
+	}
+	return ri, nil
+}
+
 // Choose connects to every source and picks a standby when one answers,
 // else the primary (ChooseSource, pure).
 func (c *AgentConfig) Choose(ctx context.Context) (Chosen, []Source, error) {
 	var found []Chosen
 	var errs []string
 	for _, s := range c.Sources {
-		pc, err := c.replConnect(ctx, s)
+		ri, err := c.identify(ctx, s)
 		if err != nil {
-			errs = append(errs, fmt.Sprintf("%s: %v", s.Name, err))
-			continue
-		}
-		ri, err := pgops.IdentifyReplication(ctx, pc)
-		pc.Close(context.WithoutCancel(ctx))
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("%s: %v", s.Name, err))
+			errs = append(errs, err.Error())
 			continue
 		}
 		found = append(found, Chosen{Source: s, Info: ri})
@@ -234,9 +464,6 @@ func (c *AgentConfig) Choose(ctx context.Context) (Chosen, []Source, error) {
 	if !ok {
 		return Chosen{}, nil, fmt.Errorf("no node answered a replication login: %s", strings.Join(errs, "; "))
 	}
-	if !ch.Info.Standby && len(errs) > 0 && c.Log != nil {
-		fmt.Fprintf(c.Log, "%s understudy backup agent: no standby answered (%s): using the primary %s until one does\n", time.Now().UTC().Format("2006-01-02 15:04:05.000"), strings.Join(errs, "; "), ch.Source.Name)
-	}
 	var others []Source
 	for _, f := range found {
 		if f.Source.Name != ch.Source.Name {
@@ -244,18 +471,6 @@ func (c *AgentConfig) Choose(ctx context.Context) (Chosen, []Source, error) {
 		}
 	}
 	return ch, others, nil
-}
-
-// isStandby asks a source whether it is in recovery now (false when it
-// does not answer).
-func (c *AgentConfig) isStandby(ctx context.Context, s Source) bool {
-	pc, err := c.replConnect(ctx, s)
-	if err != nil {
-		return false
-	}
-	defer pc.Close(context.WithoutCancel(ctx))
-	ri, err := pgops.IdentifyReplication(ctx, pc)
-	return err == nil && ri.Standby
 }
 
 // ChooseSource prefers a standby on the newest timeline, then the primary.
@@ -291,294 +506,6 @@ func (c *AgentConfig) replConnect(ctx context.Context, s Source) (*pgconn.PgConn
 	return pgconn.ConnectConfig(ctx, cfg)
 }
 
-// receiveLoop runs pg_receivewal against the chosen source, again and
-// again, until ctx ends.
-func (a *Agent) receiveLoop(ctx context.Context) {
-	backoff := time.Second
-	for ctx.Err() == nil {
-		if p := a.pausedFor(); p != "" {
-			sleep(ctx, time.Second)
-			continue
-		}
-		err := a.receiveOnce(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			a.logf("%v", err)
-			a.update(func(s *AgentStatus) { s.LastError, s.LastErrorAt, s.Receiving = err.Error(), time.Now(), false })
-			sleep(ctx, backoff)
-			backoff = min(2*backoff, 15*time.Second)
-			continue
-		}
-		backoff = time.Second
-	}
-}
-
-func (a *Agent) pausedFor() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.st.Paused
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
-
-func (a *Agent) receiveOnce(ctx context.Context) error {
-	ch, others, err := a.cfg.Choose(ctx)
-	if err != nil {
-		return err
-	}
-	pc, err := a.cfg.replConnect(ctx, ch.Source)
-	if err != nil {
-		return fmt.Errorf("connecting to %s: %w", ch.Source.Name, err)
-	}
-	created, err := pgops.CreatePhysicalSlot(ctx, pc, a.cfg.Slot)
-	pc.Close(context.WithoutCancel(ctx))
-	if err != nil {
-		return fmt.Errorf("on %s: %w", ch.Source.Name, err)
-	}
-	if created {
-		a.logf("created slot %s on %s", a.cfg.Slot, ch.Source.Name)
-	}
-	role := "primary"
-	if ch.Info.Standby {
-		role = "standby"
-	}
-	a.logf("streaming WAL from %s (%s, timeline %d)", ch.Source.Name, role, ch.Info.Timeline)
-	a.update(func(s *AgentStatus) {
-		s.Source, s.SourceStandby, s.Receiving = ch.Source.Name, ch.Info.Standby, true
-	})
-	a.setSource(&ch.Source)
-	defer a.setSource(nil)
-	rctx, stop := context.WithCancel(ctx)
-	defer stop()
-	// While it streams: drop the slot from the other nodes (so none of them
-	// keeps WAL for it), stop when the spool is full, and move to a standby
-	// when one comes back while streaming from the primary.
-	go func() {
-		dropped := false
-		// The spool is checked often: on a fast link pg_receivewal writes
-		// 100 MB/s or more, and the cap should hold within a few MB.
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for n := 0; ; n++ {
-			select {
-			case <-rctx.Done():
-				return
-			case <-t.C:
-			}
-			if pending := a.spoolPending(); pending > a.cfg.SpoolCap {
-				a.update(func(s *AgentStatus) {
-					if s.Paused == "" {
-						s.Paused = pausedText(pending, a.cfg.SpoolCap)
-					}
-				})
-			}
-			if a.pausedFor() != "" {
-				a.logf("pausing: %s", a.pausedFor())
-				stop()
-				return
-			}
-			if n%20 != 19 {
-				continue
-			}
-			if !dropped && n >= 40 {
-				dropped = a.dropSlotOn(rctx, others)
-			}
-			// Every 15 s: is another node now the better source? A standby
-			// came back while this is the primary, or this standby was
-			// promoted (a switchover: pg_receivewal follows the new timeline
-			// on the same server, which would leave the slot on the primary).
-			if n%300 == 299 && !a.cfg.isStandby(rctx, ch.Source) {
-				if c2, _, err := a.cfg.Choose(rctx); err == nil && c2.Info.Standby && c2.Source.Name != ch.Source.Name {
-					a.logf("%s is a standby and %s is not: moving there", c2.Source.Name, ch.Source.Name)
-					stop()
-					return
-				}
-			}
-		}
-	}()
-	if err := a.ensureResumePoint(); err != nil {
-		return err
-	}
-	args := []string{"-D", a.cfg.Spool, "-S", a.cfg.Slot, "--synchronous", "--no-loop", "-d", a.cfg.replConninfo(ch.Source, "understudy-backup")}
-	cmd := exec.CommandContext(rctx, filepath.Join(a.cfg.BinDir, "pg_receivewal"), args...)
-	cmd.Env = append(os.Environ(), a.cfg.Env...)
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGINT) }
-	cmd.WaitDelay = 10 * time.Second
-	var stderr bytes.Buffer
-	cmd.Stderr = &limited{w: &stderr, n: 64 << 10}
-	err = cmd.Run()
-	if rctx.Err() != nil {
-		return nil
-	}
-	msg := lastLines(stderr.String(), 3)
-	if strings.Contains(msg, "has already been removed") || strings.Contains(msg, "invalidated") {
-		return a.gap(ctx, ch.Source, msg)
-	}
-	return fmt.Errorf("pg_receivewal from %s stopped: %v: %s", ch.Source.Name, err, msg)
-}
-
-// gap handles WAL the source no longer has: the archive has a hole from
-// here, so the slot is made again and a new base backup starts a new
-// recovery window.
-func (a *Agent) gap(ctx context.Context, s Source, msg string) error {
-	last := a.Status().LastArchived
-	what := fmt.Sprintf("WAL after %s was removed from %s before it was archived (%s): restores cannot cross this point; a new base backup starts a new recovery window", orNone(last), s.Name, msg)
-	a.logf("%s", what)
-	a.uploadOnce(ctx, true)
-	entries, _ := os.ReadDir(a.cfg.Spool)
-	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), partialSuffix) {
-			os.Remove(filepath.Join(a.cfg.Spool, e.Name()))
-		}
-	}
-	if pc, err := a.cfg.replConnect(ctx, s); err == nil {
-		pgops.DropPhysicalSlot(ctx, pc, a.cfg.Slot)
-		pc.Close(context.WithoutCancel(ctx))
-	}
-	a.mu.Lock()
-	a.st.Gap, a.st.GapAt, a.needBase, a.afterGap = what, time.Now(), true, true
-	a.st.LastGap, a.st.LastGapAt = what, a.st.GapAt
-	a.mu.Unlock()
-	return nil
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "the start"
-	}
-	return s
-}
-
-// ensureResumePoint makes pg_receivewal start where the archive ends.
-// With no WAL file in its directory it would start at the slot's
-// restart_lsn, or, when the slot was invalidated, at the server's current
-// position, silently skipping what was never archived. So when the spool
-// is empty the agent leaves a zero-filled partial file of the segment that
-// holds ArchivedLSN: pg_receivewal resumes at that segment's start (it
-// always starts at a segment boundary, pg_receivewal docs), and fails with
-// "requested WAL segment has already been removed" when the server no
-// longer has it, which the agent reports as a gap.
-func (a *Agent) ensureResumePoint() error {
-	if len(a.readSpool()) > 0 {
-		return nil
-	}
-	a.mu.Lock()
-	afterGap := a.afterGap
-	a.mu.Unlock()
-	if afterGap {
-		return nil // the new slot's position is the new start
-	}
-	st := a.Status()
-	if st.ArchivedLSN == 0 || st.ArchivedTLI == 0 {
-		return nil // nothing archived yet: the slot's position is the start
-	}
-	seg := pgops.SegmentOf(st.ArchivedTLI, st.ArchivedLSN, a.segSize())
-	p := filepath.Join(a.cfg.Spool, seg.Name(a.segSize())+partialSuffix)
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("writing the resume point %s: %w", p, err)
-	}
-	err = f.Truncate(int64(a.segSize()))
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	// The uploader must not replace the archived partial with these zeros:
-	// it is marked as uploaded until pg_receivewal writes to it.
-	if info, err := os.Stat(p); err == nil {
-		a.mu.Lock()
-		a.partial = map[string]time.Time{filepath.Base(p): info.ModTime()}
-		a.mu.Unlock()
-	}
-	a.logf("resuming at %s, where the archive ends", seg.Name(a.segSize()))
-	return nil
-}
-
-func (a *Agent) setSource(s *Source) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.source = s // the uploader replaces its probe connection when it sees the change
-}
-
-// flushed is what pg_receivewal has flushed into the spool, as the
-// source's slot says. Only uploadOnce calls it (under uploadMu), so the
-// probe connection is used by one goroutine at a time.
-func (a *Agent) flushed(ctx context.Context) (pgops.LSN, pgops.Timeline, bool) {
-	a.mu.Lock()
-	src := a.source
-	a.mu.Unlock()
-	if a.probe != nil && (src == nil || a.probeFor != *src) {
-		a.probe.Close(ctx)
-		a.probe = nil
-	}
-	if src == nil {
-		return 0, 0, false
-	}
-	if a.probe == nil {
-		pc, err := a.cfg.replConnect(ctx, *src)
-		if err != nil {
-			return 0, 0, false
-		}
-		a.probe, a.probeFor = pc, *src
-	}
-	lsn, tli, err := pgops.ReadReplicationSlot(ctx, a.probe, a.cfg.Slot)
-	if err != nil {
-		a.probe.Close(ctx)
-		a.probe = nil // the next round opens another
-		return 0, 0, false
-	}
-	return lsn, tli, true
-}
-
-// checkCaughtUp records when the archive held everything the source has:
-// the partial segment is uploaded unchanged, and what the receiver has
-// flushed (the slot) is at the source's own position (IDENTIFY_SYSTEM: a
-// standby's flushed WAL, a primary's written WAL).
-func (a *Agent) checkCaughtUp(ctx context.Context) {
-	at := time.Now()
-	lsn, tli, ok := a.flushed(ctx)
-	if !ok || a.probe == nil {
-		return
-	}
-	ri, err := pgops.IdentifyReplication(ctx, a.probe)
-	if err != nil || ri.Timeline != tli || ri.XLogPos > lsn {
-		return
-	}
-	a.update(func(s *AgentStatus) {
-		s.CaughtUpAt, s.CaughtUpLSN, s.CaughtUpTLI = at, lsn, tli
-		if tli > s.ArchivedTLI || tli == s.ArchivedTLI && lsn > s.ArchivedLSN {
-			s.ArchivedLSN, s.ArchivedTLI = lsn, tli
-		}
-	})
-}
-
-func (a *Agent) dropSlotOn(ctx context.Context, others []Source) bool {
-	all := true
-	for _, o := range others {
-		pc, err := a.cfg.replConnect(ctx, o)
-		if err != nil {
-			all = false
-			continue
-		}
-		if err := pgops.DropPhysicalSlot(ctx, pc, a.cfg.Slot); err != nil {
-			all = false
-		}
-		pc.Close(context.WithoutCancel(ctx))
-	}
-	return all
-}
-
 type limited struct {
 	w io.Writer
 	n int
@@ -605,19 +532,9 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, " / ")
 }
 
-// spoolFile is one file in the spool.
-type spoolFile struct {
-	name    string
-	seg     pgops.Segment
-	history bool
-	partial bool
-	size    int64
-	mtime   time.Time
-}
-
-func (a *Agent) readSpool() []spoolFile {
+func (a *Agent) readSpool() []SpoolFile {
 	entries, _ := os.ReadDir(a.cfg.Spool)
-	var out []spoolFile
+	var out []SpoolFile
 	for _, e := range entries {
 		info, err := e.Info()
 		if err != nil || !info.Mode().IsRegular() {
@@ -625,255 +542,36 @@ func (a *Agent) readSpool() []spoolFile {
 		}
 		name := e.Name()
 		base, partial := strings.CutSuffix(name, partialSuffix)
-		f := spoolFile{name: name, partial: partial, size: info.Size(), mtime: info.ModTime()}
+		f := SpoolFile{Name: name, Partial: partial, Size: info.Size(), MTime: info.ModTime()}
 		if tli, ok := pgops.ParseHistoryFileName(base); ok && !partial {
-			f.history, f.seg = true, pgops.Segment{TLI: tli}
+			f.History, f.Seg = true, pgops.Segment{TLI: tli}
 		} else if seg, ok := pgops.ParseSegmentName(base, a.segSize()); ok {
-			f.seg = seg
+			f.Seg = seg
 		} else {
 			continue
 		}
 		out = append(out, f)
 	}
-	// History files first (a restore needs them before the new timeline's
-	// WAL), then segments in order.
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].history != out[j].history {
-			return out[i].history
-		}
-		if out[i].seg.No != out[j].seg.No {
-			return out[i].seg.No < out[j].seg.No
-		}
-		return out[i].seg.TLI < out[j].seg.TLI
-	})
+	sortSpool(out)
 	return out
-}
-
-func pausedText(pending, limit int64) string {
-	return fmt.Sprintf("%d MB of WAL is waiting for the storage (cap %d MB): receiving stopped; the source's slot keeps the rest, up to its max_slot_wal_keep_size", pending>>20, limit>>20)
-}
-
-// spoolPending is the size of the finished WAL files waiting for upload.
-func (a *Agent) spoolPending() int64 {
-	var n int64
-	for _, f := range a.readSpool() {
-		if !f.partial {
-			n += f.size
-		}
-	}
-	return n
 }
 
 func (a *Agent) segSize() uint64 { return pgops.DefaultSegSize }
 
-func (a *Agent) uploadLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.PartialEvery / 4)
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		a.uploadOnce(ctx, false)
+	select {
+	case <-ctx.Done():
+	case <-t.C:
 	}
 }
 
-// uploadOnce uploads what the spool holds: finished files (then removes
-// them), and the segment being written when it changed and PartialEvery
-// has passed (or force).
-func (a *Agent) uploadOnce(ctx context.Context, force bool) {
-	a.uploadMu.Lock()
-	defer a.uploadMu.Unlock()
-	files := a.readSpool()
-	if len(files) > 0 {
-		a.mu.Lock()
-		a.afterGap = false
-		a.mu.Unlock()
+func orNone(s string) string {
+	if s == "" {
+		return "the start"
 	}
-	var pending int64
-	var newestPartial = -1
-	for i, f := range files {
-		if f.partial {
-			newestPartial = i
-		}
-	}
-	var uploadErr error
-	for i, f := range files {
-		if uploadErr != nil {
-			if !f.partial {
-				pending += f.size
-			}
-			continue
-		}
-		p := filepath.Join(a.cfg.Spool, f.name)
-		switch {
-		case !f.partial:
-			if err := a.putFile(ctx, p, walKey(f.name)); err != nil {
-				uploadErr = err
-				pending += f.size
-				continue
-			}
-			os.Remove(p)
-			if !f.history {
-				a.store.Delete(ctx, walKey(f.name+partialSuffix))
-				end := pgops.LSN((f.seg.No + 1) * a.segSize())
-				a.update(func(s *AgentStatus) {
-					s.LastArchived, s.LastArchivedAt = f.name, time.Now()
-					if f.seg.TLI > s.ArchivedTLI || f.seg.TLI == s.ArchivedTLI && end > s.ArchivedLSN {
-						s.ArchivedLSN, s.ArchivedTLI = end, f.seg.TLI
-					}
-				})
-			}
-		case i != newestPartial:
-			// A partial that is no longer written (the end of an old
-			// timeline): upload it once more, final, and let it go.
-			if err := a.putFile(ctx, p, walKey(f.name)); err != nil {
-				uploadErr = err
-				continue
-			}
-			os.Remove(p)
-		default:
-			a.mu.Lock()
-			last, seen := a.partial[f.name]
-			a.mu.Unlock()
-			if seen && !f.mtime.After(last) {
-				if time.Since(a.Status().CaughtUpAt) >= a.cfg.PartialEvery {
-					a.checkCaughtUp(ctx)
-				}
-				continue
-			}
-			if !force && seen && time.Since(a.Status().LastPartialAt) < a.cfg.PartialEvery {
-				continue
-			}
-			readAt := time.Now()
-			lsn, tli, known := a.flushed(ctx)
-			// Only a position inside this segment is proof of what it holds.
-			known = known && tli == f.seg.TLI && (uint64(lsn)/a.segSize() == f.seg.No || uint64(lsn) == (f.seg.No+1)*a.segSize())
-			if info, err := os.Stat(p); err == nil {
-				f.mtime = info.ModTime()
-			} else {
-				continue // finished meanwhile: the next round uploads it
-			}
-			if err := a.putFile(ctx, p, walKey(f.name)); err != nil {
-				if errors.Is(err, os.ErrNotExist) {
-					continue
-				}
-				uploadErr = err
-				continue
-			}
-			a.mu.Lock()
-			a.partial = map[string]time.Time{f.name: f.mtime}
-			a.mu.Unlock()
-			a.update(func(s *AgentStatus) {
-				s.LastPartialAt = readAt
-				if known && (tli > s.ArchivedTLI || tli == s.ArchivedTLI && lsn >= s.ArchivedLSN) {
-					s.ArchivedLSN, s.ArchivedTLI, s.ArchivedAt = lsn, tli, readAt
-				}
-			})
-		}
-	}
-	if newestPartial < 0 && pending == 0 && uploadErr == nil && time.Since(a.Status().CaughtUpAt) >= a.cfg.PartialEvery {
-		a.checkCaughtUp(ctx) // nothing written since the last segment ended
-	}
-	a.update(func(s *AgentStatus) {
-		s.SpoolBytes = pending
-		if uploadErr != nil {
-			s.UploadError = uploadErr.Error()
-			s.LastError, s.LastErrorAt = uploadErr.Error(), time.Now()
-		} else {
-			s.UploadError = ""
-		}
-		switch {
-		case pending > a.cfg.SpoolCap && s.Paused == "":
-			s.Paused = pausedText(pending, a.cfg.SpoolCap)
-		case pending <= a.cfg.SpoolCap/2 && s.Paused != "":
-			s.Paused = ""
-		}
-	})
-}
-
-// putFile seals a spool file in memory (a segment is at most 16 MB by
-// default; the memory is bounded by the segment size) and stores it.
-func (a *Agent) putFile(ctx context.Context, p, key string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err // os.ErrNotExist when pg_receivewal renamed it meanwhile
-	}
-	defer f.Close()
-	var buf bytes.Buffer
-	w, err := a.key.Seal(&buf)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(w, bufio.NewReaderSize(f, 1<<20)); err != nil {
-		return fmt.Errorf("reading %s: %w", p, err)
-	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	return a.store.Put(ctx, key, &buf, int64(buf.Len()))
-}
-
-func (a *Agent) statusLoop(ctx context.Context) {
-	t := time.NewTicker(2 * time.Second)
-	defer t.Stop()
-	for {
-		a.writeStatus(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (a *Agent) writeStatus(ctx context.Context) {
-	st := a.Status()
-	b, _ := jsonIndent(st)
-	writeLocal(filepath.Join(a.cfg.Spool, "..", "agent-status.json"), b)
-	if err := putJSON(ctx, a.store, statusKey, st); err != nil && ctx.Err() == nil {
-		a.update(func(s *AgentStatus) { s.UploadError = err.Error() })
-	}
-}
-
-// baseLoop takes a base backup when none is recent enough, or after a gap.
-func (a *Agent) baseLoop(ctx context.Context) {
-	sleep(ctx, 2*time.Second) // let the WAL stream start first
-	for ctx.Err() == nil {
-		a.mu.Lock()
-		need := a.needBase
-		a.mu.Unlock()
-		if !need {
-			cat, err := ReadCatalog(ctx, a.store)
-			if err == nil {
-				need = len(cat.Bases) == 0 || time.Since(cat.Bases[len(cat.Bases)-1].Finished) > a.cfg.BaseEvery
-			}
-		}
-		if need {
-			bi, err := TakeBase(ctx, &a.cfg, a.store, a.key, nil)
-			a.mu.Lock()
-			if err != nil {
-				a.st.LastBaseError = err.Error()
-				a.logf("base backup failed: %v", err)
-			} else {
-				a.st.LastBase, a.st.LastBaseError, a.needBase = bi.ID, "", false
-				if a.st.Gap != "" {
-					a.st.Gap = ""
-				}
-				a.logf("base backup %s: %d MB in %.1f s from %s", bi.ID, bi.Bytes>>20, bi.Duration().Seconds(), bi.Source)
-			}
-			a.mu.Unlock()
-			if err == nil {
-				if n, err := ApplyRetention(ctx, a.store, a.cfg.Policy, time.Now()); err != nil {
-					a.logf("retention: %v", err)
-				} else if n > 0 {
-					a.logf("retention deleted %d objects", n)
-				}
-			}
-		}
-		sleep(ctx, 30*time.Second)
-	}
+	return s
 }
 
 // ApplyRetention reads the catalogue, decides with Retain and deletes.

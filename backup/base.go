@@ -55,6 +55,16 @@ func TakeBase(ctx context.Context, cfg *AgentConfig, store Store, key *Key, prog
 	if err != nil {
 		return BaseInfo{}, err
 	}
+	return takeBaseFrom(ctx, cfg, ch, store, key, progress)
+}
+
+// takeBaseFrom is TakeBase from a source already chosen. pg_basebackup is
+// stopped when it sends nothing for cfg.BaseStall, and when this process
+// dies (its parent-death signal).
+func takeBaseFrom(ctx context.Context, cfg *AgentConfig, ch Chosen, store Store, key *Key, progress func(Progress)) (BaseInfo, error) {
+	cfg.defaults()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	started := time.Now().UTC()
 	bi := BaseInfo{ID: started.Format("20060102T150405.000Z"), SystemID: ch.Info.SystemID, Timeline: ch.Info.Timeline,
 		SegSize: ch.Info.SegSize, Started: started, Source: ch.Source.Name, FromStandby: ch.Info.Standby, Recipient: key.Recipient()}
@@ -62,6 +72,7 @@ func TakeBase(ctx context.Context, cfg *AgentConfig, store Store, key *Key, prog
 	cmd.Env = append(os.Environ(), cfg.Env...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return bi, err
@@ -117,8 +128,30 @@ func TakeBase(ctx context.Context, cfg *AgentConfig, store Store, key *Key, prog
 	tick := time.Now()
 	buf := make([]byte, 1<<20)
 	var copyErr error
+	// A watchdog: pg_basebackup that sends nothing for BaseStall (a hung
+	// source) is stopped, and the error says what was waited for.
+	var lastRead atomic.Int64
+	lastRead.Store(time.Now().UnixNano())
+	watchDone := make(chan struct{})
+	defer close(watchDone)
+	go func() {
+		t := time.NewTicker(min(cfg.BaseStall/4, time.Second))
+		defer t.Stop()
+		for {
+			select {
+			case <-watchDone:
+				return
+			case <-t.C:
+			}
+			if idle := time.Since(time.Unix(0, lastRead.Load())); idle >= cfg.BaseStall {
+				cancel(fmt.Errorf("pg_basebackup from %s sent nothing for %s", ch.Source.Name, idle.Round(time.Second)))
+				return
+			}
+		}
+	}()
 	for {
 		n, rerr := stdout.Read(buf)
+		lastRead.Store(time.Now().UnixNano())
 		if n > 0 {
 			done += int64(n)
 			if _, err := sealed.Write(buf[:n]); err != nil {
@@ -150,6 +183,9 @@ func TakeBase(ctx context.Context, cfg *AgentConfig, store Store, key *Key, prog
 		pw.CloseWithError(errors.New("base backup failed"))
 		<-upload
 		store.Delete(context.WithoutCancel(ctx), baseDataKey(bi.ID))
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			return bi, cause
+		}
 		if waitErr != nil {
 			return bi, fmt.Errorf("pg_basebackup from %s failed: %v: %s", ch.Source.Name, waitErr, lastLines(errText.String(), 3))
 		}

@@ -9,6 +9,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/understudy-dev/understudy/pgops"
@@ -62,14 +63,30 @@ type Catalog struct {
 	ArchivedAt  time.Time
 	ArchivedLSN pgops.LSN
 	ArchivedTLI pgops.Timeline
+	// The agent's report itself, or why it could not be read.
+	Agent    *AgentStatus
+	AgentErr error
 }
 
-// ReadCatalog lists the bucket and reads every base backup's info.
+// ReadCatalog lists the bucket and reads every base backup's info. The
+// listings, the agent's report and the infos are read side by side (eight
+// at a time), so a slow storage costs a few round trips, not one per object.
 func ReadCatalog(ctx context.Context, s Store) (Catalog, error) {
 	var cat Catalog
-	bases, err := s.List(ctx, baseDir)
-	if err != nil {
-		return cat, err
+	var bases, objs []Object
+	var baseErr, walErr, agentErr error
+	var agent AgentStatus
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); bases, baseErr = s.List(ctx, baseDir) }()
+	go func() { defer wg.Done(); objs, walErr = s.List(ctx, walDir) }()
+	go func() { defer wg.Done(); agent, agentErr = ReadAgentStatus(ctx, s) }()
+	wg.Wait()
+	if baseErr != nil {
+		return cat, baseErr
+	}
+	if walErr != nil {
+		return cat, walErr
 	}
 	hasData := map[string]bool{}
 	var infos []string
@@ -81,27 +98,40 @@ func ReadCatalog(ctx context.Context, s Store) (Catalog, error) {
 			hasData[path.Dir(o.Key)] = true
 		}
 	}
-	for _, k := range infos {
-		var bi BaseInfo
-		if err := getJSON(ctx, s, k, &bi); err != nil || !hasData[path.Dir(k)] {
+	read := make([]BaseInfo, len(infos))
+	ok := make([]bool, len(infos))
+	sem := make(chan struct{}, 8)
+	for i, k := range infos {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			ok[i] = getJSON(ctx, s, k, &read[i]) == nil && hasData[path.Dir(k)]
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return cat, fmt.Errorf("reading the base backups' info: %w", err)
+	}
+	for i, k := range infos {
+		if !ok[i] {
 			cat.Broken = append(cat.Broken, path.Base(path.Dir(k)))
 			continue
 		}
-		cat.Bases = append(cat.Bases, bi)
+		cat.Bases = append(cat.Bases, read[i])
 	}
 	sort.Slice(cat.Bases, func(i, j int) bool { return cat.Bases[i].Started.Before(cat.Bases[j].Started) })
 	cat.SegSize = pgops.DefaultSegSize
 	if n := len(cat.Bases); n > 0 && cat.Bases[n-1].SegSize != 0 {
 		cat.SegSize = cat.Bases[n-1].SegSize
 	}
-	objs, err := s.List(ctx, walDir)
-	if err != nil {
-		return cat, err
-	}
 	cat.WAL = ParseWAL(objs, cat.SegSize)
-	if st, err := ReadAgentStatus(ctx, s); err == nil {
-		cat.CaughtUpAt, cat.CaughtUpLSN, cat.CaughtUpTLI = st.CaughtUpAt, st.CaughtUpLSN, st.CaughtUpTLI
-		cat.ArchivedAt, cat.ArchivedLSN, cat.ArchivedTLI = st.ArchivedAt, st.ArchivedLSN, st.ArchivedTLI
+	if agentErr == nil {
+		cat.Agent = &agent
+		cat.CaughtUpAt, cat.CaughtUpLSN, cat.CaughtUpTLI = agent.CaughtUpAt, agent.CaughtUpLSN, agent.CaughtUpTLI
+		cat.ArchivedAt, cat.ArchivedLSN, cat.ArchivedTLI = agent.ArchivedAt, agent.ArchivedLSN, agent.ArchivedTLI
+	} else {
+		cat.AgentErr = agentErr
 	}
 	return cat, nil
 }

@@ -139,26 +139,20 @@ func DrillRoom(free, baseBytes int64, walFiles int, segSize uint64) bool {
 	return free >= need+need/4
 }
 
-// drillLoop runs the scheduled drills. Where the primary is comes from a
+// runDrill runs a scheduled drill. Where the primary is comes from a
 // replication login to it (IDENTIFY_SYSTEM), so the drill proves the
 // archive reached a point the agent did not choose.
-func (a *Agent) drillLoop(ctx context.Context) {
-	d := a.cfg.Drill
-	sleep(ctx, time.Minute) // after the first base backup has had its chance
-	for ctx.Err() == nil {
-		cat, err := ReadCatalog(ctx, a.store)
-		last, lerr := LastDrill(ctx, a.store)
-		if err == nil && lerr == nil && DrillDue(last, len(cat.Bases), d.Every, time.Now()) {
-			a.runDrill(ctx, cat)
-		}
-		sleep(ctx, time.Minute)
-	}
-}
-
-func (a *Agent) runDrill(ctx context.Context, cat Catalog) {
+func (a *Agent) runDrill(ctx context.Context) {
 	archived := func(context.Context) (pgops.LSN, pgops.Timeline, error) {
 		st := a.Status()
 		return st.ArchivedLSN, st.ArchivedTLI, nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, catalogTimeout)
+	cat, err := ReadCatalog(cctx, a.store)
+	cancel()
+	if err != nil {
+		a.logf("restore drill: %v", waited(err, cctx, "reading the catalogue", catalogTimeout))
+		return
 	}
 	a.logf("restore drill: restoring the latest backup into %s", a.cfg.Drill.Dir)
 	rec, err := DrillNow(ctx, &a.cfg, a.store, a.key, *a.cfg.Drill, cat, archived)
@@ -169,6 +163,11 @@ func (a *Agent) runDrill(ctx context.Context, cat Catalog) {
 		a.logf("restore drill %s passed: base %s + %d WAL files in %.1f s, reached %s%s", rec.ID, rec.Base, rec.Segments, rec.Total.Seconds(), rec.Reached, checkText(rec))
 	default:
 		a.logf("restore drill %s FAILED: %s", rec.ID, rec.Error)
+	}
+	if err == nil {
+		a.mu.Lock()
+		a.drill.Last, a.drill.ReadAt = &rec, time.Now()
+		a.mu.Unlock()
 	}
 }
 
@@ -245,14 +244,12 @@ func checkText(r DrillRecord) string {
 func (c *AgentConfig) PrimaryPosition(ctx context.Context) (pgops.LSN, pgops.Timeline, error) {
 	var errs []string
 	for _, s := range c.Sources {
-		pc, err := c.replConnect(ctx, s)
+		ri, err := c.identify(ctx, s)
 		if err != nil {
-			errs = append(errs, s.Name+": "+err.Error())
+			errs = append(errs, err.Error())
 			continue
 		}
-		ri, err := pgops.IdentifyReplication(ctx, pc)
-		pc.Close(context.WithoutCancel(ctx))
-		if err == nil && !ri.Standby {
+		if !ri.Standby {
 			return ri.XLogPos, ri.Timeline, nil
 		}
 	}

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"path"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -65,7 +67,12 @@ type S3 struct {
 	bucket string
 	prefix string
 	where  string
+	stall  *stallTransport
 }
+
+// DefaultStall: a request to the storage that makes no progress this long
+// (no response, no byte of its body sent or read) is given up.
+const DefaultStall = 30 * time.Second
 
 var _ Store = (*S3)(nil)
 
@@ -82,12 +89,18 @@ func OpenS3(cfg S3Config, accessKey, secretKey string) (*S3, error) {
 	if cfg.PathStyle {
 		lookup = minio.BucketLookupPath
 	}
+	st := &stallTransport{base: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 10 * time.Second, IdleConnTimeout: 90 * time.Second, MaxIdleConnsPerHost: 8}}
+	st.stall.Store(int64(DefaultStall))
 	c, err := minio.New(u.Host, &minio.Options{
 		Creds:        credentials.NewStaticV4(accessKey, secretKey, ""),
 		Secure:       u.Scheme == "https",
 		Region:       cfg.Region,
 		BucketLookup: lookup,
-		Transport:    &http.Transport{Proxy: nil, ResponseHeaderTimeout: 30 * time.Second, IdleConnTimeout: 90 * time.Second, MaxIdleConnsPerHost: 8},
+		Transport:    st,
+		// Few retries inside one call: the callers retry on their own
+		// schedule, and a call must end within its deadline.
+		MaxRetries: 3,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("backup storage %s: %w", cfg.Endpoint, err)
@@ -96,7 +109,88 @@ func OpenS3(cfg S3Config, accessKey, secretKey string) (*S3, error) {
 	if p != "" {
 		p += "/"
 	}
-	return &S3{c: c, bucket: cfg.Bucket, prefix: p, where: cfg.Endpoint + "/" + cfg.Bucket + "/" + p}, nil
+	return &S3{c: c, bucket: cfg.Bucket, prefix: p, where: cfg.Endpoint + "/" + cfg.Bucket + "/" + p, stall: st}, nil
+}
+
+// SetStall changes how long a request may make no progress (DefaultStall).
+func (s *S3) SetStall(d time.Duration) { s.stall.stall.Store(int64(d)) }
+
+// StallError: a request to the storage made no progress for Idle.
+type StallError struct {
+	What string
+	Idle time.Duration
+}
+
+func (e *StallError) Error() string {
+	return fmt.Sprintf("the storage made no progress for %s (%s)", e.Idle, e.What)
+}
+
+// stallTransport gives up a request that makes no progress for its stall
+// time: no response headers, and no byte of the request body sent or of the
+// response body read. A slow but moving transfer goes on; a hung one ends
+// with a StallError, whatever the caller's own deadline.
+type stallTransport struct {
+	base  http.RoundTripper
+	stall atomic.Int64
+}
+
+func (t *stallTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	d := time.Duration(t.stall.Load())
+	ctx, cancel := context.WithCancelCause(req.Context())
+	w := &stallWatch{cancel: cancel, err: &StallError{What: "waiting on " + req.Method + " " + req.URL.Path, Idle: d}, d: d}
+	w.timer = time.AfterFunc(d, w.fire)
+	req = req.Clone(ctx)
+	if req.Body != nil && req.Body != http.NoBody {
+		req.Body = &stallBody{rc: req.Body, w: w}
+	}
+	resp, err := t.base.RoundTrip(req)
+	if err != nil {
+		w.timer.Stop()
+		if cause := context.Cause(ctx); cause != nil && errors.As(cause, new(*StallError)) {
+			err = cause
+		}
+		cancel(nil)
+		return nil, err
+	}
+	w.kick()
+	resp.Body = &stallBody{rc: resp.Body, w: w, close: func() { w.timer.Stop(); cancel(nil) }}
+	return resp, nil
+}
+
+type stallWatch struct {
+	timer  *time.Timer
+	cancel context.CancelCauseFunc
+	err    *StallError
+	d      time.Duration
+}
+
+func (w *stallWatch) fire() { w.cancel(w.err) }
+func (w *stallWatch) kick() { w.timer.Reset(w.d) }
+
+type stallBody struct {
+	rc    io.ReadCloser
+	w     *stallWatch
+	close func()
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.w.kick()
+	}
+	if err != nil && err != io.EOF && !b.w.timer.Stop() {
+		// The timer fired: say the storage stalled rather than "canceled".
+		return n, b.w.err
+	}
+	return n, err
+}
+
+func (b *stallBody) Close() error {
+	err := b.rc.Close()
+	if b.close != nil {
+		b.close()
+	}
+	return err
 }
 
 // Where names the bucket and prefix, for messages.

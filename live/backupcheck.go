@@ -2,7 +2,7 @@ package live
 
 import (
 	"context"
-
+	"errors"
 	"fmt"
 	"time"
 
@@ -14,7 +14,9 @@ import (
 // agent's last report say. It holds no secret.
 type BackupStatus struct {
 	Where      string              `json:"where"`
-	Error      string              `json:"error,omitempty"` // the bucket could not be read
+	Error      string              `json:"error,omitempty"`        // the bucket could not be read
+	NoAnswerIn time.Duration       `json:"no_answer_in,omitempty"` // the storage did not answer within the read's deadline
+	Took       time.Duration       `json:"read_took"`              // how long the reads of the bucket took
 	Agent      *backup.AgentStatus `json:"agent,omitempty"`
 	AgentError string              `json:"agent_error,omitempty"`
 	Bases      []backup.BaseInfo   `json:"base_backups"`
@@ -24,9 +26,18 @@ type BackupStatus struct {
 	KeyMatches *bool               `json:"key_matches,omitempty"` // this machine's key is the one the agent encrypts to
 }
 
+// BackupReadTimeout is how long status and check give the storage: past
+// it they report "storage: no answer in N s" and go on without it.
+const BackupReadTimeout = 10 * time.Second
+
 // GatherBackup reads the bucket: the agent's report, the catalogue and
-// the window, the last drill.
+// the window, the last drill. It returns within BackupReadTimeout (or
+// ctx's deadline, when sooner), whatever the storage does.
 func GatherBackup(ctx context.Context, a *BackupAccess) *BackupStatus {
+	return gatherBackupWithin(ctx, a, BackupReadTimeout)
+}
+
+func gatherBackupWithin(ctx context.Context, a *BackupAccess, d time.Duration) *BackupStatus {
 	bs := &BackupStatus{Where: a.Where, Bases: []backup.BaseInfo{}}
 	if a.KeyErr != nil {
 		bs.KeyError = a.KeyErr.Error()
@@ -35,18 +46,55 @@ func GatherBackup(ctx context.Context, a *BackupAccess) *BackupStatus {
 		bs.Error = a.Err.Error()
 		return bs
 	}
-	cat, err := backup.ReadCatalog(ctx, a.Store)
-	if err != nil {
-		bs.Error = err.Error()
+	gctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	start := time.Now()
+	done := make(chan *BackupStatus, 1)
+	go func() {
+		r := *bs
+		readBackup(gctx, a, &r)
+		done <- &r
+	}()
+	select {
+	case r := <-done:
+		r.Took = time.Since(start)
+		if r.Error != "" && errors.Is(gctx.Err(), context.DeadlineExceeded) {
+			r.Error, r.NoAnswerIn = noAnswer(d), d
+		}
+		return r
+	case <-gctx.Done():
+		// The reads were given gctx and end with it; this does not wait.
+		bs.Error, bs.NoAnswerIn, bs.Took = noAnswer(d), d, time.Since(start)
 		return bs
 	}
+}
+
+func noAnswer(d time.Duration) string {
+	return fmt.Sprintf("storage: no answer in %d s", int(d.Round(time.Second).Seconds()))
+}
+
+func readBackup(ctx context.Context, a *BackupAccess, bs *BackupStatus) {
+	var drill *backup.DrillRecord
+	drillDone := make(chan struct{})
+	go func() {
+		defer close(drillDone)
+		if d, err := backup.LastDrill(ctx, a.Store); err == nil {
+			drill = d
+		}
+	}()
+	cat, err := backup.ReadCatalog(ctx, a.Store)
+	<-drillDone
+	if err != nil {
+		bs.Error = err.Error()
+		return
+	}
 	bs.Bases = cat.Bases
-	if st, err := backup.ReadAgentStatus(ctx, a.Store); err != nil {
-		bs.AgentError = err.Error()
+	if cat.Agent == nil {
+		bs.AgentError = cat.AgentErr.Error()
 	} else {
-		bs.Agent = &st
+		bs.Agent = cat.Agent
 		if a.Key != nil {
-			m := st.Recipient == a.Key.Recipient()
+			m := cat.Agent.Recipient == a.Key.Recipient()
 			bs.KeyMatches = &m
 		}
 	}
@@ -55,10 +103,7 @@ func GatherBackup(ctx context.Context, a *BackupAccess) *BackupStatus {
 		steps, _ = backup.HistorySteps(ctx, a.Store, a.Key, backup.NewestTimeline(cat))
 	}
 	bs.Window = backup.RecoveryWindow(cat, steps)
-	if d, err := backup.LastDrill(ctx, a.Store); err == nil {
-		bs.Drill = d
-	}
-	return bs
+	bs.Drill = drill
 }
 
 // BackupThresholds for the backup checks.
@@ -68,12 +113,13 @@ type BackupThresholds struct {
 	AgentSilent     time.Duration // the agent's report is this old: it is down or cannot write
 	BaseMaxAge      time.Duration // the newest base backup is older
 	DrillMaxAge     time.Duration // the last restore drill is older
+	StorageSlow     time.Duration // status's reads of the bucket took longer
 }
 
 // DefaultBackupThresholds: a base backup a day (the agent's default) with
 // slack, a drill a week.
 var DefaultBackupThresholds = BackupThresholds{ArchiveLagBytes: 64 << 20, ArchiveLagTime: time.Minute, AgentSilent: time.Minute,
-	BaseMaxAge: 36 * time.Hour, DrillMaxAge: 8 * 24 * time.Hour}
+	BaseMaxAge: 36 * time.Hour, DrillMaxAge: 8 * 24 * time.Hour, StorageSlow: 3 * time.Second}
 
 // The backup finding codes.
 const (
@@ -88,6 +134,11 @@ const (
 	CodeBackupSlotLost    FindingCode = "backup-slot-lost"
 	CodeBackupKey         FindingCode = "backup-key"
 	CodeBackupDrill       FindingCode = "backup-drill"
+	CodeBackupStorageSlow FindingCode = "backup-storage-slow"
+	CodeBackupSpoolDisk   FindingCode = "backup-spool-disk"
+	CodeBackupFromPrimary FindingCode = "backup-from-primary"
+	CodeBackupSlotPrimary FindingCode = "backup-slot-on-primary"
+	CodeBackupReceiving   FindingCode = "backup-not-receiving"
 )
 
 // CheckBackup is the backup part of check: pure, over a Status.
@@ -126,7 +177,21 @@ func CheckBackup(st *Status, capBytes int64, th BackupThresholds, slotHeadroom f
 			"check the endpoint, the bucket and the credentials (BACKUP_S3_ACCESS_KEY_ID, BACKUP_S3_SECRET_ACCESS_KEY); while it is down, WAL waits in the agent's spool and then in its slot on the standby, never on the primary")
 		return out
 	}
+	if th.StorageSlow > 0 && bs.Took > th.StorageSlow {
+		add(Warning, CodeBackupStorageSlow, "", fmt.Sprintf("the backup storage %s took %.1f s to answer status's reads (a few small requests)", bs.Where, bs.Took.Seconds()),
+			"see your storage provider's status; the archive lags while uploads are this slow (backup-archive-lag says by how much)")
+	}
 	ag := bs.Agent
+	// The backup slot on the primary while the agent streams from elsewhere:
+	// WAL kept for nobody.
+	if p := st.Node(st.Primary); p != nil && ag != nil && (ag.Source != p.Name || !ag.Receiving) {
+		for _, sl := range p.Slots {
+			if sl.Name == backup.DefaultSlot {
+				add(Warning, CodeBackupSlotPrimary, p.Name, fmt.Sprintf("the primary %s holds the backup slot %s (retaining %s) while the agent streams from %s: it keeps WAL for nobody", p.Name, sl.Name, bytesText(sl.RetainedBytes), orText(ag.Source, "no node")),
+					fmt.Sprintf("the agent drops it within seconds of streaming from a standby; if it stays, drop it on %s: SELECT pg_drop_replication_slot('%s')", p.Name, sl.Name))
+			}
+		}
+	}
 	if ag == nil {
 		add(Critical, CodeBackupAgent, "", bs.AgentError, "start the backup agent (`understudy apply` boots its accessory; lab: `understudy lab up --backup`)")
 	} else {
@@ -137,10 +202,20 @@ func CheckBackup(st *Status, capBytes int64, th BackupThresholds, slotHeadroom f
 		if ag.Gap != "" {
 			add(Critical, CodeBackupGap, "", ag.Gap, "nothing to do if a new base backup follows (the agent takes one); `understudy backups` shows the recovery window")
 		}
-		if ag.Paused != "" {
+		switch {
+		case ag.Paused != "" && ag.PausedFor == backup.PausedSpoolDisk:
+			add(Critical, CodeBackupSpoolDisk, "", ag.Paused, "free space on the disk that holds the agent's spool (Kamal: the backup accessory's state directory; lab: <lab>/backup/spool); the agent resumes by itself")
+		case ag.Paused != "":
 			add(Critical, CodeBackupPaused, "", ag.Paused, "bring the storage back or fix its credentials: "+orText(ag.UploadError, ag.LastError))
-		} else if ag.UploadError != "" {
+		case ag.UploadError != "":
 			add(Warning, CodeBackupStorage, "", "the agent cannot upload: "+ag.UploadError, "check the storage and its credentials; WAL waits in the agent's spool meanwhile")
+		}
+		switch {
+		case ag.Receiving && !ag.SourceStandby && ag.Source != "":
+			add(Warning, CodeBackupFromPrimary, ag.Source, fmt.Sprintf("the backup agent streams WAL from the primary %s: no standby answered it, so the primary keeps WAL for the backups (up to its max_slot_wal_keep_size)", ag.Source),
+				"bring the standby back (`understudy status` shows why it is down); the agent moves to it by itself")
+		case !ag.Receiving && ag.Paused == "" && ag.Gap == "" && ag.LastError != "" && now.Sub(ag.LastErrorAt) < th.AgentSilent:
+			add(Warning, CodeBackupReceiving, "", "the backup agent is not receiving WAL: "+ag.LastError, "see the agent's log; it retries by itself")
 		}
 		if p := st.Node(st.Primary); p != nil && p.Facts != nil && p.Facts.CurrentLSN != 0 && ag.ArchivedTLI == p.Facts.Timeline {
 			if cur := p.Facts.CurrentLSN; cur > ag.ArchivedLSN {

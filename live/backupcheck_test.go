@@ -1,6 +1,8 @@
 package live
 
 import (
+	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -56,6 +58,28 @@ func TestCheckBackupDecides(t *testing.T) {
 		{"old drill", func(s *Status) { s.Backup.Drill.Started = now.Add(-9 * 24 * time.Hour) }, "warning:backup-drill"},
 		{"key missing here", func(s *Status) { s.Backup.KeyError = "no key" }, "warning:backup-key"},
 		{"another key", func(s *Status) { f := false; s.Backup.KeyMatches = &f }, "critical:backup-key"},
+		{"storage slow", func(s *Status) { s.Backup.Took = 4 * time.Second }, "warning:backup-storage-slow"},
+		{"storage hung", func(s *Status) {
+			s.Backup.Error, s.Backup.NoAnswerIn, s.Backup.Agent = "storage: no answer in 10 s", 10*time.Second, nil
+		}, "critical:backup-storage"},
+		{"spool disk full", func(s *Status) {
+			s.Backup.Agent.Paused, s.Backup.Agent.PausedFor = "the spool's disk is full", backup.PausedSpoolDisk
+		}, "critical:backup-spool-disk"},
+		{"streaming from the primary", func(s *Status) {
+			a := s.Backup.Agent
+			a.Source, a.Receiving, a.SourceStandby = "db", true, false
+			s.Nodes[0].Slots = append(s.Nodes[0].Slots, s.Nodes[1].Slots[0])
+			s.Nodes[1].Slots = nil
+		}, "warning:backup-from-primary"},
+		{"the slot left on the primary", func(s *Status) {
+			a := s.Backup.Agent
+			a.Source, a.Receiving, a.SourceStandby = "db-replica", true, true
+			s.Nodes[0].Slots = append(s.Nodes[0].Slots, pgops.Slot{Name: backup.DefaultSlot, RetainedBytes: 48 << 20})
+		}, "warning:backup-slot-on-primary"},
+		{"not receiving", func(s *Status) {
+			a := s.Backup.Agent
+			a.LastError, a.LastErrorAt = "pg_receivewal from db-replica stopped", now.Add(-5*time.Second)
+		}, "warning:backup-not-receiving"},
 	}
 	for _, c := range cases {
 		st := backupHealthy(now)
@@ -63,5 +87,49 @@ func TestCheckBackupDecides(t *testing.T) {
 		if got := codes(CheckBackup(st, 1<<30, DefaultBackupThresholds, 0.25)); got != c.want {
 			t.Errorf("%s: %q, want %q", c.name, got, c.want)
 		}
+	}
+}
+
+// hungStore answers nothing until the caller gives up.
+type hungStore struct{}
+
+func (hungStore) Put(ctx context.Context, _ string, _ io.Reader, _ int64) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+func (hungStore) Get(ctx context.Context, _ string) (io.ReadCloser, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (hungStore) List(ctx context.Context, _ string) ([]backup.Object, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (hungStore) Delete(ctx context.Context, _ string) error { <-ctx.Done(); return ctx.Err() }
+
+// With the storage hung, the backup section of status and check comes back
+// within its own deadline and says so; check names it.
+func TestGatherBackupReturnsWithinItsDeadline(t *testing.T) {
+	start := time.Now()
+	bs := gatherBackupWithin(context.Background(), &BackupAccess{Store: hungStore{}, Where: "http://s3/b/p/"}, 300*time.Millisecond)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("took %s with a 300 ms deadline", took)
+	}
+	if bs.Error != "storage: no answer in 0 s" || bs.NoAnswerIn != 300*time.Millisecond {
+		t.Errorf("error %q, no answer in %s", bs.Error, bs.NoAnswerIn)
+	}
+	bs = gatherBackupWithin(context.Background(), &BackupAccess{Store: hungStore{}, Where: "http://s3/b/p/"}, 1500*time.Millisecond)
+	if !strings.Contains(BackupText(bs, time.Now()), "storage: no answer in 2 s") {
+		t.Errorf("status says:\n%s", BackupText(bs, time.Now()))
+	}
+	st := &Status{Taken: time.Now(), Backup: bs}
+	if got := codes(CheckBackup(st, 1<<30, DefaultBackupThresholds, 0.25)); got != "critical:backup-storage" {
+		t.Errorf("check: %s", got)
+	}
+	// A store that answers: the section is read, and the time it took kept.
+	m := backup.NewMemStore()
+	bs = gatherBackupWithin(context.Background(), &BackupAccess{Store: m, Where: "mem"}, time.Second)
+	if bs.Error != "" || bs.NoAnswerIn != 0 || bs.Took <= 0 || bs.AgentError == "" {
+		t.Errorf("an empty store: %+v", bs)
 	}
 }

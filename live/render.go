@@ -82,7 +82,11 @@ func StatusText(st *Status) string {
 func BackupText(bs *BackupStatus, now time.Time) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "backups in %s:\n", bs.Where)
-	if bs.Error != "" {
+	switch {
+	case bs.NoAnswerIn > 0:
+		fmt.Fprintf(&b, "  %s\n", bs.Error)
+		return b.String()
+	case bs.Error != "":
 		fmt.Fprintf(&b, "  storage: UNREACHABLE: %s\n", firstLine(bs.Error))
 		return b.String()
 	}

@@ -256,3 +256,30 @@ func ReadReplicationSlot(ctx context.Context, c *pgconn.PgConn, name string) (LS
 	}
 	return lsn, Timeline(tli), nil
 }
+
+// InHotStandby asks a replication connection whether the server is in
+// recovery now (SHOW in_hot_standby, PostgreSQL 14 and later: its value is
+// computed when shown, so a long-held connection sees a promotion).
+func InHotStandby(ctx context.Context, c *pgconn.PgConn) (bool, error) {
+	res, err := c.Exec(ctx, "SHOW in_hot_standby").ReadAll()
+	if err != nil {
+		return false, fmt.Errorf("SHOW in_hot_standby: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
+		return false, errors.New("SHOW in_hot_standby: an unexpected answer")
+	}
+	return string(res[0].Rows[0][0]) == "on", nil
+}
+
+// SlotExists asks over a replication connection whether a physical slot
+// exists (READ_REPLICATION_SLOT, PostgreSQL 15 and later; an error before).
+func SlotExists(ctx context.Context, c *pgconn.PgConn, name string) (bool, error) {
+	res, err := c.Exec(ctx, "READ_REPLICATION_SLOT "+pgx.Identifier{name}.Sanitize()).ReadAll()
+	if err != nil {
+		return false, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", name, err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 1 {
+		return false, errors.New("READ_REPLICATION_SLOT: an unexpected answer")
+	}
+	return res[0].Rows[0][0] != nil, nil
+}

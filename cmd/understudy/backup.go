@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 
 	"github.com/understudy-dev/understudy/backup"
@@ -124,7 +126,26 @@ func (c *backupCommand) agent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return backup.NewAgent(b.t.lab.AgentConfig(c.out), b.store, key).Run(ctx)
+	return runAgent(ctx, backup.NewAgent(b.t.lab.AgentConfig(c.out), b.store, key))
+}
+
+// runAgent runs the agent until ctx ends; SIGHUP makes it choose its
+// source again at once (a role change may send it: Agent.Rechoose).
+func runAgent(ctx context.Context, a *backup.Agent) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				a.Rechoose()
+			}
+		}
+	}()
+	return a.Run(ctx)
 }
 
 // accessory is the backup accessory's own view: backup.json, its
@@ -176,7 +197,7 @@ func (c *backupCommand) inAccessory(ctx context.Context, args []string, agent bo
 		return err
 	}
 	if agent {
-		return backup.NewAgent(a.cfg, a.store, a.sec.Key).Run(ctx)
+		return runAgent(ctx, backup.NewAgent(a.cfg, a.store, a.sec.Key))
 	}
 	a.cfg.Log = io.Discard
 	return live.TakeBaseHere(ctx, &a.cfg, a.store, a.store.Where(), a.sec.Key, a.setup.Retention, c.out)
