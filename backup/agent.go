@@ -337,6 +337,10 @@ func (a *Agent) probeLoop(ctx context.Context, i int) {
 			a.nodes[i].Err, a.nodes[i].ErrAt = err.Error(), time.Now()
 		} else {
 			a.nodes[i] = n
+			if old.At.IsZero() || old.ErrAt.After(old.At) {
+				// Back after failing (restarted, say): a fresh candidate.
+				delete(a.recv.FailedOn, src.Name)
+			}
 		}
 		changed := err == nil && (old.Standby != n.Standby || old.Timeline != n.Timeline || old.At.IsZero()) || err != nil && old.ErrAt.Before(old.At)
 		a.mu.Unlock()

@@ -519,7 +519,10 @@ func (a *Agent) putFile(ctx context.Context, p, key string, atLeast int64) error
 	pctx, cancel := context.WithTimeout(ctx, walPutTimeout)
 	defer cancel()
 	if err := a.store.Put(pctx, key, &buf, int64(buf.Len())); err != nil {
-		return waited(err, pctx, "storing "+key, walPutTimeout)
+		if errors.Is(pctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("storing %s: no answer in %s", key, walPutTimeout)
+		}
+		return err // the store's error names the object and the bucket
 	}
 	return nil
 }

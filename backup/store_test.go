@@ -193,7 +193,7 @@ func TestS3GivesUpAHungStorage(t *testing.T) {
 	}
 	s.SetStall(time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	t.Cleanup(cancel) // after the parallel subtests
 	for name, call := range map[string]func() error{
 		"put":  func() error { return s.Put(ctx, "wal/x", bytes.NewReader(make([]byte, 4<<20)), 4<<20) },
 		"list": func() error { _, err := s.List(ctx, "wal/"); return err },

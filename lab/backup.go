@@ -145,6 +145,16 @@ func (l *Lab) secret(f string) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
+// BackupCredentials are the lab storage's access key and secret (tests
+// that run the storage themselves, behind a fault proxy, need them).
+func (l *Lab) BackupCredentials() (accessKey, secretKey string, err error) {
+	if accessKey, err = l.secret(backupAccessFile); err != nil {
+		return "", "", err
+	}
+	secretKey, err = l.secret(backupSecretFile)
+	return accessKey, secretKey, err
+}
+
 // S3Config is where the lab's bucket is.
 func (l *Lab) S3Config() backup.S3Config {
 	b := l.state.Backup

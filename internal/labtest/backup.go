@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/understudy-dev/understudy/backup"
+	"github.com/understudy-dev/understudy/internal/faultproxy"
+	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/lab"
 )
 
@@ -68,24 +71,7 @@ func Key(t testing.TB, l *lab.Lab) *backup.Key {
 // log goes to the lab's agent.log, shown when the test fails).
 func Agent(t testing.TB, l *lab.Lab, tune func(*backup.AgentConfig)) *backup.Agent {
 	t.Helper()
-	logf, err := os.OpenFile(l.ServiceLog("agent"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := l.AgentConfig(logf)
-	if tune != nil {
-		tune(&cfg)
-	}
-	a := backup.NewAgent(cfg, Store(t, l), Key(t, l))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { a.Run(ctx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		logf.Close()
-	})
-	return a
+	return AgentOn(t, l, Store(t, l), tune)
 }
 
 // WaitBase waits for the archive to hold a base backup finished after since.
@@ -118,12 +104,18 @@ type S3 struct {
 // stops it, by its PID, when the test ends.
 func StartS3(t testing.TB, addr, bucket string) S3 {
 	t.Helper()
-	gw := versityGW(t)
 	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, bucket), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	s := S3{Endpoint: "http://" + addr, AccessKey: "test" + randHex(4), SecretKey: randHex(16), Bucket: bucket}
+	startS3(t, addr, dir, s)
+	return s
+}
+
+func startS3(t testing.TB, addr, dir string, s S3) {
+	t.Helper()
+	gw := versityGW(t)
 	cmd := exec.Command(gw, "--port", addr, "--quiet", "posix", dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+s.AccessKey, "ROOT_SECRET_ACCESS_KEY="+s.SecretKey)
 	var log bytes.Buffer
@@ -146,7 +138,7 @@ func StartS3(t testing.TB, addr, bucket string) S3 {
 	for {
 		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
 			c.Close()
-			return s
+			return
 		}
 		select {
 		case <-done:
@@ -158,6 +150,69 @@ func StartS3(t testing.TB, addr, bucket string) S3 {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// UpWithFaultyStorage is Up with backups whose storage sits behind a fault
+// proxy: versitygw listens on a port of its own and the proxy on the lab's
+// storage port, so all that reads or writes the lab's bucket (the agent,
+// status, check, restore) goes through the proxy. Both stop when the test
+// ends.
+func UpWithFaultyStorage(t testing.TB, o Options) (*lab.Lab, *faultproxy.Proxy) {
+	t.Helper()
+	o.Backup = false
+	l := Up(t, o)
+	ports, err := netutil.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.EnableBackup(ports[0]); err != nil {
+		t.Fatal(err)
+	}
+	ak, sk, err := l.BackupCredentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := l.S3Config()
+	if err := os.MkdirAll(filepath.Join(l.StorageDir(), cfg.Bucket), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	gwAddr := fmt.Sprintf("127.0.0.1:%d", ports[1])
+	startS3(t, gwAddr, l.StorageDir(), S3{Endpoint: "http://" + gwAddr, AccessKey: ak, SecretKey: sk, Bucket: cfg.Bucket})
+	p, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", ports[0]), "http://"+gwAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := Store(t, l).EnsureBucket(ctx, cfg.Region); err != nil {
+		t.Fatal(err)
+	}
+	return l, p
+}
+
+// AgentOn is Agent with a store of the test's choosing (a shorter stall
+// time, say).
+func AgentOn(t testing.TB, l *lab.Lab, store backup.Store, tune func(*backup.AgentConfig)) *backup.Agent {
+	t.Helper()
+	logf, err := os.OpenFile(l.ServiceLog("agent"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := l.AgentConfig(logf)
+	if tune != nil {
+		tune(&cfg)
+	}
+	a := backup.NewAgent(cfg, store, Key(t, l))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		logf.Close()
+	})
+	return a
 }
 
 func randHex(n int) string {
