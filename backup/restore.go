@@ -453,9 +453,11 @@ func (s *Server) Stop(ctx context.Context) error {
 		s.cmd.Process.Signal(syscall.SIGQUIT)
 	}
 	select {
-	case <-s.exited:
+	case e := <-s.exited:
+		s.exited <- e // a second Stop sees it gone at once
 	case <-time.After(30 * time.Second):
 		s.cmd.Process.Kill()
+		s.exited <- <-s.exited
 	}
 	if err != nil {
 		return fmt.Errorf("pg_ctl stop: %v: %s", err, out)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -100,7 +101,8 @@ func Start(addr, target string) (*Proxy, error) {
 		Transport: &http.Transport{Proxy: nil, DisableCompression: true, MaxIdleConnsPerHost: 16},
 		// Stream uploads and downloads through without buffering.
 		FlushInterval: -1,
-		ErrorLog:      nil,
+		// A client that gives up mid-request is what the faults are for.
+		ErrorLog: log.New(io.Discard, "", 0),
 	}
 	p.srv = &http.Server{Handler: p, ReadHeaderTimeout: 30 * time.Second}
 	go func() { p.srv.Serve(ln); close(p.done) }()
