@@ -341,6 +341,9 @@ func (a *Agent) probeLoop(ctx context.Context, i int) {
 				// Back after failing (restarted, say): a fresh candidate.
 				delete(a.recv.FailedOn, src.Name)
 			}
+			if a.recv.Running && a.recv.Source == src.Name && a.st.SourceStandby != n.Standby {
+				a.st.SourceStandby, a.st.Updated = n.Standby, time.Now() // promoted while streaming
+			}
 		}
 		changed := err == nil && (old.Standby != n.Standby || old.Timeline != n.Timeline || old.At.IsZero()) || err != nil && old.ErrAt.Before(old.At)
 		a.mu.Unlock()

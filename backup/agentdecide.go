@@ -415,6 +415,16 @@ func decideReceiver(v AgentView, p AgentPolicy, paused bool) []AgentStep {
 		if paused || v.Stopping || v.Busy[LaneReceiver] || r.Gap != "" {
 			return nil
 		}
+		// At the start, every node is heard from (or ProbeFresh passes)
+		// before one is chosen: else the first to answer, the primary
+		// maybe, would be.
+		if v.Now.Sub(v.Status.Started) < p.ProbeFresh {
+			for _, n := range v.Nodes {
+				if n.At.IsZero() && n.ErrAt.IsZero() {
+					return nil
+				}
+			}
+		}
 		if r.Failures > 0 && v.Now.Sub(r.LastExit) < backoff(time.Second, p.ReceiveRetryMax, r.Failures) {
 			return nil
 		}

@@ -108,6 +108,18 @@ func TestDecideAgent(t *testing.T) {
 			v.Receiver.Failures, v.Receiver.LastExit = 2, t0.Add(-1500*time.Millisecond)
 			return v
 		}, nil},
+		{"start: a node not heard from yet, just after the start: wait for it", p, func() AgentView {
+			v := stopped(steady())
+			v.Status.Started = t0.Add(-time.Second)
+			v.Nodes[1] = NodeSeen{Source: replica}
+			return v
+		}, nil},
+		{"start: a node not heard from for ProbeFresh after the start: go without it", p, func() AgentView {
+			v := stopped(steady())
+			v.Status.Started = t0.Add(-4 * time.Second)
+			v.Nodes[1] = NodeSeen{Source: replica}
+			return v
+		}, []AgentStep{StartReceiver{Source: primary, Timeline: 1}}},
 		{"start: the receiver lane is busy starting it", p, func() AgentView {
 			v := stopped(steady())
 			v.Busy[LaneReceiver] = true

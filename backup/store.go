@@ -225,18 +225,34 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) error
 	return s.wrap("storing", key, err)
 }
 
-// Get opens an object; a missing one is ErrNotFound.
+// Get opens an object; a missing one is ErrNotFound. It is one GET, so an
+// object replaced while it is read (the agent's .partial, every 500 ms) is
+// read whole as it was, old or new (the high-level GetObject would stat it
+// first and then fail its read with PreconditionFailed).
 func (s *S3) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	o, err := s.c.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
+	rc, _, _, err := minio.Core{Client: s.c}.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
 	if err != nil {
 		return nil, s.wrap("reading", key, err)
 	}
-	if _, err := o.Stat(); err != nil {
-		o.Close()
-		return nil, s.wrap("reading", key, err)
-	}
-	return o, nil
+	return &s3Body{rc: rc, s: s, key: key}, nil
 }
+
+// s3Body names the object and the bucket in a read error.
+type s3Body struct {
+	rc  io.ReadCloser
+	s   *S3
+	key string
+}
+
+func (b *s3Body) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		err = b.s.wrap("reading", b.key, err)
+	}
+	return n, err
+}
+
+func (b *s3Body) Close() error { return b.rc.Close() }
 
 // List lists every object under prefix, keys relative to the store's prefix.
 func (s *S3) List(ctx context.Context, prefix string) ([]Object, error) {

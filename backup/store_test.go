@@ -122,6 +122,25 @@ func storeContract(t *testing.T, s backup.Store) {
 		t.Errorf("Get of the stream: %d bytes (want %d), equal %v, %v", len(b), len(big), bytes.Equal(b, big), err)
 	}
 
+	// An object replaced while it is read (the agent's .partial) reads
+	// whole: all of the old bytes or all of the new, never a mix or an error.
+	old, repl := bytes.Repeat([]byte("a"), 8<<20), bytes.Repeat([]byte("b"), 8<<20)
+	if err := s.Put(ctx, "wal/p.partial", bytes.NewReader(old), int64(len(old))); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Get(ctx, "wal/p.partial")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(ctx, "wal/p.partial", bytes.NewReader(repl), int64(len(repl))); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(r)
+	r.Close()
+	if err != nil || !(bytes.Equal(got, old) || bytes.Equal(got, repl)) {
+		t.Errorf("reading an object replaced meanwhile: %d bytes, %v", len(got), err)
+	}
+
 	// List is by prefix, in key order, keys as they were given.
 	for _, k := range []string{"wal/a/2", "wal/a/1", "wal/ab/3", "wal/b/4"} {
 		put(k, k)
