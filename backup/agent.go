@@ -130,6 +130,7 @@ type Agent struct {
 	proc      *receiverProc
 	upName    string    // the partial uploaded last
 	upMTime   time.Time // and its modification time then
+	upEnd     pgops.LSN // and the WAL position its upload ends at (0: the whole file)
 	needBase  bool
 	afterGap  bool // WAL was lost: resume from the new slot, not from the archive's end
 	rechoose  bool
@@ -146,6 +147,9 @@ type Agent struct {
 
 	probe    *pgconn.PgConn // the WAL lane's: a replication connection to probeFor, for READ_REPLICATION_SLOT
 	probeFor Source
+	segGen   int                   // under mu: bumped when a receiver starts or a gap is recorded
+	segs     map[string]*segSealer // the WAL lane's: segments sealed in part
+	scratch  []byte                // the WAL lane's
 }
 
 // NewAgent makes an agent.
@@ -158,6 +162,7 @@ func NewAgent(cfg AgentConfig, store Store, key *Key) *Agent {
 		a.nodes = append(a.nodes, NodeSeen{Source: s})
 	}
 	a.recv.FailedOn = map[string]time.Time{}
+	a.segs = map[string]*segSealer{}
 	return a
 }
 

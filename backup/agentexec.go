@@ -198,6 +198,7 @@ func (a *Agent) startReceiverProc(ctx context.Context, s StartReceiver) error {
 	a.logf("streaming WAL from %s (%s, timeline %d)", s.Source.Name, role, s.Timeline)
 	a.mu.Lock()
 	a.proc = p
+	a.segGen++
 	a.recv.Running, a.recv.Stopping, a.recv.Source, a.recv.Standby, a.recv.Timeline, a.recv.Since = true, false, s.Source.Name, s.Standby, s.Timeline, now
 	a.recv.DroppedOn = map[string]bool{}
 	a.st.Source, a.st.SourceStandby, a.st.Receiving = s.Source.Name, s.Standby, true
@@ -297,7 +298,7 @@ func (a *Agent) writeResumePoint(seg pgops.Segment) error {
 	// it is marked as uploaded until pg_receivewal writes to it.
 	if info, err := os.Stat(p); err == nil {
 		a.mu.Lock()
-		a.upName, a.upMTime = filepath.Base(p), info.ModTime()
+		a.upName, a.upMTime, a.upEnd = filepath.Base(p), info.ModTime(), 0
 		a.mu.Unlock()
 	}
 	a.logf("resuming at %s, where the archive ends", seg.Name(a.segSize()))
@@ -331,7 +332,14 @@ func (a *Agent) dropSlot(ctx context.Context, n Source) error {
 
 func (a *Agent) uploadWAL(ctx context.Context, f SpoolFile) error {
 	p := filepath.Join(a.cfg.Spool, f.Name)
-	if err := a.putFile(ctx, p, walKey(f.Name), -1); err != nil {
+	var err error
+	if ss := a.sealer(f.Name, false); ss != nil && !f.History && ss.off <= f.Size {
+		err = a.putSealed(ctx, p, walKey(f.Name), ss, f.Size) // its partial frames and the rest
+	} else {
+		err = a.putFile(ctx, p, walKey(f.Name), -1)
+	}
+	delete(a.segs, f.Name)
+	if err != nil {
 		return err
 	}
 	os.Remove(p)
@@ -347,6 +355,49 @@ func (a *Agent) uploadWAL(ctx context.Context, f SpoolFile) error {
 		raiseArchived(s, f.Seg.TLI, end, time.Time{}, false)
 	})
 	return nil
+}
+
+// sealer is the segment's incremental sealer (made when make is set); one
+// of an older receiver run is dropped: that run's file may be rewritten.
+func (a *Agent) sealer(name string, make bool) *segSealer {
+	a.mu.Lock()
+	gen := a.segGen
+	a.mu.Unlock()
+	ss := a.segs[name]
+	if ss != nil && ss.gen != gen {
+		delete(a.segs, name)
+		ss = nil
+	}
+	if ss == nil && make {
+		for n, old := range a.segs { // the segment before this one may stay, to be finished
+			if old.gen != gen || n > name {
+				delete(a.segs, n)
+			}
+		}
+		ss = &segSealer{name: name, gen: gen}
+		a.segs[name] = ss
+	}
+	return ss
+}
+
+// putSealed extends a segment's frames to upTo bytes of the file and
+// stores them sealed.
+func (a *Agent) putSealed(ctx context.Context, p, key string, ss *segSealer, upTo int64) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	err = ss.extend(f, upTo, &a.scratch)
+	f.Close()
+	if err != nil {
+		delete(a.segs, ss.name)
+		return err
+	}
+	buf, err := ss.sealed(a.key)
+	if err != nil {
+		return err
+	}
+	return a.put(ctx, key, buf)
 }
 
 func (a *Agent) uploadPartial(ctx context.Context, s UploadPartial) error {
@@ -369,17 +420,30 @@ func (a *Agent) uploadPartial(ctx context.Context, s UploadPartial) error {
 	if err != nil {
 		return nil // finished meanwhile: the next round uploads it
 	}
-	// Only the WAL the slot vouches for, and what follows it in the file, is
-	// worth uploading: the zeros past the last written page are not (a
-	// restore pads a partial segment with zeros again).
-	if err := a.putFile(ctx, p, walKey(f.Name), walPrefix(known, lsn, a.segSize())); err != nil {
+	if known {
+		// What the slot vouches for, sealed incrementally.
+		ss := a.sealer(strings.TrimSuffix(f.Name, partialSuffix), true)
+		upTo := int64(uint64(lsn) - f.Seg.No*a.segSize())
+		if upTo < ss.off {
+			ss.off, ss.frames = 0, ss.frames[:0] // the file was started again
+		}
+		err = a.putSealed(ctx, p, walKey(f.Name), ss, upTo)
+	} else {
+		// No position to go by (READ_REPLICATION_SLOT needs PostgreSQL 15):
+		// the file up to its last written page, compressed whole.
+		err = a.putFile(ctx, p, walKey(f.Name), 0)
+	}
+	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
 		return err
 	}
 	a.mu.Lock()
-	a.upName, a.upMTime = f.Name, info.ModTime()
+	a.upName, a.upMTime, a.upEnd = f.Name, info.ModTime(), 0
+	if known {
+		a.upEnd = lsn
+	}
 	a.st.LastPartialAt = readAt
 	if known {
 		raiseArchived(&a.st, tli, lsn, readAt, true)
@@ -387,15 +451,6 @@ func (a *Agent) uploadPartial(ctx context.Context, s UploadPartial) error {
 	a.st.Updated = time.Now()
 	a.mu.Unlock()
 	return nil
-}
-
-// walPrefix is how much of a partial file to read at least: up to the
-// slot's position inside the segment when it is known, else all of it.
-func walPrefix(known bool, lsn pgops.LSN, segSize uint64) int64 {
-	if !known {
-		return -1
-	}
-	return int64(uint64(lsn) % segSize)
 }
 
 // flushed is what pg_receivewal has flushed into the spool, as the
@@ -440,13 +495,26 @@ func (a *Agent) flushed(ctx context.Context) (pgops.LSN, pgops.Timeline, bool) {
 }
 
 // checkCaughtUp records when the archive held everything the source has:
-// the partial segment is uploaded unchanged (DecideAgent saw to that), and
-// what the receiver has flushed (the slot) is at the source's own position
-// (IDENTIFY_SYSTEM: a standby's flushed WAL, a primary's written WAL).
+// the partial segment is uploaded unchanged (DecideAgent saw to that) up
+// to what the receiver has flushed (the slot), and that is the source's own
+// position (IDENTIFY_SYSTEM: a standby's flushed WAL, a primary's written
+// WAL). When the receiver has flushed past the upload, the upload is made
+// due again instead.
 func (a *Agent) checkCaughtUp(ctx context.Context) {
 	at := time.Now()
 	lsn, tli, ok := a.flushed(ctx)
 	if !ok || a.probe == nil {
+		return
+	}
+	a.mu.Lock()
+	behind := a.upEnd != 0 && lsn > a.upEnd && a.upName != "" && pgops.SegmentOf(tli, lsn, a.segSize()).Name(a.segSize())+partialSuffix == a.upName
+	if behind {
+		// The receiver flushed more than the last upload took (it wrote
+		// before that file's time was read): that upload is due again.
+		a.upMTime = time.Time{}
+	}
+	a.mu.Unlock()
+	if behind {
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
@@ -483,6 +551,7 @@ func (a *Agent) recordGap(ctx context.Context, g RecordGap) error {
 	}
 	now := time.Now()
 	a.mu.Lock()
+	a.segGen++
 	a.st.Gap, a.st.GapAt, a.needBase, a.afterGap = what, now, true, true
 	a.st.LastGap, a.st.LastGapAt = what, now
 	a.recv.Gap, a.recv.Failures = "", 0
@@ -516,9 +585,13 @@ func (a *Agent) putFile(ctx context.Context, p, key string, atLeast int64) error
 	if err := w.Close(); err != nil {
 		return err
 	}
+	return a.put(ctx, key, &buf)
+}
+
+func (a *Agent) put(ctx context.Context, key string, buf *bytes.Buffer) error {
 	pctx, cancel := context.WithTimeout(ctx, walPutTimeout)
 	defer cancel()
-	if err := a.store.Put(pctx, key, &buf, int64(buf.Len())); err != nil {
+	if err := a.store.Put(pctx, key, buf, int64(buf.Len())); err != nil {
 		if errors.Is(pctx.Err(), context.DeadlineExceeded) {
 			return fmt.Errorf("storing %s: no answer in %s", key, walPutTimeout)
 		}

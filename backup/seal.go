@@ -72,6 +72,9 @@ func (k *Key) SealStream(w io.Writer) (io.WriteCloser, error) {
 	return k.seal(w, runtime.GOMAXPROCS(0))
 }
 
+// encrypt is the age half of Seal, for bytes compressed already.
+func (k *Key) encrypt(w io.Writer) (io.WriteCloser, error) { return age.Encrypt(w, k.id.Recipient()) }
+
 func (k *Key) seal(w io.Writer, threads int) (io.WriteCloser, error) {
 	enc, err := age.Encrypt(w, k.id.Recipient())
 	if err != nil {

@@ -1,0 +1,74 @@
+package backup
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// segSealer seals one WAL segment incrementally. The segment being written
+// is uploaded every PartialEvery; compressing all of it again each time
+// cost most of the agent's CPU. Instead each round's new bytes become one
+// more zstd frame, appended to the frames of the rounds before: a zstd
+// reader decodes concatenated frames as one stream (RFC 8878, section 3.1),
+// so the object is still age(zstd(segment)), and the finished segment is
+// its partial frames plus one. Each byte is compressed once; only the
+// (compressed) frames are encrypted and uploaded again.
+//
+// Only bytes before the receiver's flushed position (the slot's) are taken:
+// pg_receivewal only appends, so those never change.
+type segSealer struct {
+	name   string // the segment's file name, without .partial
+	gen    int    // the receiver run it belongs to (a new run starts over)
+	off    int64  // the segment's first off bytes are in frames
+	frames []byte
+}
+
+// walEncoder compresses WAL frames; EncodeAll may be used concurrently.
+var walEncoder = sync.OnceValue(func() *zstd.Encoder {
+	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		panic(err)
+	}
+	return e
+})
+
+// extend compresses the file's bytes [off, upTo) into one more frame;
+// scratch is reused between rounds.
+func (s *segSealer) extend(f *os.File, upTo int64, scratch *[]byte) error {
+	if upTo <= s.off {
+		return nil
+	}
+	n := int(upTo - s.off)
+	if cap(*scratch) < n {
+		*scratch = make([]byte, n)
+	}
+	buf := (*scratch)[:n]
+	if _, err := f.ReadAt(buf, s.off); err != nil {
+		return fmt.Errorf("reading %s: %w", f.Name(), err)
+	}
+	s.frames = walEncoder().EncodeAll(buf, s.frames)
+	s.off = upTo
+	return nil
+}
+
+// sealed encrypts the frames so far: the object to upload.
+func (s *segSealer) sealed(k *Key) (*bytes.Buffer, error) {
+	var buf bytes.Buffer
+	buf.Grow(len(s.frames) + len(s.frames)/64 + 256)
+	w, err := k.encrypt(&buf)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.Copy(w, bytes.NewReader(s.frames)); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return &buf, nil
+}
