@@ -131,6 +131,7 @@ type Agent struct {
 	upName    string    // the partial uploaded last
 	upMTime   time.Time // and its modification time then
 	upEnd     pgops.LSN // and the WAL position its upload ends at (0: the whole file)
+	checkedAt time.Time // the last CheckCaughtUp
 	needBase  bool
 	afterGap  bool // WAL was lost: resume from the new slot, not from the archive's end
 	rechoose  bool
@@ -202,10 +203,11 @@ func (a *Agent) logf(format string, args ...any) {
 	fmt.Fprintf(a.cfg.Log, "%s understudy backup agent: %s\n", time.Now().UTC().Format("2006-01-02 15:04:05.000"), fmt.Sprintf(format, args...))
 }
 
-// agentTick is how often the agent observes and decides: the spool is
-// checked often, since on a fast link pg_receivewal writes 100 MB/s or
-// more and the cap should hold within a few MB.
-const agentTick = 50 * time.Millisecond
+// agentTick is how often the agent observes and decides (and sooner when a
+// lane ends or a probe sees a change): the spool is checked often, since on
+// a fast link pg_receivewal writes 100 MB/s or more and the cap should hold
+// within ten or so MB.
+const agentTick = 100 * time.Millisecond
 
 // Run works until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
@@ -302,7 +304,7 @@ func (a *Agent) observe(stopping bool) AgentView {
 	return AgentView{Now: time.Now(), Stopping: stopping, Nodes: append([]NodeSeen(nil), a.nodes...), Receiver: r,
 		Spool: spool, SpoolFree: free, UploadedPartial: a.upName, UploadedPartialMTime: a.upMTime, Status: a.st,
 		NeedBase: a.needBase, AfterGap: a.afterGap, Rechoose: a.rechoose, Busy: a.busy,
-		UploadFailures: a.upFails, UploadFailedAt: a.upFailAt, Catalog: a.catalog, BaseTriedAt: a.baseTried, BaseErr: a.baseErr,
+		UploadFailures: a.upFails, UploadFailedAt: a.upFailAt, CaughtUpCheckedAt: a.checkedAt, Catalog: a.catalog, BaseTriedAt: a.baseTried, BaseErr: a.baseErr,
 		StatusWrittenAt: a.statusAt, Drill: a.drill}
 }
 

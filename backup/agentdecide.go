@@ -249,6 +249,7 @@ type AgentView struct {
 	Busy                 [laneCount]bool
 	UploadFailures       int
 	UploadFailedAt       time.Time
+	CaughtUpCheckedAt    time.Time // the last CheckCaughtUp, whatever it found
 	Catalog              CatalogSeen
 	BaseTriedAt          time.Time
 	BaseErr              string
@@ -529,7 +530,7 @@ func decideUploads(v AgentView, p AgentPolicy) []AgentStep {
 			seen := v.UploadedPartial == f.Name
 			switch {
 			case seen && !f.MTime.After(v.UploadedPartialMTime):
-				if v.Now.Sub(v.Status.CaughtUpAt) >= p.PartialEvery {
+				if v.Now.Sub(v.CaughtUpCheckedAt) >= p.PartialEvery {
 					out = append(out, CheckCaughtUp{})
 				}
 			case force || !seen || v.Now.Sub(v.Status.LastPartialAt) >= p.PartialEvery:
@@ -537,7 +538,7 @@ func decideUploads(v AgentView, p AgentPolicy) []AgentStep {
 			}
 		}
 	}
-	if newest < 0 && len(out) == 0 && v.UploadFailures == 0 && v.Receiver.Running && v.Now.Sub(v.Status.CaughtUpAt) >= p.PartialEvery {
+	if newest < 0 && len(out) == 0 && v.UploadFailures == 0 && v.Receiver.Running && v.Now.Sub(v.CaughtUpCheckedAt) >= p.PartialEvery {
 		out = append(out, CheckCaughtUp{}) // nothing written since the last segment ended
 	}
 	if v.Receiver.Gap != "" {

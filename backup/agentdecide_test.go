@@ -48,9 +48,10 @@ func TestDecideAgent(t *testing.T) {
 			UploadedPartial: part.Name, UploadedPartialMTime: part.MTime,
 			Status: AgentStatus{Started: t0.Add(-time.Hour), LastPartialAt: t0.Add(-time.Second), CaughtUpAt: t0.Add(-100 * time.Millisecond),
 				ArchivedLSN: 0x5001000, ArchivedTLI: 1},
-			Catalog:         CatalogSeen{ReadAt: t0.Add(-10 * time.Second), Bases: 1, Newest: t0.Add(-time.Hour)},
-			StatusWrittenAt: t0.Add(-time.Second),
-			Drill:           DrillSeen{ReadAt: t0.Add(-10 * time.Second), Last: &DrillRecord{Started: t0.Add(-time.Hour), OK: true}, Bases: 1},
+			CaughtUpCheckedAt: t0.Add(-100 * time.Millisecond),
+			Catalog:           CatalogSeen{ReadAt: t0.Add(-10 * time.Second), Bases: 1, Newest: t0.Add(-time.Hour)},
+			StatusWrittenAt:   t0.Add(-time.Second),
+			Drill:             DrillSeen{ReadAt: t0.Add(-10 * time.Second), Last: &DrillRecord{Started: t0.Add(-time.Hour), OK: true}, Bases: 1},
 		}
 	}
 	stopped := func(v AgentView) AgentView {
@@ -231,9 +232,14 @@ func TestDecideAgent(t *testing.T) {
 		}, []AgentStep{UploadPartial{File: segFile(6, true, t0)}}},
 		{"the partial unchanged since its upload: ask whether the source has more", p, func() AgentView {
 			v := steady()
-			v.Status.CaughtUpAt = t0.Add(-time.Second)
+			v.Status.CaughtUpAt, v.CaughtUpCheckedAt = t0.Add(-time.Second), t0.Add(-time.Second)
 			return v
 		}, []AgentStep{CheckCaughtUp{}}},
+		{"the partial unchanged, the source ahead: ask again only after PartialEvery", p, func() AgentView {
+			v := steady()
+			v.Status.CaughtUpAt, v.CaughtUpCheckedAt = t0.Add(-time.Minute), t0.Add(-100*time.Millisecond)
+			return v
+		}, nil},
 		{"an old timeline's partial is uploaded a last time", p, func() AgentView {
 			v := steady()
 			old := segFile(5, true, t0.Add(-time.Second))

@@ -502,6 +502,9 @@ func (a *Agent) flushed(ctx context.Context) (pgops.LSN, pgops.Timeline, bool) {
 // due again instead.
 func (a *Agent) checkCaughtUp(ctx context.Context) {
 	at := time.Now()
+	a.mu.Lock()
+	a.checkedAt = at
+	a.mu.Unlock()
 	lsn, tli, ok := a.flushed(ctx)
 	if !ok || a.probe == nil {
 		return

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -182,8 +183,15 @@ func runAgentProcess(specFile string) {
 	spec.Config.Log = os.Stderr
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// BENCH_AGENT_PROFILE=FILE: a CPU profile of the agent, for finding
+	// what its archiving costs.
+	if prof := os.Getenv("BENCH_AGENT_PROFILE"); prof != "" {
+		if f, err := os.Create(prof); err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	backup.NewAgent(spec.Config, store, key).Run(ctx)
-	os.Exit(0)
 }
 
 type agentProc struct {
