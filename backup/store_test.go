@@ -211,17 +211,17 @@ func TestS3GivesUpAHungStorage(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.SetStall(time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel) // after the parallel subtests
-	for name, call := range map[string]func() error{
-		"put":  func() error { return s.Put(ctx, "wal/x", bytes.NewReader(make([]byte, 4<<20)), 4<<20) },
-		"list": func() error { _, err := s.List(ctx, "wal/"); return err },
-		"get":  func() error { _, err := s.Get(ctx, "wal/x"); return err },
+	for name, call := range map[string]func(ctx context.Context) error{
+		"put":  func(ctx context.Context) error { return s.Put(ctx, "wal/x", bytes.NewReader(make([]byte, 4<<20)), 4<<20) },
+		"list": func(ctx context.Context) error { _, err := s.List(ctx, "wal/"); return err },
+		"get":  func(ctx context.Context) error { _, err := s.Get(ctx, "wal/x"); return err },
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
 			start := time.Now()
-			err := call()
+			err := call(ctx)
 			took := time.Since(start)
 			var se *backup.StallError
 			if !errors.As(err, &se) || !strings.Contains(err.Error(), "no progress for 1s") {
