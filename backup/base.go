@@ -1,7 +1,6 @@
 package backup
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
@@ -108,21 +107,9 @@ func takeBaseFrom(ctx context.Context, cfg *AgentConfig, ch Chosen, store Store,
 		cmd.Wait()
 		return bi, err
 	}
-	// The tar reader (backup_label at the start, backup_manifest at the
-	// end) gets its own copy of each chunk through a bounded queue, so it
-	// runs beside the sealing instead of in turn with it.
-	tr, tw := io.Pipe()
-	meta := make(chan tarMeta, 1)
-	go func() { meta <- readTarMeta(tr) }()
-	chunks := make(chan []byte, 8)
-	tarDone := make(chan struct{})
-	go func() {
-		defer close(tarDone)
-		for c := range chunks {
-			tw.Write(c)
-		}
-		tw.Close()
-	}()
+	// backup_label (at the start) and backup_manifest (at the end) are
+	// picked out of the tar as it streams by, without a copy of it.
+	scan := newTarScanner(map[string]int64{"backup_label": 64 << 10, "backup_manifest": 256 << 20})
 
 	var done int64
 	tick := time.Now()
@@ -154,11 +141,11 @@ func takeBaseFrom(ctx context.Context, cfg *AgentConfig, ch Chosen, store Store,
 		lastRead.Store(time.Now().UnixNano())
 		if n > 0 {
 			done += int64(n)
+			scan.Write(buf[:n])
 			if _, err := sealed.Write(buf[:n]); err != nil {
 				copyErr = err
 				break
 			}
-			chunks <- append([]byte(nil), buf[:n]...)
 			if progress != nil && time.Since(tick) > 500*time.Millisecond {
 				tick = time.Now()
 				progress(Progress{Done: done, Total: total.Load(), Elapsed: time.Since(started)})
@@ -172,8 +159,6 @@ func takeBaseFrom(ctx context.Context, cfg *AgentConfig, ch Chosen, store Store,
 			break
 		}
 	}
-	close(chunks)
-	<-tarDone
 	waitErr := cmd.Wait()
 	stderrW.Close()
 	if copyErr == nil && waitErr == nil {
@@ -196,7 +181,7 @@ func takeBaseFrom(ctx context.Context, cfg *AgentConfig, ch Chosen, store Store,
 		store.Delete(context.WithoutCancel(ctx), baseDataKey(bi.ID))
 		return bi, fmt.Errorf("uploading base backup %s: %w", bi.ID, err)
 	}
-	m := <-meta
+	m := scan.baseMeta()
 	if m.err != nil {
 		store.Delete(context.WithoutCancel(ctx), baseDataKey(bi.ID))
 		return bi, fmt.Errorf("base backup %s: %w", bi.ID, m.err)
@@ -245,65 +230,6 @@ func scanProgress(r io.Reader, total *atomic.Int64, rest io.Writer) {
 		}
 	}
 	io.Copy(io.Discard, r)
-}
-
-type tarMeta struct {
-	start, end pgops.LSN
-	timeline   pgops.Timeline
-	err        error
-}
-
-var startRE = regexp.MustCompile(`(?m)^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)`)
-var startTLRE = regexp.MustCompile(`(?m)^START TIMELINE: (\d+)`)
-
-// readTarMeta reads backup_label (start) and backup_manifest (WAL range
-// end) from the tar as it streams by; it reads to the end either way.
-func readTarMeta(r io.Reader) tarMeta {
-	defer io.Copy(io.Discard, r)
-	var m tarMeta
-	var haveLabel, haveManifest bool
-	t := tar.NewReader(r)
-	for {
-		h, err := t.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			m.err = fmt.Errorf("reading the backup's tar: %w", err)
-			return m
-		}
-		switch h.Name {
-		case "backup_label":
-			b, _ := io.ReadAll(io.LimitReader(t, 64<<10))
-			sm := startRE.FindSubmatch(b)
-			tm := startTLRE.FindSubmatch(b)
-			if sm == nil || tm == nil {
-				m.err = errors.New("backup_label has no start location")
-				return m
-			}
-			m.start, _ = pgops.ParseLSN(string(sm[1]))
-			tl, _ := strconv.ParseUint(string(tm[1]), 10, 32)
-			m.timeline = pgops.Timeline(tl)
-			haveLabel = true
-		case "backup_manifest":
-			b, err := io.ReadAll(io.LimitReader(t, 256<<20))
-			if err != nil {
-				m.err = err
-				return m
-			}
-			end, err := ManifestEnd(b)
-			if err != nil {
-				m.err = err
-				return m
-			}
-			m.end = end
-			haveManifest = true
-		}
-	}
-	if !haveLabel || !haveManifest {
-		m.err = errors.New("the backup's tar has no backup_label or backup_manifest (pg_basebackup 13 or later is needed)")
-	}
-	return m
 }
 
 // ManifestEnd reads the end of the last WAL range from a backup manifest.

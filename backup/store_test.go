@@ -212,7 +212,9 @@ func TestS3GivesUpAHungStorage(t *testing.T) {
 	}
 	s.SetStall(time.Second)
 	for name, call := range map[string]func(ctx context.Context) error{
-		"put":  func(ctx context.Context) error { return s.Put(ctx, "wal/x", bytes.NewReader(make([]byte, 4<<20)), 4<<20) },
+		"put": func(ctx context.Context) error {
+			return s.Put(ctx, "wal/x", bytes.NewReader(make([]byte, 4<<20)), 4<<20)
+		},
 		"list": func(ctx context.Context) error { _, err := s.List(ctx, "wal/"); return err },
 		"get":  func(ctx context.Context) error { _, err := s.Get(ctx, "wal/x"); return err },
 	} {
