@@ -37,22 +37,24 @@ var walEncoder = sync.OnceValue(func() *zstd.Encoder {
 	return e
 })
 
-// extend compresses the file's bytes [off, upTo) into one more frame;
-// scratch is reused between rounds.
+// frameMax is the most bytes one frame takes, so the read buffer stays
+// small whatever a round brings.
+const frameMax = 1 << 20
+
+// extend compresses the file's bytes [off, upTo) into more frames (of at
+// most frameMax bytes each); scratch is reused between rounds.
 func (s *segSealer) extend(f *os.File, upTo int64, scratch *[]byte) error {
-	if upTo <= s.off {
-		return nil
+	if cap(*scratch) < frameMax {
+		*scratch = make([]byte, frameMax)
 	}
-	n := int(upTo - s.off)
-	if cap(*scratch) < n {
-		*scratch = make([]byte, n)
+	for s.off < upTo {
+		buf := (*scratch)[:min(upTo-s.off, frameMax)]
+		if _, err := f.ReadAt(buf, s.off); err != nil {
+			return fmt.Errorf("reading %s: %w", f.Name(), err)
+		}
+		s.frames = walEncoder().EncodeAll(buf, s.frames)
+		s.off += int64(len(buf))
 	}
-	buf := (*scratch)[:n]
-	if _, err := f.ReadAt(buf, s.off); err != nil {
-		return fmt.Errorf("reading %s: %w", f.Name(), err)
-	}
-	s.frames = walEncoder().EncodeAll(buf, s.frames)
-	s.off = upTo
 	return nil
 }
 
