@@ -178,7 +178,12 @@ func (a *Agent) startReceiverProc(ctx context.Context, s StartReceiver) error {
 			return err
 		}
 	}
-	args := []string{"-D", a.cfg.Spool, "-S", a.cfg.Slot, "--synchronous", "--no-loop", "-d", a.cfg.replConninfo(s.Source, "understudy-backup")}
+	args := []string{"-D", a.cfg.Spool, "-S", a.cfg.Slot, "--no-loop", "-d", a.cfg.replConninfo(s.Source, "understudy-backup")}
+	if !canReadOffsets() {
+		// The slot's position is then the only measure of what was
+		// written: it must follow every write (an fsync each).
+		args = append(args, "--synchronous")
+	}
 	cmd := exec.Command(filepath.Join(a.cfg.BinDir, "pg_receivewal"), args...)
 	cmd.Env = append(os.Environ(), a.cfg.Env...)
 	// When the agent dies (SIGKILL, OOM), pg_receivewal goes with it: an
@@ -334,7 +339,7 @@ func (a *Agent) uploadWAL(ctx context.Context, f SpoolFile) error {
 	p := filepath.Join(a.cfg.Spool, f.Name)
 	var err error
 	if ss := a.sealer(f.Name, false); ss != nil && !f.History && ss.off <= f.Size {
-		err = a.putSealed(ctx, p, walKey(f.Name), ss, f.Size) // its partial frames and the rest
+		err = a.putSealed(ctx, p, walKey(f.Name), ss, f.Size, false) // its partial frames and the rest
 	} else {
 		err = a.putFile(ctx, p, walKey(f.Name), -1)
 	}
@@ -380,12 +385,26 @@ func (a *Agent) sealer(name string, make bool) *segSealer {
 	return ss
 }
 
+// errFilling: pg_receivewal is filling a new segment with zeros; its WAL
+// comes next round.
+var errFilling = errors.New("the segment is being filled with zeros")
+
 // putSealed extends a segment's frames to upTo bytes of the file and
-// stores them sealed.
-func (a *Agent) putSealed(ctx context.Context, p, key string, ss *segSealer, upTo int64) error {
+// stores them sealed. For a partial file, the last page taken must be WAL
+// (writtenPages), else errFilling.
+func (a *Agent) putSealed(ctx context.Context, p, key string, ss *segSealer, upTo int64, partial bool) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return err
+	}
+	if partial && upTo > ss.off {
+		if ok, werr := writtenPages(f, upTo); werr != nil || !ok {
+			f.Close()
+			if werr != nil {
+				return werr
+			}
+			return errFilling
+		}
 	}
 	err = ss.extend(f, upTo, &a.scratch)
 	f.Close()
@@ -414,7 +433,7 @@ func (a *Agent) uploadPartial(ctx context.Context, s UploadPartial) error {
 		return nil
 	}
 	readAt := time.Now()
-	lsn, tli, known := a.flushed(ctx)
+	lsn, tli, known := a.received(ctx)
 	known = known && claimable(f.Seg, tli, lsn, a.segSize())
 	info, err := os.Stat(p)
 	if err != nil {
@@ -427,14 +446,14 @@ func (a *Agent) uploadPartial(ctx context.Context, s UploadPartial) error {
 		if upTo < ss.off {
 			ss.off, ss.frames = 0, ss.frames[:0] // the file was started again
 		}
-		err = a.putSealed(ctx, p, walKey(f.Name), ss, upTo)
+		err = a.putSealed(ctx, p, walKey(f.Name), ss, upTo, true)
 	} else {
 		// No position to go by (READ_REPLICATION_SLOT needs PostgreSQL 15):
 		// the file up to its last written page, compressed whole.
 		err = a.putFile(ctx, p, walKey(f.Name), 0)
 	}
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, errFilling) {
 			return nil
 		}
 		return err
@@ -453,10 +472,27 @@ func (a *Agent) uploadPartial(ctx context.Context, s UploadPartial) error {
 	return nil
 }
 
-// flushed is what pg_receivewal has flushed into the spool, as the
-// source's slot says. Only the WAL lane calls it, so the probe connection
-// is used by one goroutine at a time.
-func (a *Agent) flushed(ctx context.Context) (pgops.LSN, pgops.Timeline, bool) {
+// received is how far pg_receivewal has written into the spool: its open
+// segment's offset (writtenIn), or, where that cannot be read or between
+// segments, what it has flushed as its slot says.
+func (a *Agent) received(ctx context.Context) (pgops.LSN, pgops.Timeline, bool) {
+	a.mu.Lock()
+	var pid int
+	if a.proc != nil && a.recv.Running {
+		pid = a.proc.cmd.Process.Pid
+	}
+	a.mu.Unlock()
+	if pid != 0 {
+		if lsn, tli, err := writtenIn(pid, a.cfg.Spool, a.segSize()); err == nil {
+			return lsn, tli, true
+		}
+	}
+	return a.flushed(ctx)
+}
+
+// openProbe opens the WAL lane's replication connection to the source
+// (reused while the source stays), and says whether there is one.
+func (a *Agent) openProbe(ctx context.Context) bool {
 	a.mu.Lock()
 	var src *Source
 	if a.recv.Running {
@@ -472,16 +508,26 @@ func (a *Agent) flushed(ctx context.Context) (pgops.LSN, pgops.Timeline, bool) {
 		a.probe = nil
 	}
 	if src == nil {
-		return 0, 0, false
+		return false
 	}
 	if a.probe == nil {
 		cctx, cancel := context.WithTimeout(ctx, connTimeout)
 		pc, err := a.cfg.replConnect(cctx, *src)
 		cancel()
 		if err != nil {
-			return 0, 0, false
+			return false
 		}
 		a.probe, a.probeFor = pc, *src
+	}
+	return true
+}
+
+// flushed is what pg_receivewal has flushed into the spool, as the
+// source's slot says. Only the WAL lane calls it, so the probe connection
+// is used by one goroutine at a time.
+func (a *Agent) flushed(ctx context.Context) (pgops.LSN, pgops.Timeline, bool) {
+	if !a.openProbe(ctx) {
+		return 0, 0, false
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
@@ -505,8 +551,8 @@ func (a *Agent) checkCaughtUp(ctx context.Context) {
 	a.mu.Lock()
 	a.checkedAt = at
 	a.mu.Unlock()
-	lsn, tli, ok := a.flushed(ctx)
-	if !ok || a.probe == nil {
+	lsn, tli, ok := a.received(ctx)
+	if !ok || !a.openProbe(ctx) {
 		return
 	}
 	a.mu.Lock()

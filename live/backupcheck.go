@@ -14,9 +14,9 @@ import (
 // agent's last report say. It holds no secret.
 type BackupStatus struct {
 	Where      string              `json:"where"`
-	Error      string              `json:"error,omitempty"`        // the bucket could not be read
-	NoAnswerIn time.Duration       `json:"no_answer_in,omitempty"` // the storage did not answer within the read's deadline
-	Took       time.Duration       `json:"read_took"`              // how long the reads of the bucket took
+	Error      string              `json:"error,omitempty"`           // the bucket could not be read
+	NoAnswerIn time.Duration       `json:"no_answer_in_ns,omitempty"` // the storage did not answer within the read's deadline
+	Took       time.Duration       `json:"read_took_ns"`              // how long the reads of the bucket took
 	Agent      *backup.AgentStatus `json:"agent,omitempty"`
 	AgentError string              `json:"agent_error,omitempty"`
 	Bases      []backup.BaseInfo   `json:"base_backups"`

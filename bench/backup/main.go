@@ -201,6 +201,8 @@ func run(ctx context.Context, scale, rounds int, walFor, rpoFor time.Duration) e
 	}
 	oursCPU0, theirCPU0 := cpuTime(agent.cmd.Process.Pid), cpuTime(archiver)
 	agentU0, agentS0 := ownCPU(agent.cmd.Process.Pid)
+	recvPID := childNamed(agent.cmd.Process.Pid, "pg_receivewal")
+	recvU0, recvS0 := ownCPU(recvPID)
 	wsCPU0 := walsenderCPU(ctx, l)
 	w0 := time.Now()
 	if err := tool(ctx, l, "pgbench", "-n", "-c", "4", "-j", "2", "-T", fmt.Sprint(int(walFor.Seconds())), "postgres"); err != nil {
@@ -217,13 +219,15 @@ func run(ctx context.Context, scale, rounds int, walFor, rpoFor time.Duration) e
 	oursCPU, theirCPU := cpuTime(agent.cmd.Process.Pid)-oursCPU0, cpuTime(archiver)-theirCPU0
 	agentU, agentS := ownCPU(agent.cmd.Process.Pid)
 	agentU, agentS = agentU-agentU0, agentS-agentS0
+	recvU, recvS := ownCPU(recvPID)
+	recvU, recvS = recvU-recvU0, recvS-recvS0
 	wsCPU := walsenderCPU(ctx, l) - wsCPU0
 	walMB := float64(endLSN-startLSN) / (1 << 20)
 	per := func(d time.Duration) float64 { return d.Seconds() / walMB * 100 }
 	fmt.Printf("WAL archiving of %.0f MB of WAL (pgbench -c 4 for %s, archived within %.1f s): CPU per 100 MB: understudy agent + pg_receivewal %.2f s (and the standby's walsender for it %.2f s), pgBackRest archive-push %.2f s: understudy/pgBackRest %.2f (goal <= 1.5); load %s\n",
 		walMB, walFor, window.Seconds(), per(oursCPU), per(wsCPU), per(theirCPU), oursCPU.Seconds()/theirCPU.Seconds(), loadavg())
-	fmt.Printf("  of which the agent process itself %.2f s user + %.2f s system, pg_receivewal (and any other child) %.2f s\n",
-		per(agentU), per(agentS), per(oursCPU-agentU-agentS))
+	fmt.Printf("  of which the agent process itself %.2f s user + %.2f s system, pg_receivewal %.2f s user + %.2f s system (it ran all along: %v)\n",
+		per(agentU), per(agentS), per(recvU), per(recvS), recvPID != 0 && childNamed(agent.cmd.Process.Pid, "pg_receivewal") == recvPID)
 	fmt.Printf("memory: the agent's peak RSS %.0f MB; this bench process (base backups and restores run in it) %.0f MB\n",
 		float64(peakRSS(agent.cmd.Process.Pid))/(1<<20), float64(peakRSS(os.Getpid()))/(1<<20))
 

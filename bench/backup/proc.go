@@ -275,6 +275,21 @@ func ownCPU(pid int) (user, sys time.Duration) {
 	return time.Duration(u) * 10 * time.Millisecond, time.Duration(s) * 10 * time.Millisecond
 }
 
+// childNamed is a child of pid whose command is name (0 when none).
+func childNamed(pid int, name string) int {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := procStat(p); len(f) > 3 && f[1] == name && f[3] == strconv.Itoa(pid) {
+			return p
+		}
+	}
+	return 0
+}
+
 // procStat is /proc/PID/stat split into fields, the command name (which
 // may hold spaces) as one.
 func procStat(pid int) []string {
