@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -151,6 +152,7 @@ type Agent struct {
 	segGen   int                   // under mu: bumped when a receiver starts or a gap is recorded
 	segs     map[string]*segSealer // the WAL lane's: segments sealed in part
 	scratch  []byte                // the WAL lane's
+	sealBuf  bytes.Buffer          // the WAL lane's
 }
 
 // NewAgent makes an agent.
@@ -209,6 +211,21 @@ func (a *Agent) logf(format string, args ...any) {
 // within ten or so MB.
 const agentTick = 100 * time.Millisecond
 
+// agentQuietTick is the loop's pace while no WAL has been written for a
+// second: what comes due then (a check that the archive is caught up, the
+// report) comes every 500 ms or more, and the first write after a quiet
+// spell waits at most this long.
+const agentQuietTick = 250 * time.Millisecond
+
+func nextTick(v AgentView) time.Duration {
+	for _, f := range v.Spool {
+		if v.Now.Sub(f.MTime) < time.Second {
+			return agentTick
+		}
+	}
+	return agentQuietTick
+}
+
 // Run works until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.Spool, 0o700); err != nil {
@@ -220,10 +237,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		probes.Add(1)
 		go func() { defer probes.Done(); a.probeLoop(ctx, i) }()
 	}
-	t := time.NewTicker(agentTick)
+	t := time.NewTimer(agentTick)
 	defer t.Stop()
 	for ctx.Err() == nil {
-		a.dispatch(ctx, DecideAgent(a.observe(false), a.pol), &lanes)
+		v := a.observe(false)
+		a.dispatch(ctx, DecideAgent(v, a.pol), &lanes)
+		t.Reset(nextTick(v))
 		select {
 		case <-ctx.Done():
 		case <-t.C:
@@ -376,7 +395,15 @@ func (a *Agent) probeNode(ctx context.Context, pc **pgconn.PgConn, src Source) (
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	n, err := probe(pctx, *pc, src, a.cfg.Slot)
+	a.mu.Lock()
+	var segSize uint64
+	for _, n := range a.nodes {
+		if n.Source == src && n.ErrAt.Before(n.At) {
+			segSize = n.SegSize // this connection's server said it already
+		}
+	}
+	a.mu.Unlock()
+	n, err := probe(pctx, *pc, src, a.cfg.Slot, segSize)
 	if err != nil {
 		(*pc).Close(context.WithoutCancel(ctx))
 		*pc = nil
@@ -385,9 +412,16 @@ func (a *Agent) probeNode(ctx context.Context, pc **pgconn.PgConn, src Source) (
 	return n, nil
 }
 
-func probe(ctx context.Context, pc *pgconn.PgConn, src Source, slot string) (NodeSeen, error) {
+func probe(ctx context.Context, pc *pgconn.PgConn, src Source, slot string, segSize uint64) (NodeSeen, error) {
 	at := time.Now()
-	ri, err := pgops.IdentifyReplication(ctx, pc)
+	var ri pgops.ReplicationInfo
+	var err error
+	if segSize == 0 {
+		ri, err = pgops.IdentifyReplication(ctx, pc)
+	} else {
+		ri, err = pgops.IdentifySystem(ctx, pc)
+		ri.SegSize = segSize
+	}
 	if err != nil {
 		return NodeSeen{}, err
 	}

@@ -341,7 +341,7 @@ func (a *Agent) uploadWAL(ctx context.Context, f SpoolFile) error {
 	if ss := a.sealer(f.Name, false); ss != nil && !f.History && ss.off <= f.Size {
 		err = a.putSealed(ctx, p, walKey(f.Name), ss, f.Size, false) // its partial frames and the rest
 	} else {
-		err = a.putFile(ctx, p, walKey(f.Name), -1)
+		err = a.putFile(ctx, p, walKey(f.Name), -1) // never seen partial: a backlog
 	}
 	delete(a.segs, f.Name)
 	if err != nil {
@@ -412,11 +412,11 @@ func (a *Agent) putSealed(ctx context.Context, p, key string, ss *segSealer, upT
 		delete(a.segs, ss.name)
 		return err
 	}
-	buf, err := ss.sealed(a.key)
-	if err != nil {
+	a.sealBuf.Reset()
+	if err := ss.sealInto(a.key, &a.sealBuf); err != nil {
 		return err
 	}
-	return a.put(ctx, key, buf)
+	return a.put(ctx, key, &a.sealBuf)
 }
 
 func (a *Agent) uploadPartial(ctx context.Context, s UploadPartial) error {
@@ -568,8 +568,13 @@ func (a *Agent) checkCaughtUp(ctx context.Context) {
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	ri, err := pgops.IdentifyReplication(pctx, a.probe)
-	if err != nil || ri.Timeline != tli || ri.XLogPos > lsn {
+	ri, err := pgops.IdentifySystem(pctx, a.probe)
+	if err != nil {
+		a.probe.Close(context.WithoutCancel(ctx))
+		a.probe = nil
+		return
+	}
+	if ri.Timeline != tli || ri.XLogPos > lsn {
 		return
 	}
 	a.update(func(s *AgentStatus) {

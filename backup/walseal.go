@@ -3,7 +3,6 @@ package backup
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"sync"
 
@@ -58,19 +57,15 @@ func (s *segSealer) extend(f *os.File, upTo int64, scratch *[]byte) error {
 	return nil
 }
 
-// sealed encrypts the frames so far: the object to upload.
-func (s *segSealer) sealed(k *Key) (*bytes.Buffer, error) {
-	var buf bytes.Buffer
+// sealInto encrypts the frames so far into buf: the object to upload.
+func (s *segSealer) sealInto(k *Key, buf *bytes.Buffer) error {
 	buf.Grow(len(s.frames) + len(s.frames)/64 + 256)
-	w, err := k.encrypt(&buf)
+	w, err := k.encrypt(buf)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if _, err := io.Copy(w, bytes.NewReader(s.frames)); err != nil {
-		return nil, err
+	if _, err := w.Write(s.frames); err != nil {
+		return err
 	}
-	if err := w.Close(); err != nil {
-		return nil, err
-	}
-	return &buf, nil
+	return w.Close()
 }

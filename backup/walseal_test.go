@@ -41,11 +41,11 @@ func TestSegSealerRounds(t *testing.T) {
 		if err := ss.extend(f, upTo, &scratch); err != nil {
 			t.Fatal(err)
 		}
-		buf, err := ss.sealed(k)
-		if err != nil {
+		var buf bytes.Buffer
+		if err := ss.sealInto(k, &buf); err != nil {
 			t.Fatal(err)
 		}
-		o, err := k.Open(buf)
+		o, err := k.Open(&buf)
 		if err != nil {
 			t.Fatal(err)
 		}

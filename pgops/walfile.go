@@ -136,6 +136,28 @@ type ReplicationInfo struct {
 // IdentifyReplication asks a replication connection (replication=true)
 // who it is, with the replication protocol's IDENTIFY_SYSTEM and SHOW.
 func IdentifyReplication(ctx context.Context, c *pgconn.PgConn) (ReplicationInfo, error) {
+	ri, err := IdentifySystem(ctx, c)
+	if err != nil {
+		return ri, err
+	}
+	res, err := c.Exec(ctx, "SHOW wal_segment_size").ReadAll()
+	if err != nil {
+		return ri, fmt.Errorf("SHOW wal_segment_size: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 {
+		return ri, errors.New("SHOW wal_segment_size: an unexpected answer")
+	}
+	size, err := pgconf.ParseSize(string(res[0].Rows[0][0]), "B")
+	if err != nil || size <= 0 {
+		return ri, fmt.Errorf("wal_segment_size %q: %v", res[0].Rows[0][0], err)
+	}
+	ri.SegSize = uint64(size)
+	return ri, nil
+}
+
+// IdentifySystem is IdentifyReplication without the segment size (one
+// round trip): IDENTIFY_SYSTEM, and in_hot_standby as reported at connect.
+func IdentifySystem(ctx context.Context, c *pgconn.PgConn) (ReplicationInfo, error) {
 	var ri ReplicationInfo
 	ri.Standby = c.ParameterStatus("in_hot_standby") == "on"
 	res, err := c.Exec(ctx, "IDENTIFY_SYSTEM").ReadAll()
@@ -155,18 +177,6 @@ func IdentifyReplication(ctx context.Context, c *pgconn.PgConn) (ReplicationInfo
 	if ri.XLogPos, err = ParseLSN(string(row[2])); err != nil {
 		return ri, fmt.Errorf("IDENTIFY_SYSTEM position: %w", err)
 	}
-	res, err = c.Exec(ctx, "SHOW wal_segment_size").ReadAll()
-	if err != nil {
-		return ri, fmt.Errorf("SHOW wal_segment_size: %w", err)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 {
-		return ri, errors.New("SHOW wal_segment_size: an unexpected answer")
-	}
-	size, err := pgconf.ParseSize(string(res[0].Rows[0][0]), "B")
-	if err != nil || size <= 0 {
-		return ri, fmt.Errorf("wal_segment_size %q: %v", res[0].Rows[0][0], err)
-	}
-	ri.SegSize = uint64(size)
 	return ri, nil
 }
 

@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/understudy-dev/understudy/backup"
@@ -51,9 +52,12 @@ func main() {
 	rounds := flag.Int("rounds", 3, "paired rounds of base backups")
 	walFor := flag.Duration("wal-load", 60*time.Second, "how long pgbench writes WAL for the archiving CPU figures")
 	rpoFor := flag.Duration("rpo-load", 20*time.Second, "how long the write load runs before the archive is cut off")
+	flag.StringVar(&keepAgentLog, "agent-log", "", "copy the agent's log here at the end")
 	flag.Parse()
 	benchmain.Run(func(ctx context.Context) error { return run(ctx, *scale, *rounds, *walFor, *rpoFor) })
 }
+
+var keepAgentLog string
 
 func loadavg() string {
 	b, _ := os.ReadFile("/proc/loadavg")
@@ -139,7 +143,13 @@ func run(ctx context.Context, scale, rounds int, walFor, rpoFor time.Duration) e
 	if err != nil {
 		return err
 	}
-	defer func() { agent.stop() }()
+	defer func() {
+		agent.stop()
+		if keepAgentLog != "" {
+			b, _ := os.ReadFile(agentLog)
+			os.WriteFile(keepAgentLog, b, 0o644)
+		}
+	}()
 	status := func() backup.AgentStatus {
 		s, _ := backup.ReadAgentStatus(ctx, store)
 		return s
@@ -160,13 +170,17 @@ func run(ctx context.Context, scale, rounds int, walFor, rpoFor time.Duration) e
 			return fmt.Errorf("raw pg_basebackup: %v: %s", err, out)
 		}
 		rawT := time.Since(start)
+		rawCPU := time.Duration(cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime())
 		os.RemoveAll(d)
 
 		bcfg := l.AgentConfig(nil)
+		self0, kids0 := rusage(syscall.RUSAGE_SELF), rusage(syscall.RUSAGE_CHILDREN)
 		bi, err := backup.TakeBase(ctx, &bcfg, store, key, nil)
 		if err != nil {
 			return err
 		}
+		selfCPU, kidsCPU := rusage(syscall.RUSAGE_SELF)-self0, rusage(syscall.RUSAGE_CHILDREN)-kids0
+		fmt.Printf("  CPU: raw pg_basebackup %.1f s; understudy: its pg_basebackup %.1f s, sealing and upload %.1f s\n", rawCPU.Seconds(), kidsCPU.Seconds(), selfCPU.Seconds())
 		pbT, err := br.backup(ctx)
 		if err != nil {
 			return err
@@ -195,6 +209,10 @@ func run(ctx context.Context, scale, rounds int, walFor, rpoFor time.Duration) e
 	if err != nil {
 		return err
 	}
+	// The agent's cost with nothing to archive: its loop, probes and report.
+	idle0 := cpuTime(agent.cmd.Process.Pid)
+	time.Sleep(10 * time.Second)
+	idle := (cpuTime(agent.cmd.Process.Pid) - idle0) / 10
 	startLSN, err := primaryLSN(ctx, l)
 	if err != nil {
 		return err
@@ -226,6 +244,8 @@ func run(ctx context.Context, scale, rounds int, walFor, rpoFor time.Duration) e
 	per := func(d time.Duration) float64 { return d.Seconds() / walMB * 100 }
 	fmt.Printf("WAL archiving of %.0f MB of WAL (pgbench -c 4 for %s, archived within %.1f s): CPU per 100 MB: understudy agent + pg_receivewal %.2f s (and the standby's walsender for it %.2f s), pgBackRest archive-push %.2f s: understudy/pgBackRest %.2f (goal <= 1.5); load %s\n",
 		walMB, walFor, window.Seconds(), per(oursCPU), per(wsCPU), per(theirCPU), oursCPU.Seconds()/theirCPU.Seconds(), loadavg())
+	fmt.Printf("  idle, the agent costs %.1f ms of CPU a second (its loop, probes, report): %.2f s of the %.1f s window\n",
+		float64(idle.Microseconds())/1000, (idle * window / time.Second).Seconds(), window.Seconds())
 	fmt.Printf("  of which the agent process itself %.2f s user + %.2f s system, pg_receivewal %.2f s user + %.2f s system (it ran all along: %v)\n",
 		per(agentU), per(agentS), per(recvU), per(recvS), recvPID != 0 && childNamed(agent.cmd.Process.Pid, "pg_receivewal") == recvPID)
 	fmt.Printf("memory: the agent's peak RSS %.0f MB; this bench process (base backups and restores run in it) %.0f MB\n",
@@ -384,6 +404,14 @@ func rpo(ctx context.Context, l *lab.Lab, st *storage, store backup.Store, key *
 	fmt.Printf("RPO under pgbench -c 2 + 2 ledger clients: the latest restore misses %d of %d commits acknowledged before the storage was cut off; its newest is %.0f ms older than the newest acknowledged (goal <= 1000 ms; the agent uploads the open segment every %s)\n",
 		missing, len(before), float64(lastAck.Sub(newest).Microseconds())/1000, cmp.Or(every, 500*time.Millisecond))
 	return nil
+}
+
+// rusage is the CPU time (user + system) of this process or of its reaped
+// children.
+func rusage(who int) time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(who, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func tail(s string, n int) string {
