@@ -312,7 +312,7 @@ func (a *Agent) observe(stopping bool) AgentView {
 	free := int64(-1)
 	var fs syscall.Statfs_t
 	if err := syscall.Statfs(a.cfg.Spool, &fs); err == nil {
-		free = int64(fs.Bavail) * fs.Bsize
+		free = int64(fs.Bavail) * int64(fs.Bsize)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

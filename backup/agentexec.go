@@ -188,7 +188,7 @@ func (a *Agent) startReceiverProc(ctx context.Context, s StartReceiver) error {
 	cmd.Env = append(os.Environ(), a.cfg.Env...)
 	// When the agent dies (SIGKILL, OOM), pg_receivewal goes with it: an
 	// orphan would hold the slot and write into the spool.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = dieWithParent()
 	var stderr bytes.Buffer
 	cmd.Stderr = &limited{w: &stderr, n: 64 << 10}
 	if err := cmd.Start(); err != nil {

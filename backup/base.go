@@ -71,7 +71,7 @@ func takeBaseFrom(ctx context.Context, cfg *AgentConfig, ch Chosen, store Store,
 	cmd.Env = append(os.Environ(), cfg.Env...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = dieWithParent()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return bi, err

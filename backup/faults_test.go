@@ -443,7 +443,7 @@ func TestBackupSpoolDiskFull(t *testing.T) {
 	if err := syscall.Statfs(spool, &fs); err != nil {
 		t.Fatal(err)
 	}
-	free := int64(fs.Bavail) * fs.Bsize
+	free := int64(fs.Bavail) * int64(fs.Bsize)
 	filler := filepath.Join(spool, "filler")
 	f, err := os.Create(filler)
 	if err != nil {
