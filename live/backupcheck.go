@@ -137,7 +137,6 @@ const (
 	CodeBackupStorageSlow FindingCode = "backup-storage-slow"
 	CodeBackupSpoolDisk   FindingCode = "backup-spool-disk"
 	CodeBackupFromPrimary FindingCode = "backup-from-primary"
-	CodeBackupSlotPrimary FindingCode = "backup-slot-on-primary"
 	CodeBackupReceiving   FindingCode = "backup-not-receiving"
 )
 
@@ -182,16 +181,6 @@ func CheckBackup(st *Status, capBytes int64, th BackupThresholds, slotHeadroom f
 			"see your storage provider's status; the archive lags while uploads are this slow (backup-archive-lag says by how much)")
 	}
 	ag := bs.Agent
-	// The backup slot on the primary while the agent streams from elsewhere:
-	// WAL kept for nobody.
-	if p := st.Node(st.Primary); p != nil && ag != nil && (ag.Source != p.Name || !ag.Receiving) {
-		for _, sl := range p.Slots {
-			if sl.Name == backup.DefaultSlot {
-				add(Warning, CodeBackupSlotPrimary, p.Name, fmt.Sprintf("the primary %s holds the backup slot %s (retaining %s) while the agent streams from %s: it keeps WAL for nobody", p.Name, sl.Name, bytesText(sl.RetainedBytes), orText(ag.Source, "no node")),
-					fmt.Sprintf("the agent drops it within seconds of streaming from a standby; if it stays, drop it on %s: SELECT pg_drop_replication_slot('%s')", p.Name, sl.Name))
-			}
-		}
-	}
 	if ag == nil {
 		add(Critical, CodeBackupAgent, "", bs.AgentError, "start the backup agent (`understudy apply` boots its accessory; lab: `understudy lab up --backup`)")
 	} else {

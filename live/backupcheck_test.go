@@ -71,11 +71,6 @@ func TestCheckBackupDecides(t *testing.T) {
 			s.Nodes[0].Slots = append(s.Nodes[0].Slots, s.Nodes[1].Slots[0])
 			s.Nodes[1].Slots = nil
 		}, "warning:backup-from-primary"},
-		{"the slot left on the primary", func(s *Status) {
-			a := s.Backup.Agent
-			a.Source, a.Receiving, a.SourceStandby = "db-replica", true, true
-			s.Nodes[0].Slots = append(s.Nodes[0].Slots, pgops.Slot{Name: backup.DefaultSlot, RetainedBytes: 48 << 20})
-		}, "warning:backup-slot-on-primary"},
 		{"not receiving", func(s *Status) {
 			a := s.Backup.Agent
 			a.LastError, a.LastErrorAt = "pg_receivewal from db-replica stopped", now.Add(-5*time.Second)
