@@ -236,6 +236,7 @@ func TestBackupStorageFaults(t *testing.T) {
 		{"credentials", faultproxy.Fault{Kind: faultproxy.Deny}, live.CodeBackupStorage, live.Critical, "the storage refused the credentials (InvalidAccessKeyId)"},
 		{"hang", faultproxy.Fault{Kind: faultproxy.Hang, HangAfter: 16 << 10}, live.CodeBackupStorage, live.Warning, "the agent cannot upload: storing wal/"},
 		{"reset", faultproxy.Fault{Kind: faultproxy.Reset}, live.CodeBackupStorage, live.Critical, "connection reset"},
+		{"frozen", faultproxy.Fault{Kind: faultproxy.Freeze}, live.CodeBackupStorage, live.Critical, "storage: no answer in 10 s"},
 	}
 	type window struct {
 		name       string
@@ -249,6 +250,22 @@ func TestBackupStorageFaults(t *testing.T) {
 			p.Set(f.fault)
 			t.Logf("storage %s", f.fault)
 			s.waitFinding(th, f.code, f.sev, f.says, time.Minute)
+			if f.fault.Kind == faultproxy.Freeze {
+				// status and check come back within their deadline, however
+				// long the storage stays silent.
+				g := time.Now()
+				ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
+				full, err := live.Gather(ctx, l.Target())
+				cancel()
+				took := time.Since(g)
+				if err != nil || !strings.Contains(live.StatusText(full), "storage: no answer in 10 s") {
+					t.Errorf("status with the storage frozen (%v):\n%s", err, live.StatusText(full))
+				}
+				if took > live.BackupReadTimeout+5*time.Second {
+					t.Errorf("status with the storage frozen took %s", took.Round(time.Millisecond))
+				}
+				t.Logf("status with the storage frozen returned in %.1f s", took.Seconds())
+			}
 			time.Sleep(3 * time.Second) // WAL piles up behind the fault
 			s.primaryHealthy(start, 10*time.Second, false)
 			p.Clear()

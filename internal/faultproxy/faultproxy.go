@@ -33,10 +33,11 @@ const (
 	Deny        // each request is refused: 403 InvalidAccessKeyId, as for a revoked key
 	Hang        // an upload larger than HangAfter stops being read after HangAfter bytes, and is never answered
 	Reset       // each connection is reset (TCP RST) as soon as a request arrives
+	Freeze      // no request is answered (a storage stopped with SIGSTOP, or a black hole) until lifted
 )
 
 func (k Kind) String() string {
-	return [...]string{"none", "slow", "status", "deny", "hang", "reset"}[k]
+	return [...]string{"none", "slow", "status", "deny", "hang", "reset", "freeze"}[k]
 }
 
 // Fault is what the proxy does to the requests it sees.
@@ -59,6 +60,8 @@ func (f Fault) String() string {
 		return fmt.Sprintf("hanging uploads after %d bytes", f.HangAfter)
 	case Reset:
 		return "resetting connections"
+	case Freeze:
+		return "answering nothing"
 	}
 	return "no fault"
 }
@@ -221,6 +224,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case Reset:
 		p.faulted.Add(1)
 		closeConn(w, true)
+		return
+	case Freeze:
+		p.faulted.Add(1)
+		p.hanging.Add(1)
+		defer p.hanging.Add(-1)
+		<-lifted // read nothing more and answer nothing until the fault goes
+		closeConn(w, false)
 		return
 	}
 	p.rp.ServeHTTP(w, r)

@@ -102,6 +102,24 @@ func TestFaults(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Errorf("the hung upload did not end when the fault was lifted")
 	}
+	// Frozen: even a small read is held, unanswered, until lifted.
+	p.Set(Fault{Kind: Freeze})
+	frozen := make(chan error, 1)
+	go func() { _, _, err := do("GET", "/bucket/key", nil); frozen <- err }()
+	select {
+	case err := <-frozen:
+		t.Fatalf("a read answered while frozen: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	p.Clear()
+	select {
+	case err := <-frozen:
+		if err == nil {
+			t.Errorf("the frozen read got an answer once lifted; want its connection closed")
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("the frozen read did not end when the fault was lifted")
+	}
 	if _, body, err := do("PUT", "/bucket/key", []byte("again")); err != nil || body != "PUT /bucket/key again" {
 		t.Errorf("cleared: %v %q", err, body)
 	}
