@@ -164,6 +164,11 @@ func TestApplyRunsExactlyThePlanShown(t *testing.T) {
 
 	labtest.Exec(t, l, "db-replica", "ALTER SYSTEM SET wal_log_hints = off")
 	labtest.Restart(t, l, "db-replica")
+	// The plan is read twice (the one shown, then apply's own): both must
+	// see the same cluster, so the restarted standby streams again first.
+	labtest.WaitFor(t, time.Minute, "db-replica to stream again after its restart", func() bool {
+		return labtest.Query(t, l, "db", "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = 'db-replica' AND state = 'streaming'") == "1"
+	})
 	check("restart needed", "reload@db-replica restart@db-replica")
 
 	labtest.Exec(t, l, "db", "ALTER ROLE replicator PASSWORD 'not-the-planned-one'")

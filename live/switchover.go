@@ -382,7 +382,7 @@ func moveBackupSlot(ctx context.Context, t Target, s Step, o RoleOptions) error 
 			break
 		}
 		if time.Now().After(deadline) {
-			say(o, "  ! the backup agent had flushed WAL only up to %s, and %s keeps it from %s; moving it anyway after 10 s (it will report the gap and take a new base backup)", u.Restart, s.Upstream, held.Restart)
+			say(o, "  ! after 10 s the backup agent had confirmed WAL only up to %s, and %s keeps it from %s; moving it anyway (it resumes from what its spool holds; should WAL it still needs be gone, it reports the gap and takes a new base backup)", u.Restart, s.Upstream, held.Restart)
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
