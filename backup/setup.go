@@ -2,6 +2,7 @@ package backup
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/understudy-dev/understudy/atomicfile"
+	"github.com/understudy-dev/understudy/pgops"
 )
 
 // Setup is a Kamal app's backup setup as data: config/understudy/backup.json,
@@ -227,22 +229,40 @@ func (s Setup) DrillSchedule(sec Secrets, bin string) (DrillSchedule, error) {
 	return DrillSchedule{Check: s.DrillCheck, BinDir: bin, Dir: filepath.Join(s.StateDir, "drills"), Cred: cred, User: sec.DBUser}, nil
 }
 
-// FindPGBin finds PostgreSQL's programs for a major version: Debian's
+// FindPGBin finds PostgreSQL's programs for a major version:
+// $UNDERSTUDY_PG_BINDIR when its programs are of that major, Debian's
 // /usr/lib/postgresql/<major>/bin, else PATH (the official image puts that
 // same directory there) when its pg_ctl is of that major.
 func FindPGBin(major int) (string, error) {
+	if d := os.Getenv("UNDERSTUDY_PG_BINDIR"); d != "" && programMajor(filepath.Join(d, "pg_ctl")) == major {
+		return d, nil
+	}
 	d := fmt.Sprintf("/usr/lib/postgresql/%d/bin", major)
 	if _, err := os.Stat(filepath.Join(d, "pg_receivewal")); err == nil {
 		return d, nil
 	}
-	if p, err := exec.LookPath("pg_ctl"); err == nil {
-		out, _ := exec.Command(p, "--version").Output()
-		if strings.HasPrefix(strings.TrimPrefix(string(out), "pg_ctl (PostgreSQL) "), fmt.Sprintf("%d.", major)) {
-			return filepath.Dir(p), nil
-		}
+	if p, err := exec.LookPath("pg_ctl"); err == nil && programMajor(p) == major {
+		return filepath.Dir(p), nil
 	}
-	return "", fmt.Errorf("PostgreSQL %d's programs are not in %s nor on PATH: install postgresql-%d (backups are restored with the same major version they were taken with)", major, d, major)
+	return "", fmt.Errorf("PostgreSQL %d's programs are not in %s nor on PATH: install postgresql-%d (or postgresql, when it is your distribution's major), or set UNDERSTUDY_PG_BINDIR to a directory holding them (backups are restored with the same major version they were taken with)", major, d, major)
 }
+
+// programMajor asks a PostgreSQL program its major version (0: it cannot say).
+func programMajor(prog string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, prog, "--version").Output()
+	if err != nil {
+		return 0
+	}
+	m, _ := pgops.ParseProgramVersion(string(out))
+	return m
+}
+
+// errNoPostgresUser names the package that makes the user: any major's
+// server package does (postgresql-common's postinst), so the
+// distribution's own, whatever its major.
+var errNoPostgresUser = errors.New("running as root, and there is no postgres user to run PostgreSQL as: install your distribution's PostgreSQL (sudo apt-get install postgresql), which creates it, or run as an ordinary user")
 
 // PostgresCred is who PostgreSQL runs as when understudy runs as root
 // (postgres refuses root): the postgres user. Nil when not root.
@@ -252,7 +272,7 @@ func PostgresCred() (*syscall.Credential, error) {
 	}
 	u, err := user.Lookup("postgres")
 	if err != nil {
-		return nil, errors.New("running as root, and there is no postgres user to run PostgreSQL as: install postgresql-15, or run as an ordinary user")
+		return nil, errNoPostgresUser
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)

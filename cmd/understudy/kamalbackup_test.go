@@ -216,7 +216,7 @@ func TestKamalBackupAccessory(t *testing.T) {
 		if code != 0 {
 			t.Errorf("restore here (en_US.utf8 installed): exit %d\n%s", code, out)
 		}
-		stop := exec.Command("/usr/lib/postgresql/15/bin/pg_ctl", "-D", into, "stop", "-m", "fast")
+		stop := exec.Command(filepath.Join(w.pgBin, "pg_ctl"), "-D", into, "stop", "-m", "fast")
 		if cred, _ := backup.PostgresCred(); cred != nil {
 			stop.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 		}

@@ -28,6 +28,8 @@ import (
 // secrets). `kamal` is internal/kamalstandin, which runs on the servers the
 // docker commands Kamal 2.12 runs for each verb.
 type kamalWorld struct {
+	image      dockertest.Image // postgres:<major>, as deploy.yml names it
+	pgBin      string           // the same major's programs on this machine
 	netns      *lab.NetNS
 	app        string
 	standinLog string
@@ -47,21 +49,39 @@ var nodes = []string{"db", "db-replica"}
 
 var imageOnce struct {
 	sync.Once
+	img dockertest.Image
 	tar string
+	bin string
 	err error
 }
 
-func testImage(t testing.TB) string {
+// testImage is the image the real-Docker tests run (postgres:17 unless
+// UNDERSTUDY_TEST_MAJOR says another), built on first use, and the
+// directory of the same major's programs for restores on this machine.
+func testImage(t testing.TB) (dockertest.Image, string) {
 	t.Helper()
 	imageOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
-		imageOnce.tar, imageOnce.err = dockertest.ImageTar(ctx, t.Logf)
+		major, err := dockertest.TestMajor()
+		if err == nil {
+			imageOnce.img, err = dockertest.ImageFor(major)
+		}
+		if err == nil {
+			imageOnce.tar, err = dockertest.ImageTar(ctx, imageOnce.img, t.Logf)
+		}
+		if err == nil {
+			imageOnce.bin, err = dockertest.PGBinDir(ctx, major, t.Logf)
+		}
+		imageOnce.err = err
 	})
 	if imageOnce.err != nil {
 		t.Fatalf("building the test image: %v", imageOnce.err)
 	}
-	return imageOnce.tar
+	// A restore on this machine (restore --into DIR) runs the cluster's
+	// major: Debian's when installed, else the image's own programs.
+	t.Setenv("UNDERSTUDY_PG_BINDIR", imageOnce.bin)
+	return imageOnce.img, imageOnce.tar
 }
 
 // worldOptions: jump puts a jump host in front of the servers; plain
@@ -71,7 +91,7 @@ type worldOptions struct{ jump, plain bool }
 func newKamalWorld(t testing.TB, o worldOptions) *kamalWorld {
 	sshtest.Skip(t)
 	dockertest.Skip(t)
-	tar := testImage(t)
+	img, tar := testImage(t)
 	ctx := context.Background()
 	// Each world plugs this host into its switch at the same address: one
 	// world at a time on this machine, across test processes too.
@@ -82,7 +102,7 @@ func newKamalWorld(t testing.TB, o worldOptions) *kamalWorld {
 	t.Cleanup(release)
 	b := make([]byte, 2)
 	rand.Read(b)
-	w := &kamalWorld{netns: &lab.NetNS{ID: hex.EncodeToString(b), Nodes: len(nodes)},
+	w := &kamalWorld{netns: &lab.NetNS{ID: hex.EncodeToString(b), Nodes: len(nodes)}, image: img, pgBin: os.Getenv("UNDERSTUDY_PG_BINDIR"),
 		servers: map[string]*sshtest.Server{}, docker: map[string]*dockertest.Server{}, addr: map[string]string{}}
 	if err := w.netns.Up(ctx); err != nil {
 		t.Fatal(err)
@@ -172,7 +192,7 @@ ssh:
     - ` + w.key.Path + proxy + `
 accessories:
   db:
-    image: ` + dockertest.ImageTag + `
+    image: ` + img.Tag + `
     host: ` + db + `
     port: ` + db + `:5432:5432
     env:
@@ -181,7 +201,7 @@ accessories:
         - POSTGRES_USER
         - POSTGRES_PASSWORD
     directories:
-      - data:/var/lib/postgresql/data
+      - data:` + img.Volume + `
 `
 	os.WriteFile(filepath.Join(w.app, "config", "deploy.yml"), []byte(deploy), 0o644)
 	os.WriteFile(filepath.Join(w.app, ".kamal", "secrets"), []byte("KAMAL_REGISTRY_PASSWORD=$TEST_REGISTRY_PASSWORD\nPOSTGRES_DB=shop_production\nPOSTGRES_USER="+dbUser+"\nPOSTGRES_PASSWORD=$TEST_DB_PASSWORD\n"), 0o644)

@@ -11,6 +11,12 @@
 #   POSTGRES_INITDB_ARGS; a server on the unix socket only runs the files in
 #   /docker-entrypoint-initdb.d once (*.sh executed if executable, else
 #   sourced; *.sql through psql), creates POSTGRES_DB, and stops;
+# - from 18 on (PGDATA /var/lib/postgresql/<major>/docker, the volume at
+#   /var/lib/postgresql), an empty default PGDATA is not initialised while a
+#   cluster sits in the older layout (/var/lib/postgresql/data, or another
+#   major's /var/lib/postgresql/*/docker) or while /var/lib/postgresql/data
+#   is a mount: the data would not be on the volume (the image's page,
+#   "PGDATA"; docker-library/postgres#1259);
 # - pg_hba.conf gets `host all all all <POSTGRES_HOST_AUTH_METHOD>`
 #   (default scram-sha-256);
 # - then postgres runs with the given arguments, as PID 1;
@@ -58,7 +64,28 @@ run_initdb_d() {
 	done
 }
 
+# old_layout prints what stands in the way of initialising an 18+ PGDATA.
+old_layout() {
+	[ "${PG_MAJOR:-0}" -ge 18 ] && [ "$PGDATA" = "/var/lib/postgresql/$PG_MAJOR/docker" ] || return 0
+	local d
+	for d in /var/lib/postgresql /var/lib/postgresql/data /var/lib/postgresql/*/docker; do
+		if [ "$d" != "$PGDATA" ] && [ -s "$d/PG_VERSION" ]; then
+			echo "$d (PostgreSQL $(cat "$d/PG_VERSION"))"
+		fi
+	done
+	if awk '$5 == "/var/lib/postgresql/data" { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+		echo "/var/lib/postgresql/data (a mount or volume that PostgreSQL $PG_MAJOR does not use)"
+	fi
+}
+
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
+	old=$(old_layout)
+	if [ -n "$old" ]; then
+		echo "error: PGDATA ($PGDATA) is empty, but there is data in the layout of older images:" >&2
+		echo "$old" | sed 's/^/       /' >&2
+		echo "       from PostgreSQL 18 on the volume is /var/lib/postgresql (mount it there), or set PGDATA to where the cluster is" >&2
+		exit 1
+	fi
 	: "${POSTGRES_USER:=postgres}" "${POSTGRES_DB:=$POSTGRES_USER}" "${POSTGRES_HOST_AUTH_METHOD:=scram-sha-256}"
 	if [ -z "${POSTGRES_PASSWORD:-}" ] && [ "$POSTGRES_HOST_AUTH_METHOD" != trust ]; then
 		echo "error: the database is uninitialized and POSTGRES_PASSWORD is not set" >&2

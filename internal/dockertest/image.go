@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -28,15 +29,78 @@ import (
 //go:embed docker-entrypoint.sh
 var entrypoint string
 
-// ImageTag is what the image is called on every test server, as in an
-// app's deploy.yml. Debian 12 ships PostgreSQL 15 only.
-const ImageTag = "postgres:15"
+// Image is one test image: a PostgreSQL major from Debian's own package of
+// the Debian release that ships it, in the shape of the official image of
+// that major (docker-library/postgres: its Dockerfile's user, locale,
+// PGDATA and VOLUME; the entrypoint's documented behaviour).
+type Image struct {
+	Major  int
+	Suite  string // the Debian release whose postgresql-<Major> package it holds
+	Tag    string // as in an app's deploy.yml: postgres:<Major>
+	PGDATA string // the image's PGDATA
+	Volume string // the image's VOLUME: what an app mounts its data directory at
+}
+
+// The majors the tests run on. Debian 12 (bookworm) ships 15, Debian 13
+// (trixie) 17, and Debian 14 (forky, testing) 18. From 18 on the official
+// image keeps PGDATA in /var/lib/postgresql/<major>/docker and its volume is
+// /var/lib/postgresql (docker-library/postgres#1259).
+var images = map[int]Image{
+	15: {Major: 15, Suite: "bookworm", Tag: "postgres:15", PGDATA: "/var/lib/postgresql/data", Volume: "/var/lib/postgresql/data"},
+	17: {Major: 17, Suite: "trixie", Tag: "postgres:17", PGDATA: "/var/lib/postgresql/data", Volume: "/var/lib/postgresql/data"},
+	18: {Major: 18, Suite: "forky", Tag: "postgres:18", PGDATA: "/var/lib/postgresql/18/docker", Volume: "/var/lib/postgresql"},
+}
+
+// DefaultMajor is what the real-Docker tests run on unless told otherwise:
+// the guide's app runs postgres:17.
+const DefaultMajor = 17
+
+// MajorEnv names the variable that picks the major the tests run on
+// (scripts/test-majors sets it).
+const MajorEnv = "UNDERSTUDY_TEST_MAJOR"
+
+// Majors lists the majors there is a test image for, oldest first.
+func Majors() []int { return []int{15, 17, 18} }
+
+// ImageFor is the test image of a major.
+func ImageFor(major int) (Image, error) {
+	img, ok := images[major]
+	if !ok {
+		return Image{}, fmt.Errorf("there is no test image for PostgreSQL %d: the tests run on %v", major, Majors())
+	}
+	return img, nil
+}
+
+// TestMajor is the major the tests run on: $UNDERSTUDY_TEST_MAJOR, else
+// DefaultMajor.
+func TestMajor() (int, error) {
+	v := os.Getenv(MajorEnv)
+	if v == "" {
+		return DefaultMajor, nil
+	}
+	m, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s=%q: want a PostgreSQL major, one of %v", MajorEnv, v, Majors())
+	}
+	if _, err := ImageFor(m); err != nil {
+		return 0, fmt.Errorf("%s=%d: %w", MajorEnv, m, err)
+	}
+	return m, nil
+}
 
 // recipe is everything the image is made from; its hash names the cached
 // tarball, so a change to any step builds a new one.
-var recipe = strings.Join([]string{"bookworm minbase", "locales postgresql-15 gosu", "en_US.utf8", "uid/gid 999",
-	"create_main_cluster=false", "listen_addresses=*", "/var/run/postgresql 3777", "PGDATA 1777",
-	"v3", entrypoint}, "\n")
+func (img Image) recipe() string {
+	return strings.Join([]string{img.Suite + " minbase (debootstrap, sid's script)", fmt.Sprintf("locales postgresql-%d gosu", img.Major), "en_US.utf8",
+		"uid/gid 999", "/var/lib/postgresql 1777", "create_main_cluster=false", "listen_addresses=*", "/var/run/postgresql 3777",
+		"PGDATA " + img.PGDATA, "VOLUME " + img.Volume, "v4", entrypoint}, "\n")
+}
+
+// cacheName is the stem of the image's files in the cache.
+func (img Image) cacheName() string {
+	sum := sha256.Sum256([]byte(img.recipe()))
+	return fmt.Sprintf("postgres%d-%s", img.Major, hex.EncodeToString(sum[:6]))
+}
 
 // CacheDir is where built images are kept between runs on one machine:
 // $UNDERSTUDY_TEST_CACHE, else /var/cache/understudy-test.
@@ -50,37 +114,23 @@ func CacheDir() string {
 // ImageTar returns a `docker load` tarball of the image, building it on
 // first use on this machine (about a minute: debootstrap, then apt-get in
 // the chroot). Concurrent test processes wait for one build.
-func ImageTar(ctx context.Context, logf func(string, ...any)) (string, error) {
-	sum := sha256.Sum256([]byte(recipe))
+func ImageTar(ctx context.Context, img Image, logf func(string, ...any)) (string, error) {
 	dir := CacheDir()
-	path := filepath.Join(dir, "postgres15-"+hex.EncodeToString(sum[:6])+".tar")
-	if _, err := os.Stat(path); err == nil {
-		return path, nil
+	path := filepath.Join(dir, img.cacheName()+".tar")
+	unlock, err := lockBuild(dir, path)
+	if err != nil || unlock == nil {
+		return path, err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, "build.lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return "", err
-	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return "", err
-	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-	if _, err := os.Stat(path); err == nil {
-		return path, nil // another process built it meanwhile
-	}
+	defer unlock()
 	start := time.Now()
-	logf("building the %s test image from Debian packages (once per machine; cached in %s)", ImageTag, dir)
+	logf("building the %s test image from Debian %s's packages (once per machine; cached in %s)", img.Tag, img.Suite, dir)
 	work, err := os.MkdirTemp(dir, "build-")
 	if err != nil {
 		return "", err
 	}
 	defer os.RemoveAll(work)
 	rootfs := filepath.Join(work, "rootfs")
-	if err := buildRootfs(ctx, rootfs); err != nil {
+	if err := buildRootfs(ctx, img, rootfs); err != nil {
 		return "", err
 	}
 	layer := filepath.Join(work, "layer.tar")
@@ -89,27 +139,68 @@ func ImageTar(ctx context.Context, logf func(string, ...any)) (string, error) {
 		return "", err
 	}
 	tmp := path + ".tmp"
-	if err := writeArchive(layer, tmp); err != nil {
+	if err := writeArchive(img, layer, tmp); err != nil {
 		os.Remove(tmp)
 		return "", err
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return "", err
 	}
-	logf("built the test image in %.0f s", time.Since(start).Seconds())
+	logf("built the %s test image in %.0f s", img.Tag, time.Since(start).Seconds())
 	return path, nil
 }
 
-// buildRootfs follows the official postgres 15 bookworm Dockerfile's
-// steps, with Debian's own PostgreSQL 15 instead of the PGDG build.
-func buildRootfs(ctx context.Context, rootfs string) error {
-	args := []string{"--variant=minbase", "bookworm", rootfs}
-	if m := debimage.AptMirror(); m != "" {
-		args = append(args, m)
+// lockBuild takes the cache's build lock unless path already exists. A nil
+// unlock with a nil error means path is there (built before, or by another
+// process while this one waited).
+func lockBuild(dir, path string) (unlock func(), err error) {
+	if _, err := os.Stat(path); err == nil {
+		return nil, nil
 	}
-	if err := run(ctx, "debootstrap", args...); err != nil {
-		return fmt.Errorf("debootstrap (apt-get install debootstrap; it fetches Debian's packages): %w", err)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
 	}
+	lock, err := os.OpenFile(filepath.Join(dir, "build.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	unlock = func() { syscall.Flock(int(lock.Fd()), syscall.LOCK_UN); lock.Close() }
+	if _, err := os.Stat(path); err == nil {
+		unlock()
+		return nil, nil
+	}
+	return unlock, nil
+}
+
+// debootstrapArgs is debootstrap's command line for a suite. Pure. The
+// script is named: bookworm's debootstrap has none for forky, and sid's
+// is the one every current Debian suite's links to (trixie's is a link to
+// it already), so the same call builds all three.
+func debootstrapArgs(suite, rootfs, mirror string) []string {
+	if mirror == "" {
+		mirror = "http://deb.debian.org/debian"
+	}
+	args := []string{"--variant=minbase", suite, rootfs, mirror}
+	if _, err := os.Stat(sidScript); err == nil {
+		args = append(args, sidScript)
+	}
+	return args
+}
+
+const sidScript = "/usr/share/debootstrap/scripts/sid"
+
+// buildRootfs follows the official postgres image's Dockerfile steps for
+// the major (the trixie ones for 17 and 18, bookworm's for 15), with
+// Debian's own PostgreSQL instead of the PGDG build.
+func buildRootfs(ctx context.Context, img Image, rootfs string) error {
+	if err := run(ctx, "debootstrap", debootstrapArgs(img.Suite, rootfs, debimage.AptMirror())...); err != nil {
+		return fmt.Errorf("debootstrap %s (apt-get install debootstrap; it fetches Debian's packages): %w", img.Suite, err)
+	}
+	pkg := fmt.Sprintf("postgresql-%d", img.Major)
 	in := func(argv ...string) error { return run(ctx, "chroot", append([]string{rootfs}, argv...)...) }
 	steps := []func() error{
 		func() error { return in("groupadd", "-r", "-g", "999", "postgres") },
@@ -130,10 +221,10 @@ func buildRootfs(ctx context.Context, rootfs string) error {
 			// locales first, then en_US.UTF-8 generated and LANG set to it, as
 			// the official image's Dockerfile does: initdb then writes
 			// en_US.utf8 into every cluster's postgresql.conf and databases.
-			c := exec.CommandContext(ctx, "chroot", rootfs, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "locales", "postgresql-15", "gosu")
+			c := exec.CommandContext(ctx, "chroot", rootfs, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "locales", pkg, "gosu")
 			c.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 			if out, err := c.CombinedOutput(); err != nil {
-				return fmt.Errorf("apt-get install postgresql-15 gosu in the image: %v\n%s", err, debimage.Tail(string(out), 15))
+				return fmt.Errorf("apt-get install %s gosu in the %s image: %v\n%s", pkg, img.Suite, err, debimage.Tail(string(out), 15))
 			}
 			return nil
 		},
@@ -147,18 +238,29 @@ func buildRootfs(ctx context.Context, rootfs string) error {
 			return in("locale-gen")
 		},
 		func() error {
-			return in("sed", "-ri", `s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!`, "/usr/share/postgresql/15/postgresql.conf.sample")
+			return in("sed", "-ri", `s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!`, fmt.Sprintf("/usr/share/postgresql/%d/postgresql.conf.sample", img.Major))
 		},
 		func() error {
-			for _, d := range []struct {
-				path string
-				mode os.FileMode
-			}{{"var/run/postgresql", 0o3777}, {"var/lib/postgresql/data", 0o1777}, {"docker-entrypoint-initdb.d", 0o755}} {
+			// The postgres user's home, 1777 as the official Dockerfile
+			// makes it; PGDATA made ahead (1777) where the image does (up to 17).
+			dirs := []struct {
+				path  string
+				mode  os.FileMode
+				owned bool
+			}{{"var/lib/postgresql", 0o1777, true}, {"var/run/postgresql", 0o3777, true}, {"docker-entrypoint-initdb.d", 0o755, false}}
+			if img.PGDATA == img.Volume {
+				dirs = append(dirs, struct {
+					path  string
+					mode  os.FileMode
+					owned bool
+				}{strings.TrimPrefix(img.PGDATA, "/"), 0o1777, true})
+			}
+			for _, d := range dirs {
 				p := filepath.Join(rootfs, d.path)
 				if err := os.MkdirAll(p, 0o755); err != nil {
 					return err
 				}
-				if d.path != "docker-entrypoint-initdb.d" {
+				if d.owned {
 					os.Chown(p, 999, 999)
 				}
 				if err := os.Chmod(p, d.mode); err != nil {
@@ -183,7 +285,7 @@ func buildRootfs(ctx context.Context, rootfs string) error {
 }
 
 // imageConfig is the image's runtime config, as the official image sets it.
-func imageConfig(diffID string) ([]byte, error) {
+func imageConfig(img Image, diffID string) ([]byte, error) {
 	created := "2026-01-01T00:00:00Z"
 	cfg := map[string]any{
 		"architecture": runtime.GOARCH,
@@ -191,23 +293,23 @@ func imageConfig(diffID string) ([]byte, error) {
 		"created":      created,
 		"config": map[string]any{
 			"Env": []string{
-				"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/postgresql/15/bin",
-				"LANG=en_US.utf8", "PG_MAJOR=15", "PGDATA=/var/lib/postgresql/data",
+				fmt.Sprintf("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/postgresql/%d/bin", img.Major),
+				"LANG=en_US.utf8", fmt.Sprintf("PG_MAJOR=%d", img.Major), "PGDATA=" + img.PGDATA,
 			},
 			"Entrypoint":   []string{"docker-entrypoint.sh"},
 			"Cmd":          []string{"postgres"},
 			"StopSignal":   "SIGINT",
-			"Volumes":      map[string]any{"/var/lib/postgresql/data": map[string]any{}},
+			"Volumes":      map[string]any{img.Volume: map[string]any{}},
 			"ExposedPorts": map[string]any{"5432/tcp": map[string]any{}},
 		},
 		"rootfs":  map[string]any{"type": "layers", "diff_ids": []string{"sha256:" + diffID}},
-		"history": []map[string]any{{"created": created, "created_by": "understudy internal/dockertest: Debian bookworm minbase + postgresql-15 + gosu"}},
+		"history": []map[string]any{{"created": created, "created_by": fmt.Sprintf("understudy internal/dockertest: Debian %s minbase + postgresql-%d + gosu", img.Suite, img.Major)}},
 	}
 	return json.Marshal(cfg)
 }
 
 // writeArchive writes the `docker save` layout around one layer.
-func writeArchive(layerPath, out string) error {
+func writeArchive(img Image, layerPath, out string) error {
 	lf, err := os.Open(layerPath)
 	if err != nil {
 		return err
@@ -219,13 +321,13 @@ func writeArchive(layerPath, out string) error {
 		return err
 	}
 	diffID := hex.EncodeToString(h.Sum(nil))
-	cfg, err := imageConfig(diffID)
+	cfg, err := imageConfig(img, diffID)
 	if err != nil {
 		return err
 	}
 	cfgSum := sha256.Sum256(cfg)
 	cfgName := hex.EncodeToString(cfgSum[:]) + ".json"
-	manifest, _ := json.Marshal([]map[string]any{{"Config": cfgName, "RepoTags": []string{ImageTag}, "Layers": []string{diffID + "/layer.tar"}}})
+	manifest, _ := json.Marshal([]map[string]any{{"Config": cfgName, "RepoTags": []string{img.Tag}, "Layers": []string{diffID + "/layer.tar"}}})
 	f, err := os.Create(out)
 	if err != nil {
 		return err

@@ -51,7 +51,7 @@ func New(t testing.TB) *Env {
 		u, err := user.Lookup("postgres")
 		if err != nil {
 			os.RemoveAll(root)
-			t.Skip("running as root and there is no postgres user to run PostgreSQL as (install postgresql-15)")
+			t.Skip("running as root and there is no postgres user to run PostgreSQL as (install your distribution's PostgreSQL: sudo apt-get install postgresql)")
 		}
 		e.uid, _ = strconv.Atoi(u.Uid)
 		e.gid, _ = strconv.Atoi(u.Gid)
