@@ -26,8 +26,13 @@ func (*labCommand) Summary() string {
 }
 
 func (c *labCommand) Run(ctx context.Context, args []string) error {
+	const usage = "usage: understudy lab up [--dir DIR] [--nodes db,db-replica] [--netns] [--bare] [--backup] | understudy lab down [--dir DIR]"
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprintln(c.out, usage)
+		return nil
+	}
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down") {
-		return errors.New("usage: understudy lab up [--dir DIR] [--nodes db,db-replica] [--netns] [--bare] [--backup] | understudy lab down [--dir DIR]")
+		return errors.New(usage)
 	}
 	fs := flag.NewFlagSet("lab "+args[0], flag.ContinueOnError)
 	dir := fs.String("dir", defaultLabDir(), "the lab's directory")

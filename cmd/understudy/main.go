@@ -31,6 +31,10 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.err.Error() }
 
+// Unwrap lets `-h` (flag.ErrHelp) exit 0 from a command that gives its
+// errors an exit status (cron reads 2 as critical).
+func (e *exitError) Unwrap() error { return e.err }
+
 func commands(stdout, stderr io.Writer) []command {
 	return append([]command{
 		&planCommand{out: stdout},

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -36,19 +35,14 @@ func (c *roleCommand) Run(ctx context.Context, args []string) error {
 	}
 	dryRun := fs.Bool("dry-run", false, "show the steps, and change nothing")
 	fs.Usage = func() { fmt.Fprintf(fs.Output(), "usage: understudy %s [flags] NODE\n", c.name); fs.PrintDefaults() }
-	// The node name may come before or after the flags.
-	var node string
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		node, args = args[0], args[1:]
-	}
-	if err := fs.Parse(args); err != nil {
+	// The node name may come before, between or after the flags.
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
 		return err
 	}
-	if node == "" && fs.NArg() == 1 {
-		node = fs.Arg(0)
-	}
-	if node == "" {
-		return errors.New("name the node: understudy " + c.name + " NODE (`understudy status` lists them)")
+	node, err := oneNode(c.name, pos)
+	if err != nil {
+		return err
 	}
 	t, err := tf.open(ctx)
 	if err != nil {
