@@ -90,6 +90,7 @@ type Lab struct {
 	Dir      string
 	Bin      string
 	Cluster  pgconf.Cluster
+	BinMajor int    // the major of the programs in Bin (0: not known)
 	NetNS    *NetNS // nil on loopback
 	state    state
 	password string
@@ -100,12 +101,21 @@ type Lab struct {
 	done map[string]chan struct{} // processes this process started, reaped by a goroutine
 }
 
-// BinDir finds PostgreSQL's server binaries.
+// BinDir finds PostgreSQL's server binaries: $UNDERSTUDY_PG_BINDIR, else
+// the newest major in /usr/lib/postgresql/*/bin (Debian's layout).
 func BinDir() (string, error) {
 	if d := os.Getenv("UNDERSTUDY_PG_BINDIR"); d != "" {
+		if _, err := os.Stat(filepath.Join(d, "postgres")); err != nil {
+			return "", fmt.Errorf("UNDERSTUDY_PG_BINDIR=%s holds no postgres program: point it at the directory with postgres, initdb and pg_ctl (Debian: /usr/lib/postgresql/<major>/bin)", d)
+		}
 		return d, nil
 	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	return binDirIn("/usr/lib/postgresql")
+}
+
+// binDirIn is the newest <root>/<major>/bin that holds postgres.
+func binDirIn(root string) (string, error) {
+	dirs, _ := filepath.Glob(filepath.Join(root, "*", "bin"))
 	sort.Slice(dirs, func(i, j int) bool {
 		a, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[i])))
 		b, _ := strconv.Atoi(filepath.Base(filepath.Dir(dirs[j])))
@@ -116,7 +126,24 @@ func BinDir() (string, error) {
 			return d, nil
 		}
 	}
-	return "", errors.New("no PostgreSQL server found in /usr/lib/postgresql/*/bin: install it (sudo apt-get install postgresql-15) or set UNDERSTUDY_PG_BINDIR")
+	return "", fmt.Errorf("no PostgreSQL server found in %s/*/bin: install your distribution's (sudo apt-get install postgresql), or set UNDERSTUDY_PG_BINDIR to a directory holding postgres, initdb and pg_ctl", root)
+}
+
+// BinMajor asks the postgres program in dir for its version: the
+// directory's name need not say it (/opt/pg18/bin).
+func BinMajor(ctx context.Context, dir string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	prog := filepath.Join(dir, "postgres")
+	out, err := exec.CommandContext(ctx, prog, "--version").CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("asking %s its version: %v %s", prog, err, strings.TrimSpace(string(out)))
+	}
+	m, err := pgops.ParseProgramVersion(string(out))
+	if err != nil {
+		return 0, fmt.Errorf("%s --version: %w", prog, err)
+	}
+	return m, nil
 }
 
 const stateFile = "lab.json"
@@ -136,7 +163,10 @@ func Create(ctx context.Context, dir string, cfg Config) (*Lab, error) {
 	if err != nil {
 		return nil, err
 	}
-	major, _ := strconv.Atoi(filepath.Base(filepath.Dir(bin)))
+	major, err := BinMajor(ctx, bin)
+	if err != nil {
+		return nil, err
+	}
 	st := state{Cluster: pgconf.Cluster{InitialPrimary: cfg.Names[0], Major: major, ReplUser: pgconf.DefaultReplUser, WALCap: cfg.WALCap}, ContainerPaths: cfg.ContainerPaths}
 	if cfg.ContainerPaths {
 		if !cfg.NetNS {
@@ -234,6 +264,7 @@ func load(dir, bin string, st state, password string) (*Lab, error) {
 		return nil, err
 	}
 	l := &Lab{Dir: abs, Bin: bin, password: password, uid: os.Getuid(), gid: os.Getgid(), done: map[string]chan struct{}{}}
+	l.BinMajor, _ = BinMajor(context.Background(), bin) // unknown (0) is left to the servers' own errors
 	cred, err := backup.PostgresCred()
 	if err != nil {
 		return nil, err
@@ -296,7 +327,10 @@ func (l *Lab) Password() string { return l.password }
 
 // Target is the lab as apply, status, check and verify use it.
 func (l *Lab) Target() live.Target {
-	t := live.Target{Cluster: l.Cluster, Control: l, Password: l.password}
+	t := live.Target{Cluster: l.Cluster, Control: l, Password: l.password, Images: map[string]live.NodeImage{}}
+	for _, n := range l.Cluster.Nodes {
+		t.Images[n.Name] = live.NodeImage{Ref: l.Bin, Major: l.BinMajor, Programs: true}
+	}
 	if l.state.Backup != nil {
 		t.Backups = l.BackupSite()
 		if s, err := l.BackupStore(); err == nil {

@@ -130,6 +130,7 @@ func Check(st *Status, c pgconf.Cluster, th Thresholds) []Finding {
 	capBytes, _ := pgconf.ParseSize(c.WALCap, "MB")
 	out = append(out, CheckBackup(st, capBytes, DefaultBackupThresholds, th.SlotHeadroom)...)
 	out = append(out, CheckVersions(st)...)
+	out = append(out, MajorFindings(st, c)...)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Severity > out[j].Severity })
 	return out
 }

@@ -112,6 +112,24 @@ type Target struct {
 	// Backups is where the backup work runs (base backups, drills,
 	// restores); nil when the target has no backups set up.
 	Backups BackupSite
+	// Images: what each node runs PostgreSQL from (nil: not known).
+	Images map[string]NodeImage
+}
+
+// NodeImage is what a node runs PostgreSQL from: on Kamal its accessory's
+// image, in a lab the directory of PostgreSQL's programs. Major is 0 when
+// the reference does not say.
+type NodeImage struct {
+	Ref      string `json:"ref"`
+	Major    int    `json:"major,omitempty"`
+	Programs bool   `json:"programs,omitempty"` // Ref is a directory of programs (a lab)
+}
+
+func (i NodeImage) String() string {
+	if i.Programs {
+		return "the programs in " + i.Ref
+	}
+	return "the image " + i.Ref
 }
 
 // BackupAccess is how status and check read the backups: the bucket, and

@@ -134,6 +134,11 @@ func readApplyNode(ctx context.Context, c *pgx.Conn, cl pgconf.Cluster) (NodeRea
 // slots, and the standbys. An error means apply must not start.
 func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
 	st := f.Status
+	// Before anything starts or clones: a node of another major cannot
+	// follow (or, started on the wrong image, cannot start).
+	if err := MajorRefusal(st, c); err != nil {
+		return nil, err
+	}
 	var steps []Step
 	add := func(s Step) { steps = append(steps, s) }
 	prim := st.Primary

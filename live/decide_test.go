@@ -104,6 +104,25 @@ func TestDecideApply(t *testing.T) {
 			f.Status.Nodes[1].Role = RolePrimary
 			return f
 		}, "error: more than one node accepts writes"},
+		{"a fresh standby of another major: refused before the primary starts", func() *ApplyFacts {
+			f := down()
+			f.Status.Nodes[0].Image = &NodeImage{Ref: "postgres:15", Major: 15}
+			f.Status.Nodes[1].Image = &NodeImage{Ref: "postgres:18", Major: 18}
+			return f
+		}, "error: refused, nothing was cloned or started:\ndb-replica runs the image postgres:18 (PostgreSQL 18), but db runs the image postgres:15 (PostgreSQL 15)"},
+		{"a node running another major than its image", func() *ApplyFacts {
+			f := healthy()
+			f.Status.Nodes[0].Image = &NodeImage{Ref: "postgres:15", Major: 15}
+			f.Status.Nodes[1].Image = &NodeImage{Ref: "postgres:15", Major: 15}
+			f.Status.Nodes[1].Facts = &pgops.Facts{Settings: map[string]string{"server_version_num": "170012"}}
+			return f
+		}, "error: refused, nothing was cloned or started:\ndb-replica runs PostgreSQL 17, but it is started from the image postgres:15"},
+		{"images of the same major, tags that do not say it", func() *ApplyFacts {
+			f := healthy()
+			f.Status.Nodes[0].Image = &NodeImage{Ref: "postgres:15.8", Major: 15}
+			f.Status.Nodes[1].Image = &NodeImage{Ref: "registry.example/pg:latest"}
+			return f
+		}, ""},
 		{"only a standby answers", func() *ApplyFacts {
 			f := healthy()
 			f.Status.Primary = ""

@@ -45,6 +45,9 @@ type NodeStatus struct {
 	// On a standby, as its primary sees it.
 	LagBytes   *int64   `json:"lag_bytes,omitempty"`
 	LagSeconds *float64 `json:"lag_seconds,omitempty"`
+
+	// What it runs PostgreSQL from (the accessory's image; a lab's programs).
+	Image *NodeImage `json:"image,omitempty"`
 }
 
 // Role is what a node is doing.
@@ -102,6 +105,9 @@ func GatherNodes(ctx context.Context, t Target) (*Status, error) {
 	var wg sync.WaitGroup
 	for i, n := range t.Cluster.Nodes {
 		st.Nodes[i] = NodeStatus{Name: n.Name, Addr: n.Addr, Port: n.Port, Where: t.Control.Where(n.Name), Role: RoleDown, HBA: map[string]HBAVerdict{}}
+		if img, ok := t.Images[n.Name]; ok {
+			st.Nodes[i].Image = &img
+		}
 		wg.Add(1)
 		go func(ns *NodeStatus) {
 			defer wg.Done()

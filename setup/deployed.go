@@ -33,6 +33,9 @@ type Deployed struct {
 	// Legacy is set when the cluster came from an older init's rendered
 	// files (no cluster.json): what to tell the user.
 	Legacy string
+	// Images: each node's image as deploy.yml gives it (its accessory's
+	// image:, else the app's).
+	Images map[string]Image
 }
 
 // Setups written before cluster.json existed are read once from the
@@ -52,7 +55,7 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Deployed{Config: cfg, Hosts: map[string]string{}, DBUser: "postgres"}
+	d := &Deployed{Config: cfg, Hosts: map[string]string{}, DBUser: "postgres", Images: map[string]Image{}}
 	gen := GeneratedDir(o.Destination)
 	var c, model pgconf.Cluster
 	if text, err := src.ReadFile(gen + "/" + ClusterFile); err == nil {
@@ -101,11 +104,12 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 		}
 		c.Nodes = append(c.Nodes, pgconf.Node{Name: a.Name, Addr: port.BindIP, Port: port.HostPort})
 		d.Hosts[a.Name] = hosts[0]
+		img, _ := a.Str("image")
+		if img == "" {
+			img, _ = cfg.Str(cfg.Root.Get("image"))
+		}
+		d.Images[a.Name] = ParseImage(img)
 		if a.Name == c.InitialPrimary {
-			img, _ := a.Str("image")
-			if img == "" {
-				img, _ = cfg.Str(cfg.Root.Get("image"))
-			}
 			c.Major = ParseImage(img).Major
 			if o.PGVersion != 0 {
 				c.Major = o.PGVersion

@@ -138,6 +138,11 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	if existing := cfg.Accessory(p.Standby); existing != nil {
+		if err := sameMajor(existing, prim, p.Image); err != nil {
+			return nil, err
+		}
+	}
 	walCap := o.WALCap
 	walNote := ""
 	if walCap == "" {
@@ -575,6 +580,22 @@ func sameHost(a, b string) bool {
 		return x.Unmap() == y.Unmap()
 	}
 	return strings.EqualFold(strings.TrimSuffix(a, "."), strings.TrimSuffix(b, "."))
+}
+
+// sameMajor refuses a standby accessory whose image is of another
+// PostgreSQL major than the primary's: it could neither clone nor follow
+// (a standby replays its primary's WAL; PostgreSQL docs, warm-standby.html).
+func sameMajor(standby, prim *kamal.Accessory, primImg Image) error {
+	ref, ok := standby.Str("image")
+	if !ok || ref == "" {
+		return nil // the app's image, as the primary's may be
+	}
+	img := ParseImage(ref)
+	if img.Major == 0 || img.Major == primImg.Major {
+		return nil
+	}
+	return refuse(fieldPos(standby, "image"), fmt.Sprintf("accessory %s's image %s is PostgreSQL %d, but the primary %s's image %s is PostgreSQL %d: a standby replays its primary's WAL and must run the same major", standby.Name, ref, img.Major, prim.Name, primImg.Ref, primImg.Major),
+		"give %s the image %s (as %s), then run init again; to move to PostgreSQL %d, upgrade the primary's cluster first (pg_upgrade, or pg_dump and restore), then change both images", standby.Name, primImg.Ref, prim.Name, img.Major)
 }
 
 // standbyPort is the primary's port with the standby's IP.

@@ -554,3 +554,46 @@ func changed(p *Plan, path string) string {
 	}
 	return ""
 }
+
+// Issue 18: a standby accessory whose image is of another major than the
+// primary's is refused by init, at its image line, naming both images and
+// the fix; after init, LoadDeployed gives each node's image to the live
+// commands (apply refuses, check reports).
+func TestStandbyOfAnotherMajor(t *testing.T) {
+	src := app("postgres:17", "10.0.0.2:5432:5432", "postgres")
+	src["config/deploy.yml"] += "  db-replica:\n    image: postgres:18\n    host: 192.0.2.3\n    port: 10.0.0.3:5432:5432\n    directories:\n      - data:/var/lib/postgresql\n"
+	_, err := Build(src, replica)
+	var r *Refusal
+	if !errors.As(err, &r) {
+		t.Fatalf("want a refusal, got %v", err)
+	}
+	if r.Where != "config/deploy.yml:23" {
+		t.Errorf("refused at %s, want the standby's image line (config/deploy.yml:23)", r.Where)
+	}
+	for _, want := range []string{"db-replica's image postgres:18 is PostgreSQL 18", "db's image postgres:17 is PostgreSQL 17"} {
+		if !strings.Contains(r.Error(), want) {
+			t.Errorf("%q lacks %q", r.Error(), want)
+		}
+	}
+	if !strings.Contains(r.Fix, "give db-replica the image postgres:17") {
+		t.Errorf("fix: %s", r.Fix)
+	}
+	// The same major under another tag is the same PostgreSQL.
+	same := app("postgres:17", "10.0.0.2:5432:5432", "postgres")
+	same["config/deploy.yml"] += "  db-replica:\n    image: postgres:17.6-trixie\n    host: 192.0.2.3\n    port: 10.0.0.3:5432:5432\n    directories:\n      - data:/var/lib/postgresql/data\n"
+	p, err := Build(same, replica)
+	if err != nil {
+		t.Fatalf("a standby on postgres:17.6-trixie: %v", err)
+	}
+	for _, c := range p.Changes {
+		same[c.Path] = c.New
+	}
+	same["config/deploy.yml"] = strings.Replace(same["config/deploy.yml"], "image: postgres:17.6-trixie", "image: postgres:18", 1)
+	d, err := LoadDeployed(same, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Images["db"].Major != 17 || d.Images["db-replica"].Major != 18 || d.Images["db-replica"].Ref != "postgres:18" {
+		t.Errorf("images read back: %+v", d.Images)
+	}
+}

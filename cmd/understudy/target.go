@@ -162,8 +162,11 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 		Dialer: dialer, Shell: dialer, Nodes: remote.NodesFromCluster(d.Cluster, d.Hosts, cmds),
 		DBUser: dbUser, DBUserFrom: userFrom, DBPassword: dbPassword, Builds: serverBuilds(),
 	}
-	tg := &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword}, kamal: ctl, close: dialer.Close,
+	tg := &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword, Images: map[string]live.NodeImage{}}, kamal: ctl, close: dialer.Close,
 		noBackups: "this app has no backups set up: run `understudy init --backup --backup-endpoint URL --backup-bucket NAME` (with the flags you gave init before), then `understudy apply`; see docs/backups.md"}
+	for n, img := range d.Images {
+		tg.Images[n] = live.NodeImage{Ref: img.Ref, Major: img.Major}
+	}
 	if d.Backup != nil {
 		tg.backup = d.Backup
 		tg.agent = &remote.BackupAgent{Control: ctl, Name: d.Backup.Accessory, Host: d.BackupHost, Commands: cmds[d.Backup.Accessory],

@@ -1,0 +1,104 @@
+package live
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/understudy-dev/understudy/pgconf"
+	"github.com/understudy-dev/understudy/pgops"
+)
+
+// The major-version finding codes.
+const (
+	// CodeImageMajor: the nodes' images are of different PostgreSQL majors.
+	CodeImageMajor FindingCode = "image-major"
+	// CodeRunningMajor: a node runs another major than its image is.
+	CodeRunningMajor FindingCode = "running-major"
+)
+
+// MajorFindings compares the majors of the nodes' images with the
+// cluster's, and each running server's with its image's (pure). A standby
+// replays its primary's WAL and reads its data files as they are, so every
+// node of a cluster must run the same major (PostgreSQL docs,
+// warm-standby.html: "the same major PostgreSQL version").
+func MajorFindings(st *Status, c pgconf.Cluster) []Finding {
+	var out []Finding
+	var r *majorRefusal
+	if errors.As(ImageMajorRefusal(st, c), &r) {
+		out = append(out, Finding{Critical, CodeImageMajor, r.node, r.problem, r.fix})
+	}
+	for _, n := range st.Nodes {
+		if !n.Reachable || n.Image == nil || n.Image.Major == 0 || n.Facts == nil {
+			continue
+		}
+		running, err := pgops.MajorOfVersionNum(n.Facts.Settings["server_version_num"])
+		if err != nil || running == n.Image.Major {
+			continue
+		}
+		out = append(out, Finding{Critical, CodeRunningMajor, n.Name,
+			fmt.Sprintf("%s runs PostgreSQL %d, but it is started from %s, which is PostgreSQL %d: its next restart would start PostgreSQL %d on data of %d, which fails", n.Name, running, n.Image, n.Image.Major, n.Image.Major, running),
+			fmt.Sprintf("start %s from PostgreSQL %d again (its image, or the lab's UNDERSTUDY_PG_BINDIR, as when it was set up) and run `understudy check`; moving the cluster to %d is an upgrade of every node (pg_upgrade, or pg_dump and restore into a new setup), not an image change", n.Name, running, n.Image.Major)})
+	}
+	return out
+}
+
+// majorRefusal is a major mismatch between the nodes' images.
+type majorRefusal struct{ node, problem, fix string }
+
+func (e *majorRefusal) Error() string { return e.problem + "\n  fix: " + e.fix }
+
+// ImageMajorRefusal is an error naming both images and the fix when a
+// node's image is of another major than the cluster (whose major comes from
+// the primary's image when init ran); nil when they agree or a reference
+// does not say its major.
+func ImageMajorRefusal(st *Status, c pgconf.Cluster) error {
+	var want *NodeStatus
+	for i := range st.Nodes {
+		if img := st.Nodes[i].Image; img != nil && img.Major == c.Major {
+			if want == nil || st.Nodes[i].Name == c.InitialPrimary {
+				want = &st.Nodes[i]
+			}
+		}
+	}
+	var odd []string
+	var images []string
+	for _, n := range st.Nodes {
+		if n.Image == nil || n.Image.Major == 0 || n.Image.Major == c.Major {
+			continue
+		}
+		odd = append(odd, n.Name)
+		images = append(images, fmt.Sprintf("%s runs %s (PostgreSQL %d)", n.Name, n.Image, n.Image.Major))
+	}
+	if len(odd) == 0 {
+		return nil
+	}
+	ref := fmt.Sprintf("an image of PostgreSQL %d", c.Major)
+	theirs := fmt.Sprintf("the cluster is PostgreSQL %d", c.Major)
+	if want != nil {
+		ref = want.Image.Ref
+		theirs = fmt.Sprintf("%s runs %s (PostgreSQL %d)", want.Name, want.Image, c.Major)
+	}
+	return &majorRefusal{node: strings.Join(odd, ","),
+		problem: fmt.Sprintf("%s, but %s: a standby replays its primary's WAL and must run the same major", strings.Join(images, "; "), theirs),
+		fix: fmt.Sprintf("give %s the image %s (in config/deploy.yml for Kamal), then run the command again; to move to another major, upgrade the whole cluster (pg_upgrade, or pg_dump and restore into a new setup), not one node",
+			strings.Join(odd, " and "), ref)}
+}
+
+// MajorRefusal is apply's refusal when MajorFindings has any: an error
+// holding each problem and its fix (nil when there is none).
+func MajorRefusal(st *Status, c pgconf.Cluster) error {
+	fs := MajorFindings(st, c)
+	if len(fs) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("refused, nothing was cloned or started:\n")
+	for i, f := range fs {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		b.WriteString(f.Problem + "\n  fix: " + f.Fix)
+	}
+	return errors.New(b.String())
+}
