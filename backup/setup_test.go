@@ -1,6 +1,8 @@
 package backup
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -61,5 +63,35 @@ func TestReadSecretsNamesWhatIsMissing(t *testing.T) {
 	sec, err := s.ReadSecrets(func(n string) (string, bool) { v, ok := env[n]; return v, ok }, true)
 	if err != nil || sec.Key.Recipient() != k.Recipient() || sec.Replication != "pw" {
 		t.Errorf("secrets %+v, %v", sec, err)
+	}
+}
+
+// Issue 18: a restore's programs come from UNDERSTUDY_PG_BINDIR when they
+// are of the backup's major, whatever the directory is called; the hint
+// names the major looked for, and the user's package by its plain name.
+func TestFindPGBinAsksTheVersion(t *testing.T) {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_ctl")
+	if len(dirs) == 0 {
+		t.Skip("no PostgreSQL installed")
+	}
+	real := filepath.Dir(dirs[0])
+	major := programMajor(filepath.Join(real, "pg_ctl"))
+	if major == 0 {
+		t.Fatalf("%s/pg_ctl does not say its version", real)
+	}
+	link := filepath.Join(t.TempDir(), "bin")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("UNDERSTUDY_PG_BINDIR", link)
+	if got, err := FindPGBin(major); err != nil || got != link {
+		t.Errorf("FindPGBin(%d) = %s, %v; want %s", major, got, err, link)
+	}
+	_, err := FindPGBin(99)
+	if err == nil || !strings.Contains(err.Error(), "install postgresql-99") || !strings.Contains(err.Error(), "UNDERSTUDY_PG_BINDIR") {
+		t.Errorf("FindPGBin(99): %v", err)
+	}
+	if !strings.Contains(errNoPostgresUser.Error(), "apt-get install postgresql)") {
+		t.Errorf("the missing-user hint: %v", errNoPostgresUser)
 	}
 }
