@@ -24,10 +24,7 @@ const (
 // warm-standby.html: "the same major PostgreSQL version").
 func MajorFindings(st *Status, c pgconf.Cluster) []Finding {
 	var out []Finding
-	var r *majorRefusal
-	if errors.As(ImageMajorRefusal(st, c), &r) {
-		out = append(out, Finding{Critical, CodeImageMajor, r.node, r.problem, r.fix})
-	}
+	reported := map[string]bool{}
 	for _, n := range st.Nodes {
 		if !n.Reachable || n.Image == nil || n.Image.Major == 0 || n.Facts == nil {
 			continue
@@ -36,9 +33,14 @@ func MajorFindings(st *Status, c pgconf.Cluster) []Finding {
 		if err != nil || running == n.Image.Major {
 			continue
 		}
+		reported[n.Name] = true
 		out = append(out, Finding{Critical, CodeRunningMajor, n.Name,
 			fmt.Sprintf("%s runs PostgreSQL %d, but it is started from %s, which is PostgreSQL %d: its next restart would start PostgreSQL %d on data of %d, which fails", n.Name, running, n.Image, n.Image.Major, n.Image.Major, running),
 			fmt.Sprintf("start %s from PostgreSQL %d again (its image, or the lab's UNDERSTUDY_PG_BINDIR, as when it was set up) and run `understudy check`; moving the cluster to %d is an upgrade of every node (pg_upgrade, or pg_dump and restore into a new setup), not an image change", n.Name, running, n.Image.Major)})
+	}
+	var r *majorRefusal
+	if errors.As(imageMajors(st, c, reported), &r) {
+		out = append([]Finding{{Critical, CodeImageMajor, r.node, r.problem, r.fix}}, out...)
 	}
 	return out
 }
@@ -52,7 +54,12 @@ func (e *majorRefusal) Error() string { return e.problem + "\n  fix: " + e.fix }
 // node's image is of another major than the cluster (whose major comes from
 // the primary's image when init ran); nil when they agree or a reference
 // does not say its major.
-func ImageMajorRefusal(st *Status, c pgconf.Cluster) error {
+func ImageMajorRefusal(st *Status, c pgconf.Cluster) error { return imageMajors(st, c, nil) }
+
+// imageMajors is ImageMajorRefusal; when no node's image is of the
+// cluster's major, the nodes in skip (reported running on another major
+// than their image) are left out.
+func imageMajors(st *Status, c pgconf.Cluster, skip map[string]bool) error {
 	var want *NodeStatus
 	for i := range st.Nodes {
 		if img := st.Nodes[i].Image; img != nil && img.Major == c.Major {
@@ -61,10 +68,9 @@ func ImageMajorRefusal(st *Status, c pgconf.Cluster) error {
 			}
 		}
 	}
-	var odd []string
-	var images []string
+	var odd, images []string
 	for _, n := range st.Nodes {
-		if n.Image == nil || n.Image.Major == 0 || n.Image.Major == c.Major {
+		if n.Image == nil || n.Image.Major == 0 || n.Image.Major == c.Major || (want == nil && skip[n.Name]) {
 			continue
 		}
 		odd = append(odd, n.Name)
@@ -73,16 +79,16 @@ func ImageMajorRefusal(st *Status, c pgconf.Cluster) error {
 	if len(odd) == 0 {
 		return nil
 	}
-	ref := fmt.Sprintf("an image of PostgreSQL %d", c.Major)
-	theirs := fmt.Sprintf("the cluster is PostgreSQL %d", c.Major)
-	if want != nil {
-		ref = want.Image.Ref
-		theirs = fmt.Sprintf("%s runs %s (PostgreSQL %d)", want.Name, want.Image, c.Major)
+	if want == nil {
+		return &majorRefusal{node: strings.Join(odd, ","),
+			problem: fmt.Sprintf("%s, but the cluster's data is PostgreSQL %d (as it was set up): PostgreSQL starts only on data of its own major", strings.Join(images, "; "), c.Major),
+			fix: fmt.Sprintf("run %s from PostgreSQL %d again (Kamal: its image in config/deploy.yml; a lab: UNDERSTUDY_PG_BINDIR), then run the command again; moving to another major is an upgrade of the whole cluster (pg_upgrade, or pg_dump and restore into a new setup)",
+				strings.Join(odd, " and "), c.Major)}
 	}
 	return &majorRefusal{node: strings.Join(odd, ","),
-		problem: fmt.Sprintf("%s, but %s: a standby replays its primary's WAL and must run the same major", strings.Join(images, "; "), theirs),
-		fix: fmt.Sprintf("give %s the image %s (in config/deploy.yml for Kamal), then run the command again; to move to another major, upgrade the whole cluster (pg_upgrade, or pg_dump and restore into a new setup), not one node",
-			strings.Join(odd, " and "), ref)}
+		problem: fmt.Sprintf("%s, but %s runs %s (PostgreSQL %d): a standby replays its primary's WAL and must run the same major", strings.Join(images, "; "), want.Name, want.Image, c.Major),
+		fix: fmt.Sprintf("give %s %s, as %s has (Kamal: in config/deploy.yml), then run the command again; to move to another major, upgrade the whole cluster (pg_upgrade, or pg_dump and restore into a new setup), not one node",
+			strings.Join(odd, " and "), want.Image, want.Name)}
 }
 
 // MajorRefusal is apply's refusal when MajorFindings has any: an error

@@ -28,7 +28,7 @@ func TestMajorFindings(t *testing.T) {
 			t.Errorf("the problem lacks %q: %s", want, fs[0].Problem)
 		}
 	}
-	if !strings.Contains(fs[0].Fix, "give db-replica the image postgres:17") {
+	if !strings.Contains(fs[0].Fix, "give db-replica the image postgres:17, as db has") {
 		t.Errorf("the fix: %s", fs[0].Fix)
 	}
 	// check's own list has it too, with the rest of its findings.

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/lab"
 )
 
@@ -52,6 +53,11 @@ func TestBackupCommandsOnALab(t *testing.T) {
 	})
 	if code != 0 || !strings.Contains(out, "first base backup") {
 		t.Fatalf("lab up --backup (exit %d):\n%s", code, out)
+	}
+	if l, err := lab.Open(dir); err != nil {
+		t.Fatal(err)
+	} else {
+		labtest.WantMajor(t, l)
 	}
 	if out, code := cli("backup", "--lab", dir); code != 0 || !strings.Contains(out, "✓ base backup") || !strings.Contains(out, "from db-replica") {
 		t.Errorf("backup (exit %d):\n%s", code, out)

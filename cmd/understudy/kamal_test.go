@@ -292,9 +292,36 @@ func TestKamalBadInputChangesNothing(t *testing.T) {
 	t.Setenv("TEST_DB_PASSWORD", "not-the-password")
 	try("wrong database password", "accessory db on 10.211.7.10", `user "shop"`, "POSTGRES_PASSWORD")
 
+	// Issue 18: a standby on another major. With deploy.yml edited after
+	// init, apply refuses before anything, naming both images and the fix;
+	// check reports it; init refuses at the standby's image line.
+	t.Setenv("TEST_DB_PASSWORD", dbPassword)
+	mine, theirs := w.image.Tag, "postgres:18"
+	if w.image.Major == 18 {
+		theirs = "postgres:17"
+	}
+	at := strings.Index(string(orig), "\n  db-replica:\n")
+	if at < 0 || !strings.Contains(string(orig[at:]), "image: "+mine+"\n") {
+		t.Fatalf("no db-replica accessory with image %s in deploy.yml:\n%s", mine, orig)
+	}
+	edited := string(orig[:at]) + strings.Replace(string(orig[at:]), "image: "+mine+"\n", "image: "+theirs+"\n", 1)
+	os.WriteFile(deploy, []byte(edited), 0o644)
+	try("standby on another major", "db-replica runs the image "+theirs, "db runs the image "+mine, "nothing was cloned or started", "give db-replica the image "+mine)
+	if out, code := runCLI(t, "check", "--app", w.app); code != 2 || !strings.Contains(out, "image-major") || !strings.Contains(out, "db-replica runs the image "+theirs) {
+		t.Errorf("check with the standby on %s: exit %d\n%s", theirs, code, out)
+	}
+	r := w.addr["db-replica"]
+	if out, code := runCLI(t, "init", "--app", w.app, "--replica-host", r, "--replica-ip", r); code == 0 || !strings.Contains(out, "config/deploy.yml:") ||
+		!strings.Contains(out, "db-replica's image "+theirs) || !strings.Contains(out, "give db-replica the image "+mine) {
+		t.Errorf("init with the standby on %s: exit %d\n%s", theirs, code, out)
+	}
+	if now, _ := os.ReadFile(deploy); string(now) != edited {
+		t.Error("a refused init changed deploy.yml")
+	}
+	os.WriteFile(deploy, orig, 0o644)
+
 	// A held deploy lock (Kamal's own lock directory on the primary host)
 	// stops apply before it does anything.
-	t.Setenv("TEST_DB_PASSWORD", dbPassword)
 	w.kamal(t, "lock", "acquire")
 	os.Remove(w.standinLog)
 	try("deploy lock", "deploy lock is held", "kamal lock release")

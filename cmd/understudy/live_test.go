@@ -3,9 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/understudy-dev/understudy/internal/dockertest"
 	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/live"
 )
@@ -113,5 +118,46 @@ func TestRoleCommandsOnLab(t *testing.T) {
 	out, code = runCLI(t, "check", "--lab", l.Dir)
 	if code != 0 {
 		t.Errorf("check after the role changes: exit %d:\n%s", code, out)
+	}
+}
+
+// Issue 18: a node whose running major is not its programs' (here the lab
+// reopened with another major's programs under it, as a changed image is
+// on Kamal) is reported by check, and apply refuses before starting,
+// restarting or cloning anything.
+func TestCheckReportsARunningMajorThatIsNotItsImages(t *testing.T) {
+	l := labtest.Up(t, labtest.Options{})
+	other := 17
+	if l.BinMajor == 17 {
+		other = 18
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: another major's programs come from its test image (debootstrap)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	bin, err := dockertest.PGBinDir(ctx, other, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("UNDERSTUDY_PG_BINDIR", bin)
+	out, code := runCLI(t, "check", "--lab", l.Dir)
+	t.Logf("check:\n%s", out)
+	if code != 2 || !strings.Contains(out, "running-major") || !strings.Contains(out, fmt.Sprintf("db runs PostgreSQL %d, but it is started from the programs in %s, which is PostgreSQL %d", l.BinMajor, bin, other)) {
+		t.Errorf("check with PostgreSQL %d's programs under a %d lab: exit %d\n%s", other, l.BinMajor, code, out)
+	}
+	pids := func() string {
+		b1, _ := os.ReadFile(filepath.Join(l.DataDir("db"), "postmaster.pid"))
+		b2, _ := os.ReadFile(filepath.Join(l.DataDir("db-replica"), "postmaster.pid"))
+		return string(b1) + string(b2)
+	}
+	before := pids()
+	out, code = runCLI(t, "apply", "--lab", l.Dir, "--yes")
+	t.Logf("apply:\n%s", out)
+	if code == 0 || !strings.Contains(out, "nothing was cloned or started") || !strings.Contains(out, fmt.Sprintf("PostgreSQL %d", other)) {
+		t.Errorf("apply: exit %d\n%s", code, out)
+	}
+	if pids() != before {
+		t.Error("apply restarted a server")
 	}
 }

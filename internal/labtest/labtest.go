@@ -7,11 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/understudy-dev/understudy/internal/dockertest"
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
@@ -71,6 +73,7 @@ func New(t testing.TB, o Options) *lab.Lab {
 		os.RemoveAll(root)
 		t.Fatal(err)
 	}
+	WantMajor(t, l)
 	if o.Backup {
 		enableBackup(t, l)
 	}
@@ -253,4 +256,18 @@ func WatchWritable(t testing.TB, l *lab.Lab) (stop func() int) {
 		}
 	}()
 	return func() int { close(done); return <-result }
+}
+
+// WantMajor fails the test when UNDERSTUDY_TEST_MAJOR asks for another
+// PostgreSQL major than the lab's programs are (scripts/test-majors sets
+// both; a lab on the wrong major would pass for the wrong reason).
+func WantMajor(t testing.TB, l *lab.Lab) {
+	t.Helper()
+	v := os.Getenv(dockertest.MajorEnv)
+	if v == "" {
+		return
+	}
+	if want, err := strconv.Atoi(v); err != nil || l.BinMajor != want || l.Cluster.Major != want {
+		t.Fatalf("%s=%s, but the lab runs PostgreSQL %d from %s: set UNDERSTUDY_PG_BINDIR to that major's programs (scripts/test-majors does)", dockertest.MajorEnv, v, l.BinMajor, l.Bin)
+	}
 }
