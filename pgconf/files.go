@@ -2,6 +2,7 @@ package pgconf
 
 import (
 	"fmt"
+	"path"
 	"strconv"
 	"strings"
 )
@@ -68,7 +69,7 @@ type Setting struct {
 // switchover needs no edit (PostgreSQL docs, hot-standby.html: settings a standby needs at least as high as its primary).
 func Settings(c Cluster) []Setting {
 	s := []Setting{
-		{"hba_file", quote(c.HBAFile), "the managed rules above, kept outside PGDATA"},
+		{"hba_file", quote(c.HBAFile), "who may connect: the pg_hba rules understudy writes (" + path.Base(c.HBAFile) + " beside this file: replication between the nodes only), kept outside PGDATA so a re-clone keeps them"},
 		{"listen_addresses", quote("*"), "peers and the app connect over the private network"},
 		{"wal_level", "replica", "enough WAL for a physical standby"},
 		{"max_wal_senders", "10", "one per standby plus clones; PostgreSQL's default, stated so no -c flag lowers it"},
