@@ -21,6 +21,42 @@ type RejoinReading struct {
 	PrimaryTimeline pgops.Timeline
 	Switchpoint     pgops.LSN
 	SwitchpointErr  error
+	// WALEnd: where the node's own WAL on its timeline ends, read before
+	// pg_rewind when it crashed (0: not read).
+	WALEnd pgops.LSN
+}
+
+// RewoundText says what pg_rewind undid (pure). A node that crashed gets
+// crash recovery from pg_rewind first, which writes its own checkpoint at
+// the end of the node's WAL: when that end was not past where the new
+// primary took over, that checkpoint is all pg_rewind undoes, and no
+// transaction of the node's is lost (what promote said).
+func RewoundText(r RejoinReading, prim, why string) string {
+	if r.WALEnd != 0 && r.SwitchpointErr == nil && r.Switchpoint != 0 && r.WALEnd <= r.Switchpoint {
+		return fmt.Sprintf("pg_rewind: it had crashed, and its WAL ended at %s, where %s took over (%s), so it had written nothing %s lacks; pg_rewind's crash recovery wrote a checkpoint after that point, and only that checkpoint was undone (%s)", r.WALEnd, prim, r.Switchpoint, prim, why)
+	}
+	return "pg_rewind: it may have written WAL the new primary never got (" + why + "); those changes were undone"
+}
+
+// crashedEndOfWAL reads where a crashed node's WAL ends, before pg_rewind
+// runs crash recovery on it (0 when it cannot tell).
+func crashedEndOfWAL(ctx context.Context, t Target, node string, r RejoinReading) pgops.LSN {
+	if r.Control == nil || r.Control.State != "in production" || r.SwitchpointErr != nil || r.Switchpoint == 0 {
+		return 0
+	}
+	out, err := t.Control.Run(ctx, node, pgconf.EndOfWALScript(r.Switchpoint.String(), r.Control.Timeline))
+	if err != nil {
+		return 0
+	}
+	if strings.Contains(out, "could not find a valid record after") {
+		return r.Switchpoint // nothing at or after it
+	}
+	if m := walEndRE.FindStringSubmatch(out); m != nil {
+		if end, err := pgops.ParseLSN(m[1] + m[2]); err == nil {
+			return end
+		}
+	}
+	return 0
 }
 
 // DecideRejoin picks the way back and says why (pure). RejoinRewind means:
@@ -212,6 +248,7 @@ func rejoinWay(ctx context.Context, t Target, p *RejoinPlan, node, prim string, 
 	}
 	res.Kind, res.Path = DecideRejoin(r, prim)
 	if res.Kind == RejoinRewind {
+		r.WALEnd = crashedEndOfWAL(ctx, t, node, r)
 		// Before 16, pg_rewind reads the source's timeline from its last
 		// checkpoint, which a fresh promotion has not written yet
 		// (PostgreSQL docs, app-pgrewind.html).
@@ -225,7 +262,7 @@ func rejoinWay(ctx context.Context, t Target, p *RejoinPlan, node, prim string, 
 		case strings.Contains(out, "no rewind required"):
 			res.Kind, res.Path = RejoinRepoint, "re-point: pg_rewind found nothing to undo ("+res.Path+")"
 		default:
-			res.Path = "pg_rewind: it may have written WAL the new primary never got (" + res.Path + "); those changes were undone"
+			res.Path = RewoundText(r, prim, res.Path)
 		}
 	}
 	if res.Kind == RejoinClone {
