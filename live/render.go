@@ -115,7 +115,20 @@ func BackupText(bs *BackupStatus, now time.Time) string {
 		case !a.Receiving:
 			state = "NOT RECEIVING"
 		}
-		fmt.Fprintf(&b, "  WAL archiving: %s, from %s; last archived %s at %s; report %s\n", state, orDash(a.Source), orDash(a.LastArchived), ago(later(a.LastArchivedAt, a.LastPartialAt)), ago(a.Updated))
+		// A report older than check's limit says what was, not what is.
+		if age := now.Sub(a.Updated); age > DefaultBackupThresholds.AgentSilent {
+			state = fmt.Sprintf("STALE REPORT (%s old: the agent is down or cannot write; it last said %s)", age.Round(time.Second), state)
+		}
+		// The last complete segment with its own upload time; a later
+		// upload of the segment being filled is named as such.
+		last := "last complete segment " + orDash(a.LastArchived)
+		if !a.LastArchivedAt.IsZero() {
+			last += " at " + ago(a.LastArchivedAt)
+		}
+		if a.LastPartialAt.After(a.LastArchivedAt) {
+			last += "; newer WAL (the segment being filled) uploaded " + ago(a.LastPartialAt)
+		}
+		fmt.Fprintf(&b, "  WAL archiving: %s, from %s; %s; report %s\n", state, orDash(a.Source), last, ago(a.Updated))
 		if a.LastError != "" {
 			fmt.Fprintf(&b, "  last failure: %s: %s\n", ago(a.LastErrorAt), firstLine(a.LastError))
 		}
