@@ -227,6 +227,17 @@ func spanFor(path []TimelineSpan, no uint64, segSize uint64) (pgops.Timeline, bo
 	return 0, false
 }
 
+// switchParent: when segment no holds a timeline switch on the path (the
+// new timeline begins inside it), the timeline it switched from.
+func switchParent(path []TimelineSpan, no uint64, segSize uint64) (pgops.Timeline, bool) {
+	for i := len(path) - 1; i > 0; i-- {
+		if uint64(path[i].Begin)/segSize == no {
+			return path[i-1].TLI, true
+		}
+	}
+	return 0, false
+}
+
 // Target is where a restore should end.
 type Target struct {
 	Latest   bool
@@ -394,6 +405,22 @@ func walFrom(b BaseInfo, path []TimelineSpan, files, partials map[pgops.Segment]
 				segs = append(segs, p)
 				reach = later(reach, p.Modified)
 				return segs, reach, nil
+			}
+			// A new timeline's switch segment not archived yet (right after
+			// a promote): the parent's copy holds all WAL up to the
+			// switchpoint, and recovery reads it when the new timeline's
+			// file is missing (xlogrecovery.c, XLogFileReadAnyTLI).
+			if parent, sw := switchParent(path, no, segSize); sw && isLastOnPath(seg, path, files, partials) {
+				ps := pgops.Segment{TLI: parent, No: no}
+				p, pok := files[ps]
+				if !pok {
+					p, pok = partials[ps]
+				}
+				if pok {
+					segs = append(segs, p)
+					reach = later(reach, p.Modified)
+					return segs, reach, nil
+				}
 			}
 			if no > uint64(b.EndLSN-1)/segSize && isLastOnPath(seg, path, files, partials) {
 				return segs, reach, nil

@@ -224,3 +224,46 @@ func TestSegmentNames(t *testing.T) {
 		t.Errorf("an earlier last switchpoint: %v %v", steps, err)
 	}
 }
+
+// Issue 18: right after a promote the archive has timeline 2's history
+// file but not yet its first segment (the switch segment, which begins
+// with the old timeline's WAL up to the switchpoint). The window must not
+// fall back to the last complete segment before it: the old timeline's
+// copy of the switch segment holds everything up to the switchpoint, and
+// a restore along timeline 2 reads it (PostgreSQL tries each timeline of
+// the history for a segment, xlogrecovery.c XLogFileReadAnyTLI).
+func TestRecoveryWindowRightAfterAPromote(t *testing.T) {
+	wal := map[string]int{segName(1, 2): 2, segName(1, 3): 3, segName(1, 4): 6, segName(1, 5) + ".partial": 11}
+	before := RecoveryWindow(archive([]BaseInfo{base("a", 2, 2, 1)}, wal), nil)
+	if !before.OK || !before.Latest.Equal(at(11)) {
+		t.Fatalf("before the promote: %+v", before)
+	}
+	wal["00000002.history"] = 12
+	steps := []pgops.TimelineStep{{Parent: 1, Switch: pgops.LSN(5*seg + 0x3000)}}
+	cat := archive([]BaseInfo{base("a", 2, 2, 1)}, wal)
+	w := RecoveryWindow(cat, steps)
+	if !w.OK || !w.Latest.Equal(at(11)) {
+		t.Errorf("right after the promote the window ends at %s, before it at %s", w.Latest.Sub(t0), before.Latest.Sub(t0))
+	}
+	rp, err := PlanRestore(cat, Target{Latest: true}, steps)
+	if err != nil || rp.Timeline != 2 || strings.Join(names(rp.Segments), " ") != strings.Join([]string{segName(1, 2), segName(1, 3), segName(1, 4), segName(1, 5) + ".partial"}, " ") {
+		t.Errorf("restore to the latest: timeline %d, %v, %v", rp.Timeline, names(rp.Segments), err)
+	}
+	// Once timeline 2's own switch segment is there, it is read instead.
+	wal[segName(2, 5)+".partial"] = 13
+	cat = archive([]BaseInfo{base("a", 2, 2, 1)}, wal)
+	if w := RecoveryWindow(cat, steps); !w.OK || !w.Latest.Equal(at(13)) {
+		t.Errorf("with timeline 2's segment: %+v", w)
+	}
+	rp, _ = PlanRestore(cat, Target{Latest: true}, steps)
+	if got := names(rp.Segments); got[len(got)-1] != segName(2, 5)+".partial" {
+		t.Errorf("segments %v", got)
+	}
+	// A later segment of timeline 2 without its switch segment is a gap,
+	// not something the old timeline's copy can stand in for.
+	delete(wal, segName(2, 5)+".partial")
+	wal[segName(2, 6)] = 14
+	if w := RecoveryWindow(archive([]BaseInfo{base("a", 2, 2, 1)}, wal), steps); w.OK {
+		t.Errorf("a hole at timeline 2's switch segment: %+v", w)
+	}
+}
