@@ -73,6 +73,31 @@ func FindVersityGW() (string, error) {
 	return "", fmt.Errorf("versitygw (the lab's S3-compatible storage) is not installed: run ./scripts/setup-debian, or `GOBIN=%s go install %s@%s`", ToolCache(), VersityGWModule, VersityGWVersion)
 }
 
+// FindGo is the go command, which builds versitygw: PATH, else Go's
+// default install directory.
+func FindGo() (string, error) {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p, nil
+	}
+	if _, err := os.Stat("/usr/local/go/bin/go"); err == nil {
+		return "/usr/local/go/bin/go", nil
+	}
+	return "", fmt.Errorf("versitygw (the lab's S3-compatible storage) is not installed, and there is no Go here to build it: put a release binary of versitygw %s (https://github.com/versity/versitygw/releases) on PATH or name it in UNDERSTUDY_VERSITYGW, or install Go (https://go.dev/dl/) and understudy builds it once", VersityGWVersion)
+}
+
+// StorageReady says whether the lab's storage can run on this machine:
+// versitygw is installed, or Go is here to build it (build is then true).
+// The error, when neither, says how to get it.
+func StorageReady() (build bool, err error) {
+	if _, err := FindVersityGW(); err == nil {
+		return false, nil
+	}
+	if _, err := FindGo(); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
 // BuildVersityGW installs versitygw into the tool cache with `go install`
 // (about a minute the first time on two cores).
 func BuildVersityGW(ctx context.Context, log io.Writer) (string, error) {
@@ -95,9 +120,9 @@ func BuildVersityGW(ctx context.Context, log io.Writer) (string, error) {
 	if p, err := FindVersityGW(); err == nil {
 		return p, nil // built by another process meanwhile
 	}
-	gobin := "go"
-	if _, err := exec.LookPath("go"); err != nil {
-		gobin = "/usr/local/go/bin/go"
+	gobin, err := FindGo()
+	if err != nil {
+		return "", err
 	}
 	cmd := exec.CommandContext(ctx, gobin, "install", VersityGWModule+"@"+VersityGWVersion)
 	cmd.Dir = os.TempDir() // outside any module: go install pkg@version needs none

@@ -47,6 +47,12 @@ func (c *demoCommand) Run(ctx context.Context, args []string) error {
 	}
 
 	say("understudy demo: TeamYap, the app of the replication guide, with its database made highly available.")
+	// Step 8 needs the lab's S3 server: say now when it cannot run here,
+	// and run the other steps.
+	_, storageErr := lab.StorageReady()
+	if storageErr != nil {
+		say("note: step 8 (backups) will be skipped: %v", storageErr)
+	}
 	say("\n1. plan: read %s and show what would change", filepath.Join(app, "config/deploy.yml"))
 	o := setup.Options{ReplicaHost: "123.123.123.125", ReplicaIP: "10.0.1.3", Env: os.LookupEnv}
 	p, err := setup.Build(kamal.DirSource(app), o)
@@ -122,11 +128,17 @@ func (c *demoCommand) Run(ctx context.Context, args []string) error {
 	if len(fs) > 0 {
 		fmt.Fprint(c.out, indent(live.FindingsText(fs), "   "))
 	}
-	if err := demoBackups(ctx, c.out, l, p.Primary, say); err != nil {
+	if storageErr != nil {
+		say("\n8. backups: skipped (no S3 server here; see the note at the start)")
+	} else if err := demoBackups(ctx, c.out, l, p.Primary, *keep, say); err != nil {
 		return err
 	}
 	if *keep {
-		say("left running: understudy status --lab %s; stop and remove with: understudy lab down --dir %s", l.Dir, l.Dir)
+		what := "both servers"
+		if storageErr == nil {
+			what = "both servers, the storage and the backup agent"
+		}
+		say("left running (%s): understudy status --lab %s; stop and remove with: understudy lab down --dir %s", what, l.Dir, l.Dir)
 	}
 	say("done in %.1f s.", time.Since(start).Seconds())
 	return nil
@@ -162,11 +174,13 @@ func (iw indentWriter) Write(p []byte) (int, error) {
 
 // demoBackups: continuous backups from the standby, a bad migration, and
 // a point-in-time restore to the second before it.
-func demoBackups(ctx context.Context, out io.Writer, l *lab.Lab, primary string, say func(string, ...any)) error {
+// With keep, the agent runs as the lab's background service, as `lab up
+// --backup` runs it, so it goes on with the lab; otherwise in this process.
+func demoBackups(ctx context.Context, out io.Writer, l *lab.Lab, primary string, keep bool, say func(string, ...any)) error {
 	say("\n8. backups: WAL streamed from the standby to S3-compatible storage, and a point-in-time restore")
 	agentCtx, stopAgent := context.WithCancel(ctx)
 	defer stopAgent()
-	if err := labBackupUp(agentCtx, indentWriter{out, " "}, l, true); err != nil {
+	if err := labBackupUp(agentCtx, indentWriter{out, " "}, l, !keep); err != nil {
 		return err
 	}
 	c, err := l.Conn(ctx, primary)

@@ -58,6 +58,13 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
+	if *withBackup {
+		// Before anything is created: without its storage the lab would
+		// fail at the last step.
+		if _, err := lab.StorageReady(); err != nil {
+			return fmt.Errorf("--backup: %w", err)
+		}
+	}
 	names := strings.Split(*nodes, ",")
 	ports, err := netutil.FreePorts(len(names))
 	if err != nil {
