@@ -3,7 +3,8 @@
 # postgres image's documented behaviour (the image's page on Docker Hub:
 # "Environment Variables", "Initialization scripts"); not the official script.
 #
-# - `postgres ...` or a first argument starting with "-" runs the server:
+# - `postgres ...` or a first argument starting with "-" runs the server
+#   (unless it asks for --help, --describe-config or --version):
 #   as root, PGDATA and the socket directory are handed to the postgres user
 #   and the script runs itself again as that user (gosu);
 # - on an empty PGDATA: initdb with POSTGRES_USER (default postgres),
@@ -29,6 +30,12 @@ fi
 if [ "$1" != 'postgres' ]; then
 	exec "$@"
 fi
+# postgres asked only for its help or version runs as given, no init
+for arg; do
+	case "$arg" in
+	-'?' | --help | --describe-config | -V | --version) exec "$@" ;;
+	esac
+done
 
 if [ "$(id -u)" = '0' ]; then
 	mkdir -p "$PGDATA" /var/run/postgresql
