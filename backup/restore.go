@@ -42,6 +42,20 @@ func CheckEmptyTarget(dir string) error {
 	return &RestoreError{What: dir + " is not empty", Fix: "restore into a new, empty directory"}
 }
 
+// makeRestoreDir makes a restore's directory 0700, and its missing parents
+// 0755 so the postgres user can enter them, as mkdir -p in the image's
+// entrypoint makes them (postgres:18's PGDATA is /var/lib/postgresql/18/docker,
+// and a fresh volume has no 18/).
+func makeRestoreDir(d string) error {
+	if err := os.MkdirAll(filepath.Dir(d), 0o755); err != nil {
+		return fmt.Errorf("making %s: %w", filepath.Dir(d), err)
+	}
+	if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
+		return fmt.Errorf("making %s: %w", d, err)
+	}
+	return nil
+}
+
 // Restored describes a finished restore.
 type Restored struct {
 	Base       string         `json:"base"`
@@ -73,8 +87,8 @@ func Fetch(ctx context.Context, store Store, key *Key, rp RestorePlan, binDir, d
 		return fmt.Errorf("the WAL directory %q has a quote or backslash in its path: pick another", walDir)
 	}
 	for _, d := range []string{dir, walDir} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return fmt.Errorf("making %s: %w", d, err)
+		if err := makeRestoreDir(d); err != nil {
+			return err
 		}
 	}
 	defer func() {

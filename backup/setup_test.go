@@ -95,3 +95,22 @@ func TestFindPGBinAsksTheVersion(t *testing.T) {
 		t.Errorf("the missing-user hint: %v", errNoPostgresUser)
 	}
 }
+
+// Issue 18: restore --into a postgres:18 node whose volume was emptied:
+// PGDATA is /var/lib/postgresql/18/docker and 18/ does not exist yet. Its
+// parent must be enterable by the postgres user (it was made 0700).
+func TestMakeRestoreDirParents(t *testing.T) {
+	vol := t.TempDir()
+	pgdata := filepath.Join(vol, "18", "docker")
+	if err := makeRestoreDir(pgdata); err != nil {
+		t.Fatal(err)
+	}
+	for d, want := range map[string]os.FileMode{filepath.Join(vol, "18"): 0o755, pgdata: 0o700} {
+		if st, err := os.Stat(d); err != nil || st.Mode().Perm() != want {
+			t.Errorf("%s: %v %v, want %v", d, st.Mode().Perm(), err, want)
+		}
+	}
+	if err := makeRestoreDir(pgdata); err != nil {
+		t.Errorf("an existing empty directory: %v", err)
+	}
+}

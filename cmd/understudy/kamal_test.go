@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -136,6 +137,37 @@ func TestKamalApplyThroughSSHJumpHost(t *testing.T) {
 			t.Fatal("db-replica does not have the 3 rows written across the switchovers")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+
+	// The primary's container is killed (a crash): promote the standby,
+	// then bring the old primary back as its standby with rejoin. What
+	// rejoin says it undid agrees with what promote said was lost.
+	w.docker["db"].Docker(t, "kill", "shop-db")
+	out, code = runCLI(t, "promote", "db-replica", "--app", w.app)
+	if code != 0 || !strings.Contains(out, "promoted") || !strings.Contains(out, "understudy rejoin db") {
+		t.Fatalf("promote db-replica after db crashed: exit %d\n%s", code, out)
+	}
+	nothingLost := strings.Contains(out, "nothing lost")
+	w.exec(t, "db-replica", "INSERT INTO orders VALUES (4)")
+	out, code = runCLI(t, "rejoin", "db", "--app", w.app)
+	if code != 0 {
+		t.Fatalf("rejoin db: exit %d\n%s", code, out)
+	}
+	if nothingLost && strings.Contains(out, "those changes were undone") {
+		t.Errorf("promote said nothing was lost, and rejoin that changes were undone:\n%s", out)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for w.query(t, "db", "SELECT count(*)::text FROM orders") != "4" {
+		if time.Now().After(deadline) {
+			t.Fatal("the rejoined db does not have the row written after the promote")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := w.query(t, "db", "SELECT (current_setting('server_version_num')::int / 10000)::text"); got != strconv.Itoa(w.image.Major) {
+		t.Errorf("db runs PostgreSQL %s, the image is %s", got, w.image.Tag)
+	}
+	if out, code := runCLI(t, "check", "--app", w.app); code != 0 {
+		t.Errorf("check after promote and rejoin: exit %d\n%s", code, out)
 	}
 }
 
