@@ -44,7 +44,7 @@ func crashedEndOfWAL(ctx context.Context, t Target, node string, r RejoinReading
 	if r.Control == nil || r.Control.State != "in production" || r.SwitchpointErr != nil || r.Switchpoint == 0 {
 		return 0
 	}
-	out, err := t.Control.Run(ctx, node, pgconf.EndOfWALScript(r.Switchpoint.String(), r.Control.Timeline))
+	out, err := t.Control.Run(ctx, node, pgconf.EndOfWALScript(r.Switchpoint.String(), int(r.Control.Timeline)))
 	if err != nil {
 		return 0
 	}

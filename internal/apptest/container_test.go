@@ -27,7 +27,12 @@ func TestAppImageWriters(t *testing.T) {
 	dockertest.Skip(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	pgTar, err := dockertest.ImageTar(ctx, t.Logf)
+	major, err := dockertest.TestMajor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, _ := dockertest.ImageFor(major)
+	pgTar, err := dockertest.ImageTar(ctx, img, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +62,7 @@ func TestAppImageWriters(t *testing.T) {
 	t.Setenv("POSTGRES_PASSWORD", superPW)
 	addr := ns.Addr(0)
 	s.Docker(t, "run", "-d", "--name", "db", "--network", "kamal", "-e", "POSTGRES_PASSWORD", "-p", addr+":5432:5432",
-		dockertest.ImageTag, "postgres", "-c", "cluster_name=db")
+		img.Tag, "postgres", "-c", "cluster_name=db")
 	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres sslmode=disable connect_timeout=5", addr))
 	if err != nil {
 		t.Fatal(err)

@@ -20,7 +20,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/understudy-dev/understudy/internal/debimage"
@@ -113,67 +112,40 @@ func CacheDir() string {
 
 // ImageTar returns a `docker load` tarball of the image, building it on
 // first use on this machine (about a minute: debootstrap, then apt-get in
-// the chroot). Concurrent test processes wait for one build.
+// the chroot). Concurrent test processes wait for one build of it
+// (debimage.Once: a lock per image).
 func ImageTar(ctx context.Context, img Image, logf func(string, ...any)) (string, error) {
 	dir := CacheDir()
 	path := filepath.Join(dir, img.cacheName()+".tar")
-	unlock, err := lockBuild(dir, path)
-	if err != nil || unlock == nil {
-		return path, err
-	}
-	defer unlock()
-	start := time.Now()
-	logf("building the %s test image from Debian %s's packages (once per machine; cached in %s)", img.Tag, img.Suite, dir)
-	work, err := os.MkdirTemp(dir, "build-")
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(work)
-	rootfs := filepath.Join(work, "rootfs")
-	if err := buildRootfs(ctx, img, rootfs); err != nil {
-		return "", err
-	}
-	layer := filepath.Join(work, "layer.tar")
-	if err := run(ctx, "tar", "--numeric-owner", "--xattrs", "-C", rootfs, "--exclude=./proc/*", "--exclude=./sys/*",
-		"--exclude=./dev/*", "-cf", layer, "."); err != nil {
-		return "", err
-	}
-	tmp := path + ".tmp"
-	if err := writeArchive(img, layer, tmp); err != nil {
-		os.Remove(tmp)
-		return "", err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return "", err
-	}
-	logf("built the %s test image in %.0f s", img.Tag, time.Since(start).Seconds())
-	return path, nil
-}
-
-// lockBuild takes the cache's build lock unless path already exists. A nil
-// unlock with a nil error means path is there (built before, or by another
-// process while this one waited).
-func lockBuild(dir, path string) (unlock func(), err error) {
-	if _, err := os.Stat(path); err == nil {
-		return nil, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, "build.lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		lock.Close()
-		return nil, err
-	}
-	unlock = func() { syscall.Flock(int(lock.Fd()), syscall.LOCK_UN); lock.Close() }
-	if _, err := os.Stat(path); err == nil {
-		unlock()
-		return nil, nil
-	}
-	return unlock, nil
+	err := debimage.Once(path, func() error {
+		start := time.Now()
+		logf("building the %s test image from Debian %s's packages (once per machine; cached in %s)", img.Tag, img.Suite, dir)
+		work, err := os.MkdirTemp(dir, "build-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(work)
+		rootfs := filepath.Join(work, "rootfs")
+		if err := buildRootfs(ctx, img, rootfs); err != nil {
+			return err
+		}
+		layer := filepath.Join(work, "layer.tar")
+		if err := run(ctx, "tar", "--numeric-owner", "--xattrs", "-C", rootfs, "--exclude=./proc/*", "--exclude=./sys/*",
+			"--exclude=./dev/*", "-cf", layer, "."); err != nil {
+			return err
+		}
+		tmp := path + ".tmp"
+		if err := writeArchive(img, layer, tmp); err != nil {
+			os.Remove(tmp)
+			return err
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return err
+		}
+		logf("built the %s test image in %.0f s", img.Tag, time.Since(start).Seconds())
+		return nil
+	})
+	return path, err
 }
 
 // debootstrapArgs is debootstrap's command line for a suite. Pure. The

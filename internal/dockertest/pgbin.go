@@ -54,51 +54,49 @@ func PGBinDir(ctx context.Context, major int, logf func(string, ...any)) (string
 	dir := CacheDir()
 	root := filepath.Join(dir, img.cacheName()+"-bin")
 	bin := filepath.Join(root, fmt.Sprintf("usr/lib/postgresql/%d/bin", major))
-	unlock, err := lockBuild(dir, root)
-	if err != nil || unlock == nil {
-		return bin, err
-	}
-	defer unlock()
-	tarPath, err := ImageTar(ctx, img, logf)
-	if err != nil {
-		return "", err
-	}
-	start := time.Now()
-	work, err := os.MkdirTemp(dir, "bin-")
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(work)
-	keep := []string{"./usr/lib/" + triplet + "/", fmt.Sprintf("./usr/lib/postgresql/%d/", major), fmt.Sprintf("./usr/share/postgresql/%d/", major)}
-	if err := extractLayer(ctx, tarPath, work, keep); err != nil {
-		return "", fmt.Errorf("copying PostgreSQL %d's programs out of %s: %w", major, tarPath, err)
-	}
-	tree := filepath.Join(work, fmt.Sprintf("usr/lib/postgresql/%d", major))
-	if err := os.Rename(filepath.Join(tree, "bin"), filepath.Join(tree, "bin.real")); err != nil {
-		return "", err
-	}
-	if err := os.Mkdir(filepath.Join(tree, "bin"), 0o755); err != nil {
-		return "", err
-	}
-	progs, err := os.ReadDir(filepath.Join(tree, "bin.real"))
-	if err != nil {
-		return "", err
-	}
-	libs := filepath.Join(root, "usr/lib", triplet)
-	for _, p := range progs {
-		script := LoaderScript(filepath.Join(libs, loader), libs, filepath.Join(root, fmt.Sprintf("usr/lib/postgresql/%d/bin.real", major), p.Name()))
-		if err := os.WriteFile(filepath.Join(tree, "bin", p.Name()), []byte(script), 0o755); err != nil {
-			return "", err
+	err = debimage.Once(root, func() error {
+		tarPath, err := ImageTar(ctx, img, logf)
+		if err != nil {
+			return err
 		}
-	}
-	if err := os.Chmod(work, 0o755); err != nil {
-		return "", err
-	}
-	if err := os.Rename(work, root); err != nil {
-		return "", err
-	}
-	logf("PostgreSQL %d's programs for this machine are in %s (%.0f s)", major, bin, time.Since(start).Seconds())
-	return bin, nil
+		start := time.Now()
+		work, err := os.MkdirTemp(dir, "bin-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(work)
+		keep := []string{"./usr/lib/" + triplet + "/", fmt.Sprintf("./usr/lib/postgresql/%d/", major), fmt.Sprintf("./usr/share/postgresql/%d/", major)}
+		if err := extractLayer(ctx, tarPath, work, keep); err != nil {
+			return fmt.Errorf("copying PostgreSQL %d's programs out of %s: %w", major, tarPath, err)
+		}
+		tree := filepath.Join(work, fmt.Sprintf("usr/lib/postgresql/%d", major))
+		if err := os.Rename(filepath.Join(tree, "bin"), filepath.Join(tree, "bin.real")); err != nil {
+			return err
+		}
+		if err := os.Mkdir(filepath.Join(tree, "bin"), 0o755); err != nil {
+			return err
+		}
+		progs, err := os.ReadDir(filepath.Join(tree, "bin.real"))
+		if err != nil {
+			return err
+		}
+		libs := filepath.Join(root, "usr/lib", triplet)
+		for _, p := range progs {
+			script := LoaderScript(filepath.Join(libs, loader), libs, filepath.Join(root, fmt.Sprintf("usr/lib/postgresql/%d/bin.real", major), p.Name()))
+			if err := os.WriteFile(filepath.Join(tree, "bin", p.Name()), []byte(script), 0o755); err != nil {
+				return err
+			}
+		}
+		if err := os.Chmod(work, 0o755); err != nil {
+			return err
+		}
+		if err := os.Rename(work, root); err != nil {
+			return err
+		}
+		logf("PostgreSQL %d's programs for this machine are in %s (%.0f s)", major, bin, time.Since(start).Seconds())
+		return nil
+	})
+	return bin, err
 }
 
 // LoaderScript runs prog with the given dynamic loader and libraries,
