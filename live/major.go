@@ -50,15 +50,12 @@ type majorRefusal struct{ node, problem, fix string }
 
 func (e *majorRefusal) Error() string { return e.problem + "\n  fix: " + e.fix }
 
-// ImageMajorRefusal is an error naming both images and the fix when a
-// node's image is of another major than the cluster (whose major comes from
-// the primary's image when init ran); nil when they agree or a reference
-// does not say its major.
-func ImageMajorRefusal(st *Status, c pgconf.Cluster) error { return imageMajors(st, c, nil) }
-
-// imageMajors is ImageMajorRefusal; when no node's image is of the
-// cluster's major, the nodes in skip (reported running on another major
-// than their image) are left out.
+// imageMajors is an error naming both images and the fix when a node's
+// image is of another major than the cluster (whose major comes from the
+// primary's image when init ran); nil when they agree or a reference does
+// not say its major. When no node's image is of the cluster's major, the
+// nodes in skip (reported running on another major than their image) are
+// left out.
 func imageMajors(st *Status, c pgconf.Cluster, skip map[string]bool) error {
 	var want *NodeStatus
 	for i := range st.Nodes {
