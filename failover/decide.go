@@ -97,7 +97,9 @@ type Observation struct {
 	// Paused: failover pause is in force (no promotion, no automatic rejoin).
 	Paused bool
 	// Fenced: this agent fenced its node (a marker on disk that survives a
-	// restart of the agent) and it has not rejoined since.
+	// restart of the agent) and it has not rejoined since. A standby on a
+	// timeline older than the published one is treated the same (the old
+	// primary killed, then booted read-only as every node boots).
 	Fenced   bool
 	Settings Settings
 }
@@ -193,7 +195,7 @@ func Decide(o Observation) Decision {
 		return decidePrimaryWithoutLease(o, s)
 	case RoleStandby:
 		if o.Lease.Holder != "" {
-			if o.Fenced {
+			if o.Fenced || o.PG.Timeline < o.Published.Timeline {
 				return decideFencedWithHolder(o, s)
 			}
 			return d // following: nothing to do
