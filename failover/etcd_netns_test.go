@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(memberEnv); spec != "" {
 		os.Exit(runTestMember(spec))
 	}
+	if dir := os.Getenv(watchdogEnv); dir != "" {
+		os.Exit(runTestWatchdog(dir))
+	}
 	os.Exit(m.Run())
 }
 
