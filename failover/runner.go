@@ -1,0 +1,471 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/understudy-dev/understudy/pgops"
+)
+
+// Runner is the failover loop inside a node's agent: every Interval it
+// observes its PostgreSQL and etcd (Observe, under deadlines), runs Decide,
+// and carries the steps out (the thin executor below). The agent asks it,
+// on every /primary check, whether this node holds the lease right now
+// (Holds), so a stuck loop cannot keep the router sending writes here.
+type Runner struct {
+	Node     string
+	Standbys []string
+	Settings Settings
+	Store    *Store
+	Spec     MemberSpec // the three members, for their health
+	PG       NodePG
+	Fencer   Fencer
+	// Watchdog receives the deadline lines (nil: no watchdog).
+	Watchdog io.Writer
+	Interval time.Duration // default 100 ms
+	Log      io.Writer
+
+	mu        sync.Mutex
+	held      *Held
+	state     State // last quorum read
+	stateOK   bool
+	obs       Observation
+	dec       Decision
+	downSince time.Time
+	members   []MemberHealth
+	membersAt time.Time
+	leaderMov time.Time
+	wdLine    string
+	counts    Counts
+	lastErr   string
+}
+
+// Counts are the runner's counters, for /metrics.
+type Counts struct {
+	Renewals, RenewFailures, Acquired, Promotions, Fences, Resigns, Rejoins int64
+}
+
+// NodePG is what the runner does to its own PostgreSQL.
+type NodePG interface {
+	Observe(ctx context.Context) (PGView, error)
+	Fenced() bool // the fence note is in PGDATA
+	Promote(ctx context.Context) error
+	SetSyncNames(ctx context.Context, names string) error
+	// AfterFence runs once the node is fenced: the lab starts it again
+	// (read-only: standby.signal); on Kamal the container's restart policy
+	// does that, and it does nothing.
+	AfterFence(ctx context.Context) error
+	Rejoin(ctx context.Context, holder string) error
+}
+
+// Report is the runner's state for /status, `understudy status` and check.
+type Report struct {
+	Node     string         `json:"node"`
+	Holder   string         `json:"holder"`
+	Holds    bool           `json:"holds"`
+	Quorum   bool           `json:"quorum"`
+	Paused   bool           `json:"paused"`
+	Position Position       `json:"position"`
+	Members  []MemberHealth `json:"members"`
+	Refusal  *Refusal       `json:"refusal,omitempty"`
+	Steps    []Step         `json:"last_steps,omitempty"`
+	Error    string         `json:"error,omitempty"`
+	Counts   Counts         `json:"counts"`
+	At       time.Time      `json:"at"`
+}
+
+func (r *Runner) logf(f string, a ...any) {
+	if r.Log != nil {
+		fmt.Fprintf(r.Log, "%s failover %s: %s\n", time.Now().UTC().Format("15:04:05.000"), r.Node, fmt.Sprintf(f, a...))
+	}
+}
+
+// Holds says whether this node holds the lease at now, safe for writes:
+// the agent's /primary is 200 only when it does.
+func (r *Runner) Holds(now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.held != nil && LeaseView{Mine: true, LastRenew: r.held.Sent}.HoldsAt(r.Settings, now)
+}
+
+// Holder is the holder as last read ("" none); this node's own name only
+// while Holds.
+func (r *Runner) Holder(now time.Time) string {
+	if r.Holds(now) {
+		return r.Node
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.state.Holder == r.Node {
+		return ""
+	}
+	return r.state.Holder
+}
+
+// Report returns the last round's state.
+func (r *Runner) Report() Report {
+	now := time.Now()
+	holds := r.Holds(now)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rep := Report{Node: r.Node, Holder: r.state.Holder, Holds: holds, Quorum: r.stateOK, Paused: r.state.Paused,
+		Position: r.state.Position, Members: r.members, Refusal: r.dec.Refusal, Steps: r.dec.Steps, Error: r.lastErr,
+		Counts: r.counts, At: r.obs.Now}
+	return rep
+}
+
+// Run loops until ctx ends.
+func (r *Runner) Run(ctx context.Context) error {
+	if r.Interval == 0 {
+		r.Interval = 100 * time.Millisecond
+	}
+	t := time.NewTicker(r.Interval)
+	defer t.Stop()
+	for {
+		r.Round(ctx)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Round is one observation, decision and execution.
+func (r *Runner) Round(ctx context.Context) {
+	o := r.observe(ctx)
+	d := Decide(o)
+	r.mu.Lock()
+	r.obs, r.dec = o, d
+	r.mu.Unlock()
+	err := r.execute(ctx, o, d)
+	r.mu.Lock()
+	r.lastErr = ""
+	if err != nil {
+		r.lastErr = err.Error()
+	}
+	r.mu.Unlock()
+	if err != nil {
+		r.logf("%v", err)
+	}
+	r.feedWatchdog(d)
+}
+
+func (r *Runner) observe(ctx context.Context) Observation {
+	now := time.Now()
+	pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	pg, err := r.PG.Observe(pctx)
+	cancel()
+	if err != nil {
+		if pg.Role == "" {
+			pg.Role = RoleUnknown
+		}
+		if r.downSince.IsZero() {
+			r.downSince = now
+		}
+		pg.DownSince = r.downSince
+	} else {
+		r.downSince = time.Time{}
+	}
+	st, err := r.Store.Read(ctx)
+	r.mu.Lock()
+	r.stateOK = err == nil
+	if err == nil {
+		r.state = st
+		if r.held != nil && (st.Holder != r.Node || st.HolderLease != r.held.ID) {
+			r.logf("the lease is no longer ours (holder %q)", st.Holder)
+			r.held = nil
+		}
+	}
+	held := r.held
+	st = r.state
+	r.mu.Unlock()
+	if err == nil && held == nil && st.Holder == r.Node && st.HolderLease != 0 {
+		// The agent restarted while its lease lived on: adopt it with a
+		// renewal (etcd then counts the TTL from now).
+		if h, rerr := r.Store.Renew(ctx, Held{ID: st.HolderLease}, nil, time.Now); rerr == nil {
+			r.mu.Lock()
+			r.held, held = &h, &h
+			r.mu.Unlock()
+			r.logf("adopted its lease %x", int64(h.ID))
+		}
+	}
+	if time.Since(r.membersAt) > 2*time.Second {
+		m := r.Store.Members(ctx, r.Spec)
+		r.mu.Lock()
+		r.members, r.membersAt = m, time.Now()
+		r.mu.Unlock()
+	}
+	r.mu.Lock()
+	ev := EtcdView{Quorum: r.stateOK, Witness: r.witness()}
+	for _, m := range r.members {
+		if m.Healthy {
+			ev.Healthy = append(ev.Healthy, m.Name)
+		}
+		if m.Leader {
+			ev.Leader = m.Name
+		}
+	}
+	r.mu.Unlock()
+	o := Observation{Now: time.Now(), Node: r.Node, Standbys: r.Standbys, PG: pg, Etcd: ev, Published: st.Position,
+		SyncStandbys: st.Sync, Handover: st.Handover, Paused: st.Paused, Fenced: r.PG.Fenced(), Settings: r.Settings}
+	o.Lease.Holder = st.Holder
+	if held != nil {
+		o.Lease.Mine, o.Lease.LastRenew = true, held.Sent
+	}
+	return o
+}
+
+func (r *Runner) witness() string {
+	for _, m := range r.Spec.Members {
+		if m.Name != r.Node && !contains(r.Standbys, m.Name) {
+			return m.Name
+		}
+	}
+	return ""
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Runner) execute(ctx context.Context, o Observation, d Decision) error {
+	for _, s := range d.Steps {
+		if err := r.step(ctx, o, s); err != nil {
+			return fmt.Errorf("%s: %w", s.Kind, err)
+		}
+	}
+	return nil
+}
+
+func (r *Runner) step(ctx context.Context, o Observation, s Step) error {
+	r.mu.Lock()
+	held, basisRev := r.held, r.state.PositionRev
+	r.mu.Unlock()
+	setHeld := func(h *Held) {
+		r.mu.Lock()
+		r.held = h
+		r.mu.Unlock()
+	}
+	count := func(p *int64) {
+		r.mu.Lock()
+		*p++
+		r.mu.Unlock()
+	}
+	switch s.Kind {
+	case StepRenew:
+		if held == nil {
+			return nil
+		}
+		h, err := r.Store.Renew(ctx, *held, s.Publish, time.Now)
+		if errors.Is(err, ErrLost) {
+			setHeld(nil)
+		} else if err == nil {
+			setHeld(&h)
+		}
+		if err != nil {
+			count(&r.counts.RenewFailures)
+			return err
+		}
+		count(&r.counts.Renewals)
+	case StepAcquire:
+		pos := Position{Node: r.Node, Timeline: o.PG.Timeline, LSN: o.PG.LSN, At: o.Now}
+		h, err := r.Store.Acquire(ctx, r.Node, basisRev, pos, time.Now)
+		if err != nil {
+			return err
+		}
+		setHeld(&h)
+		count(&r.counts.Acquired)
+		r.logf("took the lease: %s", s.Reason)
+	case StepPromote:
+		r.logf("promoting: %s", s.Reason)
+		if err := r.PG.Promote(ctx); err != nil {
+			return err
+		}
+		count(&r.counts.Promotions)
+	case StepFence:
+		r.logf("fencing: %s", s.Reason)
+		setHeld(nil)
+		r.feedWatchdog(Decision{}) // the fence is being done; no deadline now
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := r.Fencer.Fence(fctx, s.Reason)
+		cancel()
+		if err != nil {
+			return err
+		}
+		count(&r.counts.Fences)
+		return r.PG.AfterFence(ctx)
+	case StepResign:
+		if held == nil {
+			return nil
+		}
+		setHeld(nil)
+		count(&r.counts.Resigns)
+		return r.Store.Resign(ctx, *held, "")
+	case StepRejoin:
+		r.logf("rejoining: %s", s.Reason)
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		if err := r.PG.Rejoin(rctx, s.Target); err != nil {
+			return err
+		}
+		count(&r.counts.Rejoins)
+	case StepWaitFenced:
+	case StepSetSyncNames:
+		r.logf("synchronous_standby_names = %q: %s", s.SyncNames, s.Reason)
+		return r.PG.SetSyncNames(ctx, s.SyncNames)
+	case StepRecordSync:
+		if held == nil {
+			return nil
+		}
+		return r.Store.RecordSync(ctx, *held, s.Sync)
+	case StepMoveEtcdLeader:
+		if time.Since(r.leaderMov) < 10*time.Second {
+			return nil
+		}
+		r.leaderMov = time.Now()
+		return r.Store.MoveLeader(ctx, r.Spec, s.Target)
+	}
+	return nil
+}
+
+// feedWatchdog arms the watchdog at the lease's earliest expiry less its
+// margin while this node may take writes, and disarms it otherwise.
+func (r *Runner) feedWatchdog(d Decision) {
+	if r.Watchdog == nil {
+		return
+	}
+	r.mu.Lock()
+	deadline := time.Time{}
+	if d.Holds && r.held != nil {
+		deadline = r.held.Sent.Add(r.Settings.TTL - r.Settings.WatchdogMargin)
+	}
+	r.mu.Unlock()
+	now := time.Now()
+	line := WatchdogLine(deadline, now, Monotonic())
+	if line == r.wdLine && deadline.IsZero() {
+		return
+	}
+	r.wdLine = line
+	io.WriteString(r.Watchdog, line)
+}
+
+// SQLPG is NodePG over a connection to the local PostgreSQL (as a role
+// that may promote and set synchronous_standby_names), with the data
+// directory for the fence note.
+type SQLPG struct {
+	Connect  func(ctx context.Context) (*pgx.Conn, error)
+	DataDir  string
+	Restart  func(ctx context.Context) error // AfterFence (nil: nothing)
+	DoRejoin func(ctx context.Context, holder string) error
+
+	c *pgx.Conn
+}
+
+var _ NodePG = (*SQLPG)(nil)
+
+func (p *SQLPG) conn(ctx context.Context) (*pgx.Conn, error) {
+	if p.c != nil && !p.c.IsClosed() {
+		return p.c, nil
+	}
+	c, err := p.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.c = c
+	return c, nil
+}
+
+func (p *SQLPG) drop() {
+	if p.c != nil {
+		p.c.Close(context.Background())
+		p.c = nil
+	}
+}
+
+// Observe reads the server's role and positions.
+func (p *SQLPG) Observe(ctx context.Context) (PGView, error) {
+	c, err := p.conn(ctx)
+	if err != nil {
+		return PGView{Role: RoleDown}, err
+	}
+	f, err := pgops.ReadFailoverFacts(ctx, c)
+	if err != nil {
+		p.drop()
+		return PGView{Role: RoleUnknown}, err
+	}
+	v := PGView{Role: RolePrimary, Timeline: f.Timeline, LSN: f.LSN, Streaming: f.Streaming, SyncNames: f.SyncNames}
+	if f.InRecovery {
+		v.Role = RoleStandby
+	}
+	for _, r := range f.Replicas {
+		v.Replicas = append(v.Replicas, ReplicaView{Name: r.Name, Streaming: r.Streaming, Sync: r.Sync})
+	}
+	return v, nil
+}
+
+// Fenced: the fence note is in PGDATA.
+func (p *SQLPG) Fenced() bool {
+	_, err := os.Stat(filepath.Join(p.DataDir, FenceNote))
+	return err == nil
+}
+
+// Promote promotes and removes the fence note (a fenced former primary
+// that took the lease back).
+func (p *SQLPG) Promote(ctx context.Context) error {
+	c, err := p.conn(ctx)
+	if err != nil {
+		return err
+	}
+	if err := pgops.Promote(ctx, c, 30*time.Second); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(p.DataDir, FenceNote))
+	return nil
+}
+
+// SetSyncNames sets synchronous_standby_names.
+func (p *SQLPG) SetSyncNames(ctx context.Context, names string) error {
+	c, err := p.conn(ctx)
+	if err != nil {
+		return err
+	}
+	return pgops.SetSyncStandbyNames(ctx, c, names)
+}
+
+// AfterFence restarts the node read-only when a restart is configured.
+func (p *SQLPG) AfterFence(ctx context.Context) error {
+	p.drop()
+	if p.Restart == nil {
+		return nil
+	}
+	return p.Restart(ctx)
+}
+
+// Rejoin follows the holder.
+func (p *SQLPG) Rejoin(ctx context.Context, holder string) error {
+	p.drop()
+	if p.DoRejoin == nil {
+		return errors.New("this node cannot rejoin by itself here: run `understudy rejoin`")
+	}
+	return p.DoRejoin(ctx, holder)
+}
+
+// LeaseStore opens the Store of a member's spec from this node's client.
+func LeaseStore(c *clientv3.Client, spec MemberSpec, s Settings) *Store {
+	return NewStore(c, spec.Token, s)
+}

@@ -1,0 +1,72 @@
+package pgops
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// FailoverFacts is what the failover loop reads from its own server on
+// every round (about every 100 ms), in one short query pair.
+type FailoverFacts struct {
+	InRecovery bool
+	Timeline   Timeline
+	// LSN: a primary's flushed end of WAL; a standby's last WAL received
+	// (or replayed, when it received nothing since it started).
+	LSN       LSN
+	Streaming bool   // standby: its walreceiver streams
+	SyncNames string // synchronous_standby_names in force
+	Replicas  []FailoverReplica
+}
+
+// FailoverReplica is a primary's walsender as failover needs it.
+type FailoverReplica struct {
+	Name      string
+	Streaming bool
+	Sync      bool // sync_state sync or quorum: commits wait for it
+}
+
+// ReadFailoverFacts reads them.
+func ReadFailoverFacts(ctx context.Context, c *pgx.Conn) (FailoverFacts, error) {
+	var f FailoverFacts
+	var lsn string
+	var tli int
+	err := c.QueryRow(ctx, `SELECT pg_is_in_recovery(),
+		CASE WHEN pg_is_in_recovery() THEN greatest((SELECT timeline_id FROM pg_control_checkpoint()),
+				coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0))
+			ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+		CASE WHEN pg_is_in_recovery() THEN greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), '0/0'))::text
+			ELSE pg_current_wal_flush_lsn()::text END,
+		coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
+		current_setting('synchronous_standby_names')`).Scan(&f.InRecovery, &tli, &lsn, &f.Streaming, &f.SyncNames)
+	if err != nil {
+		return f, fmt.Errorf("reading the server's role and WAL position: %w", err)
+	}
+	f.Timeline = Timeline(tli)
+	if f.LSN, err = ParseLSN(lsn); err != nil {
+		return f, err
+	}
+	if f.InRecovery {
+		return f, nil
+	}
+	rows, err := c.Query(ctx, `SELECT application_name, state = 'streaming', sync_state IN ('sync', 'quorum') FROM pg_stat_replication`)
+	if err != nil {
+		return f, fmt.Errorf("reading pg_stat_replication: %w", err)
+	}
+	f.Replicas, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (FailoverReplica, error) {
+		var r FailoverReplica
+		err := row.Scan(&r.Name, &r.Streaming, &r.Sync)
+		return r, err
+	})
+	return f, err
+}
+
+// SetSyncStandbyNames sets synchronous_standby_names (ALTER SYSTEM) and
+// reloads: it takes effect for the next commit.
+func SetSyncStandbyNames(ctx context.Context, c *pgx.Conn, names string) error {
+	if _, err := c.Exec(ctx, "ALTER SYSTEM SET synchronous_standby_names = "+QuoteLiteral(names)); err != nil {
+		return fmt.Errorf("setting synchronous_standby_names: %w", err)
+	}
+	return Reload(ctx, c)
+}
