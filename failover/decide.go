@@ -194,6 +194,18 @@ func Decide(o Observation) Decision {
 	case RolePrimary:
 		return decidePrimaryWithoutLease(o, s)
 	case RoleStandby:
+		if !o.Etcd.Quorum {
+			// Nothing read now is current: no promotion, no rejoin.
+			if o.Lease.Holder == "" || o.Lease.Holder == o.Node || o.Fenced {
+				d.Refusal = &Refusal{Kind: RefuseNoQuorum, Message: "etcd has no quorum from here: this node neither promotes nor rejoins until it has"}
+			}
+			return d
+		}
+		if o.Lease.Holder == o.Node {
+			// Our own lease, which this agent no longer holds (it lapsed or
+			// is about to): wait for etcd to free it.
+			return d
+		}
 		if o.Lease.Holder != "" {
 			if o.Fenced || o.PG.Timeline < o.Published.Timeline {
 				return decideFencedWithHolder(o, s)
@@ -332,10 +344,14 @@ func SyncStandbyNames(standbys []string) string {
 func decidePrimaryWithoutLease(o Observation, s Settings) Decision {
 	var d Decision
 	switch {
-	case o.Lease.Holder != "":
-		d.Steps = append(d.Steps, Step{Kind: StepFence, Reason: fmt.Sprintf("PostgreSQL here is a writable primary but %s holds the lease", o.Lease.Holder)})
 	case !o.Etcd.Quorum:
 		d.Steps = append(d.Steps, Step{Kind: StepFence, Reason: "PostgreSQL here is a writable primary without the lease, and etcd has no quorum to grant it"})
+	case o.Lease.Holder == o.Node:
+		// The key still names this node (the agent restarted and could not
+		// adopt its lease yet): nobody else can be promoted while it exists;
+		// once etcd frees it, this primary takes it back (below).
+	case o.Lease.Holder != "":
+		d.Steps = append(d.Steps, Step{Kind: StepFence, Reason: fmt.Sprintf("PostgreSQL here is a writable primary but %s holds the lease", o.Lease.Holder)})
 	case o.Fenced:
 		d.Steps = append(d.Steps, Step{Kind: StepFence, Reason: "this node was fenced and came back as a primary"})
 	case o.Published.Node == "" || (o.Published.Node == o.Node && o.PG.Timeline >= o.Published.Timeline):

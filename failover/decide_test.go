@@ -151,8 +151,32 @@ func TestDecide(t *testing.T) {
 			return o
 		}, steps: "fence"},
 
+		{name: "primary whose own lease still names it but is not held (agent restarted): wait", obs: func() Observation {
+			o := holderObs()
+			o.Lease = LeaseView{Holder: "db"}
+			return o
+		}, steps: ""},
+
 		// The standby.
 		{name: "standby following the holder: nothing", obs: standbyObs, steps: ""},
+		{name: "fenced old primary without quorum, its stale read names itself: neither rejoin nor promote", obs: func() Observation {
+			o := standbyObs()
+			o.Node, o.Fenced, o.PG.Streaming = "db", true, false
+			o.Etcd.Quorum = false
+			o.Lease = LeaseView{Holder: "db"}
+			return o
+		}, steps: "", refusal: RefuseNoQuorum},
+		{name: "fenced old primary with quorum, the key still names it: wait for etcd to free it", obs: func() Observation {
+			o := standbyObs()
+			o.Node, o.Fenced, o.PG.Streaming = "db", true, false
+			o.Lease = LeaseView{Holder: "db"}
+			return o
+		}, steps: ""},
+		{name: "standby without quorum, holder elsewhere: nothing", obs: func() Observation {
+			o := standbyObs()
+			o.Etcd.Quorum = false
+			return o
+		}, steps: ""},
 		{name: "free lease, quorum, in reach: acquire", obs: func() Observation {
 			o := standbyObs()
 			o.Lease = LeaseView{}

@@ -59,7 +59,22 @@ func (f ProcessFencer) Fence(ctx context.Context, reason string) error {
 	for _, k := range kids {
 		syscall.Kill(k, syscall.SIGKILL)
 	}
+	// Done when the postmaster is gone (a zombie has exited).
+	for ctx.Err() == nil && running(pid) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	return nil
+}
+
+// running: the process exists and is not a zombie.
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
 }
 
 // WriteFenceFiles marks a data directory fenced: standby.signal (it starts

@@ -32,6 +32,7 @@ import (
 	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
+	"github.com/understudy-dev/understudy/pgops"
 )
 
 const (
@@ -432,6 +433,7 @@ func (c *cluster) iptables(name string, args ...string) {
 
 type ack struct {
 	id         int64
+	lsn        pgops.LSN // WAL insert position after the row
 	node       string
 	start, end time.Time
 }
@@ -480,8 +482,8 @@ func (c *cluster) startWriter() *writer {
 			id++
 			start := time.Now()
 			qctx, qc := context.WithTimeout(ctx, 2*time.Second)
-			var port string
-			err := pc.QueryRow(qctx, `INSERT INTO faults_ledger (id, node) VALUES ($1, current_setting('port')) RETURNING current_setting('port')`, id).Scan(&port)
+			var port, lsn string
+			err := pc.QueryRow(qctx, `INSERT INTO faults_ledger (id, node) VALUES ($1, current_setting('port')) RETURNING current_setting('port'), pg_current_wal_insert_lsn()::text`, id).Scan(&port, &lsn)
 			qc()
 			if err != nil {
 				pc.Close(context.Background())
@@ -492,7 +494,8 @@ func (c *cluster) startWriter() *writer {
 				continue
 			}
 			w.mu.Lock()
-			w.acks = append(w.acks, ack{id: id, node: w.nodeOf[port], start: start, end: time.Now()})
+			l, _ := pgops.ParseLSN(lsn)
+			w.acks = append(w.acks, ack{id: id, lsn: l, node: w.nodeOf[port], start: start, end: time.Now()})
 			w.mu.Unlock()
 		}
 		if pc != nil {
@@ -523,19 +526,20 @@ func (w *writer) firstAckBy(node string, after time.Time) (time.Time, bool) {
 
 // checkLedger asserts on the acknowledged commits: the nodes that took
 // them took turns (acks sorted by time change node at most `switches`
-// times, so no two nodes acknowledged in overlapping intervals), and
-// every acknowledged row is on the final primary but at most maxLost
-// (async: the lag limit allows a loss, reported).
-func (c *cluster) checkLedger(acks []ack, final string, switches int, maxLost int) (lost int) {
+// times, and no ack of one node overlaps an ack of another: never two
+// writable nodes), and every acknowledged row is on the final primary,
+// except (async) rows acknowledged in a fault's window: from one renewal
+// before the fault to the old primary's fence point (TTL-FenceMargin
+// after its last renewal), the writes etcd never heard of. faults nil: no
+// loss allowed at all.
+func (c *cluster) checkLedger(acks []ack, final string, switches int, faults []time.Time) (lost int) {
 	c.t.Helper()
 	sort.Slice(acks, func(i, j int) bool { return acks[i].end.Before(acks[j].end) })
 	changes := 0
 	for i := 1; i < len(acks); i++ {
 		if acks[i].node != acks[i-1].node {
 			changes++
-			// The earlier node's last ack ended before the later node's
-			// first ack began: no overlap.
-			if acks[i].start.Before(acks[i-1].end) && acks[i].node != acks[i-1].node {
+			if acks[i].start.Before(acks[i-1].end) {
 				c.t.Errorf("overlapping acknowledgements: %s took id %d (%s-%s) while %s took id %d (%s-%s)",
 					acks[i-1].node, acks[i-1].id, acks[i-1].start.Format("05.000"), acks[i-1].end.Format("05.000"),
 					acks[i].node, acks[i].id, acks[i].start.Format("05.000"), acks[i].end.Format("05.000"))
@@ -562,14 +566,42 @@ func (c *cluster) checkLedger(acks []ack, final string, switches int, maxLost in
 		rows.Scan(&id)
 		have[id] = true
 	}
+	window := c.set.TTL - c.set.FenceMargin
+	var lostWAL uint64
+	var lo, hi pgops.LSN
 	for _, a := range acks {
-		if !have[a.id] {
-			lost++
+		if have[a.id] {
+			continue
+		}
+		lost++
+		if lo == 0 || a.lsn < lo {
+			lo = a.lsn
+		}
+		hi = max(hi, a.lsn)
+		inWindow := false
+		for _, f := range faults {
+			if a.end.After(f.Add(-c.set.RenewEvery-time.Second)) && a.end.Before(f.Add(window+time.Second)) {
+				inWindow = true
+			}
+		}
+		if !inWindow {
+			c.t.Errorf("acknowledged commit %d (by %s at %s) is lost, outside any fault's window", a.id, a.node, a.end.Format("15:04:05.000"))
 		}
 	}
-	c.t.Logf("ledger: %d acknowledged commits, %d node changes, %d lost", len(acks), changes, lost)
-	if lost > maxLost {
-		c.t.Errorf("%d acknowledged commits lost (at most %d allowed)", lost, maxLost)
+	if lost > 0 {
+		lostWAL = uint64(hi - lo)
 	}
+	c.t.Logf("ledger: %d acknowledged commits, %d node changes, %d lost (a WAL span of %d bytes)", len(acks), changes, lost, lostWAL)
 	return lost
+}
+
+func failoverFacts(c *cluster, node string) (pgops.FailoverFacts, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	pc, err := c.l.Conn(ctx, node)
+	if err != nil {
+		return pgops.FailoverFacts{}, err
+	}
+	defer pc.Close(ctx)
+	return pgops.ReadFailoverFacts(ctx, pc)
 }
