@@ -118,6 +118,7 @@ const (
 	StepSetSyncNames   StepKind = "set-sync-names"   // ALTER SYSTEM synchronous_standby_names, reload
 	StepRecordSync     StepKind = "record-sync"      // record in etcd which standbys are synchronous (guarded by the lease)
 	StepMoveEtcdLeader StepKind = "move-etcd-leader" // move etcd's raft leadership off the holder's member
+	StepStartReadOnly  StepKind = "start-read-only"  // start a fenced, stopped node (it comes up read-only)
 )
 
 // Step is one thing the executor does.
@@ -214,6 +215,12 @@ func Decide(o Observation) Decision {
 		}
 		return decideCandidate(o, s)
 	default:
+		if o.Fenced && o.PG.Role == RoleDown && !o.Paused {
+			// Fenced (by this agent or its watchdog) and stopped: start it
+			// again, read-only, so it can rejoin (on Kamal the container's
+			// restart policy already does this).
+			d.Steps = append(d.Steps, Step{Kind: StepStartReadOnly, Reason: "fenced and stopped: start it read-only (standby.signal) so it can rejoin"})
+		}
 		if o.Lease.Holder == "" {
 			d.Refusal = &Refusal{Kind: RefusePGDown, Message: fmt.Sprintf("the lease is free but PostgreSQL on %s is %s: this node cannot take over", o.Node, o.PG.Role)}
 		}

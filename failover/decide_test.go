@@ -252,6 +252,14 @@ func TestDecide(t *testing.T) {
 			return o
 		}, refusal: RefusePGDown},
 
+		{name: "fenced and stopped: start it read-only", obs: func() Observation {
+			o := standbyObs()
+			o.Node, o.Fenced = "db", true
+			o.Lease = LeaseView{Holder: "db-replica"}
+			o.PG = PGView{Role: RoleDown, DownSince: t0.Add(-time.Second)}
+			return o
+		}, steps: "start-read-only"},
+
 		// The old primary once fenced.
 		{name: "fenced old primary, holder elsewhere, auto: rejoin", obs: func() Observation {
 			o := standbyObs()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -229,4 +230,76 @@ func RunWatchdog(ctx context.Context, r io.Reader, f Fencer, log io.Writer) erro
 			return f.Fence(ctx, "the watchdog's deadline passed: the agent did not renew the lease in time")
 		}
 	}
+}
+
+// WatchdogProc is the agent's end of its watchdog: the process (started
+// from argv, the deadlines on its stdin) and started again when it ended
+// (after it fenced, say), so the next deadline always has a watchdog.
+type WatchdogProc struct {
+	Argv []string
+	Env  []string
+	Log  io.Writer
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	end chan struct{}
+}
+
+// Write sends a deadline line, (re)starting the process when needed.
+func (w *WatchdogProc) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cmd != nil {
+		select {
+		case <-w.end:
+			w.cmd = nil
+		default:
+		}
+	}
+	if w.cmd == nil {
+		cmd := exec.Command(w.Argv[0], w.Argv[1:]...)
+		cmd.Env, cmd.Stderr = w.Env, w.Log
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			return 0, err
+		}
+		if err := cmd.Start(); err != nil {
+			return 0, fmt.Errorf("starting the watchdog: %w", err)
+		}
+		end := make(chan struct{})
+		go func() { cmd.Wait(); close(end) }()
+		w.cmd, w.in, w.end = cmd, in, end
+	}
+	n, err := w.in.Write(p)
+	if err != nil {
+		w.in.Close()
+		w.cmd.Process.Kill()
+		w.cmd = nil
+	}
+	return n, err
+}
+
+// Close ends the pipe: a disarmed watchdog exits, an armed one fences at
+// its deadline and exits.
+func (w *WatchdogProc) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cmd == nil {
+		return nil
+	}
+	w.in.Close()
+	<-w.end
+	w.cmd = nil
+	return nil
+}
+
+// Pid of the running watchdog (0 none).
+func (w *WatchdogProc) Pid() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cmd == nil {
+		return 0
+	}
+	return w.cmd.Process.Pid
 }

@@ -44,6 +44,8 @@ type Runner struct {
 	members   []MemberHealth
 	membersAt time.Time
 	leaderMov time.Time
+	lastStart time.Time
+	dropped   *Held // the lease a fence just dropped, for a resign after it
 	wdLine    string
 	counts    Counts
 	lastErr   string
@@ -60,10 +62,10 @@ type NodePG interface {
 	Fenced() bool // the fence note is in PGDATA
 	Promote(ctx context.Context) error
 	SetSyncNames(ctx context.Context, names string) error
-	// AfterFence runs once the node is fenced: the lab starts it again
-	// (read-only: standby.signal); on Kamal the container's restart policy
-	// does that, and it does nothing.
-	AfterFence(ctx context.Context) error
+	// StartReadOnly starts a fenced, stopped node (it comes up read-only:
+	// standby.signal): the lab's agent does it; on Kamal the container's
+	// restart policy does, and it does nothing.
+	StartReadOnly(ctx context.Context) error
 	Rejoin(ctx context.Context, holder string) error
 }
 
@@ -189,9 +191,11 @@ func (r *Runner) observe(ctx context.Context) Observation {
 	held := r.held
 	st = r.state
 	r.mu.Unlock()
-	if err == nil && held == nil && st.Holder == r.Node && st.HolderLease != 0 {
-		// The agent restarted while its lease lived on: adopt it with a
-		// renewal (etcd then counts the TTL from now).
+	if err == nil && held == nil && st.Holder == r.Node && st.HolderLease != 0 && pg.Role == RolePrimary && !r.PG.Fenced() {
+		// The agent restarted while its primary kept running and its lease
+		// lived on: adopt it with a renewal (etcd then counts the TTL from
+		// now). Never a lease this agent dropped with a fence: only a
+		// running, unfenced primary.
 		if h, rerr := r.Store.Renew(ctx, Held{ID: st.HolderLease}, nil, time.Now); rerr == nil {
 			r.mu.Lock()
 			r.held, held = &h, &h
@@ -300,6 +304,9 @@ func (r *Runner) step(ctx context.Context, o Observation, s Step) error {
 	case StepFence:
 		r.logf("fencing: %s", s.Reason)
 		setHeld(nil)
+		r.mu.Lock()
+		r.dropped = held // a resign in the same decision gives it up
+		r.mu.Unlock()
 		r.feedWatchdog(Decision{}) // the fence is being done; no deadline now
 		fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := r.Fencer.Fence(fctx, s.Reason)
@@ -308,13 +315,26 @@ func (r *Runner) step(ctx context.Context, o Observation, s Step) error {
 			return err
 		}
 		count(&r.counts.Fences)
-		return r.PG.AfterFence(ctx)
+		return nil // a later round starts it read-only (StepStartReadOnly)
+	case StepStartReadOnly:
+		if time.Since(r.lastStart) < 5*time.Second {
+			return nil
+		}
+		r.lastStart = time.Now()
+		return r.PG.StartReadOnly(ctx)
 	case StepResign:
+		r.mu.Lock()
+		if held == nil {
+			held = r.dropped
+		}
+		r.dropped = nil
+		r.mu.Unlock()
 		if held == nil {
 			return nil
 		}
 		setHeld(nil)
 		count(&r.counts.Resigns)
+		r.logf("giving the lease up: %s", s.Reason)
 		return r.Store.Resign(ctx, *held, "")
 	case StepRejoin:
 		r.logf("rejoining: %s", s.Reason)
@@ -370,7 +390,7 @@ func (r *Runner) feedWatchdog(d Decision) {
 type SQLPG struct {
 	Connect  func(ctx context.Context) (*pgx.Conn, error)
 	DataDir  string
-	Restart  func(ctx context.Context) error // AfterFence (nil: nothing)
+	Restart  func(ctx context.Context) error // StartReadOnly (nil: nothing)
 	DoRejoin func(ctx context.Context, holder string) error
 
 	c *pgx.Conn
@@ -447,8 +467,8 @@ func (p *SQLPG) SetSyncNames(ctx context.Context, names string) error {
 	return pgops.SetSyncStandbyNames(ctx, c, names)
 }
 
-// AfterFence restarts the node read-only when a restart is configured.
-func (p *SQLPG) AfterFence(ctx context.Context) error {
+// StartReadOnly restarts the node (read-only) when a restart is configured.
+func (p *SQLPG) StartReadOnly(ctx context.Context) error {
 	p.drop()
 	if p.Restart == nil {
 		return nil

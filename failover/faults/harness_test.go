@@ -105,16 +105,10 @@ func runAgent(js string) int {
 		return 1
 	}
 	defer cli.Close()
-	wd := exec.Command(os.Args[0], "-test.run=^$")
-	wd.Env = append(os.Environ(), watchdogEnv+"="+l.DataDir(c.Node))
-	wd.Env = slicesWithout(wd.Env, agentEnv)
-	wd.Stderr = os.Stderr
-	wdIn, _ := wd.StdinPipe()
-	if err := wd.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fmt.Println("watchdog", wd.Process.Pid)
+	wd := &failover.WatchdogProc{Argv: []string{os.Args[0], "-test.run=^$"},
+		Env: append(slicesWithout(os.Environ(), agentEnv), watchdogEnv+"="+l.DataDir(c.Node)), Log: os.Stderr}
+	wd.Write([]byte(failover.WatchdogLine(time.Time{}, time.Now(), 0)))
+	fmt.Println("watchdog", wd.Pid())
 	r := &failover.Runner{
 		Node: c.Node, Standbys: c.Standbys, Settings: c.Settings, Spec: c.Spec,
 		Store:  failover.NewStore(cli, c.Spec.Token, c.Settings),
@@ -128,7 +122,7 @@ func runAgent(js string) int {
 				return err
 			},
 		},
-		Watchdog: wdIn,
+		Watchdog: wd,
 		Log:      os.Stderr,
 	}
 	go func() {
@@ -141,8 +135,7 @@ func runAgent(js string) int {
 		}
 	}()
 	r.Run(ctx)
-	wdIn.Close() // a clean stop: the watchdog fences at the last deadline only if still armed
-	wd.Wait()
+	wd.Close() // a clean stop: the watchdog fences at the last deadline only if still armed
 	return 0
 }
 
