@@ -101,6 +101,7 @@ type Observation struct {
 	// timeline older than the published one is treated the same (the old
 	// primary killed, then booted read-only as every node boots).
 	Fenced   bool
+	FencedAt time.Time // when (the fence note's time; zero unknown)
 	Settings Settings
 }
 
@@ -197,9 +198,7 @@ func Decide(o Observation) Decision {
 	case RoleStandby:
 		if !o.Etcd.Quorum {
 			// Nothing read now is current: no promotion, no rejoin.
-			if o.Lease.Holder == "" || o.Lease.Holder == o.Node || o.Fenced {
-				d.Refusal = &Refusal{Kind: RefuseNoQuorum, Message: "etcd has no quorum from here: this node neither promotes nor rejoins until it has"}
-			}
+			d.Refusal = &Refusal{Kind: RefuseNoQuorum, Message: "etcd has no quorum from here: this node neither promotes nor rejoins until it has (the last holder read was " + orNobody(o.Lease.Holder) + ")"}
 			return d
 		}
 		if o.Lease.Holder == o.Node {
@@ -409,6 +408,11 @@ func decideCandidate(o Observation, s Settings) Decision {
 		return refuse(RefuseHandover, 0, "a planned switchover hands the lease to %s", o.Handover)
 	case o.Fenced && (s.Rejoin == RejoinWait) && !own:
 		return refuse(RefuseFenced, 0, "fenced and set to wait for `understudy rejoin %s`", o.Node)
+	case o.Fenced && own && !o.FencedAt.IsZero() && o.Now.Sub(o.FencedAt) < s.TTL:
+		// It fenced itself for a reason (its PostgreSQL hung, it lost
+		// etcd): a healthy standby goes first; only if none takes the lease
+		// does it take its own back.
+		return refuse(RefuseFenced, 0, "fenced %s ago: the standby goes first; this node takes its lease back only if nobody else does within %s", ms(o.Now.Sub(o.FencedAt)), s.TTL)
 	case o.PG.Timeline < o.Published.Timeline:
 		return refuse(RefuseOldTimeline, 0, "this node is on timeline %d but %s was primary on timeline %d: it must rejoin, not promote", o.PG.Timeline, o.Published.Node, o.Published.Timeline)
 	case s.Synchronous && !own && !slices.Contains(o.SyncStandbys, o.Node):
@@ -447,6 +451,13 @@ func minus(a, b []string) []string {
 		}
 	}
 	return out
+}
+
+func orNobody(s string) string {
+	if s == "" {
+		return "nobody"
+	}
+	return s
 }
 
 func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }

@@ -172,11 +172,11 @@ func TestDecide(t *testing.T) {
 			o.Lease = LeaseView{Holder: "db"}
 			return o
 		}, steps: ""},
-		{name: "standby without quorum, holder elsewhere: nothing", obs: func() Observation {
+		{name: "standby without quorum, holder elsewhere: nothing, and says so", obs: func() Observation {
 			o := standbyObs()
 			o.Etcd.Quorum = false
 			return o
-		}, steps: ""},
+		}, steps: "", refusal: RefuseNoQuorum, reason: "last holder read was db"},
 		{name: "free lease, quorum, in reach: acquire", obs: func() Observation {
 			o := standbyObs()
 			o.Lease = LeaseView{}
@@ -290,10 +290,19 @@ func TestDecide(t *testing.T) {
 		{name: "fenced old primary, lease free, nobody took over, its own position: acquire", obs: func() Observation {
 			o := standbyObs()
 			o.Node, o.Fenced, o.PG.Streaming = "db", true, false
+			o.FencedAt = t0.Add(-10 * time.Second)
 			o.Lease = LeaseView{}
 			o.Published.Node = "db"
 			return o
 		}, steps: "acquire"},
+		{name: "just fenced, lease free, its own position: the standby goes first", obs: func() Observation {
+			o := standbyObs()
+			o.Node, o.Fenced, o.PG.Streaming = "db", true, false
+			o.FencedAt = t0.Add(-2 * time.Second)
+			o.Lease = LeaseView{}
+			o.Published.Node = "db"
+			return o
+		}, refusal: RefuseFenced, reason: "the standby goes first"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

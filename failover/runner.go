@@ -34,21 +34,22 @@ type Runner struct {
 	Interval time.Duration // default 100 ms
 	Log      io.Writer
 
-	mu        sync.Mutex
-	held      *Held
-	state     State // last quorum read
-	stateOK   bool
-	obs       Observation
-	dec       Decision
-	downSince time.Time
-	members   []MemberHealth
-	membersAt time.Time
-	leaderMov time.Time
-	lastStart time.Time
-	dropped   *Held // the lease a fence just dropped, for a resign after it
-	wdLine    string
-	counts    Counts
-	lastErr   string
+	mu         sync.Mutex
+	held       *Held
+	state      State // last quorum read
+	stateOK    bool
+	obs        Observation
+	dec        Decision
+	downSince  time.Time
+	members    []MemberHealth
+	membersAt  time.Time
+	leaderMov  time.Time
+	lastStart  time.Time
+	lastRejoin time.Time
+	dropped    *Held // the lease a fence just dropped, for a resign after it
+	wdLine     string
+	counts     Counts
+	lastErr    string
 }
 
 // Counts are the runner's counters, for /metrics.
@@ -59,7 +60,7 @@ type Counts struct {
 // NodePG is what the runner does to its own PostgreSQL.
 type NodePG interface {
 	Observe(ctx context.Context) (PGView, error)
-	Fenced() bool // the fence note is in PGDATA
+	FencedAt() time.Time // when the fence note was written (zero: not fenced)
 	Promote(ctx context.Context) error
 	SetSyncNames(ctx context.Context, names string) error
 	// StartReadOnly starts a fenced, stopped node (it comes up read-only:
@@ -191,7 +192,7 @@ func (r *Runner) observe(ctx context.Context) Observation {
 	held := r.held
 	st = r.state
 	r.mu.Unlock()
-	if err == nil && held == nil && st.Holder == r.Node && st.HolderLease != 0 && pg.Role == RolePrimary && !r.PG.Fenced() {
+	if err == nil && held == nil && st.Holder == r.Node && st.HolderLease != 0 && pg.Role == RolePrimary && r.PG.FencedAt().IsZero() {
 		// The agent restarted while its primary kept running and its lease
 		// lived on: adopt it with a renewal (etcd then counts the TTL from
 		// now). Never a lease this agent dropped with a fence: only a
@@ -221,7 +222,9 @@ func (r *Runner) observe(ctx context.Context) Observation {
 	}
 	r.mu.Unlock()
 	o := Observation{Now: time.Now(), Node: r.Node, Standbys: r.Standbys, PG: pg, Etcd: ev, Published: st.Position,
-		SyncStandbys: st.Sync, Handover: st.Handover, Paused: st.Paused, Fenced: r.PG.Fenced(), Settings: r.Settings}
+		SyncStandbys: st.Sync, Handover: st.Handover, Paused: st.Paused, Settings: r.Settings}
+	o.FencedAt = r.PG.FencedAt()
+	o.Fenced = !o.FencedAt.IsZero()
 	o.Lease.Holder = st.Holder
 	if held != nil {
 		o.Lease.Mine, o.Lease.LastRenew = true, held.Sent
@@ -337,6 +340,10 @@ func (r *Runner) step(ctx context.Context, o Observation, s Step) error {
 		r.logf("giving the lease up: %s", s.Reason)
 		return r.Store.Resign(ctx, *held, "")
 	case StepRejoin:
+		if time.Since(r.lastRejoin) < 10*time.Second {
+			return nil
+		}
+		r.lastRejoin = time.Now()
 		r.logf("rejoining: %s", s.Reason)
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
@@ -438,10 +445,13 @@ func (p *SQLPG) Observe(ctx context.Context) (PGView, error) {
 	return v, nil
 }
 
-// Fenced: the fence note is in PGDATA.
-func (p *SQLPG) Fenced() bool {
-	_, err := os.Stat(filepath.Join(p.DataDir, FenceNote))
-	return err == nil
+// FencedAt: when the fence note was written into PGDATA (zero: none).
+func (p *SQLPG) FencedAt() time.Time {
+	st, err := os.Stat(filepath.Join(p.DataDir, FenceNote))
+	if err != nil {
+		return time.Time{}
+	}
+	return st.ModTime()
 }
 
 // Promote promotes and removes the fence note (a fenced former primary

@@ -1,6 +1,7 @@
 package faults_test
 
 import (
+	"encoding/json"
 	"os"
 	"strconv"
 	"syscall"
@@ -39,7 +40,8 @@ func (c *cluster) waitFailover(w *writer, to string, since time.Time, limit time
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	c.t.Fatalf("no write acknowledged by %s %s after the fault; its report: %+v", to, limit, c.report(to))
+	rep, _ := json.Marshal(c.report(to))
+	c.t.Fatalf("no write acknowledged by %s %s after the fault; its report: %s", to, limit, rep)
 	return 0
 }
 

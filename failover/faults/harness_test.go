@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"net"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -38,11 +39,16 @@ import (
 const (
 	agentEnv    = "UNDERSTUDY_FAULTS_AGENT"
 	watchdogEnv = "UNDERSTUDY_FAULTS_WATCHDOG"
+	burnEnv     = "UNDERSTUDY_FAULTS_BURN"
 )
 
 func TestMain(m *testing.M) {
 	if cfg := os.Getenv(agentEnv); cfg != "" {
 		os.Exit(runAgent(cfg))
+	}
+	if os.Getenv(burnEnv) != "" {
+		for { // a CPU burner for the soak
+		}
 	}
 	if dir := os.Getenv(watchdogEnv); dir != "" {
 		if err := failover.RunWatchdog(context.Background(), os.Stdin, failover.ProcessFencer{DataDir: dir}, os.Stderr); err != nil {
@@ -62,6 +68,9 @@ type agentConfig struct {
 	Node       string              `json:"node"` // "" for the witness: a member only
 	Standbys   []string            `json:"standbys"`
 	Settings   failover.Settings   `json:"settings"`
+	// ClientDelay slows the agent's etcd connection by this much each
+	// way (the soak's slow link: tc netem is not in every kernel).
+	ClientDelay time.Duration `json:"client_delay"`
 }
 
 // runAgent is the agent process: its etcd member, then (on a database
@@ -99,7 +108,18 @@ func runAgent(js string) int {
 		return 1
 	}
 	tlsf := failover.TLSFiles{CA: filepath.Join(c.Spec.DataDir, "tls", "ca.crt"), Cert: filepath.Join(c.Spec.DataDir, "tls", "member.crt"), Key: filepath.Join(c.Spec.DataDir, "tls", "member.key")}
-	cli, err := failover.NewClient(c.Spec.ClientURLs()[:1], tlsf, nil)
+	var dial failover.Dialer
+	if c.ClientDelay > 0 {
+		dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			return slowConn{conn, c.ClientDelay}, nil
+		}
+	}
+	cli, err := failover.NewClient(c.Spec.ClientURLs()[:1], tlsf, dial)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -139,6 +159,19 @@ func runAgent(js string) int {
 	return 0
 }
 
+// slowConn delays every write and every read by d: d more each way.
+type slowConn struct {
+	net.Conn
+	d time.Duration
+}
+
+func (c slowConn) Write(p []byte) (int, error) { time.Sleep(c.d); return c.Conn.Write(p) }
+func (c slowConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	time.Sleep(c.d)
+	return n, err
+}
+
 func slicesWithout(env []string, key string) []string {
 	var out []string
 	for _, e := range env {
@@ -151,7 +184,7 @@ func slicesWithout(env []string, key string) []string {
 
 // cluster is the suite's world.
 type cluster struct {
-	t       *testing.T
+	t       testing.TB
 	l       *lab.Lab
 	dir     string
 	secret  string
@@ -159,6 +192,8 @@ type cluster struct {
 	agents  map[string]*agentProc
 	mu      sync.Mutex
 	set     failover.Settings
+	// clientDelay: agents whose etcd connection is slowed (the soak).
+	clientDelay map[string]time.Duration
 }
 
 type agentProc struct {
@@ -169,18 +204,25 @@ type agentProc struct {
 
 var names = []string{"db", "db-replica", "app"}
 
-func enabled(t *testing.T) {
+func enabled(t testing.TB) {
 	if os.Getenv("UNDERSTUDY_FAULTS") == "" {
 		t.Skip("the failover fault suite takes minutes: run it with UNDERSTUDY_FAULTS=1 (scripts/test-failover-faults)")
 	}
 }
 
-func newCluster(t *testing.T, mod func(*failover.Settings)) *cluster {
+func newCluster(t testing.TB, mod func(*failover.Settings)) *cluster {
+	return newClusterDelay(t, mod, nil)
+}
+
+func newClusterDelay(t testing.TB, mod func(*failover.Settings), delay map[string]time.Duration) *cluster {
 	enabled(t)
 	l := labtest.Up(t, labtest.Options{NetNS: true})
-	c := &cluster{t: t, l: l, dir: t.TempDir(), secret: failover.NewSecret(), agents: map[string]*agentProc{}, set: failover.Defaults()}
+	c := &cluster{t: t, l: l, dir: t.TempDir(), secret: failover.NewSecret(), agents: map[string]*agentProc{}, set: failover.Defaults(), clientDelay: map[string]time.Duration{}}
 	if mod != nil {
 		mod(&c.set)
+	}
+	for k, v := range delay {
+		c.clientDelay[k] = v
 	}
 	os.Chmod(c.dir, 0o755)
 	os.WriteFile(filepath.Join(c.dir, "secret"), []byte(c.secret), 0o600)
@@ -233,7 +275,7 @@ func (c *cluster) spec(name string) failover.MemberSpec {
 
 // startAgent starts the agent of a server (the witness's: its member only).
 func (c *cluster) startAgent(name string) error {
-	cfg := agentConfig{Spec: c.spec(name), SecretFile: filepath.Join(c.dir, "secret"), LabDir: c.l.Dir, Settings: c.set}
+	cfg := agentConfig{Spec: c.spec(name), SecretFile: filepath.Join(c.dir, "secret"), LabDir: c.l.Dir, Settings: c.set, ClientDelay: c.clientDelay[name]}
 	if name != "app" {
 		cfg.Node = name
 		for _, n := range []string{"db", "db-replica"} {
@@ -383,7 +425,7 @@ func (c *cluster) killServer(node string) {
 	c.signalPG(node, syscall.SIGKILL)
 }
 
-func cut(t *testing.T, l *lab.Lab, argv []string) {
+func cut(t testing.TB, l *lab.Lab, argv []string) {
 	if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %v %s", argv, err, out)
 	}
