@@ -319,6 +319,21 @@ func TestEtcdLease(t *testing.T) {
 	if st.Holder != "db" || st.Handover != "" {
 		t.Fatalf("after taking over: %+v", st)
 	}
+	// The switchover's handover, done by a third party: only while the
+	// key names the old holder; then only the target may take the lease.
+	if err := replica.HandOver(ctx, "db-replica", "db"); err == nil {
+		t.Fatal("handed over a lease db-replica does not hold")
+	}
+	if err := replica.HandOver(ctx, "db", "db-replica"); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = db.Read(ctx)
+	if st.Holder != "" || st.Handover != "db-replica" {
+		t.Fatalf("after the switchover's handover: %+v", st)
+	}
+	if _, err := replica.Acquire(ctx, "db-replica", st.PositionRev, Position{Node: "db-replica", Timeline: 4}, time.Now); err != nil {
+		t.Fatalf("the switchover's target could not take the handed-over lease: %v", err)
+	}
 	for i := range trioNames {
 		t.Logf("member %s RSS %s", trioNames[i], rss(tr.procs[i].Process.Pid))
 	}

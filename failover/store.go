@@ -179,6 +179,30 @@ func (st *Store) Resign(ctx context.Context, h Held, target string) error {
 	return nil
 }
 
+// HandOver is a planned switchover's lease handover, done by the
+// switchover command (not the holder's agent): once the old primary is
+// stopped, the leader key is deleted (only if it still names from) and
+// the target recorded, for 2×TTL, as the only node that may take it. The
+// target's agent then takes the lease and promotes; the old holder's next
+// renewal finds the lease gone.
+func (st *Store) HandOver(ctx context.Context, from, to string) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*st.Timeout)
+	defer cancel()
+	g, err := st.C.Grant(ctx, int64(2*st.TTL/time.Second))
+	if err != nil {
+		return fmt.Errorf("granting the handover's lease: %w", err)
+	}
+	r, err := st.C.Txn(ctx).If(clientv3.Compare(clientv3.Value(st.key("leader")), "=", from)).
+		Then(clientv3.OpDelete(st.key("leader")), clientv3.OpPut(st.key("handover"), to, clientv3.WithLease(g.ID))).Commit()
+	if err != nil {
+		return fmt.Errorf("handing the lease over to %s: %w", to, err)
+	}
+	if !r.Succeeded {
+		return fmt.Errorf("handing the lease over to %s: %s does not hold it", to, from)
+	}
+	return nil
+}
+
 // RecordSync records the synchronous standbys, only while holding the lease.
 func (st *Store) RecordSync(ctx context.Context, h Held, names []string) error {
 	ctx, cancel := context.WithTimeout(ctx, st.Timeout)

@@ -40,6 +40,7 @@ func commands(stdout, stderr io.Writer) []command {
 		&planCommand{out: stdout},
 		&initCommand{out: stdout},
 		&passwordCommand{out: stdout},
+		&failoverCommand{out: stdout},
 		&labCommand{out: stdout},
 		&applyCommand{out: stdout, in: os.Stdin},
 		&statusCommand{out: stdout},

@@ -14,9 +14,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
-	"net"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -602,31 +602,40 @@ func (c *cluster) checkLedger(acks []ack, final string, switches int, faults []t
 		have[id] = true
 	}
 	window := c.set.TTL - c.set.FenceMargin
-	var lostWAL uint64
-	var lo, hi pgops.LSN
+	type span struct {
+		n      int
+		lo, hi pgops.LSN
+	}
+	per := make([]span, len(faults))
 	for _, a := range acks {
 		if have[a.id] {
 			continue
 		}
 		lost++
-		if lo == 0 || a.lsn < lo {
-			lo = a.lsn
-		}
-		hi = max(hi, a.lsn)
-		inWindow := false
-		for _, f := range faults {
+		in := -1
+		for i, f := range faults {
 			if a.end.After(f.Add(-c.set.RenewEvery-time.Second)) && a.end.Before(f.Add(window+time.Second)) {
-				inWindow = true
+				in = i
 			}
 		}
-		if !inWindow {
+		if in < 0 {
 			c.t.Errorf("acknowledged commit %d (by %s at %s) is lost, outside any fault's window", a.id, a.node, a.end.Format("15:04:05.000"))
+			continue
+		}
+		p := &per[in]
+		if p.n == 0 || a.lsn < p.lo {
+			p.lo = a.lsn
+		}
+		p.hi = max(p.hi, a.lsn)
+		p.n++
+	}
+	var parts []string
+	for i, p := range per {
+		if p.n > 0 {
+			parts = append(parts, fmt.Sprintf("fault %d: %d lost over %d bytes of WAL", i+1, p.n, uint64(p.hi-p.lo)))
 		}
 	}
-	if lost > 0 {
-		lostWAL = uint64(hi - lo)
-	}
-	c.t.Logf("ledger: %d acknowledged commits, %d node changes, %d lost (a WAL span of %d bytes)", len(acks), changes, lost, lostWAL)
+	c.t.Logf("ledger: %d acknowledged commits, %d node changes, %d lost %v", len(acks), changes, lost, parts)
 	return lost
 }
 
