@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/understudy-dev/understudy/failover"
 )
 
-// failoverCommand: the failover subcommands that need no running cluster.
+// failoverCommand: the failover subcommands that need no running cluster:
+// a new secret, and the watchdog process an agent starts beside itself.
 // (pause, resume and status come with the node agent that runs the
 // failover loop.)
 type failoverCommand struct{ out io.Writer }
@@ -19,10 +22,31 @@ func (*failoverCommand) Summary() string {
 	return "automatic failover: `failover secret` prints a new " + failover.SecretName
 }
 
+const failoverUsage = "usage: understudy failover secret | understudy failover watchdog --pgdata DIR"
+
 func (c *failoverCommand) Run(ctx context.Context, args []string) error {
-	if len(args) == 1 && args[0] == "secret" {
+	if len(args) == 0 {
+		return errors.New(failoverUsage)
+	}
+	switch args[0] {
+	case "secret":
+		if len(args) != 1 {
+			return errors.New(failoverUsage)
+		}
 		fmt.Fprintln(c.out, failover.NewSecret())
 		return nil
+	case "watchdog":
+		// Started by the node agent with a pipe on stdin: deadlines in,
+		// a fence of PGDATA's PostgreSQL when one passes.
+		fs := flag.NewFlagSet("failover watchdog", flag.ContinueOnError)
+		pgdata := fs.String("pgdata", "", "the data directory of the PostgreSQL to fence")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if *pgdata == "" {
+			return errors.New("failover watchdog needs --pgdata DIR (the node agent starts it; it is not for a person to run)")
+		}
+		return failover.RunWatchdog(ctx, os.Stdin, failover.ProcessFencer{DataDir: *pgdata}, os.Stderr)
 	}
-	return errors.New("usage: understudy failover secret (prints a new " + failover.SecretName + ": store it where POSTGRES_PASSWORD is stored; .kamal/secrets holds only a reference to it)")
+	return fmt.Errorf("failover %s: unknown; %s (store the secret where POSTGRES_PASSWORD is stored; .kamal/secrets holds only a reference to it)", args[0], failoverUsage)
 }
