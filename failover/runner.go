@@ -131,6 +131,20 @@ func (r *Runner) Run(ctx context.Context) error {
 	if r.Interval == 0 {
 		r.Interval = 100 * time.Millisecond
 	}
+	// Member health: slow when members are unreachable (a timeout each),
+	// so it runs beside the loop, never in its way.
+	go func() {
+		for ctx.Err() == nil {
+			m := r.Store.Members(ctx, r.Spec)
+			r.mu.Lock()
+			r.members, r.membersAt = m, time.Now()
+			r.mu.Unlock()
+			select {
+			case <-ctx.Done():
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}()
 	t := time.NewTicker(r.Interval)
 	defer t.Stop()
 	for {
@@ -179,7 +193,9 @@ func (r *Runner) observe(ctx context.Context) Observation {
 	} else {
 		r.downSince = time.Time{}
 	}
-	st, err := r.Store.Read(ctx)
+	rctx, cancel := r.bounded(ctx)
+	st, err := r.Store.Read(rctx)
+	cancel()
 	r.mu.Lock()
 	r.stateOK = err == nil
 	if err == nil {
@@ -204,12 +220,6 @@ func (r *Runner) observe(ctx context.Context) Observation {
 			r.logf("adopted its lease %x", int64(h.ID))
 		}
 	}
-	if time.Since(r.membersAt) > 2*time.Second {
-		m := r.Store.Members(ctx, r.Spec)
-		r.mu.Lock()
-		r.members, r.membersAt = m, time.Now()
-		r.mu.Unlock()
-	}
 	r.mu.Lock()
 	ev := EtcdView{Quorum: r.stateOK, Witness: r.witness()}
 	for _, m := range r.members {
@@ -230,6 +240,19 @@ func (r *Runner) observe(ctx context.Context) Observation {
 		o.Lease.Mine, o.Lease.LastRenew = true, held.Sent
 	}
 	return o
+}
+
+// bounded is ctx for one etcd call: while this node holds the lease, it
+// ends at the fence point, so a call stuck on a partition never delays the
+// fence (the next round decides it at once).
+func (r *Runner) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	r.mu.Lock()
+	held := r.held
+	r.mu.Unlock()
+	if held == nil {
+		return context.WithCancel(ctx)
+	}
+	return context.WithDeadline(ctx, held.Sent.Add(r.Settings.TTL-r.Settings.FenceMargin))
 }
 
 func (r *Runner) witness() string {
@@ -278,7 +301,9 @@ func (r *Runner) step(ctx context.Context, o Observation, s Step) error {
 		if held == nil {
 			return nil
 		}
-		h, err := r.Store.Renew(ctx, *held, s.Publish, time.Now)
+		rctx, cancel := r.bounded(ctx)
+		h, err := r.Store.Renew(rctx, *held, s.Publish, time.Now)
+		cancel()
 		if errors.Is(err, ErrLost) {
 			setHeld(nil)
 		} else if err == nil {
