@@ -34,8 +34,10 @@ type PGView struct {
 	LSN pgops.LSN
 	// DownSince: when it last stopped answering (zero while it answers).
 	DownSince time.Time
-	// Streaming: a standby receives from a primary right now.
-	Streaming bool
+	// Streaming: a standby receives from a primary right now;
+	// NotStreamingSince: since when it has not (zero while it does).
+	Streaming         bool
+	NotStreamingSince time.Time
 	// On a primary: its standbys as pg_stat_replication shows them, and the
 	// synchronous_standby_names in force.
 	Replicas  []ReplicaView
@@ -207,13 +209,20 @@ func Decide(o Observation) Decision {
 			return d
 		}
 		if o.Lease.Holder != "" {
-			if o.Fenced || o.PG.Timeline < o.Published.Timeline {
+			lost := !o.PG.Streaming && !o.PG.NotStreamingSince.IsZero() && o.Now.Sub(o.PG.NotStreamingSince) >= s.RejoinAfter
+			if o.Fenced || o.PG.Timeline < o.Published.Timeline || lost {
 				return decideFencedWithHolder(o, s)
 			}
 			return d // following: nothing to do
 		}
 		return decideCandidate(o, s)
 	default:
+		if o.Etcd.Quorum && o.Lease.Holder != "" && o.Lease.Holder != o.Node && !o.Fenced && o.PG.Role == RoleDown &&
+			!o.PG.DownSince.IsZero() && o.Now.Sub(o.PG.DownSince) >= s.RejoinAfter {
+			// Down for long while another node is the primary (it fails to
+			// start, say, on a timeline that forked off): rejoin it.
+			return decideFencedWithHolder(o, s)
+		}
 		if o.Fenced && o.PG.Role == RoleDown && !o.Paused {
 			// Fenced (by this agent or its watchdog) and stopped: start it
 			// again, read-only, so it can rejoin (on Kamal the container's
@@ -252,7 +261,11 @@ func decideHolder(o Observation, s Settings) Decision {
 		d.Watchdog = time.Time{} // not writable yet; armed once primary
 		return d
 	case RoleUnknown, RoleDown:
-		down := !o.PG.DownSince.IsZero() && o.Now.Sub(o.PG.DownSince) >= s.PrimaryDownGrace
+		grace := s.PrimaryDownGrace
+		if o.PG.Role == RoleUnknown {
+			grace = s.PrimaryHungGrace
+		}
+		down := !o.PG.DownSince.IsZero() && o.Now.Sub(o.PG.DownSince) >= grace
 		if down && !o.Paused {
 			d.Steps = append(d.Steps,
 				Step{Kind: StepFence, Reason: fmt.Sprintf("PostgreSQL has been %s for %s", o.PG.Role, ms(o.Now.Sub(o.PG.DownSince)))},
@@ -374,7 +387,7 @@ func decidePrimaryWithoutLease(o Observation, s Settings) Decision {
 
 func decideFencedWithHolder(o Observation, s Settings) Decision {
 	var d Decision
-	if o.PG.Streaming {
+	if o.PG.Streaming && o.PG.Timeline >= o.Published.Timeline {
 		return d
 	}
 	if s.Rejoin == RejoinWait || o.Paused {

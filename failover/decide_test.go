@@ -83,7 +83,7 @@ func TestDecide(t *testing.T) {
 		}, steps: "fence,resign", reason: "down for 3s"},
 		{name: "holder whose PostgreSQL hangs past the grace fences and resigns", obs: func() Observation {
 			o := holderObs()
-			o.PG = PGView{Role: RoleUnknown, DownSince: t0.Add(-4 * time.Second)}
+			o.PG = PGView{Role: RoleUnknown, DownSince: t0.Add(-6 * time.Second)}
 			return o
 		}, steps: "fence,resign"},
 		{name: "holder keeps the lease through a short PostgreSQL outage", obs: func() Observation {
@@ -259,6 +259,27 @@ func TestDecide(t *testing.T) {
 			o.PG = PGView{Role: RoleDown, DownSince: t0.Add(-time.Second)}
 			return o
 		}, steps: "start-read-only"},
+
+		{name: "standby not streaming for RejoinAfter while a primary holds the lease: rejoin", obs: func() Observation {
+			o := standbyObs()
+			o.PG.Streaming, o.PG.NotStreamingSince = false, t0.Add(-10*time.Second)
+			return o
+		}, steps: "rejoin"},
+		{name: "standby not streaming for a short while: wait", obs: func() Observation {
+			o := standbyObs()
+			o.PG.Streaming, o.PG.NotStreamingSince = false, t0.Add(-9*time.Second)
+			return o
+		}, steps: ""},
+		{name: "a node down for RejoinAfter while another holds the lease: rejoin it", obs: func() Observation {
+			o := standbyObs()
+			o.PG = PGView{Role: RoleDown, DownSince: t0.Add(-11 * time.Second)}
+			return o
+		}, steps: "rejoin"},
+		{name: "holder whose PostgreSQL hangs within the hung grace keeps the lease", obs: func() Observation {
+			o := holderObs()
+			o.PG = PGView{Role: RoleUnknown, DownSince: t0.Add(-5 * time.Second)}
+			return o
+		}, steps: "renew", holds: true},
 
 		// The old primary once fenced.
 		{name: "fenced old primary, holder elsewhere, auto: rejoin", obs: func() Observation {

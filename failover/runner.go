@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/understudy-dev/understudy/atomicfile"
 	"github.com/understudy-dev/understudy/pgops"
 )
 
@@ -33,6 +34,9 @@ type Runner struct {
 	Watchdog io.Writer
 	Interval time.Duration // default 100 ms
 	Log      io.Writer
+	// StateDir keeps what must survive the agent's restart (the newest
+	// timeline this node was seen on); "" keeps it in memory only.
+	StateDir string
 
 	mu         sync.Mutex
 	held       *Held
@@ -47,6 +51,9 @@ type Runner struct {
 	lastStart  time.Time
 	lastRejoin time.Time
 	dropped    *Held // the lease a fence just dropped, for a resign after it
+	lastTL     pgops.Timeline
+	tlLoaded   bool
+	notStream  time.Time
 	wdLine     string
 	counts     Counts
 	lastErr    string
@@ -179,7 +186,7 @@ func (r *Runner) Round(ctx context.Context) {
 
 func (r *Runner) observe(ctx context.Context) Observation {
 	now := time.Now()
-	pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
 	pg, err := r.PG.Observe(pctx)
 	cancel()
 	if err != nil {
@@ -192,6 +199,15 @@ func (r *Runner) observe(ctx context.Context) Observation {
 		pg.DownSince = r.downSince
 	} else {
 		r.downSince = time.Time{}
+	}
+	r.noteTimeline(&pg)
+	if pg.Role == RoleStandby && !pg.Streaming {
+		if r.notStream.IsZero() {
+			r.notStream = now
+		}
+		pg.NotStreamingSince = r.notStream
+	} else {
+		r.notStream = time.Time{}
 	}
 	rctx, cancel := r.bounded(ctx)
 	st, err := r.Store.Read(rctx)
@@ -240,6 +256,36 @@ func (r *Runner) observe(ctx context.Context) Observation {
 		o.Lease.Mine, o.Lease.LastRenew = true, held.Sent
 	}
 	return o
+}
+
+// noteTimeline remembers the newest timeline this node was seen on (as a
+// primary, or streaming as a standby) and reports a standby's timeline as
+// at least that: its checkpoint's lags behind a switch until the next
+// restartpoint, and its walreceiver's is gone with the primary. Timelines
+// only grow over a node's life (a rejoin moves it to the newer one).
+func (r *Runner) noteTimeline(pg *PGView) {
+	path := ""
+	if r.StateDir != "" {
+		path = filepath.Join(r.StateDir, "failover-timeline")
+	}
+	if !r.tlLoaded {
+		r.tlLoaded = true
+		if b, err := os.ReadFile(path); err == nil && path != "" {
+			var n uint32
+			fmt.Sscan(string(b), &n)
+			r.lastTL = pgops.Timeline(n)
+		}
+	}
+	seen := pg.Role == RolePrimary || (pg.Role == RoleStandby && pg.Streaming)
+	if seen && pg.Timeline > r.lastTL {
+		r.lastTL = pg.Timeline
+		if path != "" {
+			atomicfile.Write(path, []byte(fmt.Sprintln(uint32(r.lastTL))), 0o644)
+		}
+	}
+	if pg.Role == RoleStandby && r.lastTL > pg.Timeline {
+		pg.Timeline = r.lastTL
+	}
 }
 
 // bounded is ctx for one etcd call: while this node holds the lease, it
@@ -420,9 +466,12 @@ func (r *Runner) feedWatchdog(d Decision) {
 // that may promote and set synchronous_standby_names), with the data
 // directory for the fence note.
 type SQLPG struct {
-	Connect  func(ctx context.Context) (*pgx.Conn, error)
-	DataDir  string
-	Restart  func(ctx context.Context) error // StartReadOnly (nil: nothing)
+	Connect func(ctx context.Context) (*pgx.Conn, error)
+	DataDir string
+	Restart func(ctx context.Context) error // StartReadOnly (nil: nothing)
+	// Slots: the replication slots the other nodes stream through, made on
+	// this node as soon as it is promoted, so they can follow it.
+	Slots    []string
 	DoRejoin func(ctx context.Context, holder string) error
 
 	c *pgx.Conn
@@ -490,6 +539,11 @@ func (p *SQLPG) Promote(ctx context.Context) error {
 		return err
 	}
 	os.Remove(filepath.Join(p.DataDir, FenceNote))
+	for _, slot := range p.Slots {
+		if _, err := pgops.EnsureSlot(ctx, c, slot); err != nil {
+			return fmt.Errorf("promoted, but making slot %s: %w", slot, err)
+		}
+	}
 	return nil
 }
 

@@ -33,10 +33,17 @@ type Settings struct {
 	// MaxLagOnFailover: a standby whose received WAL is further than this
 	// behind the last position the primary published refuses to promote.
 	MaxLagOnFailover uint64
-	// PrimaryDownGrace: a holder whose own PostgreSQL does not answer for
-	// this long fences it and gives the lease up, so the standby takes over
-	// without waiting for the TTL.
+	// PrimaryDownGrace: a holder whose own PostgreSQL is not running
+	// (connections refused) for this long fences it and gives the lease up,
+	// so the standby takes over without waiting for the TTL.
 	PrimaryDownGrace time.Duration
+	// PrimaryHungGrace: the same for a PostgreSQL that runs but does not
+	// answer within the probe's deadline: longer, since a loaded server is
+	// slow, not dead.
+	PrimaryHungGrace time.Duration
+	// RejoinAfter: a standby that has not streamed from the holder for this
+	// long (or whose PostgreSQL stays down) is rejoined.
+	RejoinAfter time.Duration
 	// Rejoin: what a former primary does when it finds another holder.
 	Rejoin RejoinMode
 	// Synchronous: synchronous_standby_names = 'ANY 1 (...)' while the
@@ -93,6 +100,8 @@ func Defaults() Settings {
 		WatchdogMargin:   500 * time.Millisecond,
 		MaxLagOnFailover: 1 << 20,
 		PrimaryDownGrace: 3 * time.Second,
+		PrimaryHungGrace: 6 * time.Second,
+		RejoinAfter:      10 * time.Second,
 		Rejoin:           RejoinAuto,
 	}
 }
@@ -108,8 +117,10 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("failover margins: the agent's fence (%s before expiry) must come before the watchdog's (%s), and both before the lease expires", s.FenceMargin, s.WatchdogMargin)
 	case s.TTL-s.FenceMargin <= 2*s.RenewEvery:
 		return fmt.Errorf("failover fence margin %s leaves less than two renewals (%s each) before the fence; lower it or raise the TTL", s.FenceMargin, s.RenewEvery)
-	case s.PrimaryDownGrace <= 0:
-		return fmt.Errorf("failover primary-down grace %s must be positive", s.PrimaryDownGrace)
+	case s.PrimaryDownGrace <= 0 || s.PrimaryHungGrace < s.PrimaryDownGrace:
+		return fmt.Errorf("failover primary-down grace %s must be positive, and the hung grace %s at least as long", s.PrimaryDownGrace, s.PrimaryHungGrace)
+	case s.RejoinAfter <= 0:
+		return fmt.Errorf("failover rejoin-after %s must be positive", s.RejoinAfter)
 	case s.Rejoin != RejoinAuto && s.Rejoin != RejoinWait:
 		return fmt.Errorf("failover rejoin %q: use %q (the old primary follows the new one by itself) or %q (it stays fenced until you run understudy rejoin)", s.Rejoin, RejoinAuto, RejoinWait)
 	}

@@ -27,19 +27,17 @@ type FailoverReplica struct {
 	Sync      bool // sync_state sync or quorum: commits wait for it
 }
 
-// ReadFailoverFacts reads them. A standby's timeline is the newest it
-// knows of: its checkpoint's lags until the next restartpoint, and its
-// walreceiver's is gone once the primary is, but a standby that followed a
-// new timeline keeps its history file in pg_wal (pg_ls_waldir needs
-// pg_monitor).
+// ReadFailoverFacts reads them. A standby's timeline here is its
+// checkpoint's or, while it streams, the one it receives; the checkpoint's
+// lags behind a timeline switch until the next restartpoint, so the
+// failover loop remembers the newest timeline it saw the node stream.
 func ReadFailoverFacts(ctx context.Context, c *pgx.Conn) (FailoverFacts, error) {
 	var f FailoverFacts
 	var lsn string
 	var tli int
 	err := c.QueryRow(ctx, `SELECT pg_is_in_recovery(),
 		CASE WHEN pg_is_in_recovery() THEN greatest((SELECT timeline_id FROM pg_control_checkpoint()),
-				coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0),
-				coalesce((SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}\.history$'), 0))
+				coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0))
 			ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
 		CASE WHEN pg_is_in_recovery() THEN greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), '0/0'))::text
 			ELSE pg_current_wal_flush_lsn()::text END,

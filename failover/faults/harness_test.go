@@ -136,6 +136,7 @@ func runAgent(js string) int {
 		PG: &failover.SQLPG{
 			Connect: func(ctx context.Context) (*pgx.Conn, error) { return l.Conn(ctx, c.Node) },
 			DataDir: l.DataDir(c.Node),
+			Slots:   slotsBut(l, c.Node),
 			Restart: func(ctx context.Context) error { return l.Start(ctx, c.Node) },
 			DoRejoin: func(ctx context.Context, holder string) error {
 				_, err := live.Rejoin(ctx, l.Target(), c.Node, live.RoleOptions{Out: os.Stderr})
@@ -144,6 +145,7 @@ func runAgent(js string) int {
 		},
 		Watchdog: wd,
 		Log:      os.Stderr,
+		StateDir: c.Spec.DataDir,
 	}
 	go func() {
 		t := time.NewTicker(200 * time.Millisecond)
@@ -157,6 +159,16 @@ func runAgent(js string) int {
 	r.Run(ctx)
 	wd.Close() // a clean stop: the watchdog fences at the last deadline only if still armed
 	return 0
+}
+
+func slotsBut(l *lab.Lab, node string) []string {
+	var out []string
+	for _, n := range l.Cluster.Nodes {
+		if n.Name != node {
+			out = append(out, n.Slot())
+		}
+	}
+	return out
 }
 
 // slowConn delays every write and every read by d: d more each way.
