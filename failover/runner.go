@@ -352,8 +352,8 @@ func (r *Runner) step(ctx context.Context, o Observation, s Step) error {
 		cancel()
 		if errors.Is(err, ErrLost) {
 			setHeld(nil)
-		} else if err == nil {
-			setHeld(&h)
+		} else {
+			setHeld(&h) // a renewal that went through counts, even if publishing failed
 		}
 		if err != nil {
 			count(&r.counts.RenewFailures)

@@ -31,7 +31,7 @@ type Store struct {
 
 // NewStore is a Store for a cluster's token.
 func NewStore(c *clientv3.Client, token string, s Settings) *Store {
-	return &Store{C: c, Prefix: "/understudy/" + token + "/", TTL: s.TTL, Timeout: s.RenewEvery}
+	return &Store{C: c, Prefix: "/understudy/" + token + "/", TTL: s.TTL, Timeout: 2 * s.RenewEvery}
 }
 
 func (st *Store) key(k string) string { return st.Prefix + k }
@@ -126,12 +126,14 @@ func (st *Store) Acquire(ctx context.Context, node string, basisRev int64, pos P
 }
 
 // Renew renews the lease and, with a position, publishes it (only while
-// the leader key is still attached to this lease).
+// the leader key is still attached to this lease). The Held it returns
+// carries the renewal's send time whenever the renewal went through, even
+// if the publication then failed.
 func (st *Store) Renew(ctx context.Context, h Held, pos *Position, now func() time.Time) (Held, error) {
-	ctx, cancel := context.WithTimeout(ctx, st.Timeout)
+	kctx, cancel := context.WithTimeout(ctx, st.Timeout)
 	defer cancel()
 	sent := now()
-	if _, err := st.C.KeepAliveOnce(ctx, h.ID); err != nil {
+	if _, err := st.C.KeepAliveOnce(kctx, h.ID); err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			return h, ErrLost
 		}
@@ -139,8 +141,10 @@ func (st *Store) Renew(ctx context.Context, h Held, pos *Position, now func() ti
 	}
 	h.Sent = sent
 	if pos != nil {
+		pctx, cancel := context.WithTimeout(ctx, st.Timeout)
+		defer cancel()
 		pj, _ := json.Marshal(pos)
-		r, err := st.C.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(st.key("leader")), "=", h.ID)).
+		r, err := st.C.Txn(pctx).If(clientv3.Compare(clientv3.LeaseValue(st.key("leader")), "=", h.ID)).
 			Then(clientv3.OpPut(st.key("position"), string(pj))).Commit()
 		if err != nil {
 			return h, fmt.Errorf("publishing the position: %w", err)
