@@ -284,7 +284,17 @@ func decideHolder(o Observation, s Settings) Decision {
 	if s.Synchronous {
 		d.Steps = append(d.Steps, syncSteps(o)...)
 	}
-	if o.Etcd.Leader == o.Node {
+	// etcd's leader belongs on the witness: not beside the primary (if that
+	// server dies, an election extends the lease by an election timeout),
+	// and not on the standby (cut off from the standby alone, the primary
+	// could then not reach the leader and would lose its lease, although
+	// the witness still sees it).
+	witnessUp := o.Etcd.Witness != "" && slices.Contains(o.Etcd.Healthy, o.Etcd.Witness)
+	switch {
+	case o.Etcd.Leader == "" || o.Etcd.Leader == o.Etcd.Witness:
+	case witnessUp:
+		d.Steps = append(d.Steps, Step{Kind: StepMoveEtcdLeader, Target: o.Etcd.Witness, Reason: "etcd's leader belongs on the witness, away from both database servers"})
+	case o.Etcd.Leader == o.Node:
 		if to := otherHealthy(o); to != "" {
 			d.Steps = append(d.Steps, Step{Kind: StepMoveEtcdLeader, Target: to, Reason: "etcd's leader runs beside the primary: if this server dies, an etcd election would extend the lease by an election timeout"})
 		}

@@ -102,6 +102,23 @@ func TestDecide(t *testing.T) {
 			o.Etcd.Leader = "db"
 			return o
 		}, steps: "renew,move-etcd-leader", holds: true},
+		{name: "holder moves etcd's leader off the standby's member, to the witness", obs: func() Observation {
+			o := holderObs()
+			o.Etcd.Leader = "db-replica"
+			return o
+		}, steps: "renew,move-etcd-leader", holds: true},
+		{name: "witness down, leader on the standby: leave it", obs: func() Observation {
+			o := holderObs()
+			o.Etcd.Leader = "db-replica"
+			o.Etcd.Healthy = []string{"db", "db-replica"}
+			return o
+		}, steps: "renew", holds: true},
+		{name: "witness down, leader beside the primary: move it to the standby", obs: func() Observation {
+			o := holderObs()
+			o.Etcd.Leader = "db"
+			o.Etcd.Healthy = []string{"db", "db-replica"}
+			return o
+		}, steps: "renew,move-etcd-leader", holds: true},
 		{name: "holder alone healthy: no etcd leader move", obs: func() Observation {
 			o := holderObs()
 			o.Etcd.Leader = "db"

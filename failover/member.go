@@ -329,9 +329,10 @@ func rejoinPlan(ctx context.Context, s MemberSpec, tlsf TLSFiles, dial Dialer, a
 type Dialer func(ctx context.Context, addr string) (net.Conn, error)
 
 // NewClient is an etcd client over TLS with a member's certificate. An
-// agent gives only its own member's URL: a member cut off from the others
-// fails every quorum request at once, which is the truth, and a request is
-// never sent down a connection to a member that vanished.
+// agent gives every member's URL, its own first: cut off from the standby
+// alone, it still renews through the witness's member. A request sent down
+// a connection to a member that vanished times out, and the next round
+// tries again on another (the balancer picks them in turn).
 func NewClient(endpoints []string, tlsf TLSFiles, dial Dialer) (*clientv3.Client, error) {
 	cert, err := tls.LoadX509KeyPair(tlsf.Cert, tlsf.Key)
 	if err != nil {

@@ -27,6 +27,9 @@ type Store struct {
 	// Timeout bounds every call (a renewal that takes longer counts as
 	// failed; the next one is due soon anyway).
 	Timeout time.Duration
+	// Dial makes a client for given endpoints (MoveLeader needs one to the
+	// leader itself); nil: no leader moves.
+	Dial func(endpoints []string) (*clientv3.Client, error)
 }
 
 // NewStore is a Store for a cluster's token.
@@ -273,23 +276,46 @@ func (st *Store) Members(ctx context.Context, s MemberSpec) []MemberHealth {
 	return out
 }
 
-// MoveLeader asks etcd to move its raft leadership to the named member
-// (sent to the current leader, which is this agent's member).
+// MoveLeader asks etcd to move its raft leadership to the named member.
+// The request must reach the current leader, so it goes to the leader's
+// own URL through a client of its own (st.Dial makes it).
 func (st *Store) MoveLeader(ctx context.Context, s MemberSpec, to string) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*st.Timeout)
 	defer cancel()
+	if st.Dial == nil {
+		return errors.New("moving etcd's leadership needs a client per member")
+	}
 	list, err := st.C.MemberList(ctx)
 	if err != nil {
 		return err
 	}
+	var target uint64
 	for _, m := range list.Members {
 		if m.Name == to {
-			_, err := st.C.MoveLeader(ctx, m.ID)
-			if err != nil {
-				return fmt.Errorf("moving etcd's leadership to %s: %w", to, err)
-			}
-			return nil
+			target = m.ID
 		}
 	}
-	return fmt.Errorf("etcd has no member %s", to)
+	if target == 0 {
+		return fmt.Errorf("etcd has no member %s", to)
+	}
+	for _, m := range s.Members {
+		url := s.ClientURL(m)
+		r, err := st.C.Status(ctx, url)
+		if err != nil || r.Leader != r.Header.MemberId {
+			continue
+		}
+		if r.Header.MemberId == target {
+			return nil // already there
+		}
+		lc, err := st.Dial([]string{url})
+		if err != nil {
+			return err
+		}
+		defer lc.Close()
+		if _, err := lc.MoveLeader(ctx, target); err != nil {
+			return fmt.Errorf("moving etcd's leadership to %s: %w", to, err)
+		}
+		return nil
+	}
+	return errors.New("moving etcd's leadership: no member says it leads")
 }

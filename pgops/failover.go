@@ -53,7 +53,14 @@ func ReadFailoverFacts(ctx context.Context, c *pgx.Conn) (FailoverFacts, error) 
 	if f.InRecovery {
 		return f, nil
 	}
-	rows, err := c.Query(ctx, `SELECT application_name, state = 'streaming', sync_state IN ('sync', 'quorum') FROM pg_stat_replication`)
+	// A standby whose walsender still shows "streaming" may be gone (a
+	// black-holed link is noticed only at wal_sender_timeout): one that has
+	// not replied for 2 s while WAL waits for it is counted as away, so
+	// synchronous commits stop waiting for it within seconds.
+	rows, err := c.Query(ctx, `SELECT application_name,
+		state = 'streaming' AND NOT (coalesce(reply_time < now() - interval '2 s', false)
+			AND coalesce(flush_lsn < pg_current_wal_flush_lsn(), false)),
+		sync_state IN ('sync', 'quorum') FROM pg_stat_replication`)
 	if err != nil {
 		return f, fmt.Errorf("reading pg_stat_replication: %w", err)
 	}

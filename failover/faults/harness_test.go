@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/internal/labtest"
@@ -119,7 +120,7 @@ func runAgent(js string) int {
 			return slowConn{conn, c.ClientDelay}, nil
 		}
 	}
-	cli, err := failover.NewClient(c.Spec.ClientURLs()[:1], tlsf, dial)
+	cli, err := failover.NewClient(c.Spec.ClientURLs(), tlsf, dial)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -129,9 +130,11 @@ func runAgent(js string) int {
 		Env: append(slicesWithout(os.Environ(), agentEnv), watchdogEnv+"="+l.DataDir(c.Node)), Log: os.Stderr}
 	wd.Write([]byte(failover.WatchdogLine(time.Time{}, time.Now(), 0)))
 	fmt.Println("watchdog", wd.Pid())
+	store := failover.NewStore(cli, c.Spec.Token, c.Settings)
+	store.Dial = func(eps []string) (*clientv3.Client, error) { return failover.NewClient(eps, tlsf, dial) }
 	r := &failover.Runner{
 		Node: c.Node, Standbys: c.Standbys, Settings: c.Settings, Spec: c.Spec,
-		Store:  failover.NewStore(cli, c.Spec.Token, c.Settings),
+		Store:  store,
 		Fencer: failover.ProcessFencer{DataDir: l.DataDir(c.Node)},
 		PG: &failover.SQLPG{
 			Connect: func(ctx context.Context) (*pgx.Conn, error) { return l.Conn(ctx, c.Node) },
@@ -555,6 +558,12 @@ func (c *cluster) startWriter() *writer {
 func (w *writer) finish() []ack {
 	w.stop()
 	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]ack(nil), w.acks...)
+}
+
+func (w *writer) finishedSoFar() []ack {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]ack(nil), w.acks...)
