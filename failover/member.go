@@ -329,10 +329,11 @@ func rejoinPlan(ctx context.Context, s MemberSpec, tlsf TLSFiles, dial Dialer, a
 type Dialer func(ctx context.Context, addr string) (net.Conn, error)
 
 // NewClient is an etcd client over TLS with a member's certificate. An
-// agent gives every member's URL, its own first: cut off from the standby
-// alone, it still renews through the witness's member. A request sent down
-// a connection to a member that vanished times out, and the next round
-// tries again on another (the balancer picks them in turn).
+// agent gives only its own member's URL: its requests never wait on a
+// connection to a member that vanished or froze (with every member's URL,
+// a frozen primary's member cost the standby 2 s timeouts, round after
+// round: 12 s failovers instead of 6.6 s). Its member reaches etcd's
+// leader, which the holder keeps on the witness.
 func NewClient(endpoints []string, tlsf TLSFiles, dial Dialer) (*clientv3.Client, error) {
 	cert, err := tls.LoadX509KeyPair(tlsf.Cert, tlsf.Key)
 	if err != nil {

@@ -65,8 +65,8 @@ func (c *cluster) noFailover(w *writer, prim string, d time.Duration) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if _, ok := w.firstAckBy(prim, time.Now().Add(-2*time.Second)); !ok {
-		c.t.Fatalf("%s took no write in the last 2 s: %+v", prim, c.report(prim))
+	if _, ok := w.firstAckBy(prim, time.Now().Add(-5*time.Second)); !ok {
+		c.t.Fatalf("%s took no write in the last 5 s: %+v", prim, c.report(prim))
 	}
 }
 

@@ -120,7 +120,7 @@ func runAgent(js string) int {
 			return slowConn{conn, c.ClientDelay}, nil
 		}
 	}
-	cli, err := failover.NewClient(c.Spec.ClientURLs(), tlsf, dial)
+	cli, err := failover.NewClient(c.Spec.ClientURLs()[:1], tlsf, dial)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
