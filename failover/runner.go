@@ -430,13 +430,24 @@ func (r *Runner) step(ctx context.Context, o Observation, s Step) error {
 		if held == nil {
 			return nil
 		}
-		return r.Store.RecordSync(ctx, *held, s.Sync)
+		rctx, cancel := r.bounded(ctx)
+		defer cancel()
+		return r.Store.RecordSync(rctx, *held, s.Sync)
 	case StepMoveEtcdLeader:
+		// Beside the loop: it dials the leader and may be slow, and the
+		// loop's renewals must never wait behind it.
 		if time.Since(r.leaderMov) < 10*time.Second {
 			return nil
 		}
 		r.leaderMov = time.Now()
-		return r.Store.MoveLeader(ctx, r.Spec, s.Target)
+		go func() {
+			mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if err := r.Store.MoveLeader(mctx, r.Spec, s.Target); err != nil {
+				r.logf("%v", err)
+			}
+		}()
+		return nil
 	}
 	return nil
 }
