@@ -425,7 +425,9 @@ func (r *Runner) step(ctx context.Context, o Observation, s Step) error {
 	case StepWaitFenced:
 	case StepSetSyncNames:
 		r.logf("synchronous_standby_names = %q: %s", s.SyncNames, s.Reason)
-		return r.PG.SetSyncNames(ctx, s.SyncNames)
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return r.PG.SetSyncNames(pctx, s.SyncNames)
 	case StepRecordSync:
 		if held == nil {
 			return nil
