@@ -76,10 +76,12 @@ type Position struct {
 
 // EtcdView is the agent's view of the etcd cluster.
 type EtcdView struct {
-	Quorum  bool     // the last linearizable read succeeded within its deadline
-	Leader  string   // the member that leads etcd's raft ("" unknown)
-	Healthy []string // members that answered their health check
-	Witness string   // the member on the app host, preferred as etcd leader
+	Quorum bool // the last linearizable read succeeded within its deadline
+	// NoQuorumSince: since when reads have failed (zero while they work).
+	NoQuorumSince time.Time
+	Leader        string   // the member that leads etcd's raft ("" unknown)
+	Healthy       []string // members that answered their health check
+	Witness       string   // the member on the app host, preferred as etcd leader
 }
 
 // Observation is one loop's input to Decide.
@@ -374,7 +376,13 @@ func decidePrimaryWithoutLease(o Observation, s Settings) Decision {
 	var d Decision
 	switch {
 	case !o.Etcd.Quorum:
-		d.Steps = append(d.Steps, Step{Kind: StepFence, Reason: "PostgreSQL here is a writable primary without the lease, and etcd has no quorum to grant it"})
+		// Failover just turned on, or this agent just restarted, and etcd
+		// does not answer yet (a slow link, an election): give it a TTL
+		// before fencing a primary nobody else can have replaced (nodes
+		// boot read-only; only a lease holder's agent promotes).
+		if !o.Etcd.NoQuorumSince.IsZero() && o.Now.Sub(o.Etcd.NoQuorumSince) >= s.TTL {
+			d.Steps = append(d.Steps, Step{Kind: StepFence, Reason: fmt.Sprintf("PostgreSQL here is a writable primary without the lease, and etcd has had no quorum for %s", ms(o.Now.Sub(o.Etcd.NoQuorumSince)))})
+		}
 	case o.Lease.Holder == o.Node:
 		// The key still names this node (the agent restarted and could not
 		// adopt its lease yet): nobody else can be promoted while it exists;

@@ -138,12 +138,18 @@ func TestDecide(t *testing.T) {
 			o.Published = Position{Node: "db-replica", Timeline: 2, LSN: 0x3100000}
 			return o
 		}, steps: "fence", reason: "db-replica holds the lease"},
-		{name: "primary without the lease and without quorum: fence", obs: func() Observation {
+		{name: "primary without the lease and without quorum for a TTL: fence", obs: func() Observation {
 			o := holderObs()
 			o.Lease = LeaseView{}
-			o.Etcd.Quorum = false
+			o.Etcd.Quorum, o.Etcd.NoQuorumSince = false, t0.Add(-6*time.Second)
 			return o
 		}, steps: "fence"},
+		{name: "primary without the lease, etcd not answering yet (failover just on, a slow link): wait", obs: func() Observation {
+			o := holderObs()
+			o.Lease = LeaseView{}
+			o.Etcd.Quorum, o.Etcd.NoQuorumSince = false, t0.Add(-2*time.Second)
+			return o
+		}, steps: ""},
 		{name: "failover just turned on: the primary takes the free lease", obs: func() Observation {
 			o := holderObs()
 			o.Lease = LeaseView{}

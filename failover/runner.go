@@ -54,6 +54,7 @@ type Runner struct {
 	lastTL     pgops.Timeline
 	tlLoaded   bool
 	notStream  time.Time
+	noQuorum   time.Time
 	wdLine     string
 	counts     Counts
 	lastErr    string
@@ -237,7 +238,12 @@ func (r *Runner) observe(ctx context.Context) Observation {
 		}
 	}
 	r.mu.Lock()
-	ev := EtcdView{Quorum: r.stateOK, Witness: r.witness()}
+	if r.stateOK {
+		r.noQuorum = time.Time{}
+	} else if r.noQuorum.IsZero() {
+		r.noQuorum = now
+	}
+	ev := EtcdView{Quorum: r.stateOK, NoQuorumSince: r.noQuorum, Witness: r.witness()}
 	for _, m := range r.members {
 		if m.Healthy {
 			ev.Healthy = append(ev.Healthy, m.Name)

@@ -66,6 +66,7 @@ type simNode struct {
 	inflight  []msg
 	view      Observation
 	holderRd  string
+	noQuorum  time.Time
 	published Position
 }
 
@@ -297,12 +298,15 @@ func runSim(t *testing.T, seed uint64) simResult {
 			n.nextLoop = now.Add(100 * time.Millisecond)
 			if reach(n) {
 				n.holderRd, n.published = e.holder, e.published
+				n.noQuorum = time.Time{}
+			} else if n.noQuorum.IsZero() {
+				n.noQuorum = now
 			}
 			o := Observation{
 				Now: now, Node: n.name, Standbys: []string{other(n).name},
 				PG:        PGView{Role: n.role, Timeline: n.timeline, LSN: n.lsn, DownSince: n.downSince},
 				Lease:     n.lease,
-				Etcd:      EtcdView{Quorum: reach(n)},
+				Etcd:      EtcdView{Quorum: reach(n), NoQuorumSince: n.noQuorum},
 				Published: n.published,
 				Fenced:    n.fenced,
 				Settings:  s,
