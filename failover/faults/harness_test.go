@@ -117,7 +117,7 @@ func runAgent(js string) int {
 			if err != nil {
 				return nil, err
 			}
-			return slowConn{conn, c.ClientDelay}, nil
+			return newSlowConn(conn, c.ClientDelay), nil
 		}
 	}
 	cli, err := failover.NewClient(c.Spec.ClientURLs()[:1], tlsf, dial)
@@ -174,17 +174,81 @@ func slotsBut(l *lab.Lab, node string) []string {
 	return out
 }
 
-// slowConn delays every write and every read by d: d more each way.
+// slowConn adds d of latency each way without limiting throughput (what
+// tc netem's delay does): every chunk read from the network is delivered
+// d after it arrived, and every chunk written leaves d after it was
+// written, in order, while later chunks keep flowing behind it.
 type slowConn struct {
 	net.Conn
-	d time.Duration
+	d      time.Duration
+	in     chan chunk
+	out    chan chunk
+	buf    []byte
+	rerr   error
+	closed chan struct{}
+	once   sync.Once
 }
 
-func (c slowConn) Write(p []byte) (int, error) { time.Sleep(c.d); return c.Conn.Write(p) }
-func (c slowConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	time.Sleep(c.d)
-	return n, err
+type chunk struct {
+	at  time.Time
+	b   []byte
+	err error
+}
+
+func newSlowConn(c net.Conn, d time.Duration) *slowConn {
+	s := &slowConn{Conn: c, d: d, in: make(chan chunk, 1024), out: make(chan chunk, 1024), closed: make(chan struct{})}
+	go func() {
+		for {
+			b := make([]byte, 32<<10)
+			n, err := c.Read(b)
+			s.in <- chunk{at: time.Now().Add(d), b: b[:n], err: err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		for {
+			select {
+			case ch := <-s.out:
+				time.Sleep(time.Until(ch.at))
+				if _, err := c.Write(ch.b); err != nil {
+					return
+				}
+			case <-s.closed:
+				return
+			}
+		}
+	}()
+	return s
+}
+
+func (s *slowConn) Read(p []byte) (int, error) {
+	for len(s.buf) == 0 {
+		if s.rerr != nil {
+			return 0, s.rerr
+		}
+		ch := <-s.in
+		time.Sleep(time.Until(ch.at))
+		s.buf, s.rerr = ch.b, ch.err
+	}
+	n := copy(p, s.buf)
+	s.buf = s.buf[n:]
+	return n, nil
+}
+
+func (s *slowConn) Write(p []byte) (int, error) {
+	select {
+	case s.out <- chunk{at: time.Now().Add(s.d), b: append([]byte(nil), p...)}:
+		return len(p), nil
+	case <-s.closed:
+		return 0, net.ErrClosed
+	}
+}
+
+func (s *slowConn) Close() error {
+	s.once.Do(func() { close(s.closed) })
+	return s.Conn.Close()
 }
 
 func slicesWithout(env []string, key string) []string {
