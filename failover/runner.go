@@ -55,6 +55,10 @@ type Runner struct {
 	tlLoaded   bool
 	notStream  time.Time
 	noQuorum   time.Time
+	nudge      chan struct{}
+	armed      bool      // the last decision let this node take writes
+	pos        *Position // the position the renewer publishes
+	wdMu       sync.Mutex
 	wdLine     string
 	counts     Counts
 	lastErr    string
@@ -153,6 +157,8 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 		}
 	}()
+	r.nudge = make(chan struct{}, 1)
+	go r.renewLoop(ctx)
 	t := time.NewTicker(r.Interval)
 	defer t.Stop()
 	for {
@@ -171,6 +177,10 @@ func (r *Runner) Round(ctx context.Context) {
 	d := Decide(o)
 	r.mu.Lock()
 	r.obs, r.dec = o, d
+	r.pos = nil
+	if d.Holds && o.PG.Role == RolePrimary {
+		r.pos = &Position{Node: r.Node, Timeline: o.PG.Timeline, LSN: o.PG.LSN, At: o.Now}
+	}
 	r.mu.Unlock()
 	err := r.execute(ctx, o, d)
 	r.mu.Lock()
@@ -264,6 +274,60 @@ func (r *Runner) observe(ctx context.Context) Observation {
 	return o
 }
 
+// renewLoop keeps the lease alive beside the main loop, so nothing the
+// main loop waits on (a slow read, a slow PostgreSQL, a rejoin) delays a
+// renewal: every RenewEvery, again 100 ms after a failure, each call ending
+// at the fence point. After each renewal it publishes the position the
+// main loop last saw and moves the watchdog's deadline on (while the node
+// may take writes).
+func (r *Runner) renewLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		wait := r.Settings.RenewEvery / 4
+		r.mu.Lock()
+		held, pos := r.held, r.pos
+		r.mu.Unlock()
+		if held != nil && time.Since(held.Sent) >= r.Settings.RenewEvery {
+			rctx, cancel := r.bounded(ctx)
+			h, err := r.Store.KeepAlive(rctx, *held, time.Now)
+			cancel()
+			r.mu.Lock()
+			same := r.held != nil && r.held.ID == held.ID // not dropped by a fence meanwhile
+			if same && errors.Is(err, ErrLost) {
+				r.held = nil
+			} else if same && err == nil {
+				r.held = &h
+			}
+			if err != nil {
+				r.counts.RenewFailures++
+			} else {
+				r.counts.Renewals++
+			}
+			arm := r.armed && same && err == nil
+			r.mu.Unlock()
+			if err != nil {
+				r.logf("renew: %v", err)
+				wait = 100 * time.Millisecond
+			} else {
+				if arm {
+					r.arm(h.Sent.Add(r.Settings.TTL - r.Settings.WatchdogMargin))
+				}
+				if pos != nil && same {
+					rctx, cancel := r.bounded(ctx)
+					if err := r.Store.Publish(rctx, h, *pos); err != nil {
+						r.logf("publish: %v", err)
+					}
+					cancel()
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-r.nudge:
+		case <-time.After(wait):
+		}
+	}
+}
+
 // noteTimeline remembers the newest timeline this node was seen on (as a
 // primary, or streaming as a standby) and reports a standby's timeline as
 // at least that: its checkpoint's lags behind a switch until the next
@@ -350,22 +414,12 @@ func (r *Runner) step(ctx context.Context, o Observation, s Step) error {
 	}
 	switch s.Kind {
 	case StepRenew:
-		if held == nil {
-			return nil
+		// The renewer (renewLoop, beside this loop) renews and publishes;
+		// a renewal due now wakes it.
+		select {
+		case r.nudge <- struct{}{}:
+		default:
 		}
-		rctx, cancel := r.bounded(ctx)
-		h, err := r.Store.Renew(rctx, *held, s.Publish, time.Now)
-		cancel()
-		if errors.Is(err, ErrLost) {
-			setHeld(nil)
-		} else {
-			setHeld(&h) // a renewal that went through counts, even if publishing failed
-		}
-		if err != nil {
-			count(&r.counts.RenewFailures)
-			return err
-		}
-		count(&r.counts.Renewals)
 	case StepAcquire:
 		pos := Position{Node: r.Node, Timeline: o.PG.Timeline, LSN: o.PG.LSN, At: o.Now}
 		h, err := r.Store.Acquire(ctx, r.Node, basisRev, pos, time.Now)
@@ -461,20 +515,27 @@ func (r *Runner) step(ctx context.Context, o Observation, s Step) error {
 }
 
 // feedWatchdog arms the watchdog at the lease's earliest expiry less its
-// margin while this node may take writes, and disarms it otherwise.
+// margin while this node may take writes, and disarms it otherwise (after
+// each round; the renewer moves it on after each renewal).
 func (r *Runner) feedWatchdog(d Decision) {
-	if r.Watchdog == nil {
-		return
-	}
 	r.mu.Lock()
 	deadline := time.Time{}
 	if d.Holds && r.held != nil {
 		deadline = r.held.Sent.Add(r.Settings.TTL - r.Settings.WatchdogMargin)
 	}
+	r.armed = d.Holds
 	r.mu.Unlock()
-	now := time.Now()
-	line := WatchdogLine(deadline, now, Monotonic())
-	if line == r.wdLine && deadline.IsZero() {
+	r.arm(deadline)
+}
+
+func (r *Runner) arm(deadline time.Time) {
+	if r.Watchdog == nil {
+		return
+	}
+	r.wdMu.Lock()
+	defer r.wdMu.Unlock()
+	line := WatchdogLine(deadline, time.Now(), Monotonic())
+	if deadline.IsZero() && line == r.wdLine {
 		return
 	}
 	r.wdLine = line

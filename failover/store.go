@@ -133,6 +133,15 @@ func (st *Store) Acquire(ctx context.Context, node string, basisRev int64, pos P
 // carries the renewal's send time whenever the renewal went through, even
 // if the publication then failed.
 func (st *Store) Renew(ctx context.Context, h Held, pos *Position, now func() time.Time) (Held, error) {
+	h, err := st.KeepAlive(ctx, h, now)
+	if err != nil || pos == nil {
+		return h, err
+	}
+	return h, st.Publish(ctx, h, *pos)
+}
+
+// KeepAlive renews the lease once.
+func (st *Store) KeepAlive(ctx context.Context, h Held, now func() time.Time) (Held, error) {
 	kctx, cancel := context.WithTimeout(ctx, st.Timeout)
 	defer cancel()
 	sent := now()
@@ -143,20 +152,24 @@ func (st *Store) Renew(ctx context.Context, h Held, pos *Position, now func() ti
 		return h, fmt.Errorf("renewing the lease: %w", err)
 	}
 	h.Sent = sent
-	if pos != nil {
-		pctx, cancel := context.WithTimeout(ctx, st.Timeout)
-		defer cancel()
-		pj, _ := json.Marshal(pos)
-		r, err := st.C.Txn(pctx).If(clientv3.Compare(clientv3.LeaseValue(st.key("leader")), "=", h.ID)).
-			Then(clientv3.OpPut(st.key("position"), string(pj))).Commit()
-		if err != nil {
-			return h, fmt.Errorf("publishing the position: %w", err)
-		}
-		if !r.Succeeded {
-			return h, ErrLost
-		}
-	}
 	return h, nil
+}
+
+// Publish writes the holder's position, only while the leader key is
+// attached to its lease.
+func (st *Store) Publish(ctx context.Context, h Held, pos Position) error {
+	pctx, cancel := context.WithTimeout(ctx, st.Timeout)
+	defer cancel()
+	pj, _ := json.Marshal(pos)
+	r, err := st.C.Txn(pctx).If(clientv3.Compare(clientv3.LeaseValue(st.key("leader")), "=", h.ID)).
+		Then(clientv3.OpPut(st.key("position"), string(pj))).Commit()
+	if err != nil {
+		return fmt.Errorf("publishing the position: %w", err)
+	}
+	if !r.Succeeded {
+		return ErrLost
+	}
+	return nil
 }
 
 // Resign gives the lease up at once; with a target, records a planned
