@@ -38,30 +38,32 @@ type Runner struct {
 	// timeline this node was seen on); "" keeps it in memory only.
 	StateDir string
 
-	mu         sync.Mutex
-	held       *Held
-	state      State // last quorum read
-	stateOK    bool
-	obs        Observation
-	dec        Decision
-	downSince  time.Time
-	members    []MemberHealth
-	membersAt  time.Time
-	leaderMov  time.Time
-	lastStart  time.Time
-	lastRejoin time.Time
-	dropped    *Held // the lease a fence just dropped, for a resign after it
-	lastTL     pgops.Timeline
-	tlLoaded   bool
-	notStream  time.Time
-	noQuorum   time.Time
-	nudge      chan struct{}
-	armed      bool      // the last decision let this node take writes
-	pos        *Position // the position the renewer publishes
-	wdMu       sync.Mutex
-	wdLine     string
-	counts     Counts
-	lastErr    string
+	mu            sync.Mutex
+	held          *Held
+	state         State // last quorum read
+	stateOK       bool
+	obs           Observation
+	dec           Decision
+	downSince     time.Time
+	members       []MemberHealth
+	membersAt     time.Time
+	leaderMov     time.Time
+	lastStart     time.Time
+	lastRejoin    time.Time
+	dropped       *Held // the lease a fence just dropped, for a resign after it
+	lastTL        pgops.Timeline
+	tlLoaded      bool
+	notStream     time.Time
+	noQuorum      time.Time
+	nudge         chan struct{}
+	armed         bool      // the last decision let this node take writes
+	pos           *Position // the position the renewer publishes
+	wdMu          sync.Mutex
+	renewFailedAt time.Time
+	wdDeadline    time.Time
+	wdLine        string
+	counts        Counts
+	lastErr       string
 }
 
 // Counts are the runner's counters, for /metrics.
@@ -276,48 +278,37 @@ func (r *Runner) observe(ctx context.Context) Observation {
 
 // renewLoop keeps the lease alive beside the main loop, so nothing the
 // main loop waits on (a slow read, a slow PostgreSQL, a rejoin) delays a
-// renewal: every RenewEvery, again 100 ms after a failure, each call ending
-// at the fence point. After each renewal it publishes the position the
-// main loop last saw and moves the watchdog's deadline on (while the node
-// may take writes).
+// renewal. It sends one every RenewEvery (and 100 ms after a failure)
+// without waiting for the last to come back, each ending at the fence
+// point: on a slow or starved path, answers arrive late but keep arriving,
+// and the newest send time that etcd acknowledged is what counts. After
+// each renewal it moves the watchdog on (while the node may take writes)
+// and publishes the position the main loop last saw, neither in the way
+// of the next renewal.
 func (r *Runner) renewLoop(ctx context.Context) {
+	const maxInFlight = 8
+	inflight := make(chan struct{}, maxInFlight)
+	publishing := make(chan struct{}, 1)
+	var last time.Time // when the last renewal was sent
 	for ctx.Err() == nil {
 		wait := r.Settings.RenewEvery / 4
 		r.mu.Lock()
-		held, pos := r.held, r.pos
+		held := r.held
+		failedAt := r.renewFailedAt
 		r.mu.Unlock()
-		if held != nil && time.Since(held.Sent) >= r.Settings.RenewEvery {
-			rctx, cancel := r.bounded(ctx)
-			h, err := r.Store.KeepAlive(rctx, *held, time.Now)
-			cancel()
-			r.mu.Lock()
-			same := r.held != nil && r.held.ID == held.ID // not dropped by a fence meanwhile
-			if same && errors.Is(err, ErrLost) {
-				r.held = nil
-			} else if same && err == nil {
-				r.held = &h
-			}
-			if err != nil {
-				r.counts.RenewFailures++
-			} else {
-				r.counts.Renewals++
-			}
-			arm := r.armed && same && err == nil
-			r.mu.Unlock()
-			if err != nil {
-				r.logf("renew: %v", err)
-				wait = 100 * time.Millisecond
-			} else {
-				if arm {
-					r.arm(h.Sent.Add(r.Settings.TTL - r.Settings.WatchdogMargin))
-				}
-				if pos != nil && same {
-					rctx, cancel := r.bounded(ctx)
-					if err := r.Store.Publish(rctx, h, *pos); err != nil {
-						r.logf("publish: %v", err)
-					}
-					cancel()
-				}
+		due := held != nil && time.Since(last) >= r.Settings.RenewEvery
+		if held != nil && !failedAt.IsZero() && failedAt.After(last) && time.Since(last) >= 100*time.Millisecond {
+			due = true // the last one failed: again now
+		}
+		if due {
+			select {
+			case inflight <- struct{}{}:
+				last = time.Now()
+				go func(held Held) {
+					defer func() { <-inflight }()
+					r.renewOnce(ctx, held, publishing)
+				}(*held)
+			default: // too many unanswered: wait for one
 			}
 		}
 		select {
@@ -325,6 +316,53 @@ func (r *Runner) renewLoop(ctx context.Context) {
 		case <-r.nudge:
 		case <-time.After(wait):
 		}
+	}
+}
+
+func (r *Runner) renewOnce(ctx context.Context, held Held, publishing chan struct{}) {
+	rctx, cancel := r.bounded(ctx)
+	h, err := r.Store.KeepAlive(rctx, held, time.Now)
+	cancel()
+	r.mu.Lock()
+	same := r.held != nil && r.held.ID == held.ID // not dropped by a fence meanwhile
+	switch {
+	case same && errors.Is(err, ErrLost):
+		r.held = nil
+	case same && err == nil && h.Sent.After(r.held.Sent):
+		r.held = &h
+	}
+	if err != nil {
+		r.counts.RenewFailures++
+		r.renewFailedAt = time.Now()
+	} else {
+		r.counts.Renewals++
+	}
+	arm := r.armed && same && err == nil
+	deadline := time.Time{}
+	if r.held != nil {
+		deadline = r.held.Sent.Add(r.Settings.TTL - r.Settings.WatchdogMargin)
+	}
+	pos := r.pos
+	r.mu.Unlock()
+	if err != nil {
+		r.logf("renew: %v", err)
+		return
+	}
+	if arm && !deadline.IsZero() {
+		r.arm(deadline)
+	}
+	if pos == nil || !same {
+		return
+	}
+	select {
+	case publishing <- struct{}{}:
+		defer func() { <-publishing }()
+		pctx, cancel := r.bounded(ctx)
+		defer cancel()
+		if err := r.Store.Publish(pctx, h, *pos); err != nil {
+			r.logf("publish: %v", err)
+		}
+	default: // one publication at a time; the next renewal publishes again
 	}
 }
 
@@ -534,6 +572,10 @@ func (r *Runner) arm(deadline time.Time) {
 	}
 	r.wdMu.Lock()
 	defer r.wdMu.Unlock()
+	if !deadline.IsZero() && deadline.Before(r.wdDeadline) {
+		return // an older renewal's answer, arriving after a newer one's
+	}
+	r.wdDeadline = deadline
 	line := WatchdogLine(deadline, time.Now(), Monotonic())
 	if deadline.IsZero() && line == r.wdLine {
 		return
