@@ -217,7 +217,9 @@ func Tool(t testing.TB, l *lab.Lab, node, program string, args ...string) string
 func Writable(l *lab.Lab) []string {
 	var w []string
 	for _, n := range l.Cluster.Nodes {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		// A node that answers slowly (a loaded 2-core machine running
+		// several test packages at once) must not read as not writable.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		c, err := l.Conn(ctx, n.Name)
 		if err == nil {
 			var rec bool
