@@ -352,6 +352,11 @@ func (x *switchover) promote(ctx context.Context, to, old string) error {
 // agent that is down or behind is not waited on longer: it resumes from
 // s.Upstream's slot, or reports the gap itself and takes a new base backup.
 func moveBackupSlot(ctx context.Context, t Target, s Step, o RoleOptions) error {
+	// A standby can stream before it accepts connections (a rewound node
+	// replays to consistency first).
+	if _, err := WaitReady(ctx, t.Control, s.Upstream, o.Timeout); err != nil {
+		return fmt.Errorf("moving the backup slot to %s: %w", s.Upstream, err)
+	}
 	hc, err := t.Control.Conn(ctx, s.Upstream)
 	if err != nil {
 		return fmt.Errorf("connecting to %s to move the backup slot there: %w", s.Upstream, err)
