@@ -15,7 +15,7 @@ func TestHelpExitsZero(t *testing.T) {
 		lines = append(lines, []string{c.Name(), "-h"})
 	}
 	lines = append(lines, []string{"restore", "drill", "-h"}, []string{"restore", "drill", "--help"}, []string{"lab", "up", "-h"},
-		[]string{"lab", "down", "-h"}, []string{"backup", "agent", "-h"}, []string{"restore", "--here", "-h"}, []string{"promote", "db", "-h"})
+		[]string{"lab", "down", "-h"}, []string{"backup", "agent", "-h"}, []string{"restore", "--here", "-h"}, []string{"promote", "db", "-h"}, []string{"failover", "watchdog", "-h"})
 	for _, args := range lines {
 		if out, code := runCLI(t, args...); code != 0 {
 			t.Errorf("understudy %s: exit %d, want 0\n%s", strings.Join(args, " "), code, out)

@@ -29,6 +29,9 @@ func (c *failoverCommand) Run(ctx context.Context, args []string) error {
 		return errors.New(failoverUsage)
 	}
 	switch args[0] {
+	case "-h", "-help", "--help":
+		fmt.Fprintln(c.out, failoverUsage)
+		return nil
 	case "secret":
 		if len(args) != 1 {
 			return errors.New(failoverUsage)
