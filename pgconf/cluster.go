@@ -9,7 +9,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -18,6 +20,21 @@ type Node struct {
 	Name string `json:"name"` // accessory (or lab node) name; also its application_name
 	Addr string `json:"addr"` // IP address peers use to reach it
 	Port int    `json:"port"` // port peers use to reach it
+	// AgentPort is the node agent's HTTP port on Addr (0: DefaultAgentPort).
+	AgentPort int `json:"agent_port,omitempty"`
+}
+
+// DefaultAgentPort is the node agent's port: Patroni's REST port, which
+// HAProxy users know.
+const DefaultAgentPort = 8008
+
+// Agent is where the node's agent listens (host:port).
+func (n Node) Agent() string {
+	p := n.AgentPort
+	if p == 0 {
+		p = DefaultAgentPort
+	}
+	return net.JoinHostPort(n.Addr, strconv.Itoa(p))
 }
 
 // Slot is the physical replication slot that holds WAL for this node while
@@ -39,7 +56,10 @@ type Cluster struct {
 	InitialPrimary string `json:"initial_primary"` // the node that may initialise a brand-new cluster
 	Major          int    `json:"major"`           // PostgreSQL major version, 13..18
 	ReplUser       string `json:"replication_user"`
-	WALCap         string `json:"wal_cap"` // max_slot_wal_keep_size, e.g. "10GB"
+	// MonitorUser is the node agents' login (a member of pg_monitor); ""
+	// for a setup made before the agents existed.
+	MonitorUser string `json:"monitor_user,omitempty"`
+	WALCap      string `json:"wal_cap"` // max_slot_wal_keep_size, e.g. "10GB"
 
 	// Paths as the server sees them.
 	DataDir  string `json:"data_dir,omitempty"`  // PGDATA ("" for the image's)
@@ -54,8 +74,13 @@ type Cluster struct {
 
 // Defaults shared by init and the lab.
 const (
-	DefaultReplUser  = "replicator" // the replication role
-	DefaultLabWALCap = "1GB"        // a lab's slot cap (init's default is setup.DefaultWALCap)
+	DefaultReplUser = "replicator" // the replication role
+	// DefaultMonitorUser is the node agents' login (pg_monitor).
+	DefaultMonitorUser = "understudy_monitor"
+	// MonitorSecret is the monitoring login's password, a secret like
+	// REPLICATION_PASSWORD.
+	MonitorSecret    = "MONITOR_PASSWORD"
+	DefaultLabWALCap = "1GB" // a lab's slot cap (init's default is setup.DefaultWALCap)
 	// MountPoint is where an accessory's container has understudy's files
 	// (and where a container-paths lab mounts them).
 	MountPoint = "/understudy"
@@ -131,6 +156,9 @@ func (c Cluster) Validate() error {
 	}
 	if !nameRE.MatchString(c.ReplUser) {
 		return fmt.Errorf("replication user %q: use letters, digits, - and _ only", c.ReplUser)
+	}
+	if c.MonitorUser != "" && (!nameRE.MatchString(c.MonitorUser) || c.MonitorUser == c.ReplUser) {
+		return fmt.Errorf("monitoring user %q: use letters, digits, - and _ only, and a name other than the replication user's", c.MonitorUser)
 	}
 	return nil
 }

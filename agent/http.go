@@ -1,0 +1,130 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// Status is /status: the agent's last observation, what it makes of it,
+// and what it sees of its peers. It carries no secret.
+type Status struct {
+	View    NodeView            `json:"view"`
+	Checks  map[string]CheckOut `json:"checks"`
+	Lease   LeaseState          `json:"lease"`
+	Peers   []PeerView          `json:"peers"`
+	Details Details             `json:"details"`
+}
+
+// CheckOut is one check's verdict in a body.
+type CheckOut struct {
+	OK     bool   `json:"ok"`
+	Reason string `json:"reason"`
+}
+
+// checkBody is the body of /primary, /replica and /health.
+type checkBody struct {
+	Check  string `json:"check"`
+	OK     bool   `json:"ok"`
+	Reason string `json:"reason"`
+	RoleAnswer
+}
+
+// Handler serves the agent's endpoints. Every check is answered from the
+// last observation; `?fresh` (the switchover's drain and announce steps)
+// first waits, up to the deadline, for an observation that began after
+// the request arrived.
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	check := func(name string, pick func(RoleAnswer, *http.Request) (Verdict, error)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if !readOnly(w, r) {
+				return
+			}
+			if r.URL.Query().Has("fresh") {
+				a.fresh(r.Context())
+			}
+			a.mu.Lock()
+			a.counts.Checks++
+			a.mu.Unlock()
+			ans := a.Answer()
+			v, err := pick(ans, r)
+			if err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+				return
+			}
+			code := http.StatusServiceUnavailable
+			if v.OK {
+				code = http.StatusOK
+			}
+			writeJSON(w, code, checkBody{Check: name, OK: v.OK, Reason: v.Reason, RoleAnswer: ans})
+		}
+	}
+	mux.HandleFunc("/primary", check("primary", func(a RoleAnswer, _ *http.Request) (Verdict, error) { return a.Primary, nil }))
+	mux.HandleFunc("/health", check("health", func(a RoleAnswer, _ *http.Request) (Verdict, error) { return a.Health, nil }))
+	mux.HandleFunc("/replica", check("replica", func(a RoleAnswer, r *http.Request) (Verdict, error) {
+		q := r.URL.Query()
+		if len(q["lag"]) > 1 {
+			return Verdict{}, fmt.Errorf("lag= is given %d times: give it once", len(q["lag"]))
+		}
+		var lim *LagLimit
+		if q.Has("lag") {
+			var err error
+			if lim, err = ParseLagLimit(q.Get("lag")); err != nil {
+				return Verdict{}, err
+			}
+		}
+		return ReplicaWithin(a, lim), nil
+	}))
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		if !readOnly(w, r) {
+			return
+		}
+		if r.URL.Query().Has("fresh") {
+			a.fresh(r.Context())
+		}
+		writeJSON(w, http.StatusOK, a.Status())
+	})
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		if !readOnly(w, r) {
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+		w.Write([]byte(a.Metrics(time.Now())))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("no such endpoint %q: the agent serves GET /primary, /replica[?lag=16MB|10s], /health, /status and /metrics", r.URL.Path)})
+	})
+	return mux
+}
+
+// readOnly refuses every method but GET and HEAD.
+func readOnly(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return true
+	}
+	w.Header().Set("Allow", "GET, HEAD")
+	writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": r.Method + " is not served: the agent's endpoints are read-only (GET, HEAD)"})
+	return false
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	w.Write(append(b, '\n'))
+}
+
+// Status is the agent's /status now.
+func (a *Agent) Status() Status {
+	v, peers, d, _ := a.snapshot()
+	ans := Answer(v, peers, a.lease(), time.Now())
+	return Status{View: v, Lease: a.lease(), Peers: peers, Details: d, Checks: map[string]CheckOut{
+		"primary": {ans.Primary.OK, ans.Primary.Reason},
+		"replica": {ans.Replica.OK, ans.Replica.Reason},
+		"health":  {ans.Health.OK, ans.Health.Reason},
+	}}
+}
