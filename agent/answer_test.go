@@ -19,7 +19,9 @@ func standbyView(tl pgops.Timeline) NodeView {
 		ReceiveLSN: 0x3000060, ReplayLSN: 0x3000000, Receiver: "streaming", Sender: "10.0.1.2:5432", ValidFor: 2100 * time.Millisecond}
 }
 
-func peer(v NodeView, fetched time.Time) PeerView { return PeerView{Node: v.Node, Fetched: fetched, View: &v} }
+func peer(v NodeView, fetched time.Time) PeerView {
+	return PeerView{Node: v.Node, Fetched: fetched, View: &v}
+}
 
 // TestAnswerPrimary is every rule of /primary, case by case. "Never two
 // 200s" rests on the cases where a peer is a primary too.

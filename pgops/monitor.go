@@ -149,7 +149,7 @@ func TimelineStarted(ctx context.Context, c *pgx.Conn, tl Timeline) (time.Time, 
 // MonitorRoleState says whether the monitoring role is as understudy wants it.
 type MonitorRoleState struct {
 	Exists, Login, PasswordMatches, Member, Functions bool
-	Superuser                                        bool // it must not be
+	Superuser                                         bool // it must not be
 }
 
 // OK reports whether nothing needs changing.
