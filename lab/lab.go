@@ -72,6 +72,11 @@ type Config struct {
 	ContainerPaths bool
 	Password       string // the replication password
 	WALCap         string // max_slot_wal_keep_size; default 1GB
+	// Agents gives the nodes agents (a monitoring login with this
+	// password, a port each); Router also a router (loopback labs only).
+	Agents          bool
+	MonitorPassword string
+	Router          bool
 }
 
 // state is lab.json: enough to reopen the lab from another process.
@@ -83,6 +88,7 @@ type state struct {
 	ContainerPaths bool       `json:"container_paths,omitempty"`
 	MadeMountPoint bool       `json:"made_mount_point,omitempty"`
 	Backup         *LabBackup `json:"backup,omitempty"`
+	Router         *LabRouter `json:"router,omitempty"`
 }
 
 // Lab is a set of local nodes under one directory.
@@ -203,6 +209,14 @@ func Create(ctx context.Context, dir string, cfg Config) (*Lab, error) {
 	if err := l.Cluster.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.Router && !cfg.Agents {
+		return nil, errors.New("a lab's router needs the node agents")
+	}
+	if cfg.Router {
+		if err := l.enableRouter(); err != nil {
+			return nil, err
+		}
+	}
 	for _, d := range []string{"", "conf", "run", "sock", "data"} {
 		p := filepath.Join(dir, d)
 		if err := os.MkdirAll(p, 0o755); err != nil {
@@ -213,6 +227,11 @@ func Create(ctx context.Context, dir string, cfg Config) (*Lab, error) {
 	os.Chmod(filepath.Join(dir, "run"), 0o700)
 	if err := atomicfile.Write(filepath.Join(dir, secretFile), []byte(cfg.Password), 0o600); err != nil {
 		return nil, fmt.Errorf("storing the lab's replication password: %w", err)
+	}
+	if cfg.Agents {
+		if err := l.enableAgents(cfg.MonitorPassword); err != nil {
+			return nil, err
+		}
 	}
 	if err := l.writeFiles(); err != nil {
 		return nil, err
@@ -327,7 +346,7 @@ func (l *Lab) Password() string { return l.password }
 
 // Target is the lab as apply, status, check and verify use it.
 func (l *Lab) Target() live.Target {
-	t := live.Target{Cluster: l.Cluster, Control: l, Password: l.password, Images: map[string]live.NodeImage{}}
+	t := live.Target{Cluster: l.Cluster, Control: l, Password: l.password, MonitorPassword: l.monitorPassword(), Images: map[string]live.NodeImage{}}
 	for _, n := range l.Cluster.Nodes {
 		t.Images[n.Name] = live.NodeImage{Ref: l.Bin, Major: l.BinMajor, Programs: true}
 	}
@@ -633,7 +652,11 @@ func (l *Lab) Conn(ctx context.Context, node string) (*pgx.Conn, error) {
 // then its directory, if the lab made that directory's contents.
 func (l *Lab) Down(ctx context.Context) error {
 	var errs []error
-	for _, svc := range []string{"agent", "storage"} {
+	svcs := []string{"router"}
+	for _, n := range l.Cluster.Nodes {
+		svcs = append(svcs, agentService(n.Name))
+	}
+	for _, svc := range append(svcs, "agent", "storage") {
 		if err := l.stopService(svc); err != nil {
 			errs = append(errs, err)
 		}

@@ -198,6 +198,8 @@ func (a *applier) step(ctx context.Context, s Step) error {
 		}
 		a.did("%s replication role %s from a SCRAM verifier computed here (the password never reached the server)", verb, a.t.Cluster.ReplUser)
 		return nil
+	case StepEnsureMonitor:
+		return a.ensureMonitor(ctx, s.Node)
 	case StepRewindGrants:
 		pc, err := a.primary(ctx, s.Node)
 		if err != nil {
@@ -240,6 +242,31 @@ func (a *applier) step(ctx context.Context, s Step) error {
 		return a.standby(ctx, n)
 	}
 	return fmt.Errorf("internal error: apply has no step %q", s.Kind)
+}
+
+// ensureMonitor makes the node agents' login as the plan has it.
+func (a *applier) ensureMonitor(ctx context.Context, node string) error {
+	role := a.t.Cluster.MonitorUser
+	if a.t.MonitorPassword == "" {
+		return fmt.Errorf("the node agents' login %s has no password here: add %s to .kamal/secrets (a reference, as for REPLICATION_PASSWORD; `understudy password` makes one)", role, pgconf.MonitorSecret)
+	}
+	pc, err := a.primary(ctx, node)
+	if err != nil {
+		return err
+	}
+	m, err := pgops.ReadMonitorRole(ctx, pc, role, a.t.MonitorPassword)
+	if err != nil || m.OK() {
+		return err
+	}
+	if err := pgops.EnsureMonitorRole(ctx, pc, role, a.t.MonitorPassword); err != nil {
+		return err
+	}
+	verb := "created"
+	if m.Exists {
+		verb = "updated"
+	}
+	a.did("%s the node agents' login %s (pg_monitor, no superuser) from a SCRAM verifier computed here", verb, role)
+	return nil
 }
 
 // conn opens a connection to any node; done closes it unless it is the

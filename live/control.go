@@ -105,6 +105,9 @@ type Target struct {
 	Cluster  pgconf.Cluster
 	Control  Control
 	Password string // the replication role's password
+	// MonitorPassword is the node agents' login's password (the role is
+	// Cluster.MonitorUser); "" when the setup has no agents.
+	MonitorPassword string
 	Backup   *BackupAccess
 	// BackupAgent runs the backup accessory (Kamal); nil on the lab, whose
 	// agent `lab up --backup` starts.

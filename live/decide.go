@@ -29,6 +29,7 @@ const (
 	StepAwaitStandby  StepKind = "await-standby"  // it runs but does not stream yet: wait
 	StepCheckPrimHBA  StepKind = "check-hba"      // after a start: the primary's pg_hba lets every standby in (a guard: read once it runs)
 	StepCheckSettings StepKind = "check-settings" // after a fresh start: the new primary's settings, read now, reloaded if needed (a guard: they could not be read before)
+	StepEnsureMonitor StepKind = "ensure-monitor" // the node agents' login (pg_monitor), from a SCRAM verifier
 )
 
 // Step is one thing apply does: the kind, the node, what it changes and
@@ -68,6 +69,7 @@ type ApplyFacts struct {
 	Nodes  map[string]NodeReading // reachable nodes only
 	// On the primary, when one answers:
 	Role          *pgops.RoleState
+	Monitor       *pgops.MonitorRoleState // the agents' login, when the setup has one
 	GrantsMissing bool
 	HBA           []pgops.HBARule
 	DBBytes       int64
@@ -99,6 +101,12 @@ func ReadApplyFacts(ctx context.Context, t Target, st *Status) (*ApplyFacts, err
 				if err == nil {
 					if f.HBA, err = pgops.ReadHBARules(ctx, c); err == nil {
 						f.DBBytes, err = pgops.DatabaseBytes(ctx, c)
+					}
+				}
+				if err == nil && t.Cluster.MonitorUser != "" && t.MonitorPassword != "" {
+					var m pgops.MonitorRoleState
+					if m, err = pgops.ReadMonitorRole(ctx, c, t.Cluster.MonitorUser, t.MonitorPassword); err == nil {
+						f.Monitor = &m
 					}
 				}
 			}
@@ -226,6 +234,9 @@ func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
 	}
 	if fresh || f.GrantsMissing {
 		add(Step{Kind: StepRewindGrants, Node: prim, Action: "let " + c.ReplUser + " read the files pg_rewind needs", Effect: "none"})
+	}
+	if c.MonitorUser != "" && (fresh || f.Monitor == nil || !f.Monitor.OK()) {
+		add(Step{Kind: StepEnsureMonitor, Node: prim, Action: "create or update the node agents' login " + c.MonitorUser + " (pg_monitor, no superuser) from a SCRAM verifier computed here", Effect: "none"})
 	}
 	primRestarts := false
 	for _, r := range restarts {

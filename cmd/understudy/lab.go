@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/understudy-dev/understudy/agent"
 	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/lab"
@@ -26,7 +27,7 @@ func (*labCommand) Summary() string {
 }
 
 func (c *labCommand) Run(ctx context.Context, args []string) error {
-	const usage = "usage: understudy lab up [--dir DIR] [--nodes db,db-replica] [--netns] [--bare] [--backup] | understudy lab down [--dir DIR]"
+	const usage = "usage: understudy lab up [--dir DIR] [--nodes db,db-replica] [--netns] [--bare] [--backup] [--no-router] | understudy lab down [--dir DIR]"
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
 		fmt.Fprintln(c.out, usage)
 		return nil
@@ -55,6 +56,7 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 	bare := fs.Bool("bare", false, "only create the lab's files; start nothing (then: understudy apply --lab DIR)")
 	walCap := fs.String("wal-cap", pgconf.DefaultLabWALCap, "max_slot_wal_keep_size for the lab")
 	withBackup := fs.Bool("backup", false, "also run local S3-compatible storage (versitygw) and the backup agent, and take a first base backup")
+	noRouter := fs.Bool("no-router", false, "no router (HAProxy on 127.0.0.1 in front of the nodes); a --netns lab never has one")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -70,7 +72,8 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := lab.Create(ctx, *dir, lab.Config{Names: names, Ports: ports, NetNS: *netns, Password: newPassword(32), WALCap: *walCap})
+	l, err := lab.Create(ctx, *dir, lab.Config{Names: names, Ports: ports, NetNS: *netns, Password: newPassword(32), WALCap: *walCap,
+		Agents: true, MonitorPassword: newPassword(32), Router: !*noRouter && !*netns})
 	if err != nil {
 		return err
 	}
@@ -83,12 +86,64 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 	if _, err := live.Apply(ctx, l.Target(), live.ApplyOptions{Yes: true, Out: c.out, Timeout: 10 * time.Minute}); err != nil {
 		return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
 	}
+	if err := labRoutingUp(ctx, c.out, l, false); err != nil {
+		return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
+	}
 	if *withBackup {
 		if err := labBackupUp(ctx, c.out, l, false); err != nil {
 			return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
 		}
 	}
 	fmt.Fprintf(c.out, "lab up in %.1f s. Try: understudy status --lab %s; understudy lab down --dir %s\n", time.Since(start).Seconds(), l.Dir, l.Dir)
+	return nil
+}
+
+// labRoutingUp starts a running lab's node agents (background processes
+// of this executable, or goroutines of this process when inProcess: the
+// demo, whose agents end with ctx) and its router.
+func labRoutingUp(ctx context.Context, out io.Writer, l *lab.Lab, inProcess bool) error {
+	if !l.HasAgents() {
+		return nil
+	}
+	if inProcess {
+		for _, n := range l.Cluster.Nodes {
+			logf, err := os.OpenFile(l.ServiceLog("agent-"+n.Name), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+			if err != nil {
+				return err
+			}
+			cfg, err := l.NodeAgentConfig(n.Name, logf)
+			if err != nil {
+				return err
+			}
+			ln, err := agent.Listen(n.Agent())
+			if err != nil {
+				return err
+			}
+			go func() { agent.New(cfg).Run(ctx, ln); logf.Close() }()
+		}
+	} else {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		if err := l.StartNodeAgents(ctx, exe); err != nil {
+			return err
+		}
+	}
+	var where []string
+	for _, n := range l.Cluster.Nodes {
+		where = append(where, n.Name+" "+l.AgentURL(n.Name))
+	}
+	fmt.Fprintf(out, "  ✓ node agents: %s (GET /primary, /replica, /health, /status, /metrics)\n", strings.Join(where, ", "))
+	r := l.Router()
+	if r == nil {
+		return nil
+	}
+	if err := l.StartRouter(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  ✓ router (HAProxy) on 127.0.0.1: writes on port %d, reads on %d, metrics at http://127.0.0.1:%d/metrics\n", r.Port, r.ROPort, r.StatsPort)
+	fmt.Fprintf(out, "    an app connects to one host: postgres://USER:PASSWORD@127.0.0.1:%d/DB?target_session_attrs=read-write\n", r.Port)
 	return nil
 }
 

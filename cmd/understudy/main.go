@@ -47,6 +47,7 @@ func commands(stdout, stderr io.Writer) []command {
 		&checkCommand{out: stdout},
 		&verifyCommand{out: stdout},
 		&backupCommand{out: stdout},
+		&agentCommand{out: stdout},
 		&backupsCommand{out: stdout},
 		&restoreCommand{out: stdout},
 	}, append(roleCommands(stdout), &demoCommand{out: stdout})...)
