@@ -108,7 +108,7 @@ type Target struct {
 	// MonitorPassword is the node agents' login's password (the role is
 	// Cluster.MonitorUser); "" when the setup has no agents.
 	MonitorPassword string
-	Backup   *BackupAccess
+	Backup          *BackupAccess
 	// BackupAgent runs the backup accessory (Kamal); nil on the lab, whose
 	// agent `lab up --backup` starts.
 	BackupAgent BackupAgentDeployer
