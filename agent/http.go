@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -111,11 +112,15 @@ func readOnly(w http.ResponseWriter, r *http.Request) bool {
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
-	b, _ := json.MarshalIndent(v, "", "  ")
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // reasons say "2 > 1"; the body is never HTML
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
-	w.Write(append(b, '\n'))
+	w.Write(b.Bytes())
 }
 
 // Status is the agent's /status now.

@@ -32,6 +32,9 @@ type Options struct {
 	// `go install` the first time) and a backup key; the agent is started
 	// by Agent.
 	Backup bool
+	// Agents gives the nodes agents (started by NodeAgents), Router also a
+	// router (started by Router).
+	Agents, Router bool
 }
 
 // New creates a lab (nothing running) in a fresh temporary directory.
@@ -68,7 +71,8 @@ func New(t testing.TB, o Options) *lab.Lab {
 	}
 	ctx := context.Background()
 	l, err := lab.Create(ctx, filepath.Join(root, "lab"), lab.Config{Names: o.Names, Ports: ports, NetNS: o.NetNS,
-		Password: o.Password, WALCap: o.WALCap, ContainerPaths: o.ContainerPaths})
+		Password: o.Password, WALCap: o.WALCap, ContainerPaths: o.ContainerPaths,
+		Agents: o.Agents || o.Router, MonitorPassword: "lab-test-monitor-password", Router: o.Router})
 	if err != nil {
 		os.RemoveAll(root)
 		t.Fatal(err)
@@ -79,7 +83,7 @@ func New(t testing.TB, o Options) *lab.Lab {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, n := range append(o.Names, "agent", "storage") {
+			for _, n := range append(o.Names, "agent", "storage", "router") {
 				b, _ := os.ReadFile(l.LogFile(n))
 				t.Logf("--- %s log (last 3000 bytes):\n%s", n, tail(string(b), 3000))
 			}
