@@ -14,6 +14,7 @@ import (
 	"github.com/understudy-dev/understudy/backup"
 	"github.com/understudy-dev/understudy/examples"
 	"github.com/understudy-dev/understudy/internal/netutil"
+	"github.com/understudy-dev/understudy/internal/pgxwriter"
 	"github.com/understudy-dev/understudy/kamal"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
@@ -82,7 +83,9 @@ func (c *demoCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := lab.Create(ctx, filepath.Join(tmp, "lab"), lab.Config{Names: []string{p.Primary, p.Standby}, Ports: ports, Password: newPassword(32)})
+	_, noRouter := lab.FindHAProxy()
+	l, err := lab.Create(ctx, filepath.Join(tmp, "lab"), lab.Config{Names: []string{p.Primary, p.Standby}, Ports: ports, Password: newPassword(32),
+		Agents: true, MonitorPassword: newPassword(32), Router: noRouter == nil})
 	if err != nil {
 		return err
 	}
@@ -128,8 +131,13 @@ func (c *demoCommand) Run(ctx context.Context, args []string) error {
 	if len(fs) > 0 {
 		fmt.Fprint(c.out, indent(live.FindingsText(fs), "   "))
 	}
+	if noRouter != nil {
+		say("\n8. router: skipped (%v)", noRouter)
+	} else if err := demoRouter(ctx, c.out, l, p.Primary, p.Standby, say); err != nil {
+		return err
+	}
 	if storageErr != nil {
-		say("\n8. backups: skipped (no S3 server here; see the note at the start)")
+		say("\n9. backups: skipped (no S3 server here; see the note at the start)")
 	} else if err := demoBackups(ctx, c.out, l, p.Primary, *keep, say); err != nil {
 		return err
 	}
@@ -172,12 +180,75 @@ func (iw indentWriter) Write(p []byte) (int, error) {
 	return len(p), err
 }
 
+// demoRouter: the node agents and the router, and an app writer that
+// knows one host (the router's) kept writing across a switchover and back.
+func demoRouter(ctx context.Context, out io.Writer, l *lab.Lab, primary, standby string, say func(string, ...any)) error {
+	say("\n8. router: a node agent per server, HAProxy in front, and an app that knows one host")
+	if err := labRoutingUp(ctx, indentWriter{out, " "}, l, true); err != nil {
+		return err
+	}
+	c, err := l.Conn(ctx, primary)
+	if err != nil {
+		return err
+	}
+	_, err = c.Exec(ctx, "CREATE ROLE app LOGIN PASSWORD 'app-demo-secret'; "+pgxwriter.CreateSQL+"; GRANT ALL ON "+pgxwriter.Table+" TO app")
+	c.Close(context.WithoutCancel(ctx))
+	if err != nil {
+		return err
+	}
+	conn := fmt.Sprintf("host=127.0.0.1 port=%d user=app password=app-demo-secret dbname=postgres target_session_attrs=read-write connect_timeout=2", l.Router().Port)
+	w := pgxwriter.Start(ctx, "app", conn, 50*time.Millisecond, 5*time.Second)
+	defer w.Stop()
+	waitAck := func(since time.Time) (pgxwriter.Attempt, error) {
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if a, ok := pgxwriter.FirstAckAfter(w.Log(), since); ok {
+				return a, nil
+			}
+		}
+		return pgxwriter.Attempt{}, fmt.Errorf("the app writer wrote nothing through the router for 30 s")
+	}
+	first, err := waitAck(time.Time{})
+	if err != nil {
+		return err
+	}
+	say("   the app writes a row every 50 ms to 127.0.0.1:%d; the first went to %s", l.Router().Port, nodeAt(l, first.Node))
+	for _, to := range []string{standby, primary} {
+		from := time.Now()
+		if _, err := live.Switchover(ctx, l.Target(), to, live.RoleOptions{}); err != nil {
+			return err
+		}
+		a, err := waitAck(time.Now())
+		if err != nil {
+			return err
+		}
+		say("   understudy switchover %s: the app's writes paused %d ms, then went to %s; no restart, no new address", to, pgxwriter.LongestPause(w.Log(), from, time.Now()).Milliseconds(), nodeAt(l, a.Node))
+	}
+	w.Stop()
+	n, _ := l.Cluster.Node(primary)
+	lost, err := pgxwriter.Lost(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", filepath.Join(l.Dir, "sock", primary), n.Port), w.Log())
+	if err != nil {
+		return err
+	}
+	say("   ✓ %d rows acknowledged through the router, %d missing from %s", len(pgxwriter.Acked(w.Log())), len(lost), primary)
+	return nil
+}
+
+// nodeAt names the node behind an address:port the writers record.
+func nodeAt(l *lab.Lab, addr string) string {
+	for _, n := range l.Cluster.Nodes {
+		if fmt.Sprintf("%s:%d", n.Addr, n.Port) == addr {
+			return n.Name
+		}
+	}
+	return addr
+}
+
 // demoBackups: continuous backups from the standby, a bad migration, and
 // a point-in-time restore to the second before it.
 // With keep, the agent runs as the lab's background service, as `lab up
 // --backup` runs it, so it goes on with the lab; otherwise in this process.
 func demoBackups(ctx context.Context, out io.Writer, l *lab.Lab, primary string, keep bool, say func(string, ...any)) error {
-	say("\n8. backups: WAL streamed from the standby to S3-compatible storage, and a point-in-time restore")
+	say("\n9. backups: WAL streamed from the standby to S3-compatible storage, and a point-in-time restore")
 	agentCtx, stopAgent := context.WithCancel(ctx)
 	defer stopAgent()
 	if err := labBackupUp(agentCtx, indentWriter{out, " "}, l, !keep); err != nil {

@@ -26,7 +26,8 @@ func TestDemoRunsAndCleansUp(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo exit %d:\n%s", code, out)
 	}
-	for _, w := range []string{"running init again would change 0", "is streaming", "was readable on db-replica", "apply again: 0 changes", "read-only transaction", "db-replica streaming", "the copy has all 5000 orders"} {
+	for _, w := range []string{"running init again would change 0", "is streaming", "was readable on db-replica", "apply again: 0 changes", "read-only transaction", "db-replica streaming", "the copy has all 5000 orders",
+		"understudy switchover db-replica: the app's writes paused", "then went to db-replica", "then went to db;", "missing from db"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("demo output lacks %q:\n%s", w, out)
 		}
