@@ -142,9 +142,10 @@ func TestBackupSecretsFollowThePasswordsStore(t *testing.T) {
 			got = c.New
 		}
 	}
-	want := "SECRETS=$(kamal secrets fetch --adapter bitwarden --account a POSTGRES_PASSWORD REPLICATION_PASSWORD BACKUP_S3_ACCESS_KEY_ID BACKUP_S3_SECRET_ACCESS_KEY BACKUP_ENCRYPTION_KEY)\n" +
+	want := "SECRETS=$(kamal secrets fetch --adapter bitwarden --account a POSTGRES_PASSWORD REPLICATION_PASSWORD MONITOR_PASSWORD BACKUP_S3_ACCESS_KEY_ID BACKUP_S3_SECRET_ACCESS_KEY BACKUP_ENCRYPTION_KEY)\n" +
 		"POSTGRES_PASSWORD=$(kamal secrets extract POSTGRES_PASSWORD $SECRETS)\n" +
 		"REPLICATION_PASSWORD=$(kamal secrets extract REPLICATION_PASSWORD $SECRETS)\n" +
+		"MONITOR_PASSWORD=$(kamal secrets extract MONITOR_PASSWORD $SECRETS)\n" +
 		"BACKUP_S3_ACCESS_KEY_ID=$(kamal secrets extract BACKUP_S3_ACCESS_KEY_ID $SECRETS)\n" +
 		"BACKUP_S3_SECRET_ACCESS_KEY=$(kamal secrets extract BACKUP_S3_SECRET_ACCESS_KEY $SECRETS)\n" +
 		"BACKUP_ENCRYPTION_KEY=$(kamal secrets extract BACKUP_ENCRYPTION_KEY $SECRETS)\n"

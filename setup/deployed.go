@@ -30,6 +30,10 @@ type Deployed struct {
 	Backup     *backup.Setup
 	BackupText string // backup.json's bytes, as Kamal uploads them
 	BackupHost string
+	// Agents are the node agents' accessories and Router the router's,
+	// when init wrote them.
+	Agents []DeployedAccessory
+	Router *DeployedAccessory
 	// Legacy is set when the cluster came from an older init's rendered
 	// files (no cluster.json): what to tell the user.
 	Legacy string
@@ -62,7 +66,7 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 		if model, err = pgconf.UnmarshalCluster([]byte(text)); err != nil {
 			return nil, fmt.Errorf("%s/%s: %v; re-run `understudy init` to write it again", gen, ClusterFile, err)
 		}
-		c = pgconf.Cluster{InitialPrimary: model.InitialPrimary, ReplUser: model.ReplUser, WALCap: model.WALCap,
+		c = pgconf.Cluster{InitialPrimary: model.InitialPrimary, ReplUser: model.ReplUser, MonitorUser: model.MonitorUser, WALCap: model.WALCap,
 			DataDir: model.DataDir, ConfFile: model.ConfFile, HBAFile: model.HBAFile, ContainerDefaults: model.ContainerDefaults}
 	} else {
 		boot, err := src.ReadFile(gen + "/boot.sh")
@@ -154,6 +158,9 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 	}
 	d.Cluster = c
 	if err := d.loadBackup(src, gen); err != nil {
+		return nil, err
+	}
+	if err := d.loadRouting(src, gen); err != nil {
 		return nil, err
 	}
 	if d.DBPasswordSecret == "" {

@@ -32,6 +32,8 @@ type Options struct {
 	WALCap      string         // --wal-cap: max_slot_wal_keep_size
 	ReplUser    string         // --replication-user
 	Backup      *BackupOptions // --backup: add the backup accessory
+	Router      RouterChoice   // --router / --no-router
+	RouterImage string         // --router-image, default DefaultRouterImage
 	Env         func(string) (string, bool)
 }
 
@@ -89,6 +91,7 @@ type Plan struct {
 	RailsYAML   string        // suggested database.yml replica snippet
 	GenDir      string        // where the generated files live, e.g. config/understudy
 	Backup      *backup.Setup // with --backup: the backup setup (backup.json)
+	Router      *RouterPlan   // the router, when the setup has one
 }
 
 // GeneratedDir is where generated files go, per destination.
@@ -156,6 +159,7 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 		InitialPrimary:    prim.Name,
 		Major:             p.Image.Major,
 		ReplUser:          o.ReplUser,
+		MonitorUser:       pgconf.DefaultMonitorUser,
 		WALCap:            walCap,
 		DataDir:           dataDir(cfg, prim, p.Image.Major),
 		ConfFile:          ConfPath,
@@ -177,6 +181,7 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 	if err := ensureNode(ed, prim.Name, prim.Name, cmd, p); err != nil {
 		return nil, err
 	}
+	fresh := ed.Config().Accessory(p.Standby) == nil // a new setup: the router is on by default
 	if existing := ed.Config().Accessory(p.Standby); existing != nil {
 		if _, ok := existing.Env().Clear[NodeEnv]; !ok {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("accessory %s already exists and was not made by understudy: it is brought in line (boot script, settings, host, port), and anything else in it is kept; review it", p.Standby))
@@ -217,6 +222,15 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 		backupNames = bs.Secrets.Names()[1:] // the replication password is the nodes' already
 	}
 
+	// The node agents and the router.
+	if err := planAgents(ed, p); err != nil {
+		return nil, err
+	}
+	if p.Router, err = planRouter(ed, o, p, fresh); err != nil {
+		return nil, err
+	}
+	backupNames = append([]string{pgconf.MonitorSecret}, backupNames...)
+
 	// Secrets.
 	secretChange, err := planSecret(src, cfg, prim, o, p, backupNames)
 	if err != nil {
@@ -234,6 +248,13 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 	}
 	if p.Backup != nil {
 		gen[path.Join(p.GenDir, BackupSetupFile)] = backup.MarshalSetup(*p.Backup)
+	}
+	if p.Router != nil {
+		cfgText, err := RouterConfig(p.Cluster)
+		if err != nil {
+			return nil, err
+		}
+		gen[path.Join(p.GenDir, RouterConfigFile)] = cfgText
 	}
 	names := make([]string, 0, len(gen))
 	for n := range gen {
@@ -332,7 +353,9 @@ func pickPrimary(cfg *kamal.Config, o Options) (*kamal.Accessory, error) {
 	}
 	var cands []*kamal.Accessory
 	for _, a := range pg {
-		if _, isBackup := a.Env().Clear[BackupEnv]; !isManagedStandby(a, pg, o) && !isBackup {
+		_, isBackup := a.Env().Clear[BackupEnv]
+		_, isAgent := a.Env().Clear[AgentEnv]
+		if !isManagedStandby(a, pg, o) && !isBackup && !isAgent {
 			cands = append(cands, a)
 		}
 	}

@@ -282,7 +282,7 @@ func TestSecretFollowsHowThePasswordIsFetched(t *testing.T) {
 		{"POSTGRES_PASSWORD=$POSTGRES_PASSWORD\n", "REPLICATION_PASSWORD=$REPLICATION_PASSWORD\n", "export it as REPLICATION_PASSWORD"},
 		{"POSTGRES_PASSWORD=$(op read op://Vault/db/password)\n", "REPLICATION_PASSWORD=$(op read op://Vault/db/replication-password)\n", "1Password"},
 		{"SECRETS=$(kamal secrets fetch --adapter bitwarden --account a POSTGRES_PASSWORD KAMAL_REGISTRY_PASSWORD)\nPOSTGRES_PASSWORD=$(kamal secrets extract POSTGRES_PASSWORD $SECRETS)\n",
-			"SECRETS=$(kamal secrets fetch --adapter bitwarden --account a POSTGRES_PASSWORD REPLICATION_PASSWORD KAMAL_REGISTRY_PASSWORD)\nPOSTGRES_PASSWORD=$(kamal secrets extract POSTGRES_PASSWORD $SECRETS)\nREPLICATION_PASSWORD=$(kamal secrets extract REPLICATION_PASSWORD $SECRETS)\n", "same store"},
+			"SECRETS=$(kamal secrets fetch --adapter bitwarden --account a POSTGRES_PASSWORD REPLICATION_PASSWORD MONITOR_PASSWORD KAMAL_REGISTRY_PASSWORD)\nPOSTGRES_PASSWORD=$(kamal secrets extract POSTGRES_PASSWORD $SECRETS)\nREPLICATION_PASSWORD=$(kamal secrets extract REPLICATION_PASSWORD $SECRETS)\nMONITOR_PASSWORD=$(kamal secrets extract MONITOR_PASSWORD $SECRETS)\n", "same store"},
 	}
 	for _, tc := range cases {
 		src := app("postgres:17", "10.0.0.2:5432:5432", "postgres")

@@ -14,10 +14,11 @@ import (
 
 // setupFlags are the flags plan and init share.
 type setupFlags struct {
-	dir    string
-	opts   setup.Options
-	backup bool
-	bo     setup.BackupOptions
+	dir              string
+	opts             setup.Options
+	backup           bool
+	bo               setup.BackupOptions
+	router, noRouter bool
 }
 
 func (s *setupFlags) register(fs *flag.FlagSet) {
@@ -32,6 +33,9 @@ func (s *setupFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&s.opts.PGVersion, "pg-version", 0, "PostgreSQL major version, when the image tag does not say")
 	fs.StringVar(&s.opts.WALCap, "wal-cap", "", "most WAL a slot may hold for an absent standby (max_slot_wal_keep_size), e.g. 20GB")
 	fs.StringVar(&s.opts.ReplUser, "replication-user", pgconf.DefaultReplUser, "name of the replication role")
+	fs.BoolVar(&s.router, "router", false, "add the router (HAProxy on the app's hosts: the app's database host becomes one name that follows the primary); the default for a new setup")
+	fs.BoolVar(&s.noRouter, "no-router", false, "no router: the app lists the nodes itself (understudy connect prints what each framework takes)")
+	fs.StringVar(&s.opts.RouterImage, "router-image", "", "the router's image (default "+setup.DefaultRouterImage+", the official HAProxy image)")
 	fs.BoolVar(&s.backup, "backup", false, "add the backup accessory: continuous WAL and base backups from the standby to S3-compatible storage (docs/backups.md)")
 	fs.StringVar(&s.bo.Endpoint, "backup-endpoint", "", "with --backup: the storage's URL, e.g. https://s3.eu-central-1.amazonaws.com or https://ACCOUNT.r2.cloudflarestorage.com")
 	fs.StringVar(&s.bo.Bucket, "backup-bucket", "", "with --backup: the bucket")
@@ -59,6 +63,17 @@ func (s *setupFlags) parse(fs *flag.FlagSet, args []string) error {
 	}
 	s.dir = abs
 	s.opts.Env = os.LookupEnv
+	switch {
+	case s.router && s.noRouter:
+		return errors.New("--router and --no-router: pick one")
+	case s.router:
+		s.opts.Router = setup.RouterOn
+	case s.noRouter:
+		if s.opts.RouterImage != "" {
+			return errors.New("--router-image with --no-router: drop one")
+		}
+		s.opts.Router = setup.RouterOff
+	}
 	if s.backup {
 		s.opts.Backup = &s.bo
 	} else if s.bo != (setup.BackupOptions{}) {
