@@ -2,10 +2,12 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	"github.com/understudy-dev/understudy/agent"
 	"github.com/understudy-dev/understudy/atomicfile"
 	"github.com/understudy-dev/understudy/internal/netutil"
+	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/router"
 )
@@ -269,4 +272,57 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// The lab's routing reader (live.RoutingReader): agents and the router
+// over loopback (a netns lab's agents from its outsider namespace).
+var _ live.RoutingReader = (*Lab)(nil)
+
+func (l *Lab) httpGet(ctx context.Context, url string, inLab bool) ([]byte, error) {
+	tr := &http.Transport{DisableKeepAlives: true}
+	if inLab && l.NetNS != nil {
+		tr.DialContext = l.DialOutsider
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s answered %s", url, resp.Status)
+	}
+	return b, err
+}
+
+// AgentStatus reads a node agent's /status.
+func (l *Lab) AgentStatus(ctx context.Context, node string) (agent.Status, error) {
+	var st agent.Status
+	b, err := l.httpGet(ctx, l.AgentURL(node)+"/status", true)
+	if err != nil {
+		return st, fmt.Errorf("%s's agent at %s: %w", node, l.AgentURL(node), err)
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+// RouterHosts is the lab's one router, when it has one.
+func (l *Lab) RouterHosts() []string {
+	if l.state.Router == nil {
+		return nil
+	}
+	return []string{"127.0.0.1"}
+}
+
+// RouterMetrics reads the lab router's Prometheus endpoint.
+func (l *Lab) RouterMetrics(ctx context.Context, host string) (string, error) {
+	r := l.state.Router
+	if r == nil {
+		return "", fmt.Errorf("the lab has no router")
+	}
+	b, err := l.httpGet(ctx, fmt.Sprintf("http://127.0.0.1:%d/metrics", r.StatsPort), false)
+	return string(b), err
 }

@@ -350,6 +350,9 @@ func (l *Lab) Target() live.Target {
 	for _, n := range l.Cluster.Nodes {
 		t.Images[n.Name] = live.NodeImage{Ref: l.Bin, Major: l.BinMajor, Programs: true}
 	}
+	if l.HasAgents() {
+		t.Routing = l
+	}
 	if l.state.Backup != nil {
 		t.Backups = l.BackupSite()
 		if s, err := l.BackupStore(); err == nil {

@@ -131,6 +131,7 @@ func Check(st *Status, c pgconf.Cluster, th Thresholds) []Finding {
 	out = append(out, CheckBackup(st, capBytes, DefaultBackupThresholds, th.SlotHeadroom)...)
 	out = append(out, CheckVersions(st)...)
 	out = append(out, MajorFindings(st, c)...)
+	out = append(out, CheckRouting(st)...)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Severity > out[j].Severity })
 	return out
 }

@@ -117,6 +117,8 @@ type Target struct {
 	Backups BackupSite
 	// Images: what each node runs PostgreSQL from (nil: not known).
 	Images map[string]NodeImage
+	// Routing reads the node agents and routers; nil without agents.
+	Routing RoutingReader
 }
 
 // NodeImage is what a node runs PostgreSQL from: on Kamal its accessory's

@@ -72,6 +72,7 @@ func StatusText(st *Status) string {
 	if st.Primary == "" {
 		b.WriteString("\nno single writable primary: run `understudy check` for what to do\n")
 	}
+	b.WriteString(RoutingText(st))
 	if st.Backup != nil {
 		b.WriteString("\n" + BackupText(st.Backup, st.Taken))
 	}

@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/understudy-dev/understudy/pgconf"
@@ -112,16 +109,12 @@ func controlData(ctx context.Context, t Target, node string) (pgops.ControlData,
 	return pgops.ParseControlData(out)
 }
 
-// Routing is the advice printed after a role change.
+// Routing is the advice printed after a role change: what the app needs,
+// and nothing that is not true for every stack (docs/connecting.md).
 func Routing(c pgconf.Cluster, primary string) string {
-	var hosts []string
-	for _, n := range c.Nodes {
-		hosts = append(hosts, net.JoinHostPort(n.Addr, strconv.Itoa(n.Port)))
-	}
-	return fmt.Sprintf("%s is the primary now. An app whose DATABASE_URL lists every node with target_session_attrs=read-write\n"+
-		"  postgres://USER:PASSWORD@%s/DB?target_session_attrs=read-write\n"+
-		"finds it by itself on its next connection: no redeploy. An app that names one host needs that host changed to %s and a redeploy (kamal deploy).",
-		primary, strings.Join(hosts, ","), primary)
+	return fmt.Sprintf("%s is the primary now. An app that connects through understudy's router (one host, the router's) follows by itself: no redeploy.\n"+
+		"An app without the router follows only if its settings are what `understudy connect --stack ...` prints for its framework (node-postgres and Prisma never do);\n"+
+		"one that names a single node's address needs it changed to %s and a redeploy.", primary, primary)
 }
 
 // prepare proves, where the control has steps of its own that can fail,

@@ -21,6 +21,9 @@ type Status struct {
 
 	// Understudy is the build that took the reading (this machine's).
 	Understudy version.Build `json:"understudy"`
+	// The node agents' answers and the routers' views (setups with agents).
+	Agents  []AgentReading  `json:"agents,omitempty"`
+	Routers []RouterReading `json:"routers,omitempty"`
 }
 
 // NodeStatus is one node's part of a Status.
@@ -80,17 +83,24 @@ var NodeReadTimeout = 15 * time.Second
 // deadline).
 func Gather(ctx context.Context, t Target) (*Status, error) {
 	var bs *BackupStatus
-	done := make(chan struct{})
+	var agents []AgentReading
+	var routers []RouterReading
+	done := make(chan struct{}, 2)
 	go func() {
-		defer close(done)
+		defer func() { done <- struct{}{} }()
 		if t.Backup != nil {
 			bs = GatherBackup(ctx, t.Backup)
 		}
 	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		agents, routers = GatherRouting(ctx, t)
+	}()
 	st, err := GatherNodes(ctx, t)
 	<-done
+	<-done
 	if st != nil {
-		st.Backup = bs
+		st.Backup, st.Agents, st.Routers = bs, agents, routers
 	}
 	return st, err
 }

@@ -2,6 +2,7 @@ package router_test
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,5 +84,36 @@ func TestRenderRefuses(t *testing.T) {
 	c.Nodes[1].Name = "db replica"
 	if _, err := router.Render(c, router.Config{}); err == nil {
 		t.Errorf("a node name with a space: rendered")
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	text := `# HELP haproxy_server_status Current status of the server.
+# TYPE haproxy_server_status gauge
+haproxy_server_status{proxy="understudy_rw",server="db",state="DOWN"} 0
+haproxy_server_status{proxy="understudy_rw",server="db",state="UP"} 1
+haproxy_server_status{proxy="understudy_rw",server="db-replica",state="DOWN"} 1
+haproxy_server_status{proxy="understudy_rw",server="db-replica",state="UP"} 0
+haproxy_server_status{proxy="understudy_ro",server="db-replica",state="UP"} 1
+haproxy_server_status{proxy="understudy_stats",server="x",state="UP"} 1
+haproxy_server_check_status{proxy="understudy_rw",server="db",state="L7OK"} 1
+haproxy_server_check_status{proxy="understudy_rw",server="db-replica",state="L7STS"} 0
+haproxy_server_check_status{proxy="understudy_rw",server="db-replica",state="L4TOUT"} 1
+haproxy_server_current_sessions{proxy="understudy_rw",server="db"} 12
+`
+	got := router.ParseMetrics(text)
+	want := []router.ServerState{
+		{Backend: "understudy_rw", Server: "db", Status: "UP", Check: "L7OK", Sessions: 12},
+		{Backend: "understudy_rw", Server: "db-replica", Status: "DOWN", Check: "L4TOUT"},
+		{Backend: "understudy_ro", Server: "db-replica", Status: "UP"},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+	if w := router.Writes(got); len(w) != 1 || w[0] != "db" {
+		t.Errorf("writes go to %v", w)
+	}
+	if got[1].AgentReached() || !got[0].AgentReached() {
+		t.Errorf("AgentReached: %v %v", got[0].AgentReached(), got[1].AgentReached())
 	}
 }

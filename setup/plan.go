@@ -87,8 +87,8 @@ type Plan struct {
 	Notes       []string     // what the change does, for the reader
 	Warnings    []string
 	SecretHowTo string        // where REPLICATION_PASSWORD must be stored
-	AppURL      string        // suggested multi-host DATABASE_URL
-	RailsYAML   string        // suggested database.yml replica snippet
+	AppURL      string        // with the router: the app's single-host DATABASE_URL
+	Connect     ConnectInput  // what `understudy connect` renders for each stack
 	GenDir      string        // where the generated files live, e.g. config/understudy
 	Backup      *backup.Setup // with --backup: the backup setup (backup.json)
 	Router      *RouterPlan   // the router, when the setup has one

@@ -388,8 +388,8 @@ func TestAbsoluteSecretsPathAndIPv6URL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(p.AppURL, "@[fd00::2]:5432,[fd00::3]:5432/") {
-		t.Errorf("DATABASE_URL %s lacks bracketed IPv6 hosts", p.AppURL)
+	if u := ConnectAdvice(StackPython, ConnectInput{Nodes: p.Cluster.Nodes, User: "u", DB: "d"}); !strings.Contains(u, "@[fd00::2]:5432,[fd00::3]:5432/") {
+		t.Errorf("the connection URL lacks bracketed IPv6 hosts:\n%s", u)
 	}
 	edited := false
 	for _, c := range p.Changes {

@@ -2,9 +2,7 @@ package setup
 
 import (
 	"fmt"
-	"net"
 	"regexp"
-	"strconv"
 	"strings"
 
 	"github.com/understudy-dev/understudy/kamal"
@@ -208,17 +206,8 @@ func (p *Plan) appAdvice(src kamal.Source, cfg *kamal.Config, prim *kamal.Access
 	}
 	user := value("POSTGRES_USER", "postgres")
 	db := value("POSTGRES_DB", user)
-	hosts := make([]string, 0, len(p.Cluster.Nodes))
-	for _, n := range p.Cluster.Nodes {
-		hosts = append(hosts, net.JoinHostPort(n.Addr, strconv.Itoa(n.Port)))
+	p.Connect = ConnectInput{Nodes: p.Cluster.Nodes, User: user, DB: db, Router: KamalRouter(p.Router)}
+	if p.Router != nil {
+		p.AppURL = p.Connect.RouterURL(false)
 	}
-	p.AppURL = fmt.Sprintf("postgres://%s:<POSTGRES_PASSWORD>@%s/%s?target_session_attrs=read-write", user, strings.Join(hosts, ","), db)
-	sb := p.Cluster.Nodes[1]
-	p.RailsYAML = fmt.Sprintf(`production:
-  primary:
-    url: <%%= ENV["DATABASE_URL"] %%>
-  primary_replica:
-    url: <%%= ENV["DATABASE_REPLICA_URL"] %%>   # postgres://%s:<POSTGRES_PASSWORD>@%s/%s
-    replica: true
-`, user, net.JoinHostPort(sb.Addr, strconv.Itoa(sb.Port)), db)
 }

@@ -39,6 +39,19 @@ func (c *planCommand) Run(ctx context.Context, args []string) error {
 	return nil
 }
 
+// appText tells how the app reaches the primary.
+func appText(in setup.ConnectInput) string {
+	if in.Router != nil {
+		return fmt.Sprintf("One DATABASE_URL through the router, on Kamal's network (the app's containers reach it as %s), the same before and after a switchover:\n"+
+			"  %s\n"+
+			"Reads from the standby: %s\n"+
+			"Deploy the app with it once `understudy apply` has booted the router; `understudy connect --stack rails|django|laravel|node|postgresjs|go|python|php` prints each framework's form.\n",
+			in.Router.Host, in.RouterURL(false), in.RouterURL(true))
+	}
+	return "Without the router, each framework takes the node list its own way, and some cannot follow a role change at all:\n" +
+		"run `understudy connect --stack rails|django|laravel|node|postgresjs|go|python|php` for yours (node-postgres and Prisma need the router: `understudy init --router`).\n"
+}
+
 // renderPlan is the human summary of a plan, with diffs when asked.
 func renderPlan(p *setup.Plan, diffs bool) string {
 	var b strings.Builder
@@ -73,10 +86,7 @@ func renderPlan(p *setup.Plan, diffs bool) string {
 	b.WriteString("\nThe replication password:\n")
 	b.WriteString(indent(p.SecretHowTo, "  "))
 	b.WriteString("\nThe app (suggested, not applied):\n")
-	b.WriteString("  DATABASE_URL that always reaches the writable node, before and after a switchover:\n")
-	b.WriteString("    " + p.AppURL + "\n")
-	b.WriteString("  Rails config/database.yml, to send reads to the standby:\n")
-	b.WriteString(indent(p.RailsYAML, "    "))
+	b.WriteString(indent(appText(p.Connect), "  "))
 	return b.String()
 }
 

@@ -1,0 +1,59 @@
+package live
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/understudy-dev/understudy/router"
+)
+
+func TestCheckRouting(t *testing.T) {
+	rw := func(server, status, check string) router.ServerState {
+		return router.ServerState{Backend: router.WriteBackend, Server: server, Status: status, Check: check}
+	}
+	healthy := func() *Status {
+		return &Status{Primary: "db",
+			Agents: []AgentReading{{Node: "db", Role: "primary", Primary: true}, {Node: "db-replica", Role: "standby"}},
+			Routers: []RouterReading{{Host: "app1", Servers: []router.ServerState{rw("db", "UP", "L7OK"), rw("db-replica", "DOWN", "L7STS")}},
+				{Host: "app2", Servers: []router.ServerState{rw("db", "UP", "L7OK"), rw("db-replica", "DOWN", "L7STS")}}}}
+	}
+	cases := []struct {
+		name string
+		mod  func(*Status)
+		want string // codes@severity, in order
+	}{
+		{"healthy", func(*Status) {}, ""},
+		{"a router writes to the standby", func(s *Status) {
+			s.Routers[1].Servers = []router.ServerState{rw("db", "DOWN", "L7STS"), rw("db-replica", "UP", "L7OK")}
+		}, "router-wrong-node@critical"},
+		{"a router writes to both", func(s *Status) {
+			s.Routers[0].Servers[1] = rw("db-replica", "UP", "L7OK")
+		}, "router-wrong-node@critical router-wrong-node@critical"},
+		{"two agents answer 200", func(s *Status) { s.Agents[1].Primary = true }, "agents-two-primaries@critical"},
+		{"a router cannot reach an agent", func(s *Status) {
+			s.Routers[0].Servers[1] = rw("db-replica", "DOWN", "L4TOUT")
+		}, "router-agent-unreachable@critical"},
+		{"a router writes nowhere", func(s *Status) {
+			s.Routers[0].Servers[0] = rw("db", "DOWN", "L7STS")
+		}, "router-no-writes@critical"},
+		{"a router cannot be read", func(s *Status) { s.Routers[1] = RouterReading{Host: "app2", Error: "connection refused"} }, "router-unreachable@warning"},
+		{"an agent does not answer", func(s *Status) { s.Agents[1] = AgentReading{Node: "db-replica", Error: "timeout"} }, "agent-down@warning"},
+	}
+	for _, c := range cases {
+		st := healthy()
+		c.mod(st)
+		var got []string
+		for _, f := range CheckRouting(st) {
+			got = append(got, string(f.Code)+"@"+f.Severity.String())
+			if f.Fix == "" || f.Problem == "" {
+				t.Errorf("%s: a finding without problem or fix: %+v", c.name, f)
+			}
+		}
+		if g := strings.Join(got, " "); g != c.want {
+			t.Errorf("%s: %q, want %q", c.name, g, c.want)
+		}
+	}
+	if txt := RoutingText(healthy()); !strings.Contains(txt, "app1: writes to db; reads to the primary") {
+		t.Errorf("status text:\n%s", txt)
+	}
+}
