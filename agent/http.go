@@ -2,8 +2,10 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 )
@@ -132,4 +134,23 @@ func (a *Agent) Status() Status {
 		"replica": {ans.Replica.OK, ans.Replica.Reason},
 		"health":  {ans.Health.OK, ans.Health.Reason},
 	}}
+}
+
+// FreshPrimary asks the agent at base (http://host:port) for a fresh
+// /primary answer: whether it is 200, and its reason.
+func FreshPrimary(ctx context.Context, client *http.Client, base string) (bool, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/primary?fresh", nil)
+	if err != nil {
+		return false, "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return false, "", err
+	}
+	defer resp.Body.Close()
+	var body checkBody
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil {
+		return false, "", fmt.Errorf("%s/primary answered %s, not a check", base, resp.Status)
+	}
+	return resp.StatusCode == http.StatusOK, body.Reason, nil
 }

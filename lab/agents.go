@@ -326,3 +326,14 @@ func (l *Lab) RouterMetrics(ctx context.Context, host string) (string, error) {
 	b, err := l.httpGet(ctx, fmt.Sprintf("http://127.0.0.1:%d/metrics", r.StatsPort), false)
 	return string(b), err
 }
+
+var _ live.AgentPrimaryReader = (*Lab)(nil)
+
+// AgentPrimary asks a node's agent for a fresh /primary answer.
+func (l *Lab) AgentPrimary(ctx context.Context, node string) (bool, string, error) {
+	tr := &http.Transport{DisableKeepAlives: true}
+	if l.NetNS != nil {
+		tr.DialContext = l.DialOutsider
+	}
+	return agent.FreshPrimary(ctx, &http.Client{Transport: tr}, l.AgentURL(node))
+}

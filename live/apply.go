@@ -145,6 +145,8 @@ func (a *applier) step(ctx context.Context, s Step) error {
 	switch s.Kind {
 	case StepAgentBinary, StepAgentBoot, StepAgentReboot, StepAgentStart:
 		return a.agentStep(ctx, s)
+	case StepRoutingBinary, StepRoutingBoot, StepRoutingReboot, StepRoutingStart:
+		return a.routingStep(ctx, s)
 	case StepStartPrimary:
 		return a.startPrimary(ctx, s.Node)
 	case StepReload:

@@ -119,6 +119,9 @@ type Target struct {
 	Images map[string]NodeImage
 	// Routing reads the node agents and routers; nil without agents.
 	Routing RoutingReader
+	// RoutingDeployers run the agents' and the router's accessories
+	// (Kamal); none on the lab, whose `lab up` starts them.
+	RoutingDeployers []RoutingDeployer
 }
 
 // NodeImage is what a node runs PostgreSQL from: on Kamal its accessory's

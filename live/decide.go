@@ -342,14 +342,21 @@ func PlanApply(ctx context.Context, t Target) ([]Step, error) {
 		return nil, err
 	}
 	steps, err := DecideApply(f, t.Cluster)
-	if err != nil || t.BackupAgent == nil {
+	if err != nil {
 		return steps, err
 	}
-	af, err := t.BackupAgent.ReadAgent(ctx)
+	if t.BackupAgent != nil {
+		af, err := t.BackupAgent.ReadAgent(ctx)
+		if err != nil {
+			return nil, err
+		}
+		steps = append(steps, DecideBackupAgent(af)...)
+	}
+	rs, err := readRouting(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	return append(steps, DecideBackupAgent(af)...), nil
+	return append(steps, rs...), nil
 }
 
 // StepsText renders a plan.

@@ -57,3 +57,32 @@ func TestCheckRouting(t *testing.T) {
 		t.Errorf("status text:\n%s", txt)
 	}
 }
+
+func TestDecideRouting(t *testing.T) {
+	ok := AgentFacts{Name: "db-agent", Container: "running", BinaryCurrent: true, ConfigCurrent: true, Binary: "/bin/us"}
+	r := AgentFacts{Name: "db-router", Container: "running", BinaryCurrent: true, ConfigCurrent: true}
+	cases := []struct {
+		name  string
+		agent AgentFacts
+		rt    AgentFacts
+		want  string
+	}{
+		{"all in place", ok, r, ""},
+		{"nothing yet", AgentFacts{Name: "db-agent", Container: "absent", Binary: "/bin/us"}, AgentFacts{Name: "db-router", Container: "absent", BinaryCurrent: true}, "routing-binary@db-agent routing-boot@db-agent routing-boot@db-router"},
+		{"a new binary", func() AgentFacts { f := ok; f.BinaryCurrent = false; return f }(), r, "routing-binary@db-agent routing-reboot@db-agent"},
+		{"a changed haproxy.cfg", ok, func() AgentFacts { f := r; f.ConfigCurrent = false; return f }(), "routing-reboot@db-router"},
+		{"a stopped agent", func() AgentFacts { f := ok; f.Container = "exited"; return f }(), r, "routing-start@db-agent"},
+	}
+	for _, c := range cases {
+		var got []string
+		for _, s := range DecideRouting([]AgentFacts{c.agent, c.rt}, []bool{false, true}) {
+			got = append(got, string(s.Kind)+"@"+s.Node)
+			if s.Action == "" || s.Effect == "" {
+				t.Errorf("%s: step without action or effect: %+v", c.name, s)
+			}
+		}
+		if g := strings.Join(got, " "); g != c.want {
+			t.Errorf("%s: %q, want %q", c.name, g, c.want)
+		}
+	}
+}

@@ -72,8 +72,15 @@ func DecideSwitchover(st *Status, c pgconf.Cluster, to string, o RoleOptions) (*
 	}
 	add(Step{Kind: StepFastRetry, Node: to, Action: "retry reading WAL every 20 ms during the switchover (wal_retrieve_retry_interval, reset at the end)", Effect: "none"})
 	add(Step{Kind: StepCheckpoint, Node: old, Action: "CHECKPOINT, so its shutdown is quick", Effect: "none"})
+	agents := c.MonitorUser != ""
+	if agents {
+		add(Step{Kind: StepDrain, Node: old, Action: "drain at its agent: hold understudy's drain lock in a superuser session until the agent answers /primary 503", Effect: "the routers stop sending it writes and cut its sessions: writes through them pause from here"})
+	}
 	add(Step{Kind: StepStopPrimary, Node: old, Action: "stop it cleanly and read its shutdown checkpoint", Effect: "writes pause from here"})
 	add(Step{Kind: StepPromote, Node: to, Upstream: old, Action: "prove it has all of " + old + "'s WAL (its shutdown checkpoint), then promote it", Effect: "writes resume on " + to})
+	if agents {
+		add(Step{Kind: StepAnnounce, Node: to, Action: "announce at its agent: ask for a fresh answer until /primary is 200", Effect: "the routers send writes to " + to + " at their next check"})
+	}
 	add(Step{Kind: StepFollow, Node: old, Upstream: to, Action: "make it a standby of " + to + " (standby.signal, primary_conninfo) and start it", Effect: "none"})
 	for _, n := range c.Nodes {
 		if n.Name != old && n.Name != to && st.Node(n.Name).Role == RoleStandby {
@@ -153,6 +160,16 @@ type switchover struct {
 	promoted  bool      // the candidate is the primary: no way back
 	start     time.Time // the stop began
 	ckpt      pgops.LSN // the old primary's shutdown checkpoint
+	undrain   func()    // ends the drain lock's session (nil when none is held)
+}
+
+// endDrain ends the drain lock's session, if one is held: after the stop
+// (which ended it already), or on a failure before it.
+func (x *switchover) endDrain() {
+	if x.undrain != nil {
+		x.undrain()
+		x.undrain = nil
+	}
 }
 
 // cand is the connection to the candidate, opened on first use.
@@ -168,6 +185,7 @@ func (x *switchover) cand(ctx context.Context) (*pgx.Conn, error) {
 }
 
 func (x *switchover) close(ctx context.Context) {
+	x.endDrain()
 	if x.sc == nil {
 		return
 	}
@@ -255,8 +273,18 @@ func (x *switchover) step(ctx context.Context, s Step) error {
 			return fmt.Errorf("CHECKPOINT on %s failed: %w", s.Node, err)
 		}
 		return nil
+	case StepDrain:
+		undrain, err := drain(ctx, x.t, s.Node, x.o)
+		if err != nil {
+			return fmt.Errorf("draining %s: %w", s.Node, err)
+		}
+		x.undrain = undrain
+		return nil
 	case StepStopPrimary:
 		return x.stop(ctx, s.Node)
+	case StepAnnounce:
+		announce(ctx, x.t, s.Node, x.o)
+		return nil
 	case StepPromote:
 		return x.promote(ctx, s.Node, s.Upstream)
 	case StepFollow:
@@ -292,7 +320,9 @@ func (x *switchover) stop(ctx context.Context, old string) error {
 	say(x.o, "stopping %s cleanly (writes pause now)", old)
 	x.stopped = true
 	cctx := context.WithoutCancel(ctx)
-	if err := x.t.Control.Stop(cctx, old); err != nil {
+	err := x.t.Control.Stop(cctx, old)
+	x.endDrain() // the stop ended its session; this frees it if the stop failed
+	if err != nil {
 		return fmt.Errorf("stopping %s: %w", old, err)
 	}
 	say(x.o, "  ✓ %s stopped (%d ms)", old, time.Since(x.start).Milliseconds())

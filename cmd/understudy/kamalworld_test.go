@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,6 +56,56 @@ var imageOnce struct {
 	err error
 }
 
+var routerImageOnce struct {
+	sync.Once
+	tar string
+	err error
+}
+
+// routerImage is the router test image (dockertest.RouterImageTag).
+func routerImage(t testing.TB) string {
+	t.Helper()
+	routerImageOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer cancel()
+		routerImageOnce.tar, routerImageOnce.err = dockertest.RouterImageTar(ctx, t.Logf)
+	})
+	if routerImageOnce.err != nil {
+		t.Fatalf("building the router test image: %v", routerImageOnce.err)
+	}
+	return routerImageOnce.tar
+}
+
+var agentBinaryOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+// agentBinary is the static understudy apply puts into the agents' and the
+// backup's accessories, built once per test process (the test binary
+// itself is not a CLI).
+func agentBinary(t testing.TB) string {
+	t.Helper()
+	agentBinaryOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "understudy-bin-")
+		if err != nil {
+			agentBinaryOnce.err = err
+			return
+		}
+		agentBinaryOnce.path = filepath.Join(dir, "understudy")
+		c := exec.Command("go", "build", "-o", agentBinaryOnce.path, ".")
+		c.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := c.CombinedOutput(); err != nil {
+			agentBinaryOnce.err = fmt.Errorf("%v\n%s", err, b)
+		}
+	})
+	if agentBinaryOnce.err != nil {
+		t.Fatalf("building a static understudy: %v", agentBinaryOnce.err)
+	}
+	return agentBinaryOnce.path
+}
+
 // testImage is the image the real-Docker tests run (postgres:17 unless
 // UNDERSTUDY_TEST_MAJOR says another), built on first use, and the
 // directory of the same major's programs for restores on this machine.
@@ -85,13 +136,16 @@ func testImage(t testing.TB) (dockertest.Image, string) {
 }
 
 // worldOptions: jump puts a jump host in front of the servers; plain
-// boots db before init, as the guide's app runs it.
-type worldOptions struct{ jump, plain bool }
+// boots db before init, as the guide's app runs it; app gives the app (the
+// web role, and so the router) a server of its own, named "app".
+type worldOptions struct{ jump, plain, app bool }
 
 func newKamalWorld(t testing.TB, o worldOptions) *kamalWorld {
 	sshtest.Skip(t)
 	dockertest.Skip(t)
 	img, tar := testImage(t)
+	rtar := routerImage(t)
+	t.Setenv("UNDERSTUDY_AGENT_BINARY", agentBinary(t))
 	ctx := context.Background()
 	// Each world plugs this host into its switch at the same address: one
 	// world at a time on this machine, across test processes too.
@@ -102,7 +156,11 @@ func newKamalWorld(t testing.TB, o worldOptions) *kamalWorld {
 	t.Cleanup(release)
 	b := make([]byte, 2)
 	rand.Read(b)
-	w := &kamalWorld{netns: &lab.NetNS{ID: hex.EncodeToString(b), Nodes: len(nodes)}, image: img, pgBin: os.Getenv("UNDERSTUDY_PG_BINDIR"),
+	servers := nodes
+	if o.app {
+		servers = append(append([]string(nil), nodes...), "app")
+	}
+	w := &kamalWorld{netns: &lab.NetNS{ID: hex.EncodeToString(b), Nodes: len(servers)}, image: img, pgBin: os.Getenv("UNDERSTUDY_PG_BINDIR"),
 		servers: map[string]*sshtest.Server{}, docker: map[string]*dockertest.Server{}, addr: map[string]string{}}
 	if err := w.netns.Up(ctx); err != nil {
 		t.Fatal(err)
@@ -121,12 +179,13 @@ func newKamalWorld(t testing.TB, o worldOptions) *kamalWorld {
 
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	for i, n := range nodes {
+	for i, n := range servers {
 		w.addr[n] = w.netns.Addr(i)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			ds := dockertest.StartServer(t, n, w.netns.Path(i), i, tar)
+			ds.Load(t, rtar)
 			mu.Lock()
 			w.docker[n] = ds
 			mu.Unlock()
@@ -137,7 +196,7 @@ func newKamalWorld(t testing.TB, o worldOptions) *kamalWorld {
 		t.FailNow()
 	}
 	var known []string
-	for i, n := range nodes {
+	for i, n := range servers {
 		s := sshtest.StartWith(t, dir, sshtest.Options{NetNS: w.netns.Path(i), MountNS: w.docker[n].MountNS, IP: w.addr[n], Port: 2222,
 			SetEnv: []string{"DOCKER_HOST=" + w.docker[n].DockerHost(), "PATH=" + serverBin + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}},
 			w.key.Authorized)
@@ -164,6 +223,7 @@ func newKamalWorld(t testing.TB, o worldOptions) *kamalWorld {
 	t.Setenv("TEST_DB_PASSWORD", dbPassword)
 	t.Setenv("TEST_REGISTRY_PASSWORD", "registry-password-1")
 	t.Setenv("REPLICATION_PASSWORD", "repl-password-for-kamal-test")
+	t.Setenv("MONITOR_PASSWORD", "monitor-password-for-kamal-test")
 
 	// The app, as a user has it before understudy: the guide's shape.
 	w.app = filepath.Join(dir, "app")
@@ -174,11 +234,15 @@ func newKamalWorld(t testing.TB, o worldOptions) *kamalWorld {
 		proxy = "\n  proxy: root@" + w.servers["jump"].Addr
 	}
 	db := w.addr["db"]
+	web := db
+	if o.app {
+		web = w.addr["app"]
+	}
 	deploy := `service: shop
 image: shop/app
 servers:
   web:
-    - ` + db + `
+    - ` + web + `
 registry:
   server: registry.invalid
   username: shop
@@ -210,7 +274,7 @@ accessories:
 		w.waitSQL(t, "db", 60*time.Second)
 	}
 	r := w.addr["db-replica"]
-	if out, code := runCLI(t, "init", "--app", w.app, "--replica-host", r, "--replica-ip", r); code != 0 {
+	if out, code := runCLI(t, "init", "--app", w.app, "--replica-host", r, "--replica-ip", r, "--router-image", dockertest.RouterImageTag); code != 0 {
 		t.Fatalf("init: exit %d\n%s", code, out)
 	}
 	return w

@@ -14,8 +14,10 @@ import (
 	"github.com/understudy-dev/understudy/kamal"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
+	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/release"
 	"github.com/understudy-dev/understudy/remote"
+	"github.com/understudy-dev/understudy/router"
 	"github.com/understudy-dev/understudy/setup"
 )
 
@@ -151,6 +153,12 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 	if d.Backup != nil {
 		names = append(names, d.Backup.Accessory)
 	}
+	for _, a := range d.Agents {
+		names = append(names, a.Name)
+	}
+	if d.Router != nil {
+		names = append(names, d.Router.Name)
+	}
 	cmds, err := remote.NodeCommands(d.Config, names)
 	if err != nil {
 		return nil, err
@@ -179,7 +187,38 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 				DataDir: d.Cluster.DataDir, Major: d.Cluster.Major}
 		}
 	}
+	kamalRouting(ctx, tg, d, abs, ctl, cmds)
 	return tg, nil
+}
+
+// kamalRouting gives a Kamal target its node agents and router: the
+// monitoring login's password (resolved as Kamal does; apply says what to
+// do when it does not resolve), the accessories apply runs, and the
+// reader status and check use.
+func kamalRouting(ctx context.Context, tg *target, d *setup.Deployed, app string, ctl *remote.Control, cmds map[string]*kamal.AccessoryCommands) {
+	if d.Cluster.MonitorUser == "" || len(d.Agents) == 0 {
+		return
+	}
+	if pw, err := d.Secrets.Resolve(ctx, app, pgconf.MonitorSecret); err == nil {
+		tg.MonitorPassword = pw
+	}
+	rr := &remote.Routing{Control: ctl, StatsPort: router.DefaultStatsPort, AgentsPorts: map[string]int{}}
+	for _, n := range d.Cluster.Nodes {
+		rr.AgentsPorts[n.Name] = pgconf.DefaultAgentPort
+		if n.AgentPort != 0 {
+			rr.AgentsPorts[n.Name] = n.AgentPort
+		}
+	}
+	for _, a := range d.Agents {
+		tg.RoutingDeployers = append(tg.RoutingDeployers, &remote.RoutingAccessory{Control: ctl, Acc: a.Name, Hosts: a.Hosts, Commands: cmds[a.Name],
+			BinDir: setup.BackupBinDir, File: setup.AgentClusterPath, Text: a.Config})
+	}
+	if r := d.Router; r != nil {
+		tg.RoutingDeployers = append(tg.RoutingDeployers, &remote.RoutingAccessory{Control: ctl, Acc: r.Name, Hosts: r.Hosts, Commands: cmds[r.Name],
+			IsRouter: true, File: setup.RouterConfigPath, Text: r.Config})
+		rr.Routers = r.Hosts
+	}
+	tg.Routing = rr
 }
 
 // kamalBackupAccess opens the bucket with the backup secrets resolved here,

@@ -1,0 +1,99 @@
+package live
+
+import (
+	"context"
+	"fmt"
+)
+
+// The node agents' and the router's part of apply (Kamal): after the
+// nodes and the backup accessory, each accessory read once (ReadAgent:
+// its containers, the binary and the file it mounts), decided
+// (DecideRouting, pure) and carried out by the same executor.
+const (
+	StepRoutingBinary StepKind = "routing-binary" // put the understudy binary where an agent's accessory mounts it
+	StepRoutingBoot   StepKind = "routing-boot"   // kamal accessory boot: a container is missing
+	StepRoutingReboot StepKind = "routing-reboot" // kamal accessory reboot: a new binary, cluster.json or haproxy.cfg
+	StepRoutingStart  StepKind = "routing-start"  // docker container start: it exists, stopped
+)
+
+// RoutingDeployer runs a node agent's or the router's accessory.
+type RoutingDeployer interface {
+	BackupAgentDeployer
+	// Name is the accessory's name (a Step's Node).
+	Name() string
+	// Router reports whether this is the router (else a node agent).
+	Router() bool
+}
+
+// DecideRouting is the agents' and routers' steps, in the order given
+// (agents first, then the router). Pure.
+func DecideRouting(facts []AgentFacts, routers []bool) []Step {
+	var steps []Step
+	for i, f := range facts {
+		what, binary, cfg := "the node agent", "understudy agent", "cluster.json"
+		effect := "none: the router keeps its last answers from it for a few checks, then treats the node as down until it is back"
+		if routers[i] {
+			what, cfg = "the router", "haproxy.cfg"
+			effect = "the app's open connections through it are cut once; it reconnects"
+		}
+		if !f.BinaryCurrent {
+			steps = append(steps, Step{Kind: StepRoutingBinary, Node: f.Name, Action: "put the understudy binary (" + f.Binary + ") on its server, where " + f.Name + " mounts it", Effect: "none"})
+		}
+		switch {
+		case f.Container == "absent":
+			steps = append(steps, Step{Kind: StepRoutingBoot, Node: f.Name, Action: "boot " + what + " (kamal accessory boot " + f.Name + ")", Effect: "none"})
+		case !f.BinaryCurrent || !f.ConfigCurrent:
+			why := "a new " + binary + " binary"
+			if f.BinaryCurrent {
+				why = "a changed " + cfg
+			}
+			steps = append(steps, Step{Kind: StepRoutingReboot, Node: f.Name, Action: "reboot " + what + " (kamal accessory reboot " + f.Name + ") for " + why, Effect: effect})
+		case f.Container != "running" && f.Container != "restarting":
+			steps = append(steps, Step{Kind: StepRoutingStart, Node: f.Name, Action: "start " + what + " (its container is " + f.Container + ")", Effect: "none"})
+		}
+	}
+	return steps
+}
+
+// readRouting reads every routing accessory of a target.
+func readRouting(ctx context.Context, t Target) ([]Step, error) {
+	var facts []AgentFacts
+	var routers []bool
+	for _, d := range t.RoutingDeployers {
+		f, err := d.ReadAgent(ctx)
+		if err != nil {
+			return nil, err
+		}
+		facts, routers = append(facts, f), append(routers, d.Router())
+	}
+	return DecideRouting(facts, routers), nil
+}
+
+func (a *applier) routingStep(ctx context.Context, s Step) error {
+	var d RoutingDeployer
+	for _, x := range a.t.RoutingDeployers {
+		if x.Name() == s.Node {
+			d = x
+		}
+	}
+	if d == nil {
+		return fmt.Errorf("step %s: this target has no accessory %s", s.Kind, s.Node)
+	}
+	var err error
+	var done string
+	switch s.Kind {
+	case StepRoutingBinary:
+		err, done = d.InstallAgentBinary(ctx), "put the understudy binary on "+s.Node+"'s server"
+	case StepRoutingBoot:
+		err, done = d.BootAgent(ctx), "booted "+s.Node
+	case StepRoutingReboot:
+		err, done = d.RebootAgent(ctx), "rebooted "+s.Node
+	case StepRoutingStart:
+		err, done = d.StartAgent(ctx), "started "+s.Node
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.Action, err)
+	}
+	a.did("%s", done)
+	return nil
+}
