@@ -68,7 +68,7 @@ var SurvivalTable = []Survival{
 	{StackPython, "Python, psycopg2 / psycopg 3", "follows by itself", "psycopg2: after ~8 s (tcp_user_timeout); psycopg 3.1: needs the router"},
 	{StackLaravel, "Laravel", "follows by itself (with PGTARGETSESSIONATTRS)", "needs the router (no way to pass tcp_user_timeout)"},
 	{StackPHP, "PHP PDO", "follows by itself", "follows after ~8 s (tcp_user_timeout, PDO::ATTR_TIMEOUT)"},
-	{StackNode, "Node, node-postgres (and ORMs on pg: Prisma, Knex, Sequelize)", "needs the router (no multi-host support)", "needs the router"},
+	{StackNode, "Node, node-postgres (and Prisma)", "needs the router (no multi-host support)", "needs the router"},
 	{StackPostgresJS, "Node, postgres.js", "follows by itself (only with target_session_attrs=primary)", "needs the router"},
 	{StackGo, "Go, pgx", "follows by itself", "follows after ~7 s (per-request context deadlines)"},
 }

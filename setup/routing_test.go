@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/understudy-dev/understudy/kamal"
+	"github.com/understudy-dev/understudy/pgconf"
 )
 
 // write applies a plan's changes to the source.
@@ -170,5 +171,47 @@ func TestAgentAndRouterNamesTaken(t *testing.T) {
 		if !ok || !strings.Contains(r.Problem, "was not made by understudy") || r.Fix == "" {
 			t.Errorf("%q: %v", strings.Fields(extra)[0], err)
 		}
+	}
+}
+
+// docs/connecting.md carries the same table connect prints.
+func TestConnectingDocHasTheTable(t *testing.T) {
+	b, err := os.ReadFile("../docs/connecting.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), ConnectTable()) {
+		t.Errorf("docs/connecting.md does not carry setup.ConnectTable() as it is now:\n%s", ConnectTable())
+	}
+}
+
+func TestConnectAdvice(t *testing.T) {
+	in := ConnectInput{Nodes: []pgconf.Node{{Name: "db", Addr: "10.0.1.2", Port: 5432}, {Name: "db-replica", Addr: "10.0.1.3", Port: 5432}}, User: "app", DB: "shop"}
+	for stack, want := range map[Stack][]string{
+		StackRails:      {"Unset DATABASE_URL", "host: 10.0.1.2,10.0.1.3", `port: "5432"`, "target_session_attrs: read-write", "tcp_user_timeout: 5000", "needs the router"},
+		StackDjango:     {`"HOST": "10.0.1.2,10.0.1.3"`, "dj-database-url rejects"},
+		StackLaravel:    {"DB_HOST=10.0.1.2,10.0.1.3", "PGTARGETSESSIONATTRS=read-write", "PDO::ATTR_TIMEOUT => 2", "Never DB_URL"},
+		StackNode:       {"no multi-host support", "understudy init --router"},
+		StackPostgresJS: {"target_session_attrs=primary", "@10.0.1.2:5432,10.0.1.3:5432/shop"},
+		StackGo:         {"target_session_attrs=read-write&connect_timeout=2", "context deadline"},
+		StackPython:     {"tcp_user_timeout=5000"},
+		StackPHP:        {"pgsql:host=10.0.1.2,10.0.1.3;port=5432;dbname=shop;target_session_attrs=read-write", "PDO::ATTR_TIMEOUT => 2"},
+	} {
+		got := ConnectAdvice(stack, in)
+		for _, w := range want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s lacks %q:\n%s", stack, w, got)
+			}
+		}
+	}
+	in.Router = &RouterEndpoint{Host: "shop-db-router", Port: 5432, ROPort: 5433}
+	for _, st := range Stacks {
+		got := ConnectAdvice(st, in)
+		if !strings.Contains(got, "shop-db-router") || strings.Contains(got, "10.0.1.2") {
+			t.Errorf("%s with the router:\n%s", st, got)
+		}
+	}
+	if _, err := ParseStack("cobol"); err == nil || !strings.Contains(err.Error(), "rails") {
+		t.Errorf("ParseStack(cobol): %v", err)
 	}
 }
