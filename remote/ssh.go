@@ -38,6 +38,11 @@ type Dialer struct {
 	mu      sync.Mutex
 	clients map[string]*ssh.Client
 	closers []func()
+	// dialing holds one lock per host, so a server that does not answer
+	// (a vanished primary) delays only its own connections, never the
+	// ones to the other servers (promote reaches the standby's while the
+	// old primary's hangs).
+	dialing map[string]*sync.Mutex
 }
 
 // NewDialer prepares a dialer; nothing connects yet.
@@ -60,7 +65,7 @@ func NewDialer(o Options) *Dialer {
 			o.Keys = append(o.Keys, filepath.Join(home, ".ssh", k))
 		}
 	}
-	return &Dialer{o: o, clients: map[string]*ssh.Client{}}
+	return &Dialer{o: o, clients: map[string]*ssh.Client{}, dialing: map[string]*sync.Mutex{}}
 }
 
 // Close ends every SSH connection.
@@ -80,9 +85,23 @@ func (d *Dialer) Close() {
 // connecting through the jump host when one is set.
 func (d *Dialer) Client(ctx context.Context, host string) (*ssh.Client, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if c, ok := d.clients[host]; ok {
+		d.mu.Unlock()
 		return c, nil
+	}
+	hl := d.dialing[host]
+	if hl == nil {
+		hl = &sync.Mutex{}
+		d.dialing[host] = hl
+	}
+	d.mu.Unlock()
+	hl.Lock()
+	defer hl.Unlock()
+	d.mu.Lock()
+	c, ok := d.clients[host]
+	d.mu.Unlock()
+	if ok {
+		return c, nil // dialed by another caller meanwhile
 	}
 	addr := net.JoinHostPort(host, strconv.Itoa(d.o.Port))
 	var conn net.Conn
@@ -98,18 +117,22 @@ func (d *Dialer) Client(ctx context.Context, host string) (*ssh.Client, error) {
 		if jerr != nil {
 			return nil, jerr
 		}
+		d.mu.Lock()
 		d.closers = append(d.closers, func() { jump.Close() })
+		d.mu.Unlock()
 		via = " via jump host " + jaddr
 		conn, err = jump.Dial("tcp", addr)
 		if err != nil {
 			return nil, fmt.Errorf("the jump host %s cannot reach %s: %v. Check that %s is the server's address as the jump host sees it, and ssh.port", jaddr, addr, err, host)
 		}
 	}
-	c, err := d.connect(ctx, conn, host, addr, d.o.User, via)
+	c, err = d.connect(ctx, conn, host, addr, d.o.User, via)
 	if err != nil {
 		return nil, err
 	}
+	d.mu.Lock()
 	d.clients[host] = c
+	d.mu.Unlock()
 	return c, nil
 }
 
@@ -125,7 +148,9 @@ func (d *Dialer) connect(ctx context.Context, conn net.Conn, host, addr, user, v
 	if !d.o.KeysOnly {
 		if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
 			if ac, err := net.Dial("unix", sock); err == nil {
+				d.mu.Lock()
 				d.closers = append(d.closers, func() { ac.Close() })
+				d.mu.Unlock()
 				auths = append(auths, ssh.PublicKeysCallback(agent.NewClient(ac).Signers))
 				tried = append(tried, "the ssh agent")
 			}
