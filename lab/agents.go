@@ -118,6 +118,10 @@ func (l *Lab) NodeAgentConfig(node string, log io.Writer) (agent.Config, error) 
 	}
 	cfg := agent.Config{Node: node, Log: log,
 		PG: agent.PGSource{Host: l.sockDir(node), Port: n.Port, User: l.Cluster.MonitorUser}}
+	if l.state.Backup != nil {
+		// One machine: the backup agent's report is beside every node.
+		cfg.BackupReport = filepath.Join(l.AgentConfig(io.Discard).Spool, "..", "agent-status.json")
+	}
 	for _, p := range l.Cluster.Nodes {
 		if p.Name != node {
 			cfg.Peers = append(cfg.Peers, agent.Peer{Name: p.Name, Addr: p.Agent()})

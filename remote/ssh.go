@@ -43,7 +43,19 @@ type Dialer struct {
 	// ones to the other servers (promote reaches the standby's while the
 	// old primary's hangs).
 	dialing map[string]*sync.Mutex
+	// failed remembers, for a while, a server whose SSH login just failed,
+	// so one command does not wait out the same timeout again and again
+	// for a server that is gone (promote, with the old primary's).
+	failed map[string]dialFailure
 }
+
+type dialFailure struct {
+	at  time.Time
+	err error
+}
+
+// failedFor is how long a failed login is remembered.
+const failedFor = 30 * time.Second
 
 // NewDialer prepares a dialer; nothing connects yet.
 func NewDialer(o Options) *Dialer {
@@ -65,7 +77,7 @@ func NewDialer(o Options) *Dialer {
 			o.Keys = append(o.Keys, filepath.Join(home, ".ssh", k))
 		}
 	}
-	return &Dialer{o: o, clients: map[string]*ssh.Client{}, dialing: map[string]*sync.Mutex{}}
+	return &Dialer{o: o, clients: map[string]*ssh.Client{}, dialing: map[string]*sync.Mutex{}, failed: map[string]dialFailure{}}
 }
 
 // Close ends every SSH connection.
@@ -99,9 +111,13 @@ func (d *Dialer) Client(ctx context.Context, host string) (*ssh.Client, error) {
 	defer hl.Unlock()
 	d.mu.Lock()
 	c, ok := d.clients[host]
+	f, failed := d.failed[host]
 	d.mu.Unlock()
 	if ok {
 		return c, nil // dialed by another caller meanwhile
+	}
+	if failed && time.Since(f.at) < failedFor {
+		return nil, f.err
 	}
 	addr := net.JoinHostPort(host, strconv.Itoa(d.o.Port))
 	var conn net.Conn
@@ -128,6 +144,11 @@ func (d *Dialer) Client(ctx context.Context, host string) (*ssh.Client, error) {
 	}
 	c, err = d.connect(ctx, conn, host, addr, d.o.User, via)
 	if err != nil {
+		if ctx.Err() == nil {
+			d.mu.Lock()
+			d.failed[host] = dialFailure{time.Now(), err}
+			d.mu.Unlock()
+		}
 		return nil, err
 	}
 	d.mu.Lock()

@@ -86,13 +86,13 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 	if _, err := live.Apply(ctx, l.Target(), live.ApplyOptions{Yes: true, Out: c.out, Timeout: 10 * time.Minute}); err != nil {
 		return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
 	}
-	if err := labRoutingUp(ctx, c.out, l, false); err != nil {
-		return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
-	}
 	if *withBackup {
 		if err := labBackupUp(ctx, c.out, l, false); err != nil {
 			return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
 		}
+	}
+	if err := labRoutingUp(ctx, c.out, l, false); err != nil {
+		return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
 	}
 	fmt.Fprintf(c.out, "lab up in %.1f s. Try: understudy status --lab %s; understudy lab down --dir %s\n", time.Since(start).Seconds(), l.Dir, l.Dir)
 	return nil
