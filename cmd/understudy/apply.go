@@ -33,15 +33,15 @@ func (c *applyCommand) Run(ctx context.Context, args []string) error {
 	yes := fs.Bool("yes", false, "agree in advance to restarting nodes whose settings need a restart")
 	timeout := fs.Duration("timeout", 30*time.Minute, "how long to wait for a node to start, clone and stream")
 	dryRun := fs.Bool("dry-run", false, "show the steps apply would take, and change nothing")
-	agentBin := fs.String("agent-binary", "", "development: the understudy file to put on the backup accessory's server (default: the release's Linux build for its machine; docs/install.md)")
+	agentBin := fs.String("agent-binary", "", "development: the understudy file to put on the node agents' and the backup accessory's servers (default: the release's Linux build for their machines; docs/install.md)")
 	t, err := tf.parse(ctx, fs, args, true)
 	if err != nil {
 		return err
 	}
 	defer t.close()
 	if *agentBin != "" {
-		if t.agent == nil {
-			return errors.New("--agent-binary: this app has no backup accessory (`understudy init --backup ...` adds one)")
+		if t.agent == nil && len(t.RoutingDeployers) == 0 {
+			return errors.New("--agent-binary: this app has no node agents and no backup accessory (`understudy init` adds the agents)")
 		}
 		abs, err := filepath.Abs(*agentBin)
 		if err != nil {
