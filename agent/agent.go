@@ -21,7 +21,7 @@ const DefaultPort = 8008
 // Defaults of Config.
 const (
 	DefaultInterval    = 100 * time.Millisecond
-	DefaultDeadline    = time.Second
+	DefaultDeadline    = 2 * time.Second
 	DefaultPeerEvery   = 500 * time.Millisecond
 	DefaultDetailEvery = 2 * time.Second
 )
