@@ -201,7 +201,7 @@ func (a *applier) step(ctx context.Context, s Step) error {
 		a.did("%s replication role %s from a SCRAM verifier computed here (the password never reached the server)", verb, a.t.Cluster.ReplUser)
 		return nil
 	case StepEnsureMonitor:
-		return a.ensureMonitor(ctx, s.Node)
+		return a.ensureMonitor(ctx, s)
 	case StepRewindGrants:
 		pc, err := a.primary(ctx, s.Node)
 		if err != nil {
@@ -247,24 +247,29 @@ func (a *applier) step(ctx context.Context, s Step) error {
 }
 
 // ensureMonitor makes the node agents' login as the plan has it.
-func (a *applier) ensureMonitor(ctx context.Context, node string) error {
+func (a *applier) ensureMonitor(ctx context.Context, s Step) error {
 	role := a.t.Cluster.MonitorUser
 	if a.t.MonitorPassword == "" {
 		return fmt.Errorf("the node agents' login %s has no password here: add %s to .kamal/secrets (a reference, as for REPLICATION_PASSWORD; `understudy password` makes one)", role, pgconf.MonitorSecret)
 	}
-	pc, err := a.primary(ctx, node)
+	pc, err := a.primary(ctx, s.Node)
 	if err != nil {
 		return err
 	}
-	m, err := pgops.ReadMonitorRole(ctx, pc, role, a.t.MonitorPassword)
-	if err != nil || m.OK() {
-		return err
+	exists := s.Exists
+	if s.Fresh {
+		// A guard: the role could not be read when the plan was made.
+		m, err := pgops.ReadMonitorRole(ctx, pc, role, a.t.MonitorPassword)
+		if err != nil || m.OK() {
+			return err
+		}
+		exists = m.Exists
 	}
 	if err := pgops.EnsureMonitorRole(ctx, pc, role, a.t.MonitorPassword); err != nil {
 		return err
 	}
 	verb := "created"
-	if m.Exists {
+	if exists {
 		verb = "updated"
 	}
 	a.did("%s the node agents' login %s (pg_monitor, no superuser) from a SCRAM verifier computed here", verb, role)

@@ -236,7 +236,16 @@ func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
 		add(Step{Kind: StepRewindGrants, Node: prim, Action: "let " + c.ReplUser + " read the files pg_rewind needs", Effect: "none"})
 	}
 	if c.MonitorUser != "" && (fresh || f.Monitor == nil || !f.Monitor.OK()) {
-		add(Step{Kind: StepEnsureMonitor, Node: prim, Action: "create or update the node agents' login " + c.MonitorUser + " (pg_monitor, no superuser) from a SCRAM verifier computed here", Effect: "none"})
+		// Not read (fresh, or no password here): the executor reads it first.
+		unread := fresh || f.Monitor == nil
+		action := "create the node agents' login " + c.MonitorUser + " (pg_monitor, no superuser) from a SCRAM verifier computed here"
+		switch {
+		case unread:
+			action = "create or update the node agents' login " + c.MonitorUser + " (pg_monitor, no superuser) unless it is as planned"
+		case f.Monitor.Exists:
+			action = "update the node agents' login " + c.MonitorUser + " (login, pg_monitor, no superuser, password) from a SCRAM verifier computed here"
+		}
+		add(Step{Kind: StepEnsureMonitor, Node: prim, Exists: !unread && f.Monitor.Exists, Fresh: unread, Action: action, Effect: "none"})
 	}
 	primRestarts := false
 	for _, r := range restarts {

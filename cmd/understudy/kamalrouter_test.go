@@ -1,109 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
-	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/understudy-dev/understudy/internal/dockertest"
-	"github.com/understudy-dev/understudy/internal/pgxwriter"
+	"github.com/understudy-dev/understudy/internal/apptest"
 )
-
-var appWriterOnce struct {
-	sync.Once
-	dir string
-	err error
-}
-
-// appWriterDir holds a static build of internal/pgxwriter/appwriter, the
-// app the test runs in a container.
-func appWriterDir(t testing.TB) string {
-	t.Helper()
-	appWriterOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "understudy-appwriter-")
-		if err != nil {
-			appWriterOnce.err = err
-			return
-		}
-		os.Chmod(dir, 0o755)
-		c := exec.Command("go", "build", "-o", filepath.Join(dir, "appwriter"), "github.com/understudy-dev/understudy/internal/pgxwriter/appwriter")
-		c.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := c.CombinedOutput(); err != nil {
-			appWriterOnce.err = fmt.Errorf("%v\n%s", err, out)
-		}
-		appWriterOnce.dir = dir
-	})
-	if appWriterOnce.err != nil {
-		t.Fatalf("building the app writer: %v", appWriterOnce.err)
-	}
-	return appWriterOnce.dir
-}
-
-// writerLog reads every attempt the app container has printed so far.
-func (w *kamalWorld) writerLog(t testing.TB) []pgxwriter.Attempt {
-	t.Helper()
-	out, err := exec.Command("docker", "-H", w.docker["app"].DockerHost(), "logs", "shop-writers").Output()
-	if err != nil {
-		t.Fatalf("docker logs shop-writers: %v", err)
-	}
-	var log []pgxwriter.Attempt
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var a pgxwriter.Attempt
-		if json.Unmarshal(sc.Bytes(), &a) == nil && a.Client != "" {
-			log = append(log, a)
-		}
-	}
-	return log
-}
-
-// byClient splits a log by client.
-func byClient(log []pgxwriter.Attempt) map[string][]pgxwriter.Attempt {
-	m := map[string][]pgxwriter.Attempt{}
-	for _, a := range log {
-		m[a.Client] = append(m[a.Client], a)
-	}
-	return m
-}
-
-// waitWrites waits until every client has an acknowledged write that
-// began after since: every writer resumed by itself.
-func (w *kamalWorld) waitWrites(t testing.TB, clients int, since time.Time, limit time.Duration, what string) map[string]pgxwriter.Attempt {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		firsts := map[string]pgxwriter.Attempt{}
-		for c, lg := range byClient(w.writerLog(t)) {
-			if a, ok := pgxwriter.FirstAckAfter(lg, since); ok {
-				firsts[c] = a
-			}
-		}
-		if len(firsts) == clients {
-			return firsts
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: only %d of %d writers wrote again within %s", what, len(firsts), clients, limit)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// containerAddr is a node container's address on its server's network, as
-// PostgreSQL sees the connections the router makes to it.
-func (w *kamalWorld) containerAddr(t testing.TB, node string) string {
-	t.Helper()
-	ip := w.docker[node].Docker(t, "container", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "shop-"+node)
-	return ip + ":5432"
-}
 
 // blackhole drops every packet in and out of a server's network namespace
 // (a powered-off VM behind a cloud's router, a partition); the returned
@@ -135,15 +40,18 @@ func (w *kamalWorld) blackhole(t testing.TB, server string) (heal func()) {
 }
 
 // The router on real Docker: init writes the node agents and the router,
-// apply boots them (the router on the app's own server), and an app in a
-// container on that server's Kamal network, which knows one host (the
-// router's name), keeps writing across a switchover, a switchover back,
-// the primary's server black-holed and an emergency promote, and the old
-// primary healed and rejoined: every writer resumes without a restart, no
-// acknowledged row is missing, no node acknowledged a write outside its
-// time as the primary, and writes never went to two nodes.
+// apply boots them (the router on the app's own server), and the app
+// writers (ActiveRecord + ruby-pg, node-postgres, psycopg2, pgx, each in a
+// container of the app image on that server's Kamal network), which know
+// one host (the router's name), keep writing across a switchover, a
+// switchover back, the primary's server black-holed and an emergency
+// promote, and the old primary healed and rejoined: every writer resumes
+// without a restart, no acknowledged row is missing, no node acknowledged
+// a write outside its time as the primary, and no two nodes acknowledged
+// writes at once.
 func TestKamalRouterFollowsEveryRoleChange(t *testing.T) {
 	w := newKamalWorld(t, worldOptions{app: true})
+	ctx := context.Background()
 	out, code := runCLI(t, "apply", "--app", w.app)
 	if code != 0 {
 		t.Fatalf("apply: exit %d\n%s", code, out)
@@ -175,91 +83,81 @@ func TestKamalRouterFollowsEveryRoleChange(t *testing.T) {
 		t.Fatalf("check on a healthy setup: exit %d\n%s", code, out)
 	}
 
-	w.exec(t, "db", "CREATE ROLE app LOGIN PASSWORD 'app-writer-secret'", pgxwriter.CreateSQL, "GRANT ALL ON "+pgxwriter.Table+" TO app")
-	const clients = 3
+	tar, err := apptest.ImageTar(ctx, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
 	app := w.docker["app"]
-	app.Docker(t, "run", "-d", "--name", "shop-writers", "--network", "kamal", "-e", "PGPASSWORD=app-writer-secret",
-		"-v", appWriterDir(t)+":/w:ro", dockertest.ImageTag, "/w/appwriter", "--clients", fmt.Sprint(clients),
-		"--conn", "host=shop-db-router port=5432 user=app dbname=postgres target_session_attrs=read-write connect_timeout=2")
-	t.Cleanup(func() { exec.Command("docker", "-H", app.DockerHost(), "rm", "-f", "shop-writers").Run() })
-	w.waitWrites(t, clients, time.Time{}, 60*time.Second, "first writes through the router")
-	addrs := map[string]string{"db": w.containerAddr(t, "db"), "db-replica": w.containerAddr(t, "db-replica")}
-	primaries := []string{addrs["db"]}
-	var changes []pgxwriter.Change
-	// role runs a role command; a change of primary is recorded.
-	role := func(change bool, args ...string) time.Time {
+	app.Load(t, tar)
+	s := apptest.AppSettings(apptest.Endpoint{Host: "shop-db-router", Port: 5432})
+	admin := w.conn(t, "db")
+	err = apptest.Prepare(ctx, admin, s)
+	admin.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := apptest.New(t, &apptest.ContainerRunner{DockerHost: app.DockerHost(), Network: "kamal", Dir: t.TempDir()})
+	var ws []apptest.Writer
+	for _, c := range apptest.Core {
+		ws = append(ws, apptest.Writer{Client: c, Settings: s})
+	}
+	begun := time.Now()
+	if err := h.Start(ctx, ws...); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitAcknowledged(ctx, 5, begun, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	role := func(name, newPrimary string, args ...string) {
 		t.Helper()
-		from := time.Now()
+		end := h.Begin(name, newPrimary)
 		out, code := runCLI(t, append(args, "--app", w.app)...)
+		end()
 		if code != 0 {
 			t.Fatalf("%s: exit %d\n%s", strings.Join(args, " "), code, out)
 		}
 		t.Logf("%s:\n%s", strings.Join(args, " "), out)
-		if change {
-			changes = append(changes, pgxwriter.Change{From: from, To: time.Now()})
+		if err := h.WaitAcknowledged(ctx, 3, time.Now(), time.Minute); err != nil {
+			t.Fatalf("after %s: %v", name, err) // every writer resumes by itself
 		}
-		return from
 	}
-	for _, to := range []string{"db-replica", "db"} {
-		from := role(true, "switchover", to)
-		primaries = append(primaries, addrs[to])
-		w.waitWrites(t, clients, time.Now(), 30*time.Second, "after the switchover to "+to)
-		for c, lg := range byClient(w.writerLog(t)) {
-			t.Logf("switchover to %s: %s paused %d ms", to, c, pgxwriter.LongestPause(lg, from, time.Now()).Milliseconds())
-		}
-		routerOn(to)
-	}
+	role("switchover to db-replica", "db-replica", "switchover", "db-replica")
+	routerOn("db-replica")
+	role("switchover back to db", "db", "switchover", "db")
+	routerOn("db")
 
 	// db's server vanishes: every packet dropped. Then the emergency.
 	heal := w.blackhole(t, "db")
 	time.Sleep(3 * time.Second)
-	role(true, "promote", "db-replica")
-	returned := time.Now()
-	primaries = append(primaries, addrs["db-replica"])
-	for c, a := range w.waitWrites(t, clients, returned, 30*time.Second, "after the promote") {
-		t.Logf("promote: %s's first write on db-replica %d ms after promote returned (%s)", c, a.End.Sub(returned).Milliseconds(), a.Node)
-	}
+	role("db's server black-holed, promote db-replica", "db-replica", "promote", "db-replica")
 	routerOn("db-replica")
 
 	// db's server is back: its agent sees the newer primary and refuses
 	// /primary, so the router keeps writing to db-replica; then rejoin.
 	heal()
 	time.Sleep(3 * time.Second)
-	out, _ = runCLI(t, "status", "--app", w.app)
-	if !strings.Contains(out, w.addr["app"]+": writes to db-replica;") {
+	if out, _ := runCLI(t, "status", "--app", w.app); !strings.Contains(out, w.addr["app"]+": writes to db-replica;") {
 		t.Errorf("after the heal, the router does not write to db-replica alone:\n%s", out)
 	}
-	role(false, "rejoin", "db", "--fence")
-	w.waitWrites(t, clients, time.Now(), 30*time.Second, "after the rejoin")
-	app.Docker(t, "stop", "-t", "10", "shop-writers")
+	role("rejoin db", "", "rejoin", "db", "--fence")
 
-	log := w.writerLog(t)
-	logs := [][]pgxwriter.Attempt{}
-	for _, lg := range byClient(log) {
-		logs = append(logs, lg)
-	}
-	// The rejoined db may have come back with a new address: both count as db.
-	addrs["db"+"#2"] = w.containerAddr(t, "db")
-	for i := range logs {
-		for j := range logs[i] {
-			if logs[i][j].Node == addrs["db#2"] && addrs["db#2"] != addrs["db"] {
-				logs[i][j].Node = addrs["db"]
-			}
-		}
-	}
-	acked := len(pgxwriter.Acked(log))
-	lost, err := pgxwriter.Lost(context.Background(), fmt.Sprintf("host=%s port=5432 user=%s password=%s dbname=postgres sslmode=disable", w.addr["db-replica"], dbUser, dbPassword), logs...)
+	final := w.conn(t, "db-replica")
+	defer final.Close(ctx)
+	h.Stop(ctx)
+	rows, err := apptest.ReadRows(ctx, final, s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(lost) > 0 {
-		t.Errorf("%d of %d acknowledged rows are missing from db-replica, e.g. %+v", len(lost), acked, lost[0])
+	rep := h.Verify(ctx, "db", rows)
+	t.Log(rep)
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
 	}
-	if wrong := pgxwriter.WrongNode(primaries, changes, logs...); len(wrong) > 0 {
-		t.Errorf("%d writes acknowledged by a node that was not the primary, e.g. %+v", len(wrong), wrong[0])
+	for _, wr := range rep.Writers {
+		for _, p := range wr.Pauses {
+			if strings.Contains(p.Event, "promote") {
+				t.Logf("%s: first write on db-replica %d ms after promote returned", wr.Name, p.NewPrimaryAckAfter.Milliseconds())
+			}
+		}
 	}
-	if bad, runs := pgxwriter.Interleaved(primaries, logs...); bad {
-		t.Errorf("writes went to two nodes in turns: %+v", runs)
-	}
-	t.Logf("%d acknowledged rows checked on db-replica; %d attempts in all", acked, len(log))
 }
