@@ -146,7 +146,8 @@ func (l *Lab) StartNodeAgents(ctx context.Context, exe string) error {
 		}
 		argv := []string{exe, "agent", "--lab", l.Dir, "--node", n.Name}
 		if l.NetNS != nil {
-			argv = inNetNS(l.NetNS.Path(i), l.uid, l.gid, argv)
+			// As this user (it reads the lab's files), in the node's namespace.
+			argv = append([]string{"nsenter", "--net=" + l.NetNS.Path(i), "--"}, argv...)
 		}
 		if err := l.startService(agentService(n.Name), argv, nil); err != nil {
 			return err
