@@ -220,3 +220,44 @@ func get(t *testing.T, url string) string {
 }
 
 func pgxConnect(ctx context.Context, conn string) (*pgx.Conn, error) { return pgx.Connect(ctx, conn) }
+
+// TestSwitchoverDrainsBeforeTheStop: with agents, a switchover's plan
+// holds the drain and the announce; when the old primary is about to stop,
+// its agent already answers /primary 503, and once the switchover returns
+// the new one's answers 200 and the old one's 503.
+func TestSwitchoverDrainsBeforeTheStop(t *testing.T) {
+	l := labtest.Up(t, labtest.Options{Agents: true})
+	labtest.NodeAgents(t, l, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := live.PlanSwitchover(ctx, l.Target(), "db-replica", live.RoleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, s := range p.Steps {
+		kinds = append(kinds, string(s.Kind)+"@"+s.Node)
+	}
+	got := strings.Join(kinds, " ")
+	if !strings.Contains(got, "checkpoint@db drain@db stop-primary@db promote@db-replica announce@db-replica") {
+		t.Fatalf("plan: %s", got)
+	}
+	atStop := 0
+	_, err = live.Switchover(ctx, l.Target(), "db-replica", live.RoleOptions{Hook: func(stage string) {
+		if stage == "before-stop" {
+			atStop = code(t, l.AgentURL("db")+"/primary")
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if atStop != 503 {
+		t.Errorf("db's agent answered %d just before db stopped; want 503 (drained)", atStop)
+	}
+	if c := code(t, l.AgentURL("db-replica")+"/primary"); c != 200 {
+		t.Errorf("db-replica's agent answers %d right after the switchover; want 200 (announced)", c)
+	}
+	labtest.WaitFor(t, 10*time.Second, "db, now a standby, to answer /primary 503 and /replica 200", func() bool {
+		return code(t, l.AgentURL("db")+"/primary") == 503 && code(t, l.AgentURL("db")+"/replica") == 200
+	})
+}
