@@ -35,8 +35,8 @@ import (
 
 	"github.com/understudy-dev/understudy/agent"
 	"github.com/understudy-dev/understudy/bench/benchmain"
-	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/internal/apptest"
+	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/router"
