@@ -343,12 +343,17 @@ func tps(ctx context.Context, l *lab.Lab, primary string, routerPort int, d time
 	if out, err := pgbench(ctx, l, n.Port, s, "-n", "-S", "-c", "4", "-j", "2", "-T", "5"); err != nil {
 		return fmt.Errorf("pgbench -S (warm-up): %v: %s", err, out)
 	}
+	const rounds = 4
 	runs := map[string][]float64{}
-	for i := 0; i < 2; i++ {
-		for _, t := range []struct {
+	for i := 0; i < rounds; i++ {
+		order := []struct {
 			name string
 			port int
-		}{{"direct", n.Port}, {"router", routerPort}} {
+		}{{"direct", n.Port}, {"router", routerPort}}
+		if i%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		for _, t := range order {
 			out, err := pgbench(ctx, l, t.port, s, "-n", "-S", "-c", "4", "-j", "2", "-T", strconv.Itoa(int(d.Seconds())))
 			if err != nil {
 				return fmt.Errorf("pgbench -S (%s): %v: %s", t.name, err, out)
@@ -361,9 +366,16 @@ func tps(ctx context.Context, l *lab.Lab, primary string, routerPort int, d time
 			runs[t.name] = append(runs[t.name], v)
 		}
 	}
-	avg := func(v []float64) float64 { return (v[0] + v[1]) / 2 }
-	fmt.Printf("\npgbench -S -c 4 -j 2, %s each, twice, alternating: direct %.0f tps (%.0f, %.0f), through the router %.0f tps (%.0f, %.0f): %.2f× (goal ≥ 0.9×); load %s\n",
-		d, avg(runs["direct"]), runs["direct"][0], runs["direct"][1], avg(runs["router"]), runs["router"][0], runs["router"][1], avg(runs["router"])/avg(runs["direct"]), load())
+	list := func(v []float64) string {
+		var p []string
+		for _, x := range v {
+			p = append(p, fmt.Sprintf("%.0f", x))
+		}
+		return strings.Join(p, ", ")
+	}
+	md, mr := benchmain.Pct(runs["direct"], 50), benchmain.Pct(runs["router"], 50)
+	fmt.Printf("\npgbench -S -c 4 -j 2, %s each, %d rounds alternating: direct median %.0f tps (%s), through the router median %.0f tps (%s): %.2f× (goal ≥ 0.9×); load %s\n",
+		d, rounds, md, list(runs["direct"]), mr, list(runs["router"]), mr/md, load())
 	return nil
 }
 
@@ -449,11 +461,12 @@ func lastLine(s string) string {
 // for a run that failed.
 func health(l *lab.Lab) string {
 	var b strings.Builder
-	for _, svc := range []string{"router", "agent-db", "agent-db-replica"} {
+	for _, svc := range []string{"router", "agent-db", "agent-db-replica", "db", "db-replica"} {
 		data, _ := os.ReadFile(l.ServiceLog(svc))
 		var keep []string
 		for _, line := range strings.Split(string(data), "\n") {
-			if strings.Contains(line, "DOWN") || strings.Contains(line, "is UP") || strings.Contains(line, "failed") || strings.Contains(line, "PostgreSQL is") {
+			if strings.Contains(line, "DOWN") || strings.Contains(line, "is UP") || strings.Contains(line, "failed") || strings.Contains(line, "PostgreSQL is") ||
+				strings.Contains(line, "FATAL") || strings.Contains(line, "terminat") || strings.Contains(line, "LOG:  ") {
 				keep = append(keep, line)
 			}
 		}
