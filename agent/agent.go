@@ -21,7 +21,7 @@ const DefaultPort = 8008
 // Defaults of Config.
 const (
 	DefaultInterval    = 100 * time.Millisecond
-	DefaultDeadline    = 2 * time.Second
+	DefaultDeadline    = 4 * time.Second
 	DefaultPeerEvery   = 500 * time.Millisecond
 	DefaultDetailEvery = 2 * time.Second
 )
@@ -38,7 +38,7 @@ type Config struct {
 	PG          PGSource
 	Peers       []Peer
 	Interval    time.Duration // between observations
-	Deadline    time.Duration // an observation (and a peer's /status) gets this long
+	Deadline    time.Duration // an observation gets this long (two attempts of half each), a peer's /status half
 	PeerEvery   time.Duration // between reads of the peers' /status
 	DetailEvery time.Duration // between reads of walsenders and slots (metrics)
 	// BackupReport is the backup agent's local report (agent-status.json)
@@ -200,9 +200,20 @@ func (a *Agent) observeLoop(ctx context.Context) {
 
 // observeOnce reads the local server under the deadline.
 func (a *Agent) observeOnce(ctx context.Context, start time.Time) (NodeView, pgops.RoleProbe, bool) {
-	octx, cancel := context.WithTimeout(ctx, a.cfg.Deadline)
-	p, err := a.obs.Probe(octx)
-	cancel()
+	// Two attempts of half the deadline each: a server that stalls for a
+	// moment (a busy machine) is asked again on a fresh connection before
+	// it is reported as not answering; one that does not answer within the
+	// whole deadline is reported then.
+	var p pgops.RoleProbe
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		octx, cancel := context.WithTimeout(ctx, a.cfg.Deadline/2)
+		p, err = a.obs.Probe(octx)
+		cancel()
+		if !errors.Is(err, ErrNoAnswer) || ctx.Err() != nil {
+			break
+		}
+	}
 	v := NodeView{Node: a.cfg.Node, At: time.Now(), Took: time.Since(start), ValidFor: a.validFor()}
 	if err != nil {
 		v.Role = RoleDown
@@ -282,8 +293,8 @@ func (a *Agent) fresh(ctx context.Context) {
 
 // peerLoop reads every peer's /status every PeerEvery.
 func (a *Agent) peerLoop(ctx context.Context) {
-	client := &http.Client{Timeout: a.cfg.Deadline, Transport: &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: a.cfg.Deadline}).DialContext,
+	client := &http.Client{Timeout: a.cfg.Deadline / 2, Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: a.cfg.Deadline / 2}).DialContext,
 		MaxIdleConnsPerHost: 1, IdleConnTimeout: 30 * time.Second, DisableCompression: true,
 	}}
 	for ctx.Err() == nil {

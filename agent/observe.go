@@ -27,8 +27,9 @@ type PGSource struct {
 // Observer holds one connection to the local PostgreSQL and reads it
 // under a deadline. Not safe for concurrent use: one loop owns it.
 type Observer struct {
-	src  PGSource
-	conn *pgx.Conn
+	src   PGSource
+	conn  *pgx.Conn
+	sysid string // the connected cluster's system identifier
 }
 
 // NewObserver makes an observer; it connects on first use.
@@ -77,12 +78,17 @@ func (o *Observer) Probe(ctx context.Context) (pgops.RoleProbe, error) {
 			return pgops.RoleProbe{}, describe(ctx, err)
 		}
 		o.conn = c
+		if o.sysid, err = pgops.SystemIdentifier(ctx, c); err != nil {
+			o.Close()
+			return pgops.RoleProbe{}, describe(ctx, err)
+		}
 	}
 	p, err := pgops.ReadRoleProbe(ctx, o.conn)
 	if err != nil {
 		o.Close()
 		return p, describe(ctx, err)
 	}
+	p.SystemID = o.sysid
 	return p, nil
 }
 

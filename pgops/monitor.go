@@ -76,14 +76,25 @@ type RoleProbe struct {
 	Draining   bool   // a superuser session holds DrainLockKey
 }
 
-// ReadRoleProbe reads a RoleProbe in one statement.
+// SystemIdentifier is the cluster's system identifier (pg_control_system:
+// it reads the control file, so an observer reads it once per connection).
+func SystemIdentifier(ctx context.Context, c *pgx.Conn) (string, error) {
+	var sysid int64
+	if err := c.QueryRow(ctx, `SELECT system_identifier FROM pg_control_system()`).Scan(&sysid); err != nil {
+		return "", fmt.Errorf("reading the system identifier: %w", err)
+	}
+	return fmt.Sprint(uint64(sysid)), nil
+}
+
+// ReadRoleProbe reads a RoleProbe in one statement (SystemID aside:
+// SystemIdentifier).
 func ReadRoleProbe(ctx context.Context, c *pgx.Conn) (RoleProbe, error) {
 	var p RoleProbe
 	var sysid int64
 	var tli, rtli *int64
 	var wl, rl, pl, status, host *string
 	var port *int
-	err := c.QueryRow(ctx, `SELECT (SELECT system_identifier FROM pg_control_system()), pg_is_in_recovery(),
+	err := c.QueryRow(ctx, `SELECT 0::bigint, pg_is_in_recovery(),
 		CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())::bigint
 			ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
 		CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
@@ -100,7 +111,7 @@ func ReadRoleProbe(ctx context.Context, c *pgx.Conn) (RoleProbe, error) {
 	if err != nil {
 		return p, fmt.Errorf("reading the server's role: %w", err)
 	}
-	p.SystemID = fmt.Sprint(uint64(sysid))
+	_ = sysid // read once per connection: SystemIdentifier
 	if tli != nil {
 		p.Timeline = Timeline(*tli)
 	}
