@@ -90,11 +90,10 @@ func SystemIdentifier(ctx context.Context, c *pgx.Conn) (string, error) {
 // SystemIdentifier).
 func ReadRoleProbe(ctx context.Context, c *pgx.Conn) (RoleProbe, error) {
 	var p RoleProbe
-	var sysid int64
 	var tli, rtli *int64
 	var wl, rl, pl, status, host *string
 	var port *int
-	err := c.QueryRow(ctx, `SELECT 0::bigint, pg_is_in_recovery(),
+	err := c.QueryRow(ctx, `SELECT pg_is_in_recovery(),
 		CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())::bigint
 			ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
 		CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
@@ -107,11 +106,10 @@ func ReadRoleProbe(ctx context.Context, c *pgx.Conn) (RoleProbe, error) {
 			WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $2 AND l.objid = $3 AND l.objsubid = 1 AND r.rolsuper)
 		FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver w ON true`,
 		FenceNote, drainKeyHigh, drainKeyLow).
-		Scan(&sysid, &p.InRecovery, &tli, &wl, &rl, &pl, &p.LagSeconds, &status, &rtli, &host, &port, &p.Fenced, &p.Draining)
+		Scan(&p.InRecovery, &tli, &wl, &rl, &pl, &p.LagSeconds, &status, &rtli, &host, &port, &p.Fenced, &p.Draining)
 	if err != nil {
 		return p, fmt.Errorf("reading the server's role: %w", err)
 	}
-	_ = sysid // read once per connection: SystemIdentifier
 	if tli != nil {
 		p.Timeline = Timeline(*tli)
 	}
