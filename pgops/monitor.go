@@ -36,17 +36,30 @@ const (
 	drainKeyLow  = uint32(uint64(DrainLockKey) & 0xffffffff)
 )
 
-// HoldDrainLock takes the drain lock for the session of c (it waits for
-// nothing: a lock already held elsewhere is an error).
+// HoldDrainLock takes the drain lock, exclusively, for the session of c.
+// The node's agent takes it shared for an instant at every observation
+// (that is how it sees a drain without reading pg_locks, which stalls
+// under heavy load), so a busy try is tried again for a second; a lock
+// another session holds that long is an error.
 func HoldDrainLock(ctx context.Context, c *pgx.Conn) error {
-	var ok bool
-	if err := c.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, DrainLockKey).Scan(&ok); err != nil {
-		return fmt.Errorf("taking the drain lock: %w", err)
+	deadline := time.Now().Add(time.Second)
+	for {
+		var ok bool
+		if err := c.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, DrainLockKey).Scan(&ok); err != nil {
+			return fmt.Errorf("taking the drain lock: %w", err)
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("another session holds understudy's drain lock (another switchover runs?)")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
-	if !ok {
-		return fmt.Errorf("another session holds understudy's drain lock (another switchover runs?)")
-	}
-	return nil
 }
 
 // ReleaseDrainLock gives the drain lock back.
@@ -73,7 +86,7 @@ type RoleProbe struct {
 	Receiver   string // pg_stat_wal_receiver.status ("streaming", ...), "" without a walreceiver
 	Sender     string // host:port the walreceiver streams from
 	Fenced     bool   // PGDATA holds the fence note
-	Draining   bool   // a superuser session holds DrainLockKey
+	Draining   bool   // a superuser session holds DrainLockKey (exclusively)
 }
 
 // SystemIdentifier is the cluster's system identifier (pg_control_system:
@@ -102,10 +115,12 @@ func ReadRoleProbe(ctx context.Context, c *pgx.Conn) (RoleProbe, error) {
 			ELSE greatest(0, coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)) END::float8,
 		w.status, w.received_tli::bigint, w.sender_host, w.sender_port,
 		(pg_stat_file($1, true)).size IS NOT NULL,
-		EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_roles r ON r.oid = a.usesysid
-			WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $2 AND l.objid = $3 AND l.objsubid = 1 AND r.rolsuper)
+		CASE WHEN pg_is_in_recovery() THEN false
+			WHEN pg_try_advisory_lock_shared($4) THEN NOT pg_advisory_unlock_shared($4)
+			ELSE EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_roles r ON r.oid = a.usesysid
+				WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' AND l.classid = $2 AND l.objid = $3 AND l.objsubid = 1 AND r.rolsuper) END
 		FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver w ON true`,
-		FenceNote, drainKeyHigh, drainKeyLow).
+		FenceNote, drainKeyHigh, drainKeyLow, DrainLockKey).
 		Scan(&p.InRecovery, &tli, &wl, &rl, &pl, &p.LagSeconds, &status, &rtli, &host, &port, &p.Fenced, &p.Draining)
 	if err != nil {
 		return p, fmt.Errorf("reading the server's role: %w", err)
