@@ -201,7 +201,10 @@ func run(ctx context.Context, n int, gap, tpsFor, alarmFor time.Duration, skipBl
 			return fmt.Errorf("rejoin %s: %w", old, err)
 		}
 	}
-	final := to
+	final := map[string]string{"db": "db-replica", "db-replica": "db"}[to] // the last switchover's
+	if !skipBlackhole {
+		final = to // promoted
+	}
 	var results []apptest.WriterResult
 	for _, w := range procs {
 		sr, _ := w.p.Stop(ctx)
