@@ -82,22 +82,14 @@ func run(ctx context.Context, n int, gap, tpsFor, alarmFor time.Duration, skipBl
 	if _, err := live.Apply(ctx, l.Target(), live.ApplyOptions{Yes: true}); err != nil {
 		return err
 	}
-	agentCtx, stopAgents := context.WithCancel(ctx)
-	defer stopAgents()
-	for _, nd := range l.Cluster.Nodes {
-		logf, err := os.OpenFile(l.ServiceLog("agent-"+nd.Name), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-		if err != nil {
-			return err
-		}
-		cfg, err := l.NodeAgentConfig(nd.Name, logf)
-		if err != nil {
-			return err
-		}
-		ln, err := agent.Listen(nd.Agent())
-		if err != nil {
-			return err
-		}
-		go agent.New(cfg).Run(agentCtx, ln)
+	// The agents run as they do on a server: processes of the understudy
+	// binary, built here.
+	exe := filepath.Join(root, "understudy")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", exe, "./cmd/understudy").CombinedOutput(); err != nil {
+		return fmt.Errorf("building understudy (run the bench from the repository's root): %v: %s", err, out)
+	}
+	if err := l.StartNodeAgents(ctx, exe); err != nil {
+		return err
 	}
 	if err := l.StartRouter(ctx); err != nil {
 		return err
