@@ -78,14 +78,17 @@ type Details struct {
 
 // Agent observes the local PostgreSQL and serves the answers.
 type Agent struct {
-	cfg Config
-	obs *Observer
+	cfg  Config
+	obs  *Observer // the fast loop's connection
+	slow *Observer // the slow loop's
 
 	mu       sync.Mutex
 	view     NodeView
 	started  time.Time     // when the observation behind view began
 	observed chan struct{} // closed and replaced after every observation
 	details  Details
+	files    pgops.NodeFiles
+	filesAt  time.Time // when files were last read (zero: never)
 	peers    []PeerView
 	counts   counters
 
@@ -99,7 +102,7 @@ type counters struct {
 // New makes an agent.
 func New(cfg Config) *Agent {
 	cfg.defaults()
-	a := &Agent{cfg: cfg, obs: NewObserver(cfg.PG), observed: make(chan struct{}), wake: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, obs: NewObserver(cfg.PG), slow: NewObserver(cfg.PG), observed: make(chan struct{}), wake: make(chan struct{}, 1)}
 	a.view = NodeView{Node: cfg.Node, Role: RoleDown, ValidFor: a.validFor()}
 	for _, p := range cfg.Peers {
 		a.peers = append(a.peers, PeerView{Node: p.Name, Error: "not read yet"})
@@ -134,8 +137,9 @@ func (a *Agent) Run(ctx context.Context, l net.Listener) error {
 		WriteTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10}
 	a.logf("listening on %s; PostgreSQL at %s:%d as %s; peers %v", l.Addr(), a.cfg.PG.Host, a.cfg.PG.Port, a.cfg.PG.User, peerNames(a.cfg.Peers))
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); a.observeLoop(ctx) }()
+	go func() { defer wg.Done(); a.slowLoop(ctx) }()
 	go func() { defer wg.Done(); a.peerLoop(ctx) }()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
@@ -149,6 +153,7 @@ func (a *Agent) Run(ctx context.Context, l net.Listener) error {
 	cancel()
 	wg.Wait()
 	a.obs.Close()
+	a.slow.Close()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
@@ -170,23 +175,10 @@ func (a *Agent) logf(format string, args ...any) {
 // observeLoop observes every Interval, or at once when woken (a fresh
 // answer was asked for), never two at a time.
 func (a *Agent) observeLoop(ctx context.Context) {
-	lastDetails := time.Time{}
 	for ctx.Err() == nil {
 		start := time.Now()
-		v, probe, ok := a.observeOnce(ctx, start)
-		var d *Details
-		if ok && time.Since(lastDetails) >= a.cfg.DetailEvery {
-			lastDetails = time.Now()
-			dctx, cancel := context.WithTimeout(ctx, a.cfg.Deadline)
-			det, err := a.obs.Details(dctx, probe)
-			cancel()
-			det.At = time.Now()
-			if err != nil {
-				det.Error = err.Error()
-			}
-			d = &det
-		}
-		a.publish(v, start, d)
+		v, _, _ := a.observeOnce(ctx, start)
+		a.publish(v, start)
 		wait := a.cfg.Interval - time.Since(start)
 		t := time.NewTimer(max(wait, time.Millisecond))
 		select {
@@ -195,6 +187,32 @@ func (a *Agent) observeLoop(ctx context.Context) {
 		case <-a.wake:
 		}
 		t.Stop()
+	}
+}
+
+// slowLoop reads, every DetailEvery on a connection of its own, what needs
+// a file (the control file, the fence note) and what /metrics and /status
+// show beyond the role. A slow disk delays it, never the role answers.
+func (a *Agent) slowLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		a.mu.Lock()
+		tl := a.view.Timeline
+		a.mu.Unlock()
+		sctx, cancel := context.WithTimeout(ctx, a.cfg.Deadline)
+		f, d, err := a.slow.Slow(sctx, tl)
+		cancel()
+		d.At = time.Now()
+		a.mu.Lock()
+		if err != nil {
+			a.details.Error, a.details.At = err.Error(), d.At
+		} else {
+			a.files, a.filesAt, a.details = f, d.At, d
+		}
+		a.mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-time.After(a.cfg.DetailEvery):
+		}
 	}
 }
 
@@ -227,21 +245,24 @@ func (a *Agent) observeOnce(ctx context.Context, start time.Time) (NodeView, pgo
 	if p.InRecovery {
 		v.Role = RoleStandby
 	}
-	v.SystemID, v.Timeline, v.WriteLSN, v.ReceiveLSN, v.ReplayLSN = p.SystemID, p.Timeline, LSN(p.WriteLSN), LSN(p.ReceiveLSN), LSN(p.ReplayLSN)
-	v.LagSeconds, v.Receiver, v.Sender, v.Fenced, v.Draining = p.LagSeconds, p.Receiver, p.Sender, p.Fenced, p.Draining
+	v.Timeline, v.WriteLSN, v.ReceiveLSN, v.ReplayLSN = p.Timeline, LSN(p.WriteLSN), LSN(p.ReceiveLSN), LSN(p.ReplayLSN)
+	v.LagSeconds, v.Receiver, v.Sender, v.Draining = p.LagSeconds, p.Receiver, p.Sender, p.Draining
+	a.mu.Lock()
+	v.SystemID, v.Fenced, v.FilesAt = a.files.SystemID, a.files.Fenced, a.filesAt
+	if v.Timeline == 0 {
+		v.Timeline = a.files.CheckpointTimeline // a standby without a walreceiver
+	}
+	a.mu.Unlock()
 	return v, p, true
 }
 
-func (a *Agent) publish(v NodeView, start time.Time, d *Details) {
+func (a *Agent) publish(v NodeView, start time.Time) {
 	a.mu.Lock()
 	old := a.view
 	a.view, a.started = v, start
 	a.counts.Observations++
 	if v.Role == RoleDown {
 		a.counts.Failures++
-	}
-	if d != nil {
-		a.details = *d
 	}
 	close(a.observed)
 	a.observed = make(chan struct{})

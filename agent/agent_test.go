@@ -219,11 +219,12 @@ func TestAgentEndpoints(t *testing.T) {
 	if err := os.WriteFile(note, []byte("fenced by a test\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if got := get(t, "GET", base+"/primary?fresh"); got.code != 503 || !strings.Contains(got.body, "fenced") {
+	// The note is read on the slower loop (every DetailEvery, 2 s).
+	if got := waitCode(t, base+"/primary", 503, 5*time.Second); !strings.Contains(got.body, "fenced") {
 		t.Errorf("/primary with a fence note: %d %s", got.code, got.body)
 	}
 	os.Remove(note)
-	waitCode(t, base+"/primary", 200, 2*time.Second)
+	waitCode(t, base+"/primary", 200, 5*time.Second)
 
 	// No secret in any answer, in any state (the server down included).
 	s.e.Stop(s.dir)

@@ -60,7 +60,10 @@ type NodeView struct {
 	Receiver   string         `json:"receiver,omitempty"`    // standby: its walreceiver's state
 	Sender     string         `json:"sender,omitempty"`      // standby: where it streams from
 	Fenced     bool           `json:"fenced,omitempty"`
-	Draining   bool           `json:"draining,omitempty"` // a switchover drains this primary
+	// FilesAt is when the fence note (and the control file) were last
+	// read, on the agent's slower loop; zero: not yet.
+	FilesAt  time.Time `json:"files_read_at,omitzero"`
+	Draining bool      `json:"draining,omitempty"` // a switchover drains this primary
 	// ValidFor is how long the observation stands: past it, the loop that
 	// makes them is stuck, and nothing it said is current.
 	ValidFor time.Duration `json:"valid_for_ns"`
@@ -166,6 +169,8 @@ func Answer(self NodeView, peers []PeerView, lease LeaseState, now time.Time) Ro
 	switch {
 	case self.Role != RolePrimary:
 		a.Primary.Reason = "this node is a " + string(self.Role) + ", not the primary"
+	case self.FilesAt.IsZero():
+		a.Primary.Reason = "its fence note has not been read yet: the agent is starting"
 	case self.Fenced:
 		a.Primary.Reason = "this node is fenced (" + pgops.FenceNote + " in its data directory): it was replaced as the primary; `understudy rejoin " + self.Node + "` brings it back as a standby"
 	case self.Draining:

@@ -11,7 +11,7 @@ import (
 var t0 = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 
 func primaryView(tl pgops.Timeline) NodeView {
-	return NodeView{Node: "db", At: t0.Add(-50 * time.Millisecond), Role: RolePrimary, SystemID: "7", Timeline: tl, WriteLSN: 0x3000060, ValidFor: 2100 * time.Millisecond}
+	return NodeView{Node: "db", At: t0.Add(-50 * time.Millisecond), Role: RolePrimary, SystemID: "7", Timeline: tl, WriteLSN: 0x3000060, ValidFor: 2100 * time.Millisecond, FilesAt: t0.Add(-time.Second)}
 }
 
 func standbyView(tl pgops.Timeline) NodeView {
@@ -49,6 +49,7 @@ func TestAnswerPrimary(t *testing.T) {
 		{"never observed", NodeView{Node: "db", Role: RoleDown}, nil, LeaseState{}, false, "not observed yet"},
 		{"observation too old: the loop is stuck", func() NodeView { v := primaryView(1); v.At = t0.Add(-3 * time.Second); return v }(), nil, LeaseState{}, false, "old (limit 2.1s)"},
 		{"fenced primary", func() NodeView { v := primaryView(2); v.Fenced = true; return v }(), nil, LeaseState{}, false, "fenced"},
+		{"a primary whose fence note is not read yet", func() NodeView { v := primaryView(1); v.FilesAt = time.Time{}; return v }(), nil, LeaseState{}, false, "not been read yet"},
 		{"draining for a switchover", func() NodeView { v := primaryView(1); v.Draining = true; return v }(), []PeerView{peer(standbyView(1), fresh)}, LeaseState{}, false, "switchover is draining"},
 		{"a peer is a primary on a newer timeline", primaryView(1), []PeerView{peer(otherPrimary(2), fresh)}, LeaseState{}, false, "newer timeline (2 > 1)"},
 		{"a peer is a primary on an older timeline", primaryView(2), []PeerView{peer(otherPrimary(1), fresh)}, LeaseState{}, true, "the primary, on timeline 2"},

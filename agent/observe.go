@@ -27,9 +27,8 @@ type PGSource struct {
 // Observer holds one connection to the local PostgreSQL and reads it
 // under a deadline. Not safe for concurrent use: one loop owns it.
 type Observer struct {
-	src   PGSource
-	conn  *pgx.Conn
-	sysid string // the connected cluster's system identifier
+	src  PGSource
+	conn *pgx.Conn
 }
 
 // NewObserver makes an observer; it connects on first use.
@@ -64,57 +63,72 @@ func quoteConn(v string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
+// connect makes the connection when there is none.
+func (o *Observer) connect(ctx context.Context) error {
+	if o.conn != nil && !o.conn.IsClosed() {
+		return nil
+	}
+	cfg, err := o.config()
+	if err != nil {
+		return err
+	}
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return describe(ctx, err)
+	}
+	o.conn = c
+	return nil
+}
+
 // Probe reads the server's role within ctx's deadline. A server that does
 // not answer in time, refuses, or fails the query gives an error (and the
 // connection is dropped, to be made again next time).
 func (o *Observer) Probe(ctx context.Context) (pgops.RoleProbe, error) {
-	if o.conn == nil || o.conn.IsClosed() {
-		cfg, err := o.config()
-		if err != nil {
-			return pgops.RoleProbe{}, err
-		}
-		c, err := pgx.ConnectConfig(ctx, cfg)
-		if err != nil {
-			return pgops.RoleProbe{}, describe(ctx, err)
-		}
-		o.conn = c
-		if o.sysid, err = pgops.SystemIdentifier(ctx, c); err != nil {
-			o.Close()
-			return pgops.RoleProbe{}, describe(ctx, err)
-		}
+	if err := o.connect(ctx); err != nil {
+		return pgops.RoleProbe{}, err
 	}
 	p, err := pgops.ReadRoleProbe(ctx, o.conn)
 	if err != nil {
 		o.Close()
 		return p, describe(ctx, err)
 	}
-	p.SystemID = o.sysid
 	return p, nil
 }
 
-// Details reads what /metrics and /status show beyond the role: the
-// walsenders and slots, and when the timeline began.
-func (o *Observer) Details(ctx context.Context, p pgops.RoleProbe) (Details, error) {
-	d := Details{}
-	if o.conn == nil || o.conn.IsClosed() {
-		return d, errors.New("not connected")
+// Slow reads what the slow loop keeps: the files (control file, fence
+// note), the walsenders and slots, and when the timeline began.
+func (o *Observer) Slow(ctx context.Context, timeline pgops.Timeline) (pgops.NodeFiles, Details, error) {
+	var d Details
+	if err := o.connect(ctx); err != nil {
+		return pgops.NodeFiles{}, d, err
 	}
-	var err error
-	if !p.InRecovery {
+	fail := func(err error) (pgops.NodeFiles, Details, error) {
+		o.Close()
+		return pgops.NodeFiles{}, d, describe(ctx, err)
+	}
+	f, err := pgops.ReadNodeFiles(ctx, o.conn)
+	if err != nil {
+		return fail(err)
+	}
+	standby, err := pgops.InRecovery(ctx, o.conn)
+	if err != nil {
+		return fail(err)
+	}
+	if !standby { // a standby's walsenders (the backup agent's) are not replicas of the cluster
 		if d.Replication, err = pgops.ReadReplication(ctx, o.conn); err != nil {
-			o.Close()
-			return d, describe(ctx, err)
+			return fail(err)
 		}
 	}
 	if d.Slots, err = pgops.ReadSlots(ctx, o.conn); err != nil {
-		o.Close()
-		return d, describe(ctx, err)
+		return fail(err)
 	}
-	if d.TimelineStarted, err = pgops.TimelineStarted(ctx, o.conn, p.Timeline); err != nil {
-		o.Close()
-		return d, describe(ctx, err)
+	if timeline == 0 {
+		timeline = f.CheckpointTimeline
 	}
-	return d, nil
+	if d.TimelineStarted, err = pgops.TimelineStarted(ctx, o.conn, timeline); err != nil {
+		return fail(err)
+	}
+	return f, d, nil
 }
 
 // Close drops the connection.

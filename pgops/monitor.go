@@ -71,10 +71,14 @@ func ReleaseDrainLock(ctx context.Context, c *pgx.Conn) error {
 }
 
 // RoleProbe is one quick reading of a server's role: what a node agent
-// reads every ~100 ms.
+// reads every ~100 ms. It touches only shared memory (no file, no control
+// file lock, no pg_locks scan), so a busy disk or a checkpoint's fsync
+// cannot hold it up; what needs a file is in NodeFiles.
 type RoleProbe struct {
-	SystemID   string
 	InRecovery bool
+	// Timeline: a primary's is the one it writes; a standby's is the one
+	// its walreceiver receives (0 without a walreceiver: NodeFiles has the
+	// checkpoint's).
 	Timeline   Timeline
 	WriteLSN   LSN // primary: pg_current_wal_lsn()
 	ReceiveLSN LSN // standby: pg_last_wal_receive_lsn() (0 before any streaming)
@@ -85,43 +89,52 @@ type RoleProbe struct {
 	LagSeconds float64
 	Receiver   string // pg_stat_wal_receiver.status ("streaming", ...), "" without a walreceiver
 	Sender     string // host:port the walreceiver streams from
-	Fenced     bool   // PGDATA holds the fence note
 	Draining   bool   // a superuser session holds DrainLockKey (exclusively)
 }
 
-// SystemIdentifier is the cluster's system identifier (pg_control_system:
-// it reads the control file, so an observer reads it once per connection).
-func SystemIdentifier(ctx context.Context, c *pgx.Conn) (string, error) {
-	var sysid int64
-	if err := c.QueryRow(ctx, `SELECT system_identifier FROM pg_control_system()`).Scan(&sysid); err != nil {
-		return "", fmt.Errorf("reading the system identifier: %w", err)
-	}
-	return fmt.Sprint(uint64(sysid)), nil
+// NodeFiles is what a node agent reads from files, on a slower loop of
+// its own: the system identifier and the checkpoint's timeline (the
+// control file), and the fence note in PGDATA.
+type NodeFiles struct {
+	SystemID           string
+	CheckpointTimeline Timeline
+	Fenced             bool
 }
 
-// ReadRoleProbe reads a RoleProbe in one statement (SystemID aside:
-// SystemIdentifier).
+// ReadNodeFiles reads NodeFiles.
+func ReadNodeFiles(ctx context.Context, c *pgx.Conn) (NodeFiles, error) {
+	var f NodeFiles
+	var sysid, tli int64
+	err := c.QueryRow(ctx, `SELECT (SELECT system_identifier FROM pg_control_system()), (SELECT timeline_id FROM pg_control_checkpoint())::bigint,
+		(pg_stat_file($1, true)).size IS NOT NULL`, FenceNote).Scan(&sysid, &tli, &f.Fenced)
+	if err != nil {
+		return f, fmt.Errorf("reading the control file and the fence note: %w", err)
+	}
+	f.SystemID, f.CheckpointTimeline = fmt.Sprint(uint64(sysid)), Timeline(tli)
+	return f, nil
+}
+
+// ReadRoleProbe reads a RoleProbe in one statement.
 func ReadRoleProbe(ctx context.Context, c *pgx.Conn) (RoleProbe, error) {
 	var p RoleProbe
 	var tli, rtli *int64
 	var wl, rl, pl, status, host *string
 	var port *int
 	err := c.QueryRow(ctx, `SELECT pg_is_in_recovery(),
-		CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())::bigint
+		CASE WHEN pg_is_in_recovery() THEN NULL
 			ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
 		CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
 		pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
 		CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
 			ELSE greatest(0, coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)) END::float8,
 		w.status, w.received_tli::bigint, w.sender_host, w.sender_port,
-		(pg_stat_file($1, true)).size IS NOT NULL,
 		CASE WHEN pg_is_in_recovery() THEN false
-			WHEN pg_try_advisory_lock_shared($4) THEN NOT pg_advisory_unlock_shared($4)
+			WHEN pg_try_advisory_lock_shared($3) THEN NOT pg_advisory_unlock_shared($3)
 			ELSE EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_roles r ON r.oid = a.usesysid
-				WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' AND l.classid = $2 AND l.objid = $3 AND l.objsubid = 1 AND r.rolsuper) END
+				WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1 AND r.rolsuper) END
 		FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver w ON true`,
-		FenceNote, drainKeyHigh, drainKeyLow, DrainLockKey).
-		Scan(&p.InRecovery, &tli, &wl, &rl, &pl, &p.LagSeconds, &status, &rtli, &host, &port, &p.Fenced, &p.Draining)
+		drainKeyHigh, drainKeyLow, DrainLockKey).
+		Scan(&p.InRecovery, &tli, &wl, &rl, &pl, &p.LagSeconds, &status, &rtli, &host, &port, &p.Draining)
 	if err != nil {
 		return p, fmt.Errorf("reading the server's role: %w", err)
 	}
@@ -129,8 +142,6 @@ func ReadRoleProbe(ctx context.Context, c *pgx.Conn) (RoleProbe, error) {
 		p.Timeline = Timeline(*tli)
 	}
 	if rtli != nil && Timeline(*rtli) > p.Timeline {
-		// A standby's checkpoint catches up with the timeline it replays
-		// only at its next restartpoint.
 		p.Timeline = Timeline(*rtli)
 	}
 	for _, f := range []struct {
