@@ -21,7 +21,7 @@ const DefaultPort = 8008
 // Defaults of Config.
 const (
 	DefaultInterval    = 100 * time.Millisecond
-	DefaultDeadline    = 4 * time.Second
+	DefaultDeadline    = 10 * time.Second
 	DefaultPeerEvery   = 500 * time.Millisecond
 	DefaultDetailEvery = 2 * time.Second
 )
@@ -226,8 +226,12 @@ func (a *Agent) observeOnce(ctx context.Context, start time.Time) (NodeView, pgo
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
 		octx, cancel := context.WithTimeout(ctx, a.cfg.Deadline/2)
+		t := time.Now()
 		p, err = a.obs.Probe(octx)
 		cancel()
+		if took := time.Since(t); took > a.cfg.Deadline/8 {
+			a.logf("a slow probe: %s (attempt %d, %v)", took.Round(time.Millisecond), attempt+1, err)
+		}
 		if !errors.Is(err, ErrNoAnswer) || ctx.Err() != nil {
 			break
 		}

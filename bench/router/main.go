@@ -54,9 +54,20 @@ func main() {
 	})
 }
 
+// load is uptime's load average and, where the kernel has it, the share
+// of the last minute some task waited for a CPU (/proc/pressure/cpu): on a
+// shared machine, what the figures were taken under.
 func load() string {
 	b, _ := os.ReadFile("/proc/loadavg")
-	return strings.Join(strings.Fields(string(b))[:3], " ")
+	out := strings.Join(strings.Fields(string(b))[:3], " ")
+	if p, err := os.ReadFile("/proc/pressure/cpu"); err == nil {
+		for _, f := range strings.Fields(strings.SplitN(string(p), "\n", 2)[0]) {
+			if v, ok := strings.CutPrefix(f, "avg60="); ok {
+				out += ", CPU pressure " + v + "%"
+			}
+		}
+	}
+	return out
 }
 
 func run(ctx context.Context, n int, gap, tpsFor, alarmFor time.Duration, skipBlackhole bool) error {
@@ -316,6 +327,7 @@ func timing() string {
 // pgbench runs pgbench against 127.0.0.1:port as the app and returns its
 // output; the password reaches it in the environment.
 func pgbench(ctx context.Context, l *lab.Lab, port int, s apptest.Settings, args ...string) (string, error) {
+	fmt.Fprintf(os.Stderr, "# %s pgbench -p %d %s\n", time.Now().Format("15:04:05.000"), port, strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, filepath.Join(l.Bin, "pgbench"), append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", s.User, s.Database}, args...)...)
 	cmd.Env = append(os.Environ(), "PGPASSWORD="+s.Password)
 	var out bytes.Buffer
@@ -461,7 +473,7 @@ func health(l *lab.Lab) string {
 		var keep []string
 		for _, line := range strings.Split(string(data), "\n") {
 			if strings.Contains(line, "DOWN") || strings.Contains(line, "is UP") || strings.Contains(line, "failed") || strings.Contains(line, "PostgreSQL is") ||
-				strings.Contains(line, "FATAL") || strings.Contains(line, "terminat") || strings.Contains(line, "LOG:  ") {
+				strings.Contains(line, "FATAL") || strings.Contains(line, "terminat") || strings.Contains(line, "LOG:  ") || strings.Contains(line, "slow") {
 				keep = append(keep, line)
 			}
 		}
