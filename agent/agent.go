@@ -92,7 +92,8 @@ type Agent struct {
 	peers    []PeerView
 	counts   counters
 
-	wake chan struct{}
+	wake       chan struct{}
+	slowLogged time.Time // the observe loop's own: when a slow probe was last logged
 }
 
 type counters struct {
@@ -229,7 +230,8 @@ func (a *Agent) observeOnce(ctx context.Context, start time.Time) (NodeView, pgo
 		t := time.Now()
 		p, err = a.obs.Probe(octx)
 		cancel()
-		if took := time.Since(t); took > a.cfg.Deadline/8 {
+		if took := time.Since(t); took > a.cfg.Deadline/8 && time.Since(a.slowLogged) > 10*time.Second {
+			a.slowLogged = time.Now() // at most one line in 10 s
 			a.logf("a slow probe: %s (attempt %d, %v)", took.Round(time.Millisecond), attempt+1, err)
 		}
 		if !errors.Is(err, ErrNoAnswer) || ctx.Err() != nil {
