@@ -25,7 +25,16 @@ import (
 // runRelease runs an installed release's understudy, as a user runs it.
 func runRelease(t testing.TB, exe string, args ...string) (string, int) {
 	t.Helper()
-	out, err := exec.Command(exe, args...).CombinedOutput()
+	c := exec.Command(exe, args...)
+	// An installed release finds its Linux builds beside itself; the
+	// development variable the Kamal world sets for in-process runs (the
+	// node agents need a build too) is not part of that.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "UNDERSTUDY_AGENT_BINARY=") {
+			c.Env = append(c.Env, kv)
+		}
+	}
+	out, err := c.CombinedOutput()
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
