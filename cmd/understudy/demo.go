@@ -52,7 +52,7 @@ func (c *demoCommand) Run(ctx context.Context, args []string) error {
 	// and run the other steps.
 	_, storageErr := lab.StorageReady()
 	if storageErr != nil {
-		say("note: step 8 (backups) will be skipped: %v", storageErr)
+		say("note: step 9 (backups) will be skipped: %v", storageErr)
 	}
 	say("\n1. plan: read %s and show what would change", filepath.Join(app, "config/deploy.yml"))
 	o := setup.Options{ReplicaHost: "123.123.123.125", ReplicaIP: "10.0.1.3", Env: os.LookupEnv}

@@ -85,7 +85,7 @@ func TestDemoWithoutGo(t *testing.T) {
 	if note < 0 || step1 < 0 || note > step1 || !strings.Contains(out, "https://github.com/versity/versitygw/releases") || !strings.Contains(out, "UNDERSTUDY_VERSITYGW") {
 		t.Errorf("the note on the S3 server is not before step 1:\n%s", out)
 	}
-	for _, w := range []string{"is streaming", "was readable on db-replica", "7. check", "8. backups: skipped"} {
+	for _, w := range []string{"is streaming", "was readable on db-replica", "7. check", "8. router:", "9. backups: skipped"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("demo output lacks %q:\n%s", w, out)
 		}

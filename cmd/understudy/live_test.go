@@ -85,7 +85,7 @@ func TestRoleCommandsOnLab(t *testing.T) {
 		t.Errorf("switchover without a node: exit %d: %s", code, out)
 	}
 	out, code = runCLI(t, "switchover", "db-replica", "--lab", l.Dir)
-	if code != 0 || !strings.Contains(out, "without pg_rewind") || !strings.Contains(out, "target_session_attrs=read-write") {
+	if code != 0 || !strings.Contains(out, "without pg_rewind") || !strings.Contains(out, "through understudy's router (one host, the router's) follows by itself") {
 		t.Fatalf("switchover: exit %d:\n%s", code, out)
 	}
 	out, code = runCLI(t, "promote", "--lab", l.Dir, "db")
