@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/understudy-dev/understudy/internal/version"
 	"io"
 	"net"
 	"net/http"
@@ -148,6 +149,16 @@ func TestAgentEndpoints(t *testing.T) {
 	for path, code := range map[string]int{"/health": 200, "/replica": 503, "/replica?lag=16MB": 503, "/status": 200, "/metrics": 200} {
 		if got := get(t, "GET", base+path); got.code != code {
 			t.Errorf("GET %s: %d, want %d: %s", path, got.code, code, got.body)
+		}
+	}
+	// The agent's build, for check's agent-version finding.
+	want := version.Info()
+	for _, path := range []string{"/health", "/status"} {
+		var v struct {
+			Understudy version.Build `json:"understudy"`
+		}
+		if err := json.Unmarshal([]byte(get(t, "GET", base+path).body), &v); err != nil || !v.Understudy.Same(want) || v.Understudy.IsZero() {
+			t.Errorf("GET %s: understudy %+v (%v), want this build %+v", path, v.Understudy, err, want)
 		}
 	}
 	if got := get(t, "HEAD", base+"/primary"); got.code != 200 {

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/understudy-dev/understudy/internal/version"
 )
 
 // Status is /status: the agent's last observation, what it makes of it,
@@ -18,6 +20,9 @@ type Status struct {
 	Lease   LeaseState          `json:"lease"`
 	Peers   []PeerView          `json:"peers"`
 	Details Details             `json:"details"`
+	// Understudy is the agent's build (check warns when it is not the
+	// operator's: `understudy apply` installs the operator's).
+	Understudy version.Build `json:"understudy"`
 }
 
 // CheckOut is one check's verdict in a body.
@@ -32,6 +37,7 @@ type checkBody struct {
 	OK     bool   `json:"ok"`
 	Reason string `json:"reason"`
 	RoleAnswer
+	Understudy version.Build `json:"understudy"`
 }
 
 // Handler serves the agent's endpoints. Every check is answered from the
@@ -61,7 +67,7 @@ func (a *Agent) Handler() http.Handler {
 			if v.OK {
 				code = http.StatusOK
 			}
-			writeJSON(w, code, checkBody{Check: name, OK: v.OK, Reason: v.Reason, RoleAnswer: ans})
+			writeJSON(w, code, checkBody{Check: name, OK: v.OK, Reason: v.Reason, RoleAnswer: ans, Understudy: version.Info()})
 		}
 	}
 	mux.HandleFunc("/primary", check("primary", func(a RoleAnswer, _ *http.Request) (Verdict, error) { return a.Primary, nil }))
@@ -129,7 +135,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 func (a *Agent) Status() Status {
 	v, peers, d, _ := a.snapshot()
 	ans := Answer(v, peers, a.lease(), time.Now())
-	return Status{View: v, Lease: a.lease(), Peers: peers, Details: d, Checks: map[string]CheckOut{
+	return Status{View: v, Lease: a.lease(), Peers: peers, Details: d, Understudy: version.Info(), Checks: map[string]CheckOut{
 		"primary": {ans.Primary.OK, ans.Primary.Reason},
 		"replica": {ans.Replica.OK, ans.Replica.Reason},
 		"health":  {ans.Health.OK, ans.Health.Reason},

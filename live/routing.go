@@ -3,6 +3,7 @@ package live
 import (
 	"context"
 	"fmt"
+	"github.com/understudy-dev/understudy/internal/version"
 	"sort"
 	"strings"
 	"sync"
@@ -34,6 +35,8 @@ type AgentReading struct {
 	Role    string `json:"role,omitempty"`
 	Primary bool   `json:"primary_ok"` // GET /primary answers 200
 	Reason  string `json:"reason,omitempty"`
+	// Understudy is the agent's build (zero when it did not answer).
+	Understudy version.Build `json:"understudy,omitzero"`
 }
 
 // RouterReading is one router's view.
@@ -69,7 +72,7 @@ func GatherRouting(ctx context.Context, t Target) ([]AgentReading, []RouterReadi
 			if err != nil {
 				a.Error = err.Error()
 			} else {
-				a.Role, a.Primary, a.Reason = string(s.View.Role), s.Checks["primary"].OK, s.Checks["primary"].Reason
+				a.Role, a.Primary, a.Reason, a.Understudy = string(s.View.Role), s.Checks["primary"].OK, s.Checks["primary"].Reason, s.Understudy
 			}
 			agents[i] = a
 		}()

@@ -39,3 +39,20 @@ func TestCheckVersions(t *testing.T) {
 		t.Error("Check leaves out the version finding")
 	}
 }
+
+// Each node agent's build is compared too; an agent that did not answer is
+// left to the routing findings.
+func TestCheckVersionsOfNodeAgents(t *testing.T) {
+	here := version.Build{Version: "1.2.0", Commit: "0123456789abcdef0123456789abcdef01234567"}
+	old := version.Build{Version: "1.1.0", Commit: "fedcba9876543210fedcba9876543210fedcba98"}
+	st := &Status{Understudy: here, Agents: []AgentReading{
+		{Node: "db", Understudy: here},
+		{Node: "db-replica", Understudy: old},
+		{Node: "db-3", Error: "connection refused"},
+	}}
+	got := CheckVersions(st)
+	if len(got) != 1 || got[0].Node != "db-replica" || got[0].Code != CodeAgentVersion ||
+		!strings.Contains(got[0].Problem, "node agent of db-replica runs understudy 1.1.0 (fedcba987654)") || !strings.Contains(got[0].Fix, "understudy apply") {
+		t.Errorf("node agents: %+v", got)
+	}
+}
