@@ -3,6 +3,7 @@ package kamal
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -86,8 +87,15 @@ func (a *Accessory) Hosts() (hosts []string, key string, err error) {
 			} else if s, ok := a.cfg.Str(v); ok {
 				roles = []string{s}
 			}
+			// Kamal lists each role's hosts in turn (Accessory#hosts_from_roles);
+			// a server in two roles runs the accessory once (SSHKit's
+			// Coordinator takes each host once), so it is listed once here.
 			for _, r := range roles {
-				hosts = append(hosts, a.cfg.RoleHosts(r)...)
+				for _, h := range a.cfg.RoleHosts(r) {
+					if !slices.Contains(hosts, h) {
+						hosts = append(hosts, h)
+					}
+				}
 			}
 			return hosts, k, nil
 		default:

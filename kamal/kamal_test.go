@@ -155,3 +155,27 @@ func TestEmitListsInListsAndEmptyItems(t *testing.T) {
 		t.Fatalf("written as:\n%s", e.Changed()["config/deploy.yml"])
 	}
 }
+
+// An accessory on roles that share a server runs there once, as Kamal's
+// SSHKit runs each host once: the host is listed once, in role order.
+func TestAccessoryHostsFromRolesListEachServerOnce(t *testing.T) {
+	src := mapSrc{"config/deploy.yml": `service: s
+image: s
+servers:
+  web: [10.0.0.4, 10.0.0.5]
+  worker:
+    hosts: [10.0.0.4, 10.0.0.6]
+accessories:
+  router:
+    image: haproxy
+    roles: [web, worker]
+`}
+	c, err := Load(src, "config/deploy.yml", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts, key, err := c.Accessory("router").Hosts()
+	if err != nil || key != "roles" || strings.Join(hosts, ",") != "10.0.0.4,10.0.0.5,10.0.0.6" {
+		t.Errorf("hosts %v (key %q, %v), want 10.0.0.4,10.0.0.5,10.0.0.6", hosts, key, err)
+	}
+}

@@ -162,8 +162,8 @@ type Routing struct {
 
 var _ live.RoutingReader = (*Routing)(nil)
 
-func (r *Routing) get(ctx context.Context, host, addr, path string) ([]byte, error) {
-	dial := r.Control.Dialer.DialFunc(host)
+func (r *Routing) get(ctx context.Context, host, service, addr, path string) ([]byte, error) {
+	dial := r.Control.Dialer.DialFuncTo(host, service)
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 		return dial(ctx, network, addr)
 	}}
@@ -191,7 +191,7 @@ func (r *Routing) AgentStatus(ctx context.Context, node string) (agent.Status, e
 		return st, fmt.Errorf("no node %q", node)
 	}
 	port := r.AgentsPorts[node]
-	b, err := r.get(ctx, n.Host, net.JoinHostPort(n.Addr, strconv.Itoa(port)), "/status")
+	b, err := r.get(ctx, n.Host, "the node agent", net.JoinHostPort(n.Addr, strconv.Itoa(port)), "/status")
 	if err != nil {
 		return st, fmt.Errorf("%s's agent: %w", node, err)
 	}
@@ -203,7 +203,7 @@ func (r *Routing) RouterHosts() []string { return r.Routers }
 
 // RouterMetrics reads HAProxy's /metrics on a router server.
 func (r *Routing) RouterMetrics(ctx context.Context, host string) (string, error) {
-	b, err := r.get(ctx, host, net.JoinHostPort("127.0.0.1", strconv.Itoa(r.StatsPort)), "/metrics")
+	b, err := r.get(ctx, host, "the router's metrics", net.JoinHostPort("127.0.0.1", strconv.Itoa(r.StatsPort)), "/metrics")
 	return string(b), err
 }
 
@@ -217,7 +217,7 @@ func (r *Routing) AgentPrimary(ctx context.Context, node string) (bool, string, 
 		return false, "", fmt.Errorf("no node %q", node)
 	}
 	addr := net.JoinHostPort(n.Addr, strconv.Itoa(r.AgentsPorts[node]))
-	dial := r.Control.Dialer.DialFunc(n.Host)
+	dial := r.Control.Dialer.DialFuncTo(n.Host, "the node agent")
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 		return dial(ctx, network, addr)
 	}}

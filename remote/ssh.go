@@ -319,6 +319,12 @@ func (c tunnelConn) SetWriteDeadline(t time.Time) error { return c.SetDeadline(t
 // DialFunc returns a pgx DialFunc that opens TCP connections to addresses
 // as seen from host, through its SSH connection.
 func (d *Dialer) DialFunc(host string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return d.DialFuncTo(host, "PostgreSQL")
+}
+
+// DialFuncTo is DialFunc for a service other than PostgreSQL (a node
+// agent, a router's metrics), named in the error when nothing answers.
+func (d *Dialer) DialFuncTo(host, service string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := d.Client(ctx, host)
 		if err != nil {
@@ -326,7 +332,7 @@ func (d *Dialer) DialFunc(host string) func(ctx context.Context, network, addr s
 		}
 		conn, err := c.DialContext(ctx, "tcp", addr)
 		if err != nil {
-			return nil, fmt.Errorf("%s cannot reach PostgreSQL at %s (%v): is the accessory running and published on that address?", host, addr, err)
+			return nil, fmt.Errorf("%s cannot reach %s at %s (%v): is the accessory running and published on that address?", host, service, addr, err)
 		}
 		ra, _ := net.ResolveTCPAddr("tcp", addr)
 		var timer *time.Timer
