@@ -223,28 +223,10 @@ func ReadMonitorRole(ctx context.Context, c *pgx.Conn, role, password string) (M
 // EnsureReplicationRole): LOGIN, NOSUPERUSER, a member of pg_monitor, and
 // EXECUTE on MonitorFunctions.
 func EnsureMonitorRole(ctx context.Context, c *pgx.Conn, role, password string) error {
-	v, err := SCRAMVerifier(password, nil, SCRAMIterations)
-	if err != nil {
+	if err := ensureLoginRole(ctx, c, role, password, "LOGIN NOSUPERUSER NOREPLICATION NOCREATEDB NOCREATEROLE"); err != nil {
 		return err
 	}
-	for _, s := range []string{"SET log_statement = 'none'", "SET log_min_error_statement = 'panic'", "SET log_min_duration_statement = -1"} {
-		if _, err := c.Exec(ctx, s); err != nil {
-			return fmt.Errorf("preparing to create role %s: %w", role, err)
-		}
-	}
-	var exists bool
-	if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
-		return fmt.Errorf("looking up role %s: %w", role, err)
-	}
-	verb := "CREATE"
-	if exists {
-		verb = "ALTER"
-	}
 	id := pgx.Identifier{role}.Sanitize()
-	// The verifier alphabet is [A-Za-z0-9+/=$:-]: safe inside a literal.
-	if _, err := c.Exec(ctx, fmt.Sprintf("%s ROLE %s WITH LOGIN NOSUPERUSER NOREPLICATION NOCREATEDB NOCREATEROLE PASSWORD '%s'", verb, id, v)); err != nil {
-		return fmt.Errorf("%s ROLE %s: %w", verb, role, err)
-	}
 	if _, err := c.Exec(ctx, "GRANT pg_monitor TO "+id); err != nil {
 		return fmt.Errorf("granting pg_monitor to %s: %w", role, err)
 	}

@@ -13,6 +13,13 @@ import (
 // logging is turned off for the session as a second guard (the verifier is
 // still a secret; PostgreSQL docs, CREATE ROLE: the password can end up in logs).
 func EnsureReplicationRole(ctx context.Context, c *pgx.Conn, role, password string) error {
+	return ensureLoginRole(ctx, c, role, password, "LOGIN REPLICATION")
+}
+
+// ensureLoginRole runs CREATE or ALTER ROLE role WITH attrs and a SCRAM
+// verifier of password computed here, with statement logging off for the
+// session.
+func ensureLoginRole(ctx context.Context, c *pgx.Conn, role, password, attrs string) error {
 	v, err := SCRAMVerifier(password, nil, SCRAMIterations)
 	if err != nil {
 		return err
@@ -31,7 +38,7 @@ func EnsureReplicationRole(ctx context.Context, c *pgx.Conn, role, password stri
 		verb = "ALTER"
 	}
 	// The verifier alphabet is [A-Za-z0-9+/=$:-]: safe inside a literal.
-	sql := fmt.Sprintf("%s ROLE %s WITH LOGIN REPLICATION PASSWORD '%s'", verb, pgx.Identifier{role}.Sanitize(), v)
+	sql := fmt.Sprintf("%s ROLE %s WITH %s PASSWORD '%s'", verb, pgx.Identifier{role}.Sanitize(), attrs, v)
 	if _, err := c.Exec(ctx, sql); err != nil {
 		return fmt.Errorf("%s ROLE %s: %w", verb, role, err)
 	}
