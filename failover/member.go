@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -32,6 +33,10 @@ const (
 type MemberAddr struct {
 	Name string `json:"name"`
 	IP   string `json:"ip"`
+	// Ports of this member when it has its own (three members on one
+	// machine: the loopback lab); 0 uses the spec's.
+	ClientPort int `json:"client_port,omitempty"`
+	PeerPort   int `json:"peer_port,omitempty"`
 }
 
 // MemberSpec is what a member needs to run.
@@ -66,10 +71,10 @@ func (s MemberSpec) port(p, def int) string {
 
 // PeerURL and ClientURL of a member.
 func (s MemberSpec) PeerURL(m MemberAddr) string {
-	return "https://" + net.JoinHostPort(m.IP, s.port(s.PeerPort, DefaultPeerPort))
+	return "https://" + net.JoinHostPort(m.IP, s.port(cmp.Or(m.PeerPort, s.PeerPort), DefaultPeerPort))
 }
 func (s MemberSpec) ClientURL(m MemberAddr) string {
-	return "https://" + net.JoinHostPort(m.IP, s.port(s.ClientPort, DefaultClientPort))
+	return "https://" + net.JoinHostPort(m.IP, s.port(cmp.Or(m.ClientPort, s.ClientPort), DefaultClientPort))
 }
 
 // ClientURLs of every member, this one first.
@@ -102,13 +107,16 @@ func (s MemberSpec) Validate() error {
 	seen := map[string]bool{}
 	for _, m := range s.Members {
 		ip := net.ParseIP(m.IP)
-		if ip == nil || !ip.IsPrivate() {
+		if ip == nil || !(ip.IsPrivate() || ip.IsLoopback()) {
 			return fmt.Errorf("failover member %s: %q is not a private IP; etcd's peer and client traffic stays on the private network (give the server's private IP)", m.Name, m.IP)
 		}
-		if seen[m.Name] || seen[m.IP] {
-			return fmt.Errorf("failover member %s (%s) appears twice: each member needs its own server", m.Name, m.IP)
+		// One machine may run several members only on ports of their own
+		// (the loopback lab).
+		where := s.ClientURL(m)
+		if seen[m.Name] || seen[where] {
+			return fmt.Errorf("failover member %s (%s) appears twice: each member needs its own server", m.Name, where)
 		}
-		seen[m.Name], seen[m.IP] = true, true
+		seen[m.Name], seen[where] = true, true
 	}
 	if _, err := s.self(); err != nil {
 		return err

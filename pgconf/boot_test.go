@@ -493,3 +493,67 @@ func TestRoleScriptLeavesNoPasswordInStatementStatistics(t *testing.T) {
 		}
 	}
 }
+
+// With automatic failover on, a node that holds a cluster starts
+// read-only even when it was a primary (no standby.signal): only its
+// agent, holding the leader lease, makes it writable. Without failover
+// the same node starts writable, as before.
+func TestBootReadOnlyWithFailover(t *testing.T) {
+	b := newBootCluster(t)
+	b.env.InitDB(b.primary) // a former primary: a cluster, no standby.signal
+	c := b.c
+	c.MonitorUser = "understudy_monitor"
+	c.Failover = &pgconf.Failover{Token: "t", Witness: "app", Members: []pgconf.FailoverMember{
+		{Name: "alpha", Addr: "10.211.0.1"}, {Name: "beta", Addr: "10.211.0.2"}, {Name: "app", Addr: "10.211.0.3"}}}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(pgconf.Boot(b.c), "READ_ONLY") || !strings.Contains(pgconf.Boot(c), "READ_ONLY=yes") {
+		t.Fatal("the boot script's read-only switch does not follow the failover setting")
+	}
+	if err := os.WriteFile(b.script, []byte(pgconf.Boot(c)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b.boot(t, "alpha", b.primary)
+	pgtest.WaitFor(t, 60*time.Second, "alpha to start", func() (bool, string) {
+		s := b.query(t, "alpha", "SELECT pg_is_in_recovery()::text")
+		return !strings.HasPrefix(s, "error"), s + "\n" + b.bootLog()
+	})
+	if got := b.query(t, "alpha", "SELECT pg_is_in_recovery()::text"); got != "true" {
+		t.Fatalf("with failover on, a former primary started writable (pg_is_in_recovery %s):\n%s", got, b.bootLog())
+	}
+	st, err := os.Stat(filepath.Join(b.primary, "standby.signal"))
+	if err != nil {
+		t.Fatalf("no standby.signal: %v", err)
+	}
+	if s, ok := st.Sys().(*syscall.Stat_t); ok && int(s.Uid) != b.env.UID() {
+		t.Errorf("standby.signal is owned by uid %d, not the server's %d", s.Uid, b.env.UID())
+	}
+	if !strings.Contains(b.bootLog(), "automatic failover is on: starting read-only") {
+		t.Errorf("the boot log does not say why it starts read-only:\n%s", b.bootLog())
+	}
+}
+
+func TestFailoverModelValidates(t *testing.T) {
+	base := pgconf.Cluster{Nodes: []pgconf.Node{{Name: "db", Addr: "10.0.0.1", Port: 5432}, {Name: "db-replica", Addr: "10.0.0.2", Port: 5432}},
+		InitialPrimary: "db", Major: 16, ReplUser: "replicator", MonitorUser: "understudy_monitor"}
+	ok := &pgconf.Failover{Token: "t", Witness: "app", Members: []pgconf.FailoverMember{{Name: "db", Addr: "10.0.0.1"}, {Name: "db-replica", Addr: "10.0.0.2"}, {Name: "app", Addr: "10.0.0.3"}}}
+	c := base
+	c.Failover = ok
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mod := range map[string]func(*pgconf.Cluster){
+		"no monitor":      func(c *pgconf.Cluster) { c.MonitorUser = "" },
+		"witness missing": func(c *pgconf.Cluster) { f := *ok; f.Members = f.Members[:2]; c.Failover = &f },
+		"bad address":     func(c *pgconf.Cluster) { f := *ok; f.Members = []pgconf.FailoverMember{f.Members[0], f.Members[1], {Name: "app", Addr: "app.example"}}; c.Failover = &f },
+		"no token":        func(c *pgconf.Cluster) { f := *ok; f.Token = ""; c.Failover = &f },
+	} {
+		c := base
+		c.Failover = ok
+		mod(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -70,6 +70,29 @@ type Cluster struct {
 	// (local socket and loopback inside the container). The lab, where
 	// loopback is shared by every node, leaves them out.
 	ContainerDefaults bool `json:"container_defaults,omitempty"`
+
+	// Failover is automatic failover on etcd (nil: off, promote by hand).
+	Failover *Failover `json:"failover,omitempty"`
+}
+
+// Failover is automatic failover's part of the model: the three etcd
+// members (the database nodes' agents and a witness on an app host) and
+// the cluster's token. With it, every node boots read-only and only the
+// agent that holds the leader lease makes its node writable.
+type Failover struct {
+	Token       string           `json:"token"`   // etcd's initial-cluster-token, the keys' prefix
+	Witness     string           `json:"witness"` // the member that is no database node
+	Members     []FailoverMember `json:"members"` // all three, the witness included
+	Synchronous bool             `json:"synchronous,omitempty"`
+}
+
+// FailoverMember is one etcd member by its private address; ports 0 are
+// etcd's defaults (2379 client, 2380 peer).
+type FailoverMember struct {
+	Name       string `json:"name"`
+	Addr       string `json:"addr"`
+	ClientPort int    `json:"client_port,omitempty"`
+	PeerPort   int    `json:"peer_port,omitempty"`
 }
 
 // Defaults shared by init and the lab.
@@ -160,7 +183,43 @@ func (c Cluster) Validate() error {
 	if c.MonitorUser != "" && (!nameRE.MatchString(c.MonitorUser) || c.MonitorUser == c.ReplUser) {
 		return fmt.Errorf("monitoring user %q: use letters, digits, - and _ only, and a name other than the replication user's", c.MonitorUser)
 	}
+	if f := c.Failover; f != nil {
+		if len(c.Nodes) != 2 {
+			return fmt.Errorf("failover takes two database nodes and a witness; this cluster has %d nodes", len(c.Nodes))
+		}
+		if c.MonitorUser == "" {
+			return errors.New("failover runs in the node agents, and this cluster has none (no monitoring login): re-run `understudy init`")
+		}
+		if f.Token == "" || !nameRE.MatchString(f.Witness) {
+			return fmt.Errorf("failover: a token and a witness name are needed (witness %q)", f.Witness)
+		}
+		names := map[string]bool{}
+		for _, m := range f.Members {
+			names[m.Name] = true
+			if net.ParseIP(m.Addr) == nil {
+				return fmt.Errorf("failover member %s: %q is not an IP address (give the server's private IP)", m.Name, m.Addr)
+			}
+		}
+		want := []string{c.Nodes[0].Name, c.Nodes[1].Name, f.Witness}
+		for _, n := range want {
+			if !names[n] {
+				return fmt.Errorf("failover members %v: %s is missing (the members are the two nodes and the witness)", f.MemberNames(), n)
+			}
+		}
+		if len(f.Members) != 3 {
+			return fmt.Errorf("failover members %v: exactly three are needed (the two nodes and the witness)", f.MemberNames())
+		}
+	}
 	return nil
+}
+
+// MemberNames lists the members' names.
+func (f *Failover) MemberNames() []string {
+	var n []string
+	for _, m := range f.Members {
+		n = append(n, m.Name)
+	}
+	return n
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_-]*$`)
