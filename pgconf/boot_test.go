@@ -546,8 +546,12 @@ func TestFailoverModelValidates(t *testing.T) {
 	for name, mod := range map[string]func(*pgconf.Cluster){
 		"no monitor":      func(c *pgconf.Cluster) { c.MonitorUser = "" },
 		"witness missing": func(c *pgconf.Cluster) { f := *ok; f.Members = f.Members[:2]; c.Failover = &f },
-		"bad address":     func(c *pgconf.Cluster) { f := *ok; f.Members = []pgconf.FailoverMember{f.Members[0], f.Members[1], {Name: "app", Addr: "app.example"}}; c.Failover = &f },
-		"no token":        func(c *pgconf.Cluster) { f := *ok; f.Token = ""; c.Failover = &f },
+		"bad address": func(c *pgconf.Cluster) {
+			f := *ok
+			f.Members = []pgconf.FailoverMember{f.Members[0], f.Members[1], {Name: "app", Addr: "app.example"}}
+			c.Failover = &f
+		},
+		"no token": func(c *pgconf.Cluster) { f := *ok; f.Token = ""; c.Failover = &f },
 	} {
 		c := base
 		c.Failover = ok
