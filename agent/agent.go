@@ -46,7 +46,24 @@ type Config struct {
 	BackupReport string
 	// Lease reports the failover lease; nil is "failover off".
 	Lease func() LeaseState
-	Log   io.Writer
+	// Failover is the failover loop this agent runs (nil: failover off).
+	// When set, /primary is 200 only while it holds the lease (asked at
+	// every check), /status carries its report, /metrics its metrics.
+	Failover FailoverSource
+	Log      io.Writer
+}
+
+// FailoverSource is the agent's view of its failover loop
+// (*failover.Runner; this package does not import it, which imports the
+// lab that imports this).
+type FailoverSource interface {
+	// Holder is the lease's holder at now: this node only while it holds
+	// a lease valid for writes, "" when nobody does.
+	Holder(now time.Time) string
+	// ReportJSON is its report (failover.Report) for /status.
+	ReportJSON() json.RawMessage
+	// MetricsText is its part of /metrics (Prometheus text format).
+	MetricsText() string
 }
 
 func (c *Config) defaults() {
@@ -394,6 +411,9 @@ func (a *Agent) snapshot() (NodeView, []PeerView, Details, counters) {
 }
 
 func (a *Agent) lease() LeaseState {
+	if a.cfg.Failover != nil {
+		return LeaseState{Failover: true, Holder: a.cfg.Failover.Holder(time.Now())}
+	}
 	if a.cfg.Lease == nil {
 		return LeaseState{}
 	}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/understudy-dev/understudy/agent"
 	"github.com/understudy-dev/understudy/backup"
+	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/internal/pgtest"
 	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/pgops"
@@ -434,4 +436,73 @@ func TestRenderMetricsEveryFamily(t *testing.T) {
 	lint(t, promtool, agent.RenderMetrics(agent.MetricsInput{Now: now, View: sv, Answer: agent.Answer(sv, nil, agent.LeaseState{}, now), BackupErr: "no report"}))
 	dv := agent.NodeView{Node: "db", At: now, Role: agent.RoleDown, Error: "refused", ValidFor: time.Second}
 	lint(t, promtool, agent.RenderMetrics(agent.MetricsInput{Now: now, View: dv, Answer: agent.Answer(dv, nil, agent.LeaseState{}, now)}))
+}
+
+// leaseSource stands in for the failover loop (*failover.Runner) at the
+// agent's interface: the holder it reports is set by the test, its report
+// and metrics are failover's own renderings of a report.
+type leaseSource struct {
+	mu     sync.Mutex
+	holder string
+	rep    failover.Report
+}
+
+func (l *leaseSource) set(h string) { l.mu.Lock(); l.holder = h; l.mu.Unlock() }
+func (l *leaseSource) Holder(time.Time) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.holder
+}
+func (l *leaseSource) ReportJSON() json.RawMessage { b, _ := json.Marshal(l.rep); return b }
+func (l *leaseSource) MetricsText() string         { return failover.RenderMetrics(l.rep) }
+
+// TestAgentFollowsTheLease: with a failover loop, a running, unfenced
+// primary answers /primary 200 only while its loop says it holds the
+// lease, asked at each check; /status carries the loop's report and
+// /metrics its metrics, linted by promtool with the agent's own.
+func TestAgentFollowsTheLease(t *testing.T) {
+	s := startServer(t)
+	src := &leaseSource{rep: failover.Report{Node: "db", Holder: "db", Holds: true, Quorum: true,
+		Members:  []failover.MemberHealth{{Name: "db", Healthy: true}, {Name: "db-replica", Healthy: false, Error: "down"}, {Name: "app", Healthy: true, Leader: true}},
+		Position: failover.Position{Node: "db", Timeline: 1, LSN: 0x3000060}}}
+	base, _ := runAgent(t, agent.Config{Node: "db", PG: s.source(), Failover: src, DetailEvery: 100 * time.Millisecond})
+	src.set("db")
+	waitCode(t, base+"/primary", 200, 5*time.Second)
+	// No new observation needed: the lease is asked at each check.
+	src.set("")
+	if r := get(t, "GET", base+"/primary"); r.code != 503 || !strings.Contains(r.body, "the failover lease is held by no node") {
+		t.Errorf("/primary without the lease: %d %s", r.code, r.body)
+	}
+	src.set("db-replica")
+	if r := get(t, "GET", base+"/primary"); r.code != 503 || !strings.Contains(r.body, "held by db-replica") {
+		t.Errorf("/primary with the lease elsewhere: %d %s", r.code, r.body)
+	}
+	var st agent.Status
+	if err := json.Unmarshal([]byte(get(t, "GET", base+"/status").body), &st); err != nil {
+		t.Fatal(err)
+	}
+	var rep failover.Report
+	if err := json.Unmarshal(st.Failover, &rep); err != nil || !st.Lease.Failover || st.Lease.Holder != "db-replica" || rep.Position.LSN != 0x3000060 || len(rep.Members) != 3 {
+		t.Errorf("/status: lease %+v, failover report %s (%v)", st.Lease, st.Failover, err)
+	}
+	m := get(t, "GET", base+"/metrics").body
+	for _, want := range []string{`understudy_failover_lease_held{node="db"} 1`, `understudy_failover_member_up{member="db-replica"} 0`, `understudy_check_ok{node="db",check="primary"} 0`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics has no %q", want)
+		}
+	}
+	if p, err := exec.LookPath("promtool"); err == nil {
+		lint(t, p, m)
+	}
+}
+
+// Without a failover loop nothing of it shows.
+func TestAgentWithoutFailover(t *testing.T) {
+	s := startServer(t)
+	base, _ := runAgent(t, agent.Config{Node: "db", PG: s.source()})
+	waitCode(t, base+"/primary", 200, 5*time.Second)
+	body := get(t, "GET", base+"/status").body
+	if strings.Contains(body, `"failover": {`) || strings.Contains(get(t, "GET", base+"/metrics").body, "understudy_failover_") {
+		t.Errorf("failover shows without a failover loop: %s", body)
+	}
 }

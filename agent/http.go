@@ -23,6 +23,9 @@ type Status struct {
 	// Understudy is the agent's build (check warns when it is not the
 	// operator's: `understudy apply` installs the operator's).
 	Understudy version.Build `json:"understudy"`
+	// Failover is the failover loop's report when the agent runs one.
+	// (failover.Report as JSON).
+	Failover json.RawMessage `json:"failover,omitempty"`
 }
 
 // CheckOut is one check's verdict in a body.
@@ -135,11 +138,15 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 func (a *Agent) Status() Status {
 	v, peers, d, _ := a.snapshot()
 	ans := Answer(v, peers, a.lease(), time.Now())
-	return Status{View: v, Lease: a.lease(), Peers: peers, Details: d, Understudy: version.Info(), Checks: map[string]CheckOut{
+	st := Status{View: v, Lease: a.lease(), Peers: peers, Details: d, Understudy: version.Info(), Checks: map[string]CheckOut{
 		"primary": {ans.Primary.OK, ans.Primary.Reason},
 		"replica": {ans.Replica.OK, ans.Replica.Reason},
 		"health":  {ans.Health.OK, ans.Health.Reason},
 	}}
+	if a.cfg.Failover != nil {
+		st.Failover = a.cfg.Failover.ReportJSON()
+	}
+	return st
 }
 
 // FreshPrimary asks the agent at base (http://host:port) for a fresh

@@ -26,6 +26,8 @@ type MetricsInput struct {
 	// (nil otherwise); BackupErr says why it could not be read.
 	Backup    *backup.AgentStatus
 	BackupErr string
+	// Failover is the failover loop's metrics ("": failover off).
+	Failover string
 }
 
 // Metrics renders /metrics now.
@@ -34,6 +36,9 @@ func (a *Agent) Metrics(now time.Time) string {
 	in := MetricsInput{Now: now, View: v, Answer: Answer(v, peers, a.lease(), now), Details: d, Peers: peers, Counts: c}
 	if a.cfg.BackupReport != "" {
 		in.Backup, in.BackupErr = ReadBackupReport(a.cfg.BackupReport)
+	}
+	if a.cfg.Failover != nil {
+		in.Failover = a.cfg.Failover.MetricsText()
 	}
 	return RenderMetrics(in)
 }
@@ -198,5 +203,6 @@ func RenderMetrics(in MetricsInput) string {
 		m.gauge("understudy_backup_gap", "1 while the archive has a hole no base backup has closed yet.", b2f(b.Gap != ""), node...)
 		m.gauge("understudy_backup_error", "1 when the backup agent's last stream, upload or base backup failed.", b2f(b.LastError != "" || b.UploadError != "" || b.LastBaseError != ""), node...)
 	}
+	m.b.WriteString(in.Failover)
 	return m.b.String()
 }

@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -139,6 +140,15 @@ func (r *Runner) Report() Report {
 		Counts: r.counts, At: r.obs.Now}
 	return rep
 }
+
+// ReportJSON is Report as JSON (the node agent's /status).
+func (r *Runner) ReportJSON() json.RawMessage {
+	b, _ := json.Marshal(r.Report())
+	return b
+}
+
+// MetricsText is RenderMetrics of the report (the node agent's /metrics).
+func (r *Runner) MetricsText() string { return RenderMetrics(r.Report()) }
 
 // Run loops until ctx ends.
 func (r *Runner) Run(ctx context.Context) error {
