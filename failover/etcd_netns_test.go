@@ -1,4 +1,4 @@
-package failover
+package failover_test
 
 import (
 	"bufio"
@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/understudy-dev/understudy/failover"
 	"net"
 	"os"
 	"os/exec"
@@ -44,7 +45,7 @@ func TestMain(m *testing.M) {
 // secret in a file, "ready <how it joined>" on stdout, and a clean stop on
 // SIGTERM.
 func runTestMember(specJSON string) int {
-	var s MemberSpec
+	var s failover.MemberSpec
 	if err := json.Unmarshal([]byte(specJSON), &s); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -54,7 +55,7 @@ func runTestMember(specJSON string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	secret, err := ParseSecret(string(text))
+	secret, err := failover.ParseSecret(string(text))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -62,7 +63,7 @@ func runTestMember(specJSON string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	m, err := StartMember(sctx, s, secret, nil)
+	m, err := failover.StartMember(sctx, s, secret, nil)
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -79,7 +80,7 @@ type trio struct {
 	ns     *lab.NetNS
 	dir    string
 	secret string
-	specs  []MemberSpec
+	specs  []failover.MemberSpec
 	procs  []*exec.Cmd
 }
 
@@ -97,7 +98,7 @@ func newTrio(t *testing.T) *trio {
 	}
 	b := make([]byte, 2)
 	rand.Read(b)
-	tr := &trio{t: t, ns: &lab.NetNS{ID: hex.EncodeToString(b), Nodes: 3}, dir: t.TempDir(), secret: NewSecret()}
+	tr := &trio{t: t, ns: &lab.NetNS{ID: hex.EncodeToString(b), Nodes: 3}, dir: t.TempDir(), secret: failover.NewSecret()}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	t.Cleanup(func() {
@@ -114,12 +115,12 @@ func newTrio(t *testing.T) *trio {
 	if err := os.WriteFile(filepath.Join(tr.dir, "secret"), []byte(tr.secret), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var members []MemberAddr
+	var members []failover.MemberAddr
 	for i, n := range trioNames {
-		members = append(members, MemberAddr{Name: n, IP: tr.ns.Addr(i)})
+		members = append(members, failover.MemberAddr{Name: n, IP: tr.ns.Addr(i)})
 	}
 	for _, n := range trioNames {
-		tr.specs = append(tr.specs, MemberSpec{Name: n, Members: members, DataDir: filepath.Join(tr.dir, n), Token: "test-" + tr.ns.ID,
+		tr.specs = append(tr.specs, failover.MemberSpec{Name: n, Members: members, DataDir: filepath.Join(tr.dir, n), Token: "test-" + tr.ns.ID,
 			LogFile: filepath.Join(tr.dir, n+".log")})
 	}
 	tr.procs = make([]*exec.Cmd, 3)
@@ -195,16 +196,16 @@ func (tr *trio) stop(i int, sig syscall.Signal) {
 // certificate from the trio's secret (or another's).
 func (tr *trio) client(i int, secret string) *clientv3.Client {
 	tr.t.Helper()
-	sec, err := ParseSecret(secret)
+	sec, err := failover.ParseSecret(secret)
 	if err != nil {
 		tr.t.Fatal(err)
 	}
-	f, err := WriteTLS(filepath.Join(tr.t.TempDir(), "tls"), sec, "test-client", []net.IP{net.ParseIP(tr.ns.Addr(i))}, time.Now())
+	f, err := failover.WriteTLS(filepath.Join(tr.t.TempDir(), "tls"), sec, "test-client", []net.IP{net.ParseIP(tr.ns.Addr(i))}, time.Now())
 	if err != nil {
 		tr.t.Fatal(err)
 	}
 	path := tr.ns.Path(i)
-	c, err := NewClient(tr.specs[i].ClientURLs()[:1], f, func(ctx context.Context, addr string) (net.Conn, error) {
+	c, err := failover.NewClient(tr.specs[i].ClientURLs()[:1], f, func(ctx context.Context, addr string) (net.Conn, error) {
 		return lab.DialIn(ctx, path, "tcp", addr)
 	})
 	if err != nil {
@@ -214,8 +215,8 @@ func (tr *trio) client(i int, secret string) *clientv3.Client {
 	return c
 }
 
-func (tr *trio) store(i int) *Store {
-	return NewStore(tr.client(i, tr.secret), tr.specs[i].Token, Defaults())
+func (tr *trio) store(i int) *failover.Store {
+	return failover.NewStore(tr.client(i, tr.secret), tr.specs[i].Token, failover.Defaults())
 }
 
 func (tr *trio) cut(i int, cut bool) {
@@ -246,7 +247,7 @@ func TestEtcdLease(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	db, replica := tr.store(0), tr.store(1)
-	pos := Position{Node: "db", Timeline: 1, LSN: 0x3000000}
+	pos := failover.Position{Node: "db", Timeline: 1, LSN: 0x3000000}
 	h, err := db.Acquire(ctx, "db", 0, pos, time.Now)
 	if err != nil {
 		t.Fatalf("the primary's agent could not take the free lease: %v", err)
@@ -258,7 +259,7 @@ func TestEtcdLease(t *testing.T) {
 	if st.Holder != "db" || st.Position.LSN != pos.LSN || st.PositionRev == 0 {
 		t.Fatalf("the standby reads %+v", st)
 	}
-	if _, err := replica.Acquire(ctx, "db-replica", st.PositionRev, Position{Node: "db-replica"}, time.Now); !errors.Is(err, ErrTaken) {
+	if _, err := replica.Acquire(ctx, "db-replica", st.PositionRev, failover.Position{Node: "db-replica"}, time.Now); !errors.Is(err, failover.ErrTaken) {
 		t.Fatalf("the standby took a held lease: %v", err)
 	}
 	for range 3 {
@@ -290,18 +291,18 @@ func TestEtcdLease(t *testing.T) {
 		t.Fatal("the lease was not freed 15 s after the last renewal")
 	}
 	after := freed.Sub(last)
-	t.Logf("freed %s after the last renewal was sent (TTL %s)", after.Round(time.Millisecond), Defaults().TTL)
-	if after < Defaults().TTL {
+	t.Logf("freed %s after the last renewal was sent (TTL %s)", after.Round(time.Millisecond), failover.Defaults().TTL)
+	if after < failover.Defaults().TTL {
 		t.Fatalf("etcd freed the lease %s after the last renewal, before its TTL: the holder's fence deadline would not be safe", after)
 	}
-	if _, err := replica.Acquire(ctx, "db-replica", stale, Position{Node: "db-replica", Timeline: 2}, time.Now); !errors.Is(err, ErrTaken) {
+	if _, err := replica.Acquire(ctx, "db-replica", stale, failover.Position{Node: "db-replica", Timeline: 2}, time.Now); !errors.Is(err, failover.ErrTaken) {
 		t.Fatalf("an acquire on a stale position went through: %v", err)
 	}
-	h2, err := replica.Acquire(ctx, "db-replica", st.PositionRev, Position{Node: "db-replica", Timeline: 2, LSN: pos.LSN}, time.Now)
+	h2, err := replica.Acquire(ctx, "db-replica", st.PositionRev, failover.Position{Node: "db-replica", Timeline: 2, LSN: pos.LSN}, time.Now)
 	if err != nil {
 		t.Fatalf("the standby could not take the freed lease: %v", err)
 	}
-	if _, err := db.Renew(ctx, h, &pos, time.Now); !errors.Is(err, ErrLost) {
+	if _, err := db.Renew(ctx, h, &pos, time.Now); !errors.Is(err, failover.ErrLost) {
 		t.Fatalf("the old holder renewed an expired lease: %v", err)
 	}
 	// A planned handover back: free at once, the target recorded.
@@ -312,7 +313,7 @@ func TestEtcdLease(t *testing.T) {
 	if st.Holder != "" || st.Handover != "db" {
 		t.Fatalf("after the handover: %+v", st)
 	}
-	if _, err := db.Acquire(ctx, "db", st.PositionRev, Position{Node: "db", Timeline: 3}, time.Now); err != nil {
+	if _, err := db.Acquire(ctx, "db", st.PositionRev, failover.Position{Node: "db", Timeline: 3}, time.Now); err != nil {
 		t.Fatalf("the handover's target could not take the lease: %v", err)
 	}
 	st, _ = db.Read(ctx)
@@ -331,7 +332,7 @@ func TestEtcdLease(t *testing.T) {
 	if st.Holder != "" || st.Handover != "db-replica" {
 		t.Fatalf("after the switchover's handover: %+v", st)
 	}
-	if _, err := replica.Acquire(ctx, "db-replica", st.PositionRev, Position{Node: "db-replica", Timeline: 4}, time.Now); err != nil {
+	if _, err := replica.Acquire(ctx, "db-replica", st.PositionRev, failover.Position{Node: "db-replica", Timeline: 4}, time.Now); err != nil {
 		t.Fatalf("the switchover's target could not take the handed-over lease: %v", err)
 	}
 	for i := range trioNames {
@@ -347,7 +348,7 @@ func TestEtcdQuorumLoss(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	db := tr.store(0)
-	h, err := db.Acquire(ctx, "db", 0, Position{Node: "db", Timeline: 1}, time.Now)
+	h, err := db.Acquire(ctx, "db", 0, failover.Position{Node: "db", Timeline: 1}, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,11 +362,11 @@ func TestEtcdQuorumLoss(t *testing.T) {
 			t.Logf("a renewal failed: %v", err)
 			time.Sleep(100 * time.Millisecond)
 		} else {
-			time.Sleep(Defaults().RenewEvery)
+			time.Sleep(failover.Defaults().RenewEvery)
 		}
 		gap = max(gap, h.Sent.Sub(prev))
 	}
-	if s := Defaults(); gap >= s.TTL-s.FenceMargin {
+	if s := failover.Defaults(); gap >= s.TTL-s.FenceMargin {
 		t.Fatalf("with one member down, %s passed between two renewals: the holder would have fenced", gap)
 	}
 	t.Logf("one member down: longest gap between renewals %s", gap.Round(time.Millisecond))
@@ -411,7 +412,7 @@ func TestEtcdMemberLosesData(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	db := tr.store(0)
-	if _, err := db.Acquire(ctx, "db", 0, Position{Node: "db", Timeline: 1, LSN: 42}, time.Now); err != nil {
+	if _, err := db.Acquire(ctx, "db", 0, failover.Position{Node: "db", Timeline: 1, LSN: 42}, time.Now); err != nil {
 		t.Fatal(err)
 	}
 	tr.stop(1, syscall.SIGKILL)
@@ -458,7 +459,7 @@ func TestEtcdTLS(t *testing.T) {
 	tr := newTrio(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	other := NewStore(tr.client(0, NewSecret()), tr.specs[0].Token, Defaults())
+	other := failover.NewStore(tr.client(0, failover.NewSecret()), tr.specs[0].Token, failover.Defaults())
 	if _, err := other.Read(ctx); err == nil {
 		t.Fatal("a certificate from another secret was accepted")
 	}

@@ -1,8 +1,9 @@
-package failover
+package failover_test
 
 import (
 	"context"
 	"fmt"
+	"github.com/understudy-dev/understudy/failover"
 	"io"
 	"os"
 	"os/exec"
@@ -22,7 +23,7 @@ const watchdogEnv = "UNDERSTUDY_FAILOVER_TEST_WATCHDOG"
 // runTestWatchdog is the watchdog process the tests start: the data
 // directory in the environment, deadlines on stdin.
 func runTestWatchdog(dataDir string) int {
-	if err := RunWatchdog(context.Background(), os.Stdin, ProcessFencer{DataDir: dataDir}, os.Stderr); err != nil {
+	if err := failover.RunWatchdog(context.Background(), os.Stdin, failover.ProcessFencer{DataDir: dataDir}, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -48,7 +49,7 @@ func (n *pgNode) conn(ctx context.Context) (*pgx.Conn, error) {
 }
 
 func (n *pgNode) running() bool {
-	pid, _ := postmasterPID(n.dir)
+	pid, _ := failover.PostmasterPID(n.dir)
 	return pid != 0 && syscall.Kill(pid, 0) == nil
 }
 
@@ -72,7 +73,7 @@ func startWatchdog(t *testing.T, dataDir string) (io.WriteCloser, *exec.Cmd, *st
 
 func arm(t *testing.T, w io.Writer, in time.Duration) time.Time {
 	now := time.Now()
-	if _, err := io.WriteString(w, WatchdogLine(now.Add(in), now, Monotonic())); err != nil {
+	if _, err := io.WriteString(w, failover.WatchdogLine(now.Add(in), now, failover.Monotonic())); err != nil {
 		t.Fatal(err)
 	}
 	return now.Add(in)
@@ -93,8 +94,8 @@ func TestWatchdogFencesAFrozenAgentsNode(t *testing.T) {
 	}
 	// The agent freezes (it sends nothing more), and PostgreSQL is frozen too.
 	deadline := arm(t, w, time.Second)
-	pid, _ := postmasterPID(n.dir)
-	kids := childrenOf(pid)
+	pid, _ := failover.PostmasterPID(n.dir)
+	kids := failover.ChildrenOf(pid)
 	for _, p := range append(kids, pid) {
 		syscall.Kill(p, syscall.SIGSTOP)
 	}
@@ -114,10 +115,10 @@ func TestWatchdogFencesAFrozenAgentsNode(t *testing.T) {
 	// be scheduled and exit (a zombie until reaped counts as gone).
 	for _, p := range kids {
 		pgtest.WaitFor(t, 2*time.Second, fmt.Sprintf("backend %d to end", p), func() (bool, string) {
-			return !running(p), "running"
+			return !failover.Running(p), "running"
 		})
 	}
-	for _, f := range []string{"standby.signal", FenceNote} {
+	for _, f := range []string{"standby.signal", failover.FenceNote} {
 		if _, err := os.Stat(filepath.Join(n.dir, f)); err != nil {
 			t.Fatalf("after the fence: %v", err)
 		}
@@ -157,7 +158,7 @@ func TestWatchdogOutlivesTheAgent(t *testing.T) {
 	n2 := startPG(t)
 	w2, cmd2, _ := startWatchdog(t, n2.dir)
 	arm(t, w2, 500*time.Millisecond)
-	io.WriteString(w2, WatchdogLine(time.Time{}, time.Now(), Monotonic()))
+	io.WriteString(w2, failover.WatchdogLine(time.Time{}, time.Now(), failover.Monotonic()))
 	w2.Close()
 	cmd2.Wait()
 	time.Sleep(time.Second)

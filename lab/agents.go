@@ -145,6 +145,9 @@ func (l *Lab) StartNodeAgents(ctx context.Context, exe string) error {
 			continue
 		}
 		argv := []string{exe, "agent", "--lab", l.Dir, "--node", n.Name}
+		if l.HasFailover() {
+			argv = append(argv, "--failover")
+		}
 		if l.NetNS != nil {
 			// As this user (it reads the lab's files), in the node's namespace.
 			argv = append([]string{"nsenter", "--net=" + l.NetNS.Path(i), "--"}, argv...)
@@ -153,8 +156,12 @@ func (l *Lab) StartNodeAgents(ctx context.Context, exe string) error {
 			return err
 		}
 	}
+	wait := 20 * time.Second
+	if l.HasFailover() {
+		wait = 90 * time.Second // the agent listens once its etcd member has joined
+	}
 	for _, n := range l.Cluster.Nodes {
-		if err := l.waitListening(ctx, agentService(n.Name), n.Agent(), 20*time.Second); err != nil {
+		if err := l.waitListening(ctx, agentService(n.Name), n.Agent(), wait); err != nil {
 			return err
 		}
 	}

@@ -659,7 +659,9 @@ func (l *Lab) Down(ctx context.Context) error {
 	for _, n := range l.Cluster.Nodes {
 		svcs = append(svcs, agentService(n.Name))
 	}
-	for _, svc := range append(svcs, "agent", "storage") {
+	// The witness after the agents: with two members gone etcd has no
+	// quorum, and an agent still running would fence its primary.
+	for _, svc := range append(svcs, witnessService, "agent", "storage") {
 		if err := l.stopService(svc); err != nil {
 			errs = append(errs, err)
 		}

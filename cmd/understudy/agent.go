@@ -9,7 +9,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/understudy-dev/understudy/agent"
+	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/pgconf"
 )
@@ -38,6 +41,9 @@ func (c *agentCommand) Run(ctx context.Context, args []string) error {
 	interval := fs.Duration("interval", agent.DefaultInterval, "how often PostgreSQL is observed")
 	deadline := fs.Duration("deadline", agent.DefaultDeadline, "how long an observation may take before PostgreSQL counts as not answering")
 	backupReport := fs.String("backup-report", "", "the backup agent's report (agent-status.json) when it runs on this server, for /metrics")
+	withFailover := fs.Bool("failover", false, "run automatic failover: this server's etcd member, the failover loop and its watchdog (the cluster model names the members)")
+	failoverData := fs.String("failover-data", "", "with --failover: the etcd member's data directory, on a volume of its own (the lab: under its directory)")
+	pgdata := fs.String("pgdata", os.Getenv("PGDATA"), "with --failover: the node's data directory, to fence it (the lab: its own)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -52,6 +58,11 @@ func (c *agentCommand) Run(ctx context.Context, args []string) error {
 	}
 	var cfg agent.Config
 	var addr string
+	var fc failover.NodeConfig
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
 	if *labDir != "" {
 		l, err := lab.Open(*labDir)
 		if err != nil {
@@ -62,6 +73,11 @@ func (c *agentCommand) Run(ctx context.Context, args []string) error {
 		}
 		n, _ := l.Cluster.Node(*node)
 		addr = n.Agent()
+		if *withFailover {
+			if fc, err = l.FailoverNodeConfig(*node, exe, c.out); err != nil {
+				return err
+			}
+		}
 	} else {
 		b, err := os.ReadFile(*clusterFile)
 		if err != nil {
@@ -90,6 +106,11 @@ func (c *agentCommand) Run(ctx context.Context, args []string) error {
 			}
 		}
 		addr = n.Agent()
+		if *withFailover {
+			if fc, err = kamalFailoverConfig(cl, n, *failoverData, *pgdata, exe, c.out); err != nil {
+				return fmt.Errorf("%s: %w", *clusterFile, err)
+			}
+		}
 	}
 	if *listen != "" {
 		addr = *listen
@@ -105,5 +126,66 @@ func (c *agentCommand) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return agent.New(cfg).Run(ctx, l)
+	if !*withFailover {
+		return agent.New(cfg).Run(ctx, l)
+	}
+	// Failover: the member joins the other two (up to a minute), then the
+	// loop runs beside the agent, which asks it at every /primary check.
+	fn, err := failover.StartNode(ctx, fc)
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("starting failover: %w", err)
+	}
+	fmt.Fprintf(c.out, "%s understudy agent %s: %s\n", time.Now().UTC().Format("2006-01-02 15:04:05.000"), *node, fn.Describe(fc))
+	cfg.Failover = fn.Runner
+	done := make(chan struct{})
+	go func() { fn.Run(ctx); close(done) }()
+	err = agent.New(cfg).Run(ctx, l)
+	<-done
+	return err
+}
+
+// kamalFailoverConfig is the failover part of an agent on a Kamal server:
+// the member's data on its volume, FAILOVER_SECRET from the accessory's
+// secrets, the runner's session as the superuser (POSTGRES_PASSWORD: it
+// promotes and sets synchronous_standby_names), the fence by PID on the
+// node's data directory (the agent must share the node container's PID
+// namespace and see its volume), no restart (the container's restart
+// policy starts a fenced node) and no automatic rejoin (`understudy
+// rejoin`).
+func kamalFailoverConfig(cl pgconf.Cluster, n pgconf.Node, dataDir, pgdata, exe string, log io.Writer) (failover.NodeConfig, error) {
+	if cl.Failover == nil {
+		return failover.NodeConfig{}, errors.New("--failover, but the cluster model has no failover members: run `understudy init --failover --witness-host HOST`, then `understudy apply`")
+	}
+	if dataDir == "" || pgdata == "" {
+		return failover.NodeConfig{}, errors.New("--failover needs --failover-data DIR (the etcd member's volume) and --pgdata DIR (the node's data directory, to fence it)")
+	}
+	text := os.Getenv(failover.SecretName)
+	os.Unsetenv(failover.SecretName)
+	secret, err := failover.ParseSecret(text)
+	if err != nil {
+		return failover.NodeConfig{}, err
+	}
+	password := os.Getenv("POSTGRES_PASSWORD")
+	os.Unsetenv("POSTGRES_PASSWORD") // nothing this process starts needs it
+	if password == "" {
+		return failover.NodeConfig{}, errors.New("POSTGRES_PASSWORD is not set: the failover loop promotes its node as the superuser; add it to the agent accessory's env secrets")
+	}
+	fc := failover.NodeConfig{Spec: failover.SpecFor(cl.Failover, n.Name, dataDir), Secret: secret, Node: n.Name,
+		Settings: failover.SettingsFor(cl.Failover), Log: log, Fencer: failover.ProcessFencer{DataDir: pgdata},
+		WatchdogArgv: []string{exe, "failover", "watchdog", "--pgdata", pgdata}}
+	var slots []string
+	for _, p := range cl.Nodes {
+		if p.Name != n.Name {
+			fc.Standbys = append(fc.Standbys, p.Name)
+			slots = append(slots, p.Slot())
+		}
+	}
+	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres connect_timeout=5", n.Addr, n.Port))
+	if err != nil {
+		return failover.NodeConfig{}, err
+	}
+	cc.Password = password
+	fc.PG = &failover.SQLPG{Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, cc) }, DataDir: pgdata, Slots: slots}
+	return fc, nil
 }

@@ -49,7 +49,10 @@ func (c *failoverCommand) Run(ctx context.Context, args []string) error {
 		if *pgdata == "" {
 			return errors.New("failover watchdog needs --pgdata DIR (the node agent starts it; it is not for a person to run)")
 		}
-		return failover.RunWatchdog(ctx, os.Stdin, failover.ProcessFencer{DataDir: *pgdata}, os.Stderr)
+		// Not ended by SIGINT/SIGTERM (which reach the agent's whole process
+		// group): it ends when the agent's pipe closes, after fencing if a
+		// deadline is still armed, within a lease's TTL.
+		return failover.RunWatchdog(context.WithoutCancel(ctx), os.Stdin, failover.ProcessFencer{DataDir: *pgdata}, os.Stderr)
 	}
 	return fmt.Errorf("failover %s: unknown; %s (store the secret where POSTGRES_PASSWORD is stored; .kamal/secrets holds only a reference to it)", args[0], failoverUsage)
 }

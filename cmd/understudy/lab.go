@@ -27,7 +27,7 @@ func (*labCommand) Summary() string {
 }
 
 func (c *labCommand) Run(ctx context.Context, args []string) error {
-	const usage = "usage: understudy lab up [--dir DIR] [--nodes db,db-replica] [--netns] [--bare] [--backup] [--no-router] | understudy lab down [--dir DIR]"
+	const usage = "usage: understudy lab up [--dir DIR] [--nodes db,db-replica] [--netns] [--bare] [--backup] [--no-router] [--failover [--synchronous]] | understudy lab down [--dir DIR]"
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
 		fmt.Fprintln(c.out, usage)
 		return nil
@@ -57,8 +57,16 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 	walCap := fs.String("wal-cap", pgconf.DefaultLabWALCap, "max_slot_wal_keep_size for the lab")
 	withBackup := fs.Bool("backup", false, "also run local S3-compatible storage (versitygw) and the backup agent, and take a first base backup")
 	noRouter := fs.Bool("no-router", false, "no router (HAProxy on 127.0.0.1 in front of the nodes); a --netns lab never has one")
+	withFailover := fs.Bool("failover", false, "automatic failover: three etcd members on this machine (the two nodes' agents and a witness), a leader lease the router follows")
+	synchronous := fs.Bool("synchronous", false, "with --failover: synchronous replication while the standby is in sync (no acknowledged commit lost on failover)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if *synchronous && !*withFailover {
+		return errors.New("--synchronous goes with --failover")
+	}
+	if *withFailover && len(strings.Split(*nodes, ",")) != 2 {
+		return errors.New("--failover takes two nodes (and a witness, which the lab adds)")
 	}
 	if *withBackup {
 		// Before anything is created: without its storage the lab would
@@ -91,11 +99,83 @@ func (c *labCommand) Run(ctx context.Context, args []string) error {
 			return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
 		}
 	}
+	if *withFailover {
+		if err := labFailoverUp(ctx, c.out, l, *synchronous); err != nil {
+			return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
+		}
+	}
 	if err := labRoutingUp(ctx, c.out, l, false); err != nil {
 		return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
 	}
+	if *withFailover {
+		if err := waitHolder(ctx, l, l.Cluster.InitialPrimary, time.Minute); err != nil {
+			return fmt.Errorf("%w\nthe lab is left in place for inspection; remove it with: understudy lab down --dir %s", err, l.Dir)
+		}
+		fmt.Fprintf(c.out, "  ✓ failover: %s holds the leader lease; kill it and %s takes over by itself (understudy failover status --lab %s)\n",
+			l.Cluster.InitialPrimary, otherNode(l, l.Cluster.InitialPrimary), l.Dir)
+	}
 	fmt.Fprintf(c.out, "lab up in %.1f s. Try: understudy status --lab %s; understudy lab down --dir %s\n", time.Since(start).Seconds(), l.Dir, l.Dir)
 	return nil
+}
+
+// labFailoverUp turns a running lab's failover on: the members in the
+// model (every node boots read-only from now on) and the witness as a
+// background service; labRoutingUp then starts the agents with their
+// members and failover loops.
+func labFailoverUp(ctx context.Context, out io.Writer, l *lab.Lab, synchronous bool) error {
+	if err := l.EnableFailover(synchronous); err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := l.StartWitness(ctx, exe); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  ✓ failover witness (the third etcd member, standing in for an app host); log: %s\n", l.ServiceLog("witness"))
+	return nil
+}
+
+// waitHolder waits until node's agent reports holding the lease.
+func waitHolder(ctx context.Context, l *lab.Lab, node string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	last := ""
+	for time.Now().Before(deadline) {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := l.AgentStatus(sctx, node)
+		cancel()
+		if err == nil && st.Lease.Holder == node {
+			return nil
+		}
+		if err != nil {
+			last = err.Error()
+		} else {
+			last = "the lease is held by " + orNone(st.Lease.Holder)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s did not take the failover lease within %s (%s): see %s", node, limit, last, l.ServiceLog("agent-"+node))
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "nobody"
+	}
+	return s
+}
+
+func otherNode(l *lab.Lab, node string) string {
+	for _, n := range l.Cluster.Nodes {
+		if n.Name != node {
+			return n.Name
+		}
+	}
+	return ""
 }
 
 // labRoutingUp starts a running lab's node agents (background processes

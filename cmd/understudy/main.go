@@ -48,6 +48,7 @@ func commands(stdout, stderr io.Writer) []command {
 		&verifyCommand{out: stdout},
 		&backupCommand{out: stdout},
 		&agentCommand{out: stdout},
+		&witnessCommand{out: stdout},
 		&connectCommand{out: stdout},
 		&backupsCommand{out: stdout},
 		&restoreCommand{out: stdout},

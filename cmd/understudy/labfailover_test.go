@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/understudy-dev/understudy/internal/labtest"
+	"github.com/understudy-dev/understudy/internal/pgxwriter"
+	"github.com/understudy-dev/understudy/lab"
+)
+
+// upFailoverLab runs `understudy lab up --failover` as a user does (the
+// built binary: the agents, their watchdogs and the witness are its
+// background processes) and takes the lab down when the test ends.
+func upFailoverLab(t *testing.T, extra ...string) (*lab.Lab, string) {
+	t.Helper()
+	if _, err := lab.BinDir(); err != nil {
+		t.Skip(err.Error())
+	}
+	if _, err := lab.FindHAProxy(); err != nil {
+		t.Skip(err.Error())
+	}
+	bin := buildCLI(t)
+	root, err := os.MkdirTemp("", "understudy-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(root, 0o755) // the servers run as postgres
+	dir := filepath.Join(root, "lab")
+	t.Cleanup(func() {
+		if l, err := lab.Open(dir); err == nil {
+			if t.Failed() {
+				for _, f := range []string{"agent-db.log", "agent-db-replica.log", "witness.log", "db.log", "db-replica.log"} {
+					b, _ := os.ReadFile(filepath.Join(dir, f))
+					s := string(b)
+					if len(s) > 4000 {
+						s = s[len(s)-4000:]
+					}
+					t.Logf("--- %s:\n%s", f, s)
+				}
+			}
+			if err := l.Down(context.Background()); err != nil {
+				t.Errorf("lab down: %v", err)
+			}
+		}
+		os.RemoveAll(root)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"lab", "up", "--failover", "--dir", dir}, extra...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("lab up --failover: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "db holds the leader lease") {
+		t.Fatalf("lab up --failover does not say who holds the lease:\n%s", out)
+	}
+	l, err := lab.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, bin
+}
+
+// killServer ends every process of a node's "server" at once, as a power
+// loss would: its agent (with its etcd member), the agent's watchdog, the
+// postmaster and its backends, each by PID and only what the lab started.
+func killServer(t *testing.T, l *lab.Lab, node string) time.Time {
+	t.Helper()
+	agentPID := l.AgentPID(node)
+	pm := l.PostmasterPID(node)
+	if agentPID == 0 || pm == 0 {
+		t.Fatalf("%s's agent (%d) or postmaster (%d) is not running", node, agentPID, pm)
+	}
+	// The postmaster's children too: a backend outlives a SIGKILLed
+	// postmaster and keeps answering its session for a while.
+	pids := append(append([]int{agentPID, pm}, childPIDs(agentPID)...), childPIDs(pm)...)
+	at := time.Now()
+	for _, p := range pids {
+		syscall.Kill(p, syscall.SIGKILL)
+	}
+	t.Logf("killed %s's server: pids %v", node, pids)
+	return at
+}
+
+// childPIDs are the processes whose parent is pid (the agent's watchdog).
+func childPIDs(pid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var kids []int
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		if f := strings.Fields(s[i+1:]); len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			kids = append(kids, p)
+		}
+	}
+	return kids
+}
+
+func addr(l *lab.Lab, node string) string {
+	n, _ := l.Cluster.Node(node)
+	return fmt.Sprintf("127.0.0.1:%d", n.Port)
+}
+
+// TestLabFailover: `lab up --failover`, an app writer through the router,
+// the primary's whole server killed. The standby takes the lease and the
+// app's writes by itself; never two writable nodes; the old primary,
+// started again, comes up read-only and follows the new one (it never
+// takes writes without the lease); every acknowledged write is on the new
+// primary or was written in the last moment before the kill (async).
+func TestLabFailover(t *testing.T) {
+	l, bin := upFailoverLab(t)
+	labtest.Exec(t, l, "db", "CREATE ROLE app LOGIN PASSWORD 'app-secret'", pgxwriter.CreateSQL, "GRANT ALL ON "+pgxwriter.Table+" TO app")
+	conn := fmt.Sprintf("host=127.0.0.1 port=%d user=app password=app-secret dbname=postgres target_session_attrs=read-write connect_timeout=2", l.Router().Port)
+	w := pgxwriter.Start(context.Background(), "pgx", conn, 50*time.Millisecond, 5*time.Second)
+	defer w.Stop()
+	stopWatch := labtest.WatchWritable(t, l)
+	labtest.WaitFor(t, 15*time.Second, "the writer's first write through the router", func() bool {
+		_, ok := pgxwriter.FirstAckAfter(w.Log(), time.Time{})
+		return ok
+	})
+	time.Sleep(time.Second)
+
+	killed := killServer(t, l, "db")
+	var first pgxwriter.Attempt
+	labtest.WaitFor(t, 30*time.Second, "a write acknowledged by db-replica through the router", func() bool {
+		for _, a := range pgxwriter.Acked(w.Log()) {
+			if a.Node == addr(l, "db-replica") && a.End.After(killed) {
+				first = a
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("from the kill to the first write acknowledged by db-replica through the router: %d ms", first.End.Sub(killed).Milliseconds())
+
+	// The old primary's server comes back: PostgreSQL first (the boot
+	// script starts it read-only), then its agent, which rejoins it.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := l.Start(ctx, "db"); err != nil {
+		t.Fatal(err)
+	}
+	labtest.WaitFor(t, 60*time.Second, "db to answer", func() bool {
+		c, err := l.Conn(ctx, "db")
+		if err != nil {
+			return false
+		}
+		c.Close(ctx)
+		return true
+	})
+	if got := labtest.Query(t, l, "db", "SELECT pg_is_in_recovery()::text"); got != "true" {
+		t.Fatalf("the old primary came back writable without the lease (pg_is_in_recovery %s)", got)
+	}
+	if err := l.StartNodeAgents(ctx, bin); err != nil {
+		t.Fatal(err)
+	}
+	labtest.WaitFor(t, 90*time.Second, "db to rejoin as db-replica's standby", func() bool {
+		return labtest.Query(t, l, "db-replica", "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = 'db' AND state = 'streaming'") == "1"
+	})
+	if got := labtest.Query(t, l, "db", "SELECT pg_is_in_recovery()::text"); got != "true" {
+		t.Fatalf("the old primary is writable after rejoining (pg_is_in_recovery %s)", got)
+	}
+	after := time.Now()
+	time.Sleep(time.Second)
+	w.Stop()
+	rounds := stopWatch()
+
+	log := w.Log()
+	for _, a := range pgxwriter.Acked(log) {
+		if a.Node == addr(l, "db") && a.Start.After(killed) {
+			t.Errorf("db acknowledged a write begun after it was killed: %+v", a)
+		}
+		if a.Node == addr(l, "db-replica") && a.Start.Before(killed) {
+			t.Errorf("db-replica acknowledged a write begun before the kill: %+v", a)
+		}
+	}
+	if len(pgxwriter.Acked(log)) == 0 || pgxwriter.LongestPause(log, after, time.Now()) > 2*time.Second {
+		t.Errorf("the writer did not keep writing after the failover")
+	}
+	if bad, runs := pgxwriter.Interleaved([]string{addr(l, "db"), addr(l, "db-replica")}, log); bad {
+		t.Errorf("writes went to two nodes in turns: %+v", runs)
+	}
+	n, _ := l.Cluster.Node("db-replica")
+	lost, err := pgxwriter.Lost(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", filepath.Join(l.Dir, "sock", "db-replica"), n.Port), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range lost {
+		if killed.Sub(a.End) > 2*time.Second {
+			t.Errorf("an acknowledged write from %s, well before the kill, is missing from db-replica: %+v", a.End.Format("15:04:05.000"), a)
+		}
+	}
+	t.Logf("%d acknowledged writes, %d lost (async: the last ones before the kill); %d rounds of the two-writable-nodes watch", len(pgxwriter.Acked(log)), len(lost), rounds)
+}
