@@ -223,6 +223,31 @@ func (st *Store) HandOver(ctx context.Context, from, to string) error {
 	return nil
 }
 
+// LeaseFor is an emergency promote's override, done by `understudy
+// promote` (a person accepting the loss): while nobody holds the lease,
+// the position becomes to's own and to is recorded (for 2×TTL) as the
+// only node that may take the lease. to's agent then takes it and
+// promotes although it had refused (lagging, not synchronous): its own
+// position is the bar now.
+func (st *Store) LeaseFor(ctx context.Context, to string, pos Position) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*st.Timeout)
+	defer cancel()
+	g, err := st.C.Grant(ctx, int64(2*st.TTL/time.Second))
+	if err != nil {
+		return fmt.Errorf("granting the handover's lease: %w", err)
+	}
+	pj, _ := json.Marshal(pos)
+	r, err := st.C.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(st.key("leader")), "=", 0)).
+		Then(clientv3.OpPut(st.key("position"), string(pj)), clientv3.OpPut(st.key("handover"), to, clientv3.WithLease(g.ID))).Commit()
+	if err != nil {
+		return fmt.Errorf("letting %s take the lease: %w", to, err)
+	}
+	if !r.Succeeded {
+		return fmt.Errorf("letting %s take the lease: %w", to, ErrTaken)
+	}
+	return nil
+}
+
 // RecordSync records the synchronous standbys, only while holding the lease.
 func (st *Store) RecordSync(ctx context.Context, h Held, names []string) error {
 	ctx, cancel := context.WithTimeout(ctx, st.Timeout)

@@ -20,6 +20,7 @@ import (
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/pgconf"
+	"github.com/understudy-dev/understudy/pgops"
 )
 
 // A lab's automatic failover: three etcd members on this machine, the two
@@ -211,7 +212,7 @@ func (l *Lab) FailoverStore(ctx context.Context) (*failover.Store, func(), error
 		return nil, nil, err
 	}
 	spec := l.memberSpec(WitnessName)
-	tlsf, err := failover.WriteTLS(dir, secret, "understudy-client", nil, time.Now())
+	tlsf, err := failover.WriteTLS(dir, secret, "understudy-client", []net.IP{net.IPv4(127, 0, 0, 1)}, time.Now()) // members skip the SAN check on clients
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, nil, err
@@ -231,4 +232,48 @@ func (l *Lab) FailoverStore(ctx context.Context) (*failover.Store, func(), error
 	}
 	st := failover.NewStore(c, spec.Token, failover.SettingsFor(l.Cluster.Failover))
 	return st, func() { c.Close() }, nil
+}
+
+// The lab's lease control (live.LeaseControl): each call opens a client
+// of its own through every member.
+var _ live.LeaseControl = (*Lab)(nil)
+
+func (l *Lab) withStore(ctx context.Context, f func(*failover.Store) error) error {
+	st, closeStore, err := l.FailoverStore(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	return f(st)
+}
+
+// ReadLease reads the lease with a quorum.
+func (l *Lab) ReadLease(ctx context.Context) (live.LeaseReading, error) {
+	var r live.LeaseReading
+	err := l.withStore(ctx, func(st *failover.Store) error {
+		s, err := st.Read(ctx)
+		if err != nil {
+			return err
+		}
+		r = live.LeaseReading{Holder: s.Holder, Handover: s.Handover, Paused: s.Paused, PublishedBy: s.Position.Node, Timeline: s.Position.Timeline, LSN: s.Position.LSN}
+		return nil
+	})
+	return r, err
+}
+
+// HandOver hands the lease from `from` to `to`.
+func (l *Lab) HandOver(ctx context.Context, from, to string) error {
+	return l.withStore(ctx, func(st *failover.Store) error { return st.HandOver(ctx, from, to) })
+}
+
+// LeaseFor lets `to` take the free lease with its own position.
+func (l *Lab) LeaseFor(ctx context.Context, to string, tl pgops.Timeline, lsn pgops.LSN) error {
+	return l.withStore(ctx, func(st *failover.Store) error {
+		return st.LeaseFor(ctx, to, failover.Position{Node: to, Timeline: tl, LSN: lsn, At: time.Now()})
+	})
+}
+
+// SetPaused pauses or resumes failover.
+func (l *Lab) SetPaused(ctx context.Context, paused bool) error {
+	return l.withStore(ctx, func(st *failover.Store) error { return st.SetPaused(ctx, paused) })
 }

@@ -353,6 +353,9 @@ func (l *Lab) Target() live.Target {
 	if l.HasAgents() {
 		t.Routing = l
 	}
+	if l.HasFailover() {
+		t.Lease = l
+	}
 	if l.state.Backup != nil {
 		t.Backups = l.BackupSite()
 		if s, err := l.BackupStore(); err == nil {

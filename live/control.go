@@ -122,6 +122,9 @@ type Target struct {
 	// RoutingDeployers run the agents' and the router's accessories
 	// (Kamal); none on the lab, whose `lab up` starts them.
 	RoutingDeployers []RoutingDeployer
+	// Lease is automatic failover's lease in etcd (nil: failover off, or
+	// no way to reach etcd from here).
+	Lease LeaseControl
 }
 
 // NodeImage is what a node runs PostgreSQL from: on Kamal its accessory's

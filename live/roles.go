@@ -62,7 +62,12 @@ func begin(ctx context.Context, t Target, o *RoleOptions, mustReach ...string) (
 	if err := reachAll(ctx, t, mustReach...); err != nil {
 		return nil, err
 	}
-	return GatherNodes(ctx, t)
+	st, err := GatherNodes(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	st.Lease = readLease(ctx, t)
+	return st, nil
 }
 
 func (o RoleOptions) hook(stage string) {

@@ -24,6 +24,8 @@ type Status struct {
 	// The node agents' answers and the routers' views (setups with agents).
 	Agents  []AgentReading  `json:"agents,omitempty"`
 	Routers []RouterReading `json:"routers,omitempty"`
+	// Lease is automatic failover's lease as read from etcd (nil: off).
+	Lease *LeaseReading `json:"lease,omitempty"`
 }
 
 // NodeStatus is one node's part of a Status.

@@ -50,6 +50,14 @@ func DecideSwitchover(st *Status, c pgconf.Cluster, to string, o RoleOptions) (*
 	if err := preflight(st, c, to, o); err != nil {
 		return nil, fmt.Errorf("switchover refused, nothing was changed: %w", err)
 	}
+	if c.Failover != nil {
+		if st.Lease == nil {
+			st.Lease = &LeaseReading{Error: "not read"}
+		}
+		if err := leasePreflight(st, to, true); err != nil {
+			return nil, fmt.Errorf("switchover refused, nothing was changed: %w", err)
+		}
+	}
 	old := st.Primary
 	p := &SwitchoverPlan{Old: old, To: to}
 	add := func(s Step) { p.Steps = append(p.Steps, s) }
@@ -77,7 +85,14 @@ func DecideSwitchover(st *Status, c pgconf.Cluster, to string, o RoleOptions) (*
 		add(Step{Kind: StepDrain, Node: old, Action: "drain at its agent: hold understudy's drain lock in a superuser session until the agent answers /primary 503", Effect: "the routers stop sending it writes and cut its sessions: writes through them pause from here"})
 	}
 	add(Step{Kind: StepStopPrimary, Node: old, Action: "stop it cleanly and read its shutdown checkpoint", Effect: "writes pause from here"})
-	add(Step{Kind: StepPromote, Node: to, Upstream: old, Action: "prove it has all of " + old + "'s WAL (its shutdown checkpoint), then promote it", Effect: "writes resume on " + to})
+	if c.Failover != nil {
+		// Through the lease: only the holder's agent makes its node writable.
+		add(Step{Kind: StepProveWAL, Node: to, Upstream: old, Action: "prove it has all of " + old + "'s WAL (its shutdown checkpoint)", Effect: "none"})
+		add(Step{Kind: StepHandOver, Node: to, Upstream: old, Action: "hand the failover lease from " + old + " to " + to + " in etcd: only " + to + " may take it", Effect: "none"})
+		add(Step{Kind: StepAwaitPromote, Node: to, Action: "wait until its agent takes the lease and promotes it", Effect: "writes resume on " + to})
+	} else {
+		add(Step{Kind: StepPromote, Node: to, Upstream: old, Action: "prove it has all of " + old + "'s WAL (its shutdown checkpoint), then promote it", Effect: "writes resume on " + to})
+	}
 	if agents {
 		add(Step{Kind: StepAnnounce, Node: to, Action: "announce at its agent: ask for a fresh answer until /primary is 200", Effect: "the routers send writes to " + to + " at their next check"})
 	}
@@ -286,7 +301,21 @@ func (x *switchover) step(ctx context.Context, s Step) error {
 		announce(ctx, x.t, s.Node, x.o)
 		return nil
 	case StepPromote:
+		if err := x.prove(ctx, s.Node, s.Upstream); err != nil {
+			return err
+		}
 		return x.promote(ctx, s.Node, s.Upstream)
+	case StepProveWAL:
+		return x.prove(ctx, s.Node, s.Upstream)
+	case StepHandOver:
+		return x.handOver(ctx, s.Upstream, s.Node)
+	case StepAwaitPromote:
+		if err := awaitPromoted(ctx, x.t, s.Node, x.o.Timeout); err != nil {
+			return fmt.Errorf("%w; %s stays stopped (the lease is no longer its): once %s is the primary, `understudy rejoin %s`", err, x.p.Old, s.Node, x.p.Old)
+		}
+		x.res.WriteOutage = time.Since(x.start)
+		say(x.o, "  ✓ %s's agent took the lease and promoted it: writable again after %d ms", s.Node, x.res.WriteOutage.Milliseconds())
+		return nil
 	case StepFollow:
 		oldNode, _ := x.t.Cluster.Node(s.Node)
 		newNode, _ := x.t.Cluster.Node(s.Upstream)
@@ -341,9 +370,9 @@ func (x *switchover) stop(ctx context.Context, old string) error {
 	return nil
 }
 
-// promote proves the candidate has every WAL record up to the old
-// primary's shutdown checkpoint, then promotes it.
-func (x *switchover) promote(ctx context.Context, to, old string) error {
+// prove proves the candidate has every WAL record up to the old
+// primary's shutdown checkpoint.
+func (x *switchover) prove(ctx context.Context, to, old string) error {
 	sc, err := x.cand(ctx)
 	if err != nil {
 		return err
@@ -365,6 +394,37 @@ func (x *switchover) promote(ctx context.Context, to, old string) error {
 		time.Sleep(5 * time.Millisecond)
 	}
 	say(x.o, "  ✓ %s has all of %s's WAL (shutdown checkpoint %s, received %s; %d ms)", to, old, x.ckpt, pos.Received, time.Since(x.start).Milliseconds())
+	return nil
+}
+
+// handOver hands the lease from the stopped old primary to the proven
+// candidate. From here there is no way back: the old primary's agent has
+// lost the lease (so no rollback), the candidate's takes it.
+func (x *switchover) handOver(ctx context.Context, old, to string) error {
+	if x.t.Lease == nil {
+		return errors.New("failover is on, but this target has no way to reach etcd")
+	}
+	err := x.t.Lease.HandOver(ctx, old, to)
+	if err != nil {
+		// The old primary's agent may have given the lease up by itself
+		// already (its PostgreSQL stopped): the candidate takes the free
+		// lease then, as in a failover.
+		lr := readLease(ctx, x.t)
+		if lr == nil || lr.Error != "" || (lr.Holder != "" && lr.Holder != to) {
+			return err
+		}
+	}
+	x.promoted = true
+	say(x.o, "  ✓ the failover lease handed from %s to %s (%d ms)", old, to, time.Since(x.start).Milliseconds())
+	return nil
+}
+
+// promote promotes the proven candidate (failover off).
+func (x *switchover) promote(ctx context.Context, to, old string) error {
+	sc, err := x.cand(ctx)
+	if err != nil {
+		return err
+	}
 	if err := pgops.Promote(ctx, sc, 60*time.Second); err != nil {
 		return fmt.Errorf("promoting %s failed (%v); if %s is writable now, do not start %s: run `understudy rejoin %s`", to, err, to, old, old)
 	}
@@ -492,6 +552,13 @@ func rollback(ctx context.Context, t Target, old string, o RoleOptions, cause er
 	say(o, "  ✗ %v; rolling back: starting %s again as the primary", cause, old)
 	if err := t.Control.Start(ctx, old); err != nil {
 		return fmt.Errorf("switchover failed (%v) and %s did not start again: %w. Start it (`understudy apply`) before anything else", cause, old, err)
+	}
+	if t.Cluster.Failover != nil {
+		// It boots read-only; its agent, still holding the lease, promotes it.
+		if err := awaitPromoted(ctx, t, old, o.Timeout); err != nil {
+			return fmt.Errorf("switchover failed (%v) and %s is not the primary again after its restart: %w", cause, old, err)
+		}
+		return fmt.Errorf("switchover rolled back, %s is the primary again and nothing was lost: %w", old, cause)
 	}
 	inRecovery, err := WaitReady(ctx, t.Control, old, o.Timeout)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/internal/pgxwriter"
 	"github.com/understudy-dev/understudy/lab"
+	"github.com/understudy-dev/understudy/live"
 )
 
 // upFailoverLab runs `understudy lab up --failover` as a user does (the
@@ -211,4 +212,74 @@ func TestLabFailover(t *testing.T) {
 		}
 	}
 	t.Logf("%d acknowledged writes, %d lost (async: the last ones before the kill); %d rounds of the two-writable-nodes watch", len(pgxwriter.Acked(log)), len(lost), rounds)
+}
+
+// TestLabFailoverSwitchover: with failover on, a switchover is a lease
+// handover (its plan hands the lease over instead of promoting), there
+// and back, under an app writer through the router: no acknowledged
+// write lost, never two writable nodes, the lease with the new primary.
+func TestLabFailoverSwitchover(t *testing.T) {
+	l, _ := upFailoverLab(t)
+	labtest.Exec(t, l, "db", "CREATE ROLE app LOGIN PASSWORD 'app-secret'", pgxwriter.CreateSQL, "GRANT ALL ON "+pgxwriter.Table+" TO app")
+	conn := fmt.Sprintf("host=127.0.0.1 port=%d user=app password=app-secret dbname=postgres target_session_attrs=read-write connect_timeout=2", l.Router().Port)
+	w := pgxwriter.Start(context.Background(), "pgx", conn, 50*time.Millisecond, 5*time.Second)
+	defer w.Stop()
+	stopWatch := labtest.WatchWritable(t, l)
+	labtest.WaitFor(t, 15*time.Second, "the writer's first write through the router", func() bool {
+		_, ok := pgxwriter.FirstAckAfter(w.Log(), time.Time{})
+		return ok
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	p, err := live.PlanSwitchover(ctx, l.Target(), "db-replica", live.RoleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, s := range p.Steps {
+		kinds = append(kinds, string(s.Kind))
+	}
+	if k := strings.Join(kinds, ","); !strings.Contains(k, "stop-primary,prove-wal,hand-over,await-promoted") || strings.Contains(k, ",promote,") {
+		t.Fatalf("the switchover's plan does not go through the lease: %s", k)
+	}
+	var changes []pgxwriter.Change
+	for _, to := range []string{"db-replica", "db"} {
+		var out strings.Builder
+		from := time.Now()
+		if _, err := live.Switchover(ctx, l.Target(), to, live.RoleOptions{Out: &out}); err != nil {
+			t.Fatalf("switchover to %s: %v\n%s", to, err, out.String())
+		}
+		changes = append(changes, pgxwriter.Change{From: from, To: time.Now()})
+		lr, err := l.ReadLease(ctx)
+		if err != nil || lr.Holder != to {
+			t.Fatalf("after the switchover to %s the lease is %+v (%v)\n%s", to, lr, err, out.String())
+		}
+		labtest.WaitFor(t, 15*time.Second, "a write acknowledged by "+to, func() bool {
+			for _, a := range pgxwriter.Acked(w.Log()) {
+				if a.Node == addr(l, to) && a.Start.After(from) {
+					return true
+				}
+			}
+			return false
+		})
+		t.Logf("switchover to %s: writes paused %d ms\n%s", to, pgxwriter.LongestPause(w.Log(), from, time.Now()).Milliseconds(), out.String())
+	}
+	w.Stop()
+	stopWatch()
+	log := w.Log()
+	nodes := []string{addr(l, "db"), addr(l, "db-replica"), addr(l, "db")}
+	if wrong := pgxwriter.WrongNode(nodes, changes, log); len(wrong) > 0 {
+		t.Errorf("%d writes acknowledged by a node that was not the primary, e.g. %+v", len(wrong), wrong[0])
+	}
+	if bad, runs := pgxwriter.Interleaved(nodes, log); bad {
+		t.Errorf("writes went to two nodes in turns: %+v", runs)
+	}
+	n, _ := l.Cluster.Node("db")
+	lost, err := pgxwriter.Lost(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", filepath.Join(l.Dir, "sock", "db"), n.Port), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lost) > 0 {
+		t.Errorf("%d acknowledged writes lost across two switchovers, e.g. %+v", len(lost), lost[0])
+	}
 }
