@@ -2,6 +2,7 @@ package live
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -48,6 +49,14 @@ func DecidePromote(st *Status, c pgconf.Cluster, to string, fence bool) (*Promot
 	if s.Role != RoleStandby {
 		return nil, fmt.Errorf("%s is not a running standby (%s): only a standby can be promoted", to, s.Role)
 	}
+	if c.Failover != nil {
+		if st.Lease == nil {
+			st.Lease = &LeaseReading{Error: "not read"}
+		}
+		if err := leasePreflight(st, to, false); err != nil {
+			return nil, fmt.Errorf("promote refused, nothing was changed: %w", err)
+		}
+	}
 	d := &PromoteDecision{To: to, LastKnown: map[string]pgops.LSN{}, Timeline: s.Facts.Timeline}
 	for _, n := range st.Nodes {
 		if n.Name == to {
@@ -85,7 +94,14 @@ func DecidePromote(st *Status, c pgconf.Cluster, to string, fence bool) (*Promot
 	if d.Old != "" {
 		add(Step{Kind: StepLossReport, Node: to, Upstream: d.Old, Action: "compare the WAL it received with where " + d.Old + "'s own WAL ends: what would be lost", Effect: "none"})
 	}
-	add(Step{Kind: StepPromoteNow, Node: to, Action: "promote it", Effect: "writes resume on " + to})
+	if c.Failover != nil {
+		// Through the lease: its agent takes it and promotes; what it
+		// received becomes the bar (the loss above is accepted).
+		add(Step{Kind: StepLeaseFor, Node: to, Action: "let its agent take the free failover lease: publish its own WAL position and a handover to it in etcd", Effect: "none"})
+		add(Step{Kind: StepAwaitPromote, Node: to, Action: "wait until its agent takes the lease and promotes it", Effect: "writes resume on " + to})
+	} else {
+		add(Step{Kind: StepPromoteNow, Node: to, Action: "promote it", Effect: "writes resume on " + to})
+	}
 	var slots []string
 	for _, n := range c.Nodes {
 		if n.Name != to {
@@ -145,7 +161,7 @@ func ExecutePromote(ctx context.Context, t Target, d *PromoteDecision, o RoleOpt
 			}
 			return nil, err
 		}
-		promoted = promoted || s.Kind == StepPromoteNow
+		promoted = promoted || s.Kind == StepPromoteNow || s.Kind == StepAwaitPromote
 	}
 	res.Routing = Routing(t.Cluster, d.To)
 	if d.Old != "" {
@@ -189,6 +205,28 @@ func promoteStep(ctx context.Context, t Target, d *PromoteDecision, s Step, res 
 			say(o, "  ✓ %s promoted in %d ms: it accepts writes", s.Node, time.Since(start).Milliseconds())
 			return nil
 		})
+	case StepLeaseFor:
+		if t.Lease == nil {
+			return errors.New("failover is on, but this target has no way to reach etcd")
+		}
+		return withConn(s.Node, func(c *pgx.Conn) error {
+			pos, err := pgops.ReadWALPositions(ctx, c)
+			if err != nil {
+				return fmt.Errorf("reading %s's WAL position: %w", s.Node, err)
+			}
+			if err := t.Lease.LeaseFor(ctx, s.Node, d.Timeline, pos.Known()); err != nil {
+				return fmt.Errorf("%w (nothing was promoted)", err)
+			}
+			say(o, "  ✓ published %s's position %s as the bar, with a handover of the lease to it", s.Node, pos.Known())
+			return nil
+		})
+	case StepAwaitPromote:
+		start := time.Now()
+		if err := awaitPromoted(ctx, t, s.Node, o.Timeout); err != nil {
+			return err
+		}
+		say(o, "  ✓ %s's agent took the lease and promoted it in %d ms: it accepts writes", s.Node, time.Since(start).Milliseconds())
+		return nil
 	case StepCandidateSlots:
 		return withConn(s.Node, func(c *pgx.Conn) error {
 			for _, slot := range s.Slots {

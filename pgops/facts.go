@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Facts is what one server reports about itself in a single round of
@@ -201,6 +202,12 @@ func EnsureSlot(ctx context.Context, c *pgx.Conn, name string) (bool, error) {
 	var created bool
 	err := c.QueryRow(ctx, `SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1) THEN false
 		ELSE (SELECT true FROM pg_create_physical_replication_slot($1, true)) END`, name).Scan(&created)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "42710" {
+		// duplicate_object: made by someone else between the check and the
+		// create (a failover agent and a promote, both ensuring it).
+		return false, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("creating replication slot %s: %w", name, err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/internal/labtest"
 	"github.com/understudy-dev/understudy/internal/pgxwriter"
 	"github.com/understudy-dev/understudy/lab"
@@ -281,5 +283,60 @@ func TestLabFailoverSwitchover(t *testing.T) {
 	}
 	if len(lost) > 0 {
 		t.Errorf("%d acknowledged writes lost across two switchovers, e.g. %+v", len(lost), lost[0])
+	}
+}
+
+// TestLabFailoverPromoteAcceptsLoss: the primary's server dies while the
+// standby is far behind (its walreceiver stopped): the standby's agent
+// refuses to take over, says why in /status, and stays read-only; `promote`
+// (a person accepting the loss) goes through the lease, and its agent takes
+// it and promotes.
+func TestLabFailoverPromoteAcceptsLoss(t *testing.T) {
+	l, _ := upFailoverLab(t)
+	recvPID, err := strconv.Atoi(labtest.Query(t, l, "db-replica", "SELECT pid::text FROM pg_stat_wal_receiver"))
+	if err != nil || recvPID <= 0 {
+		t.Fatalf("db-replica's walreceiver: %v", err)
+	}
+	syscall.Kill(recvPID, syscall.SIGSTOP)
+	stopped := true
+	defer func() {
+		if stopped {
+			syscall.Kill(recvPID, syscall.SIGCONT)
+		}
+	}()
+	labtest.Exec(t, l, "db", `CREATE TABLE bulk AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 40000) g`)
+	time.Sleep(2500 * time.Millisecond) // published with the next renewals
+	killServer(t, l, "db")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var rep failover.Report
+	labtest.WaitFor(t, 30*time.Second, "db-replica's agent to refuse to take over", func() bool {
+		st, err := l.AgentStatus(ctx, "db-replica")
+		if err != nil || json.Unmarshal(st.Failover, &rep) != nil {
+			return false
+		}
+		return rep.Refusal != nil && rep.Refusal.Kind == failover.RefuseLagging
+	})
+	t.Logf("refusal: %s", rep.Refusal.Message)
+	syscall.Kill(recvPID, syscall.SIGCONT)
+	stopped = false
+	time.Sleep(3 * time.Second)
+	if got := labtest.Query(t, l, "db-replica", "SELECT pg_is_in_recovery()::text"); got != "true" {
+		t.Fatalf("db-replica took over although it was %d bytes behind", rep.Refusal.LagBytes)
+	}
+	var out strings.Builder
+	res, err := live.Promote(ctx, l.Target(), "db-replica", live.RoleOptions{Out: &out})
+	if err != nil {
+		t.Fatalf("promote: %v\n%s", err, out.String())
+	}
+	t.Logf("promote:\n%s\n%s", out.String(), res.Lost)
+	if !strings.Contains(out.String(), "took the lease and promoted it") {
+		t.Errorf("promote did not go through the lease:\n%s", out.String())
+	}
+	if lr, err := l.ReadLease(ctx); err != nil || lr.Holder != "db-replica" {
+		t.Errorf("after promote the lease is %+v (%v)", lr, err)
+	}
+	if got := labtest.Query(t, l, "db-replica", "SELECT pg_is_in_recovery()::text"); got != "false" {
+		t.Errorf("db-replica is not writable after promote")
 	}
 }
