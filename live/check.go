@@ -132,6 +132,7 @@ func Check(st *Status, c pgconf.Cluster, th Thresholds) []Finding {
 	out = append(out, CheckVersions(st)...)
 	out = append(out, MajorFindings(st, c)...)
 	out = append(out, CheckRouting(st)...)
+	out = append(out, CheckFailover(st, c.Failover != nil)...)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Severity > out[j].Severity })
 	return out
 }

@@ -73,6 +73,7 @@ func StatusText(st *Status) string {
 		b.WriteString("\nno single writable primary: run `understudy check` for what to do\n")
 	}
 	b.WriteString(RoutingText(st))
+	b.WriteString(FailoverText(st, st.Lease != nil)) // read only when failover is on
 	if st.Backup != nil {
 		b.WriteString("\n" + BackupText(st.Backup, st.Taken))
 	}

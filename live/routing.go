@@ -3,6 +3,7 @@ package live
 import (
 	"context"
 	"fmt"
+	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/internal/version"
 	"sort"
 	"strings"
@@ -37,6 +38,8 @@ type AgentReading struct {
 	Reason  string `json:"reason,omitempty"`
 	// Understudy is the agent's build (zero when it did not answer).
 	Understudy version.Build `json:"understudy,omitzero"`
+	// Failover is its failover loop's report (nil: it runs none).
+	Failover *failover.Report `json:"failover,omitempty"`
 }
 
 // RouterReading is one router's view.
@@ -73,6 +76,7 @@ func GatherRouting(ctx context.Context, t Target) ([]AgentReading, []RouterReadi
 				a.Error = err.Error()
 			} else {
 				a.Role, a.Primary, a.Reason, a.Understudy = string(s.View.Role), s.Checks["primary"].OK, s.Checks["primary"].Reason, s.Understudy
+				a.Failover = failoverReport(s.Failover)
 			}
 			agents[i] = a
 		}()

@@ -94,15 +94,17 @@ func Gather(ctx context.Context, t Target) (*Status, error) {
 			bs = GatherBackup(ctx, t.Backup)
 		}
 	}()
+	var lease *LeaseReading
 	go func() {
 		defer func() { done <- struct{}{} }()
 		agents, routers = GatherRouting(ctx, t)
+		lease = readLease(ctx, t)
 	}()
 	st, err := GatherNodes(ctx, t)
 	<-done
 	<-done
 	if st != nil {
-		st.Backup, st.Agents, st.Routers = bs, agents, routers
+		st.Backup, st.Agents, st.Routers, st.Lease = bs, agents, routers, lease
 	}
 	return st, err
 }

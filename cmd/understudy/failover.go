@@ -7,14 +7,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/understudy-dev/understudy/failover"
+	"github.com/understudy-dev/understudy/live"
 )
 
-// failoverCommand: the failover subcommands that need no running cluster:
-// a new secret, and the watchdog process an agent starts beside itself.
-// (pause, resume and status come with the node agent that runs the
-// failover loop.)
+// failoverCommand: pause, resume and status of a running cluster's
+// automatic failover (through etcd), and what needs no cluster: a new
+// secret, and the watchdog process an agent starts beside itself.
 type failoverCommand struct{ out io.Writer }
 
 func (*failoverCommand) Name() string { return "failover" }
@@ -22,7 +23,7 @@ func (*failoverCommand) Summary() string {
 	return "automatic failover: `failover secret` prints a new " + failover.SecretName
 }
 
-const failoverUsage = "usage: understudy failover secret | understudy failover watchdog --pgdata DIR"
+const failoverUsage = "usage: understudy failover pause|resume|status [--lab DIR | --app DIR] | understudy failover secret | understudy failover watchdog --pgdata DIR"
 
 func (c *failoverCommand) Run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
@@ -32,6 +33,8 @@ func (c *failoverCommand) Run(ctx context.Context, args []string) error {
 	case "-h", "-help", "--help":
 		fmt.Fprintln(c.out, failoverUsage)
 		return nil
+	case "pause", "resume", "status":
+		return c.lease(ctx, args[0], args[1:])
 	case "secret":
 		if len(args) != 1 {
 			return errors.New(failoverUsage)
@@ -55,4 +58,45 @@ func (c *failoverCommand) Run(ctx context.Context, args []string) error {
 		return failover.RunWatchdog(context.WithoutCancel(ctx), os.Stdin, failover.ProcessFencer{DataDir: *pgdata}, os.Stderr)
 	}
 	return fmt.Errorf("failover %s: unknown; %s (store the secret where POSTGRES_PASSWORD is stored; .kamal/secrets holds only a reference to it)", args[0], failoverUsage)
+}
+
+// lease pauses, resumes or shows failover on a target.
+func (c *failoverCommand) lease(ctx context.Context, what string, args []string) error {
+	fs := flag.NewFlagSet("failover "+what, flag.ContinueOnError)
+	tf := addTargetFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	t, err := tf.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer t.close()
+	if t.Cluster.Failover == nil {
+		return errors.New("automatic failover is off for this cluster: nothing to " + what + " (a lab: `understudy lab up --failover`)")
+	}
+	if t.Lease == nil {
+		return errors.New("failover is on, but this machine has no way to reach etcd for this target yet (on Kamal: run it on a node, `kamal accessory exec <node>-agent`); the agents keep running it")
+	}
+	switch what {
+	case "pause", "resume":
+		if err := t.Lease.SetPaused(ctx, what == "pause"); err != nil {
+			return err
+		}
+		if what == "pause" {
+			fmt.Fprintln(c.out, "failover paused: no agent promotes its node or rejoins one by itself until `understudy failover resume`; a primary that loses its lease still fences itself")
+		} else {
+			fmt.Fprintln(c.out, "failover resumed: a dead primary is replaced by itself again")
+		}
+		return nil
+	}
+	st := &live.Status{}
+	st.Agents, _ = live.GatherRouting(ctx, t.Target)
+	lr, err := t.Lease.ReadLease(ctx)
+	if err != nil {
+		lr.Error = err.Error()
+	}
+	st.Lease = &lr
+	fmt.Fprint(c.out, strings.TrimPrefix(live.FailoverText(st, true), "\n"))
+	return nil
 }

@@ -221,7 +221,26 @@ func TestLabFailover(t *testing.T) {
 // and back, under an app writer through the router: no acknowledged
 // write lost, never two writable nodes, the lease with the new primary.
 func TestLabFailoverSwitchover(t *testing.T) {
-	l, _ := upFailoverLab(t)
+	l, bin := upFailoverLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cli := func(args ...string) string {
+		out, err := exec.CommandContext(ctx, bin, append(args, "--lab", l.Dir)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	// Paused, a switchover is refused (its promotion goes through the
+	// agents, which do not promote while paused), and status says so.
+	cli("failover", "pause")
+	if out := cli("failover", "status"); !strings.Contains(out, "PAUSED") || !strings.Contains(out, "lease: held by db") || !strings.Contains(out, "etcd members: db up, db-replica up, witness up") {
+		t.Errorf("failover status while paused:\n%s", out)
+	}
+	if _, err := live.PlanSwitchover(ctx, l.Target(), "db-replica", live.RoleOptions{}); err == nil || !strings.Contains(err.Error(), "failover is paused") {
+		t.Errorf("a switchover while paused: %v", err)
+	}
+	cli("failover", "resume")
 	labtest.Exec(t, l, "db", "CREATE ROLE app LOGIN PASSWORD 'app-secret'", pgxwriter.CreateSQL, "GRANT ALL ON "+pgxwriter.Table+" TO app")
 	conn := fmt.Sprintf("host=127.0.0.1 port=%d user=app password=app-secret dbname=postgres target_session_attrs=read-write connect_timeout=2", l.Router().Port)
 	w := pgxwriter.Start(context.Background(), "pgx", conn, 50*time.Millisecond, 5*time.Second)
@@ -231,8 +250,6 @@ func TestLabFailoverSwitchover(t *testing.T) {
 		_, ok := pgxwriter.FirstAckAfter(w.Log(), time.Time{})
 		return ok
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	p, err := live.PlanSwitchover(ctx, l.Target(), "db-replica", live.RoleOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -318,6 +335,11 @@ func TestLabFailoverPromoteAcceptsLoss(t *testing.T) {
 		return rep.Refusal != nil && rep.Refusal.Kind == failover.RefuseLagging
 	})
 	t.Logf("refusal: %s", rep.Refusal.Message)
+	// check says it, critical: nobody holds the lease.
+	fs := labtest.Findings(t, l, live.DefaultThresholds)
+	if !labtest.Has(fs, "failover-refusal-lagging", live.Critical, "db-replica") {
+		t.Errorf("check does not report the refusal: %+v", fs)
+	}
 	syscall.Kill(recvPID, syscall.SIGCONT)
 	stopped = false
 	time.Sleep(3 * time.Second)
