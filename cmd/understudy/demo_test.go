@@ -40,7 +40,7 @@ func TestDemoRunsAndCleansUp(t *testing.T) {
 
 // buildCLI builds understudy for tests that run it as a user does (the
 // lab's background services run this executable).
-func buildCLI(t *testing.T) string {
+func buildCLI(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "understudy")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {

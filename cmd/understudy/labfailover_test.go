@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,7 +24,7 @@ import (
 // upFailoverLab runs `understudy lab up --failover` as a user does (the
 // built binary: the agents, their watchdogs and the witness are its
 // background processes) and takes the lab down when the test ends.
-func upFailoverLab(t *testing.T, extra ...string) (*lab.Lab, string) {
+func upFailoverLab(t testing.TB, extra ...string) (*lab.Lab, string) {
 	t.Helper()
 	if _, err := lab.BinDir(); err != nil {
 		t.Skip(err.Error())
@@ -76,7 +77,7 @@ func upFailoverLab(t *testing.T, extra ...string) (*lab.Lab, string) {
 // killServer ends every process of a node's "server" at once, as a power
 // loss would: its agent (with its etcd member), the agent's watchdog, the
 // postmaster and its backends, each by PID and only what the lab started.
-func killServer(t *testing.T, l *lab.Lab, node string) time.Time {
+func killServer(t testing.TB, l *lab.Lab, node string) time.Time {
 	t.Helper()
 	agentPID := l.AgentPID(node)
 	pm := l.PostmasterPID(node)
@@ -361,4 +362,77 @@ func TestLabFailoverPromoteAcceptsLoss(t *testing.T) {
 	if got := labtest.Query(t, l, "db-replica", "SELECT pg_is_in_recovery()::text"); got != "false" {
 		t.Errorf("db-replica is not writable after promote")
 	}
+}
+
+// BenchmarkLabFailoverThroughRouter kills the primary's whole server N
+// times (UNDERSTUDY_BENCH_KILLS, default 10), alternating servers, in a
+// `lab up --failover` lab, and measures from each kill to the first write
+// an app writer got acknowledged by the new primary THROUGH THE ROUTER
+// (HAProxy following the agents' /primary). Between kills the old
+// primary's server comes back (read-only) with its agent, and rejoins.
+// scripts/bench-failover runs it.
+func BenchmarkLabFailoverThroughRouter(b *testing.B) {
+	n := 10
+	if v, err := strconv.Atoi(os.Getenv("UNDERSTUDY_BENCH_KILLS")); err == nil && v > 0 {
+		n = v
+	}
+	l, bin := upFailoverLab(b)
+	labtest.Exec(b, l, "db", "CREATE ROLE app LOGIN PASSWORD 'app-secret'", pgxwriter.CreateSQL, "GRANT ALL ON "+pgxwriter.Table+" TO app")
+	conn := fmt.Sprintf("host=127.0.0.1 port=%d user=app password=app-secret dbname=postgres target_session_attrs=read-write connect_timeout=2", l.Router().Port)
+	w := pgxwriter.Start(context.Background(), "pgx", conn, 50*time.Millisecond, 5*time.Second)
+	defer w.Stop()
+	stopWatch := labtest.WatchWritable(b, l)
+	loadavg := func() string { s, _ := os.ReadFile("/proc/loadavg"); return strings.TrimSpace(string(s)) }
+	fmt.Printf("# failover through the router: %d kills, lab up --failover (loopback, HAProxy), load %s, %s\n", n, loadavg(), time.Now().UTC().Format(time.RFC3339))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n)*5*time.Minute)
+	defer cancel()
+	var took []time.Duration
+	prim, other := "db", "db-replica"
+	primaries := []string{addr(l, prim)}
+	for i := 0; i < n; i++ {
+		time.Sleep(3 * time.Second)
+		killed := killServer(b, l, prim)
+		var first pgxwriter.Attempt
+		labtest.WaitFor(b, 60*time.Second, "a write acknowledged by "+other+" through the router", func() bool {
+			for _, a := range pgxwriter.Acked(w.Log()) {
+				if a.Node == addr(l, other) && a.Start.After(killed) {
+					first = a
+					return true
+				}
+			}
+			return false
+		})
+		d := first.End.Sub(killed)
+		took = append(took, d)
+		primaries = append(primaries, addr(l, other))
+		fmt.Printf("kill %2d (%s): first write acknowledged by %s through the router after %6.0f ms (load %s)\n", i+1, prim, other, float64(d)/1e6, loadavg())
+		if err := l.Start(ctx, prim); err != nil {
+			b.Fatal(err)
+		}
+		if err := l.StartNodeAgents(ctx, bin); err != nil {
+			b.Fatal(err)
+		}
+		labtest.WaitFor(b, 3*time.Minute, prim+" to rejoin as "+other+"'s standby", func() bool {
+			return labtest.Query(b, l, other, "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = '"+prim+"' AND state = 'streaming'") == "1"
+		})
+		prim, other = other, prim
+	}
+	w.Stop()
+	stopWatch()
+	log := w.Log()
+	if bad, runs := pgxwriter.Interleaved(primaries, log); bad {
+		b.Errorf("writes went to two nodes in turns: %+v", runs)
+	}
+	n0, _ := l.Cluster.Node(prim)
+	lost, err := pgxwriter.Lost(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", filepath.Join(l.Dir, "sock", prim), n0.Port), log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sorted := append([]time.Duration(nil), took...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	p50, mx := sorted[(len(sorted)+1)/2-1], sorted[len(sorted)-1]
+	fmt.Printf("kill → first write acknowledged by the new primary through the router: p50 %.0f ms, max %.0f ms over %d kills; %d acknowledged writes, %d lost (async: the last ones before a kill), never two nodes in turns\n",
+		float64(p50)/1e6, float64(mx)/1e6, n, len(pgxwriter.Acked(log)), len(lost))
+	b.ReportMetric(float64(p50)/1e6, "p50-ms")
+	b.ReportMetric(float64(mx)/1e6, "max-ms")
 }
