@@ -67,6 +67,28 @@ func (f ProcessFencer) Fence(ctx context.Context, reason string) error {
 	return nil
 }
 
+// CanFence says whether this process could fence the PostgreSQL of
+// dataDir by PID: its postmaster.pid is readable and, when it names a
+// process, that process is visible here (the same PID namespace). An
+// agent that cannot fence its node must not run failover.
+func CanFence(dataDir string) error {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(dataDir); err != nil {
+			return fmt.Errorf("the data directory %s is not visible here: %w", dataDir, err)
+		}
+		return nil // not running: the fence files alone keep it read-only
+	}
+	if err != nil {
+		return fmt.Errorf("reading %s/postmaster.pid: %w", dataDir, err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	if p, _ := postmasterPID(dataDir); p == 0 {
+		return fmt.Errorf("the postmaster named in %s/postmaster.pid (PID %s) is not visible from here: this process could not stop it, so it cannot fence its node (it must run in the node's PID namespace with its data directory; if PostgreSQL is simply not running, start it first)", dataDir, strings.TrimSpace(line))
+	}
+	return nil
+}
+
 // running: the process exists and is not a zombie.
 func running(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -166,3 +166,24 @@ func TestWatchdogOutlivesTheAgent(t *testing.T) {
 		t.Fatal("a disarmed watchdog fenced when the agent went away")
 	}
 }
+
+// CanFence: an agent may run failover only where it could stop its node:
+// a running postmaster it can see, or none running; not a postmaster it
+// cannot see (another PID namespace; here: a PID that is no process).
+func TestCanFence(t *testing.T) {
+	n := startPG(t)
+	if err := failover.CanFence(n.dir); err != nil {
+		t.Errorf("a visible running postmaster: %v", err)
+	}
+	dir := t.TempDir()
+	if err := failover.CanFence(dir); err != nil {
+		t.Errorf("a stopped node (no postmaster.pid): %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "postmaster.pid"), []byte("2147483000\n"+dir+"\n"), 0o600)
+	if err := failover.CanFence(dir); err == nil || !strings.Contains(err.Error(), "not visible from here") {
+		t.Errorf("a postmaster that is not visible: %v", err)
+	}
+	if err := failover.CanFence(filepath.Join(dir, "missing")); err == nil {
+		t.Error("a data directory that is not there was accepted")
+	}
+}

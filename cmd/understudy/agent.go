@@ -171,6 +171,9 @@ func kamalFailoverConfig(cl pgconf.Cluster, n pgconf.Node, dataDir, pgdata, exe 
 	if password == "" {
 		return failover.NodeConfig{}, errors.New("POSTGRES_PASSWORD is not set: the failover loop promotes its node as the superuser; add it to the agent accessory's env secrets")
 	}
+	if err := failover.CanFence(pgdata); err != nil {
+		return failover.NodeConfig{}, fmt.Errorf("automatic failover refuses to run here: %w (docs/failover.md: fencing on Kamal)", err)
+	}
 	fc := failover.NodeConfig{Spec: failover.SpecFor(cl.Failover, n.Name, dataDir), Secret: secret, Node: n.Name,
 		Settings: failover.SettingsFor(cl.Failover), Log: log, Fencer: failover.ProcessFencer{DataDir: pgdata},
 		WatchdogArgv: []string{exe, "failover", "watchdog", "--pgdata", pgdata}}
