@@ -83,7 +83,14 @@ func CanFence(dataDir string) error {
 		return fmt.Errorf("reading %s/postmaster.pid: %w", dataDir, err)
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
-	if p, _ := postmasterPID(dataDir); p == 0 {
+	p, _ := postmasterPID(dataDir)
+	if p == 1 {
+		// A container's PostgreSQL seen from a process sharing its PID
+		// namespace: the kernel ignores SIGKILL sent to a namespace's init
+		// from inside it (pid_namespaces(7)), so the fence would not stop it.
+		return fmt.Errorf("PostgreSQL is PID 1 of the PID namespace this process shares (a container's): SIGKILL from inside the namespace does not reach it, so this process cannot fence its node")
+	}
+	if p == 0 {
 		return fmt.Errorf("the postmaster named in %s/postmaster.pid (PID %s) is not visible from here: this process could not stop it, so it cannot fence its node (it must run in the node's PID namespace with its data directory; if PostgreSQL is simply not running, start it first)", dataDir, strings.TrimSpace(line))
 	}
 	return nil
