@@ -15,9 +15,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"golang.org/x/sys/unix"
 
 	"github.com/understudy-dev/understudy/atomicfile"
+	"github.com/understudy-dev/understudy/pgops"
 )
 
 // FenceNote is the note a fenced node keeps in PGDATA, the file the boot
@@ -67,33 +69,52 @@ func (f ProcessFencer) Fence(ctx context.Context, reason string) error {
 	return nil
 }
 
-// CanFence says whether this process could fence the PostgreSQL of
-// dataDir by PID: its postmaster.pid is readable and, when it names a
-// process, that process is visible here (the same PID namespace). An
-// agent that cannot fence its node must not run failover.
-func CanFence(dataDir string) error {
-	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
-	if errors.Is(err, os.ErrNotExist) {
-		if _, err := os.Stat(dataDir); err != nil {
-			return fmt.Errorf("the data directory %s is not visible here: %w", dataDir, err)
-		}
-		return nil // not running: the fence files alone keep it read-only
+var _ Fencer = (*SQLFencer)(nil)
+
+// SQLFencer fences over a superuser session it holds open (Prepare),
+// for an agent that cannot signal its PostgreSQL (another container):
+// pgops.FenceBySQL writes standby.signal and the fence note, then stops the
+// server from inside. The session is opened ahead because a hung
+// postmaster cannot fork a new backend, while an established one still
+// runs.
+type SQLFencer struct {
+	Connect func(ctx context.Context) (*pgx.Conn, error)
+
+	mu sync.Mutex
+	c  *pgx.Conn
+}
+
+// Prepare opens the session (again, when it was lost).
+func (f *SQLFencer) Prepare(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.open(ctx)
+}
+
+func (f *SQLFencer) open(ctx context.Context) error {
+	if f.c != nil && !f.c.IsClosed() {
+		return nil
 	}
+	c, err := f.Connect(ctx)
 	if err != nil {
-		return fmt.Errorf("reading %s/postmaster.pid: %w", dataDir, err)
+		return fmt.Errorf("the fence's session: %w", err)
 	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	p, _ := postmasterPID(dataDir)
-	if p == 1 {
-		// A container's PostgreSQL seen from a process sharing its PID
-		// namespace: the kernel ignores SIGKILL sent to a namespace's init
-		// from inside it (pid_namespaces(7)), so the fence would not stop it.
-		return fmt.Errorf("PostgreSQL is PID 1 of the PID namespace this process shares (a container's): SIGKILL from inside the namespace does not reach it, so this process cannot fence its node")
-	}
-	if p == 0 {
-		return fmt.Errorf("the postmaster named in %s/postmaster.pid (PID %s) is not visible from here: this process could not stop it, so it cannot fence its node (it must run in the node's PID namespace with its data directory; if PostgreSQL is simply not running, start it first)", dataDir, strings.TrimSpace(line))
-	}
+	f.c = c
 	return nil
+}
+
+// Fence stops writes; the held session ends with it.
+func (f *SQLFencer) Fence(ctx context.Context, reason string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.open(ctx); err != nil {
+		return err
+	}
+	note := fmt.Sprintf("fenced by understudy's failover agent at %s: %s", time.Now().UTC().Format(time.RFC3339), reason)
+	err := pgops.FenceBySQL(ctx, f.c, note)
+	f.c.Close(context.Background())
+	f.c = nil
+	return err
 }
 
 // running: the process exists and is not a zombie.

@@ -167,23 +167,66 @@ func TestWatchdogOutlivesTheAgent(t *testing.T) {
 	}
 }
 
-// CanFence: an agent may run failover only where it could stop its node:
-// a running postmaster it can see, or none running; not a postmaster it
-// cannot see (another PID namespace; here: a PID that is no process).
-func TestCanFence(t *testing.T) {
+// SQLFencer: the fence from inside the server, over a session opened
+// ahead. A running server stops, and restarts read-only (standby.signal,
+// the fence note); a server whose postmaster is stopped (SIGSTOP) has
+// every backend killed, so an open session takes no more writes, and the
+// postmaster exits once it runs again.
+func TestSQLFencer(t *testing.T) {
 	n := startPG(t)
-	if err := failover.CanFence(n.dir); err != nil {
-		t.Errorf("a visible running postmaster: %v", err)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := &failover.SQLFencer{Connect: n.conn}
+	if err := f.Prepare(ctx); err != nil {
+		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	if err := failover.CanFence(dir); err != nil {
-		t.Errorf("a stopped node (no postmaster.pid): %v", err)
+	if err := f.Fence(ctx, "test: a running server"); err != nil {
+		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(dir, "postmaster.pid"), []byte("2147483000\n"+dir+"\n"), 0o600)
-	if err := failover.CanFence(dir); err == nil || !strings.Contains(err.Error(), "not visible from here") {
-		t.Errorf("a postmaster that is not visible: %v", err)
+	pgtest.WaitFor(t, 10*time.Second, "the server to stop", func() (bool, string) { return !n.running(), "running" })
+	for _, name := range []string{"standby.signal", failover.FenceNote} {
+		if _, err := os.Stat(filepath.Join(n.dir, name)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
-	if err := failover.CanFence(filepath.Join(dir, "missing")); err == nil {
-		t.Error("a data directory that is not there was accepted")
+	os.Remove(filepath.Join(n.dir, "postmaster.pid")) // left by the immediate shutdown
+	n.e.Start(n.dir, fmt.Sprintf("-c port=%d -c listen_addresses=127.0.0.1 -c unix_socket_directories=''", n.port))
+	c, err := n.conn(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
+	var rec bool
+	if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil || !rec {
+		t.Fatalf("after the fence the server restarted writable (in recovery: %v, %v)", rec, err)
+	}
+
+	// The postmaster stopped: the fence's session, opened before, still runs.
+	f2 := &failover.SQLFencer{Connect: n.conn}
+	if err := f2.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := failover.PostmasterPID(n.dir)
+	kids := failover.ChildrenOf(pid)
+	if len(kids) < 3 {
+		t.Fatalf("the server has %d processes besides its postmaster", len(kids))
+	}
+	syscall.Kill(pid, syscall.SIGSTOP)
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	if err := f2.Fence(ctx, "test: a stopped postmaster"); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.WaitFor(t, 10*time.Second, "the open session to end", func() (bool, string) {
+		return c.Ping(ctx) != nil, "still answers"
+	})
+	pgtest.WaitFor(t, 5*time.Second, "every process but the stopped postmaster to end", func() (bool, string) {
+		alive := 0
+		for _, k := range kids {
+			if failover.Running(k) {
+				alive++
+			}
+		}
+		return alive == 0, fmt.Sprintf("%d of %d alive", alive, len(kids))
+	})
+	syscall.Kill(pid, syscall.SIGCONT)
+	pgtest.WaitFor(t, 15*time.Second, "the postmaster to exit once continued", func() (bool, string) { return !failover.Running(pid), "running" })
 }

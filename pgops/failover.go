@@ -80,3 +80,38 @@ func SetSyncStandbyNames(ctx context.Context, c *pgx.Conn, names string) error {
 	}
 	return Reload(ctx, c)
 }
+
+// FenceBySQL stops writes on the server of c from inside it, for a fencer
+// that cannot signal PostgreSQL itself (an agent in another container):
+// standby.signal and the fence note go into the data directory (COPY TO a
+// file: superuser or pg_write_server_files), so any
+// restart is read-only; then one program (COPY TO PROGRAM: superuser or
+// pg_execute_server_program, run as the server's user in its container)
+// sends the postmaster SIGQUIT, PostgreSQL's immediate shutdown (which a
+// container's PID 1 handles), and SIGKILLs every other server process and
+// the session's own backend, so no backend acknowledges another commit
+// even while the postmaster is stopped (SIGSTOP). The session ends with its
+// backend: only a failure to write the files is an error.
+func FenceBySQL(ctx context.Context, c *pgx.Conn, note string) error {
+	var dir string
+	if err := c.QueryRow(ctx, "SELECT current_setting('data_directory')").Scan(&dir); err != nil {
+		return fmt.Errorf("fencing: reading data_directory: %w", err)
+	}
+	for _, f := range []struct{ name, body string }{{"standby.signal", ""}, {FenceNote, note}} {
+		// COPY takes an absolute path only.
+		if _, err := c.Exec(ctx, fmt.Sprintf("COPY (SELECT %s) TO %s", QuoteLiteral(f.body), QuoteLiteral(dir+"/"+f.name))); err != nil {
+			return fmt.Errorf("fencing: writing %s in the data directory: %w", f.name, err)
+		}
+	}
+	var pids string
+	if err := c.QueryRow(ctx, "SELECT coalesce(string_agg(pid::text, ' '), '') FROM pg_stat_activity WHERE pid <> pg_backend_pid()").Scan(&pids); err != nil {
+		pids = "" // the postmaster's SIGQUIT still ends them
+	}
+	prog := "kill -QUIT $(head -n 1 postmaster.pid)"
+	if pids != "" {
+		prog += "; kill -KILL " + pids
+	}
+	prog += "; kill -KILL $PPID"
+	c.Exec(ctx, "COPY (SELECT 1) TO PROGRAM "+QuoteLiteral(prog))
+	return nil
+}

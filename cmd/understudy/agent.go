@@ -147,18 +147,21 @@ func (c *agentCommand) Run(ctx context.Context, args []string) error {
 
 // kamalFailoverConfig is the failover part of an agent on a Kamal server:
 // the member's data on its volume, FAILOVER_SECRET from the accessory's
-// secrets, the runner's session as the superuser (POSTGRES_PASSWORD: it
-// promotes and sets synchronous_standby_names), the fence by PID on the
-// node's data directory (the agent must share the node container's PID
-// namespace and see its volume), no restart (the container's restart
-// policy starts a fenced node) and no automatic rejoin (`understudy
-// rejoin`).
+// secrets, the runner's sessions as the superuser (POSTGRES_PASSWORD: it
+// promotes, sets synchronous_standby_names and fences), the fence over SQL
+// (failover.SQLFencer: the agent runs in a container of its own, which
+// cannot signal PostgreSQL), the node's data directory mounted for the
+// fence note, no restart (the container's restart policy starts a fenced
+// node) and no automatic rejoin (`understudy rejoin`).
 func kamalFailoverConfig(cl pgconf.Cluster, n pgconf.Node, dataDir, pgdata, exe string, log io.Writer) (failover.NodeConfig, error) {
 	if cl.Failover == nil {
 		return failover.NodeConfig{}, errors.New("--failover, but the cluster model has no failover members: run `understudy init --failover --witness-host HOST`, then `understudy apply`")
 	}
 	if dataDir == "" || pgdata == "" {
-		return failover.NodeConfig{}, errors.New("--failover needs --failover-data DIR (the etcd member's volume) and --pgdata DIR (the node's data directory, to fence it)")
+		return failover.NodeConfig{}, errors.New("--failover needs --failover-data DIR (the etcd member's volume) and --pgdata DIR (the node's data directory, mounted here)")
+	}
+	if _, err := os.Stat(pgdata); err != nil {
+		return failover.NodeConfig{}, fmt.Errorf("--pgdata: %w (mount the node's data volume into the agent's container)", err)
 	}
 	text := os.Getenv(failover.SecretName)
 	os.Unsetenv(failover.SecretName)
@@ -167,16 +170,27 @@ func kamalFailoverConfig(cl pgconf.Cluster, n pgconf.Node, dataDir, pgdata, exe 
 		return failover.NodeConfig{}, err
 	}
 	password := os.Getenv("POSTGRES_PASSWORD")
-	os.Unsetenv("POSTGRES_PASSWORD") // nothing this process starts needs it
+	os.Unsetenv("POSTGRES_PASSWORD") // only the watchdog gets it, in its environment
 	if password == "" {
-		return failover.NodeConfig{}, errors.New("POSTGRES_PASSWORD is not set: the failover loop promotes its node as the superuser; add it to the agent accessory's env secrets")
+		return failover.NodeConfig{}, errors.New("POSTGRES_PASSWORD is not set: the failover loop promotes and fences its node as the superuser; add it to the agent accessory's env secrets")
 	}
-	if err := failover.CanFence(pgdata); err != nil {
-		return failover.NodeConfig{}, fmt.Errorf("automatic failover refuses to run here: %w (docs/failover.md: fencing on Kamal)", err)
+	conninfo := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres connect_timeout=5", n.Addr, n.Port)
+	cc, err := pgx.ParseConfig(conninfo)
+	if err != nil {
+		return failover.NodeConfig{}, err
 	}
+	cc.Password = password
+	connect := func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, cc) }
+	fencer := &failover.SQLFencer{Connect: connect}
+	pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if err := fencer.Prepare(pctx); err != nil {
+		fmt.Fprintf(log, "understudy agent %s: the fence's session: %v (it is opened again when needed)\n", n.Name, err)
+	}
+	cancel()
 	fc := failover.NodeConfig{Spec: failover.SpecFor(cl.Failover, n.Name, dataDir), Secret: secret, Node: n.Name,
-		Settings: failover.SettingsFor(cl.Failover), Log: log, Fencer: failover.ProcessFencer{DataDir: pgdata},
-		WatchdogArgv: []string{exe, "failover", "watchdog", "--pgdata", pgdata}}
+		Settings: failover.SettingsFor(cl.Failover), Log: log, Fencer: fencer,
+		WatchdogArgv: []string{exe, "failover", "watchdog", "--pg", conninfo},
+		WatchdogEnv:  append(os.Environ(), "PGPASSWORD="+password)}
 	var slots []string
 	for _, p := range cl.Nodes {
 		if p.Name != n.Name {
@@ -184,11 +198,6 @@ func kamalFailoverConfig(cl pgconf.Cluster, n pgconf.Node, dataDir, pgdata, exe 
 			slots = append(slots, p.Slot())
 		}
 	}
-	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres connect_timeout=5", n.Addr, n.Port))
-	if err != nil {
-		return failover.NodeConfig{}, err
-	}
-	cc.Password = password
-	fc.PG = &failover.SQLPG{Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, cc) }, DataDir: pgdata, Slots: slots}
+	fc.PG = &failover.SQLPG{Connect: connect, DataDir: pgdata, Slots: slots}
 	return fc, nil
 }

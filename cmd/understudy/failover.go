@@ -8,6 +8,9 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/live"
@@ -23,7 +26,7 @@ func (*failoverCommand) Summary() string {
 	return "automatic failover: `failover secret` prints a new " + failover.SecretName
 }
 
-const failoverUsage = "usage: understudy failover pause|resume|status [--lab DIR | --app DIR] | understudy failover secret | understudy failover watchdog --pgdata DIR"
+const failoverUsage = "usage: understudy failover pause|resume|status [--lab DIR | --app DIR] | understudy failover secret | understudy failover watchdog --pgdata DIR|--pg CONNINFO"
 
 func (c *failoverCommand) Run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
@@ -45,17 +48,33 @@ func (c *failoverCommand) Run(ctx context.Context, args []string) error {
 		// Started by the node agent with a pipe on stdin: deadlines in,
 		// a fence of PGDATA's PostgreSQL when one passes.
 		fs := flag.NewFlagSet("failover watchdog", flag.ContinueOnError)
-		pgdata := fs.String("pgdata", "", "the data directory of the PostgreSQL to fence")
+		pgdata := fs.String("pgdata", "", "the data directory of the PostgreSQL to fence by PID (this process sees its processes)")
+		pgConn := fs.String("pg", "", "or fence over SQL: a superuser connection string without its password (PGPASSWORD gives it), a session held open from the start")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
-		if *pgdata == "" {
-			return errors.New("failover watchdog needs --pgdata DIR (the node agent starts it; it is not for a person to run)")
+		var f failover.Fencer
+		switch {
+		case *pgdata != "" && *pgConn == "":
+			f = failover.ProcessFencer{DataDir: *pgdata}
+		case *pgConn != "" && *pgdata == "":
+			if strings.Contains(*pgConn, "password") {
+				return errors.New("failover watchdog --pg: give the password in PGPASSWORD, never in the arguments")
+			}
+			sf := &failover.SQLFencer{Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, *pgConn) }}
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if err := sf.Prepare(pctx); err != nil {
+				fmt.Fprintf(os.Stderr, "watchdog: %v (it tries again when it must fence)\n", err)
+			}
+			cancel()
+			f = sf
+		default:
+			return errors.New("failover watchdog needs --pgdata DIR or --pg CONNINFO (the node agent starts it; it is not for a person to run)")
 		}
 		// Not ended by SIGINT/SIGTERM (which reach the agent's whole process
 		// group): it ends when the agent's pipe closes, after fencing if a
 		// deadline is still armed, within a lease's TTL.
-		return failover.RunWatchdog(context.WithoutCancel(ctx), os.Stdin, failover.ProcessFencer{DataDir: *pgdata}, os.Stderr)
+		return failover.RunWatchdog(context.WithoutCancel(ctx), os.Stdin, f, os.Stderr)
 	}
 	return fmt.Errorf("failover %s: unknown; %s (store the secret where POSTGRES_PASSWORD is stored; .kamal/secrets holds only a reference to it)", args[0], failoverUsage)
 }
