@@ -48,12 +48,14 @@ type ProcessFencer struct {
 // Fence does it; a PostgreSQL that is not running is fenced by the files
 // alone.
 func (f ProcessFencer) Fence(ctx context.Context, reason string) error {
-	if err := WriteFenceFiles(f.DataDir, reason); err != nil {
-		return err
-	}
+	// The files first (a restart must be read-only), but their failure
+	// never spares the processes: the agent and its watchdog may fence at
+	// the same instant, and each one's atomic write can lose the other's
+	// temporary file (seen: "rename ... no such file or directory").
+	ferr := WriteFenceFiles(f.DataDir, reason)
 	pid, err := postmasterPID(f.DataDir)
 	if err != nil || pid == 0 {
-		return err
+		return errors.Join(ferr, err)
 	}
 	kids := childrenOf(pid)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -66,7 +68,7 @@ func (f ProcessFencer) Fence(ctx context.Context, reason string) error {
 	for ctx.Err() == nil && running(pid) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	return nil
+	return ferr
 }
 
 var _ Fencer = (*SQLFencer)(nil)
