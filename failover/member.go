@@ -169,7 +169,9 @@ func EmbedConfig(s MemberSpec, tlsf TLSFiles, state, initialCluster string) (*em
 	// saturates, the defaults let starved members miss heartbeats and
 	// elect again and again, and renewals fail meanwhile (the soak saw 10 s
 	// of them). A longer election costs failover nothing while etcd's
-	// leader stays on the witness, which the holder sees to.
+	// leader stays on the witness, which the holder sees to; the witness's
+	// own death does cost one, so the database servers' members elect
+	// sooner (DatabaseMemberElectionMs, which SpecFor sets).
 	cfg.TickMs, cfg.ElectionMs = 250, 2500
 	if s.HeartbeatMs != 0 {
 		cfg.TickMs = s.HeartbeatMs

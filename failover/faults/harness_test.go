@@ -349,7 +349,11 @@ func (c *cluster) nsPath(name string) string {
 }
 
 func (c *cluster) spec(name string) failover.MemberSpec {
-	return failover.MemberSpec{Name: name, Members: c.members, DataDir: filepath.Join(c.dir, "etcd-"+name), Token: "faults", LogFile: filepath.Join(c.dir, name+".etcd.log")}
+	s := failover.MemberSpec{Name: name, Members: c.members, DataDir: filepath.Join(c.dir, "etcd-"+name), Token: "faults", LogFile: filepath.Join(c.dir, name+".etcd.log")}
+	if name != "app" { // as failover.SpecFor gives the database servers' members
+		s.ElectionMs = failover.DatabaseMemberElectionMs
+	}
+	return s
 }
 
 // startAgent starts the agent of a server (the witness's: its member only).
