@@ -5,14 +5,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
 
-// FreePorts returns n TCP ports that are free on 127.0.0.1 right now.
+// FreePorts returns n TCP ports that are free on 127.0.0.1 right now,
+// chosen at random below the kernel's ephemeral range
+// (/proc/sys/net/ipv4/ip_local_port_range; ip(7)). A port the kernel hands
+// out for ":0" is one it also hands to outgoing connections, and on a busy
+// machine (HAProxy checks every 100 ms, pgx, etcd) one of those takes it
+// between this call and the server's bind: "address already in use".
+// Below that range only another listener can take it.
 func FreePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
@@ -20,16 +29,39 @@ func FreePorts(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
+	lo, hi := portWindow()
 	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, fmt.Errorf("finding a free local port: none free among 1000 tried in %d-%d", lo, hi)
+		}
+		p := lo + rand.IntN(hi-lo)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
 		if err != nil {
-			return nil, fmt.Errorf("finding a free local port: %w", err)
+			continue
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
 	}
 	return ports, nil
+}
+
+// portWindow is [lo, hi): from 10000 up to the start of the ephemeral
+// range (32768 by default on Linux), or 10000-30000 when it cannot be read.
+func portWindow() (int, int) {
+	lo, hi := 10000, 30000
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return lo, hi
+	}
+	if start, err := strconv.Atoi(f[0]); err == nil && start > lo+1000 {
+		hi = start
+	}
+	return lo, hi
 }
 
 // HostLock takes a machine-wide lock (an flock on a file under /run/lock)

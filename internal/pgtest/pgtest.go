@@ -6,8 +6,8 @@ package pgtest
 
 import (
 	"bytes"
+	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/lab"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -116,12 +116,11 @@ func (e *Env) Run(name string, args ...string) string {
 
 // FreePort returns a TCP port free on 127.0.0.1 right now.
 func FreePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := netutil.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }
 
 // InitDB creates a cluster in dir with checksums.
