@@ -165,6 +165,7 @@ func NewAgent(cfg AgentConfig, store Store, key *Key) *Agent {
 		a.nodes = append(a.nodes, NodeSeen{Source: s})
 	}
 	a.recv.FailedOn = map[string]time.Time{}
+	a.recv.DropFailedAt = map[string]time.Time{}
 	a.segs = map[string]*segSealer{}
 	return a
 }
@@ -320,6 +321,7 @@ func (a *Agent) observe(stopping bool) AgentView {
 	r := a.recv
 	r.FailedOn = cloneMap(a.recv.FailedOn)
 	r.DroppedOn = cloneMap(a.recv.DroppedOn)
+	r.DropFailedAt = cloneMap(a.recv.DropFailedAt)
 	return AgentView{Now: time.Now(), Stopping: stopping, Nodes: append([]NodeSeen(nil), a.nodes...), Receiver: r,
 		Spool: spool, SpoolFree: free, UploadedPartial: a.upName, UploadedPartialMTime: a.upMTime, Status: a.st,
 		NeedBase: a.needBase, AfterGap: a.afterGap, Rechoose: a.rechoose, Busy: a.busy,

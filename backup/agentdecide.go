@@ -212,6 +212,7 @@ type ReceiverSeen struct {
 	LastExitText string
 	FailedOn     map[string]time.Time // source → when it last failed there
 	DroppedOn    map[string]bool      // slots dropped elsewhere during this run
+	DropFailedAt map[string]time.Time // node → when dropping the slot there last failed
 	Gap          string               // pg_receivewal said WAL it needs is gone (not yet recorded)
 }
 
@@ -480,6 +481,9 @@ func decideReceiver(v AgentView, p AgentPolicy, paused bool) []AgentStep {
 			if n.Source.Name == r.Source || !n.Answering(v.Now, p.ProbeFresh) {
 				continue
 			}
+			if at, failed := r.DropFailedAt[n.Source.Name]; failed && v.Now.Sub(at) < slotDropRetry {
+				continue // a node that just refused (stopping, say): not again on every tick
+			}
 			if n.Slot == SlotPresent || n.Slot == SlotUnknown && !r.DroppedOn[n.Source.Name] {
 				out = append(out, DropSlot{n.Source})
 			}
@@ -487,6 +491,12 @@ func decideReceiver(v AgentView, p AgentPolicy, paused bool) []AgentStep {
 	}
 	return out
 }
+
+// slotDropRetry is how long a failed drop of the slot on a node waits
+// before the next try: the probe may still call a node answering that has
+// just stopped, and a lane that fails at once would otherwise try again on
+// every turn of the loop.
+const slotDropRetry = 2 * time.Second
 
 // resumePoint is where pg_receivewal must start so nothing is skipped:
 // with an empty spool it would start at the slot's restart_lsn, or, for an

@@ -160,6 +160,18 @@ func TestDecideAgent(t *testing.T) {
 			v.Nodes[0].Slot = SlotPresent
 			return v
 		}, []AgentStep{DropSlot{primary}}},
+		{"running: a drop that just failed there waits before the next", p, func() AgentView {
+			v := steady()
+			v.Nodes[0].Slot = SlotPresent
+			v.Receiver.DropFailedAt = map[string]time.Time{"db": t0.Add(-time.Second)}
+			return v
+		}, nil},
+		{"running: ... and is tried again after", p, func() AgentView {
+			v := steady()
+			v.Nodes[0].Slot = SlotPresent
+			v.Receiver.DropFailedAt = map[string]time.Time{"db": t0.Add(-3 * time.Second)}
+			return v
+		}, []AgentStep{DropSlot{primary}}},
 		{"running: the slot elsewhere waits until streaming settles", p, func() AgentView {
 			v := steady()
 			v.Nodes[0].Slot, v.Receiver.Since = SlotPresent, t0.Add(-time.Second)

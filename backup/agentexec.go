@@ -313,13 +313,19 @@ func (a *Agent) writeResumePoint(seg pgops.Segment) error {
 func (a *Agent) dropSlot(ctx context.Context, n Source) error {
 	dctx, cancel := context.WithTimeout(ctx, connTimeout)
 	defer cancel()
+	failed := func(err error) error {
+		a.mu.Lock()
+		a.recv.DropFailedAt[n.Name] = time.Now()
+		a.mu.Unlock()
+		return err
+	}
 	pc, err := a.cfg.replConnect(dctx, n)
 	if err != nil {
-		return waited(err, dctx, "connecting to "+n.Name, connTimeout)
+		return failed(waited(err, dctx, "connecting to "+n.Name, connTimeout))
 	}
 	defer pc.Close(context.WithoutCancel(ctx))
 	if err := pgops.DropPhysicalSlot(dctx, pc, a.cfg.Slot); err != nil {
-		return waited(err, dctx, "dropping the backup slot on "+n.Name, connTimeout)
+		return failed(waited(err, dctx, "dropping the backup slot on "+n.Name, connTimeout))
 	}
 	a.mu.Lock()
 	if a.recv.DroppedOn != nil {

@@ -252,6 +252,10 @@ func TestKamalBackupAccessory(t *testing.T) {
 	deadline = time.Now().Add(2 * time.Minute)
 	for !strings.Contains(logs(), "streaming WAL from db (standby, timeline 2)") {
 		if time.Now().After(deadline) {
+			// What every goroutine of the agent is doing: Go's runtime
+			// prints them all to stderr on SIGQUIT (runtime docs, "GOTRACEBACK").
+			exec.Command("docker", "-H", w.docker["db-replica"].DockerHost(), "kill", "--signal", "QUIT", "shop-db-backup").Run()
+			time.Sleep(2 * time.Second)
 			t.Fatalf("the agent did not move to the new standby db:\n%s", logs())
 		}
 		time.Sleep(time.Second)
