@@ -13,17 +13,28 @@ import (
 	"github.com/understudy-dev/understudy/pgops"
 )
 
-// newestSpooled is the newest WAL segment in the agent's spool.
-func newestSpooled(dir string) string {
+// resumeSegment is the segment pg_receivewal starts at when it next runs
+// on this spool: the newest partial segment itself, or the one after the
+// newest complete segment (pg_receivewal docs: it resumes where its
+// directory ends, at a segment boundary). "" for an empty spool.
+func resumeSegment(dir string) string {
 	entries, _ := os.ReadDir(dir)
-	newest := ""
+	newest, partial := "", false
 	for _, e := range entries {
 		name := strings.TrimSuffix(e.Name(), ".partial")
-		if len(name) == 24 && name > newest {
-			newest = name
+		if len(name) == 24 && (name > newest || name == newest && name != e.Name()) {
+			newest, partial = name, name != e.Name()
 		}
 	}
-	return newest
+	if newest == "" || partial {
+		return newest
+	}
+	seg, ok := pgops.ParseSegmentName(newest, 16<<20)
+	if !ok {
+		return newest
+	}
+	seg.No++
+	return seg.Name(16 << 20)
 }
 
 func dirBytes(dir string) int64 {
@@ -65,10 +76,12 @@ func TestStorageOutagePastTheCapNeverHurtsThePrimary(t *testing.T) {
 		})
 		labtest.Exec(t, l, "db-replica", "CHECKPOINT")
 		s := labtest.Query(t, l, "db-replica", "SELECT coalesce((SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'understudy_backup'), 'none')")
-		// Removed, not only unreserved; and removed past what the agent
-		// received (its slot's position may lag what it wrote): the gap is real.
+		// Removed, not only unreserved; and removed past where the agent's
+		// pg_receivewal resumes (its slot's position may lag what it wrote,
+		// and it resumes after the newest complete segment it holds): the
+		// gap is real.
 		oldest := labtest.Query(t, l, "db-replica", "SELECT coalesce(min(name), '') FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'")
-		return s == "lost" && oldest > newestSpooled(filepath.Join(l.Dir, "backup", "spool"))
+		return s == "lost" && oldest > resumeSegment(filepath.Join(l.Dir, "backup", "spool"))
 	})
 	if n := labtest.Query(t, l, "db", "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = 'understudy_backup'"); n != "0" {
 		t.Errorf("the primary has a backup slot")
