@@ -274,9 +274,12 @@ type RestorePlan struct {
 // RestoreError is a refusal to restore, with what the user can do instead.
 type RestoreError struct {
 	What, Fix string
+	err       error // what it is, for errors.Is (may be nil)
 }
 
 func (e *RestoreError) Error() string { return e.What + "\n  fix: " + e.Fix }
+
+func (e *RestoreError) Unwrap() error { return e.err }
 
 // PlanRestore decides, from the catalogue and the target timeline's
 // history, which base backup to start from and which WAL files a restore

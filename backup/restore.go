@@ -108,17 +108,8 @@ func Fetch(ctx context.Context, store Store, key *Key, rp RestorePlan, binDir, d
 			return err
 		}
 	}
-	for i, s := range rp.Segments {
-		name := s.Name
-		if s.Partial {
-			name += partialSuffix
-		}
-		if err := fetchWAL(ctx, store, key, name, filepath.Join(walDir, s.Name), rp.Base.SegSize); err != nil {
-			return err
-		}
-		if progress != nil {
-			progress("WAL", Progress{Done: int64(i + 1), Total: int64(len(rp.Segments))})
-		}
+	if err := fetchSegments(ctx, store, key, rp.Segments, walDir, rp.Base.SegSize, progress); err != nil {
+		return err
 	}
 	return WriteRecoveryConfig(dir, walDir, rp.Target)
 }
@@ -231,11 +222,40 @@ func Untar(r io.Reader, dir string) error {
 	}
 }
 
+// fetchSegments fetches the plan's WAL segments into walDir, in order.
+func fetchSegments(ctx context.Context, store Store, key *Key, segs []WALFile, walDir string, segSize uint64, progress func(string, Progress)) error {
+	for i, s := range segs {
+		name := s.Name
+		if s.Partial {
+			name += partialSuffix
+		}
+		err := fetchWAL(ctx, store, key, name, filepath.Join(walDir, s.Name), segSize)
+		if s.Partial && errors.Is(err, errWALMissing) {
+			// A running agent finished the segment after the listing: the
+			// whole segment replaced its partial object, and holds all of it.
+			if werr := fetchWAL(ctx, store, key, s.Name, filepath.Join(walDir, s.Name), segSize); !errors.Is(werr, errWALMissing) {
+				err = werr
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if progress != nil {
+			progress("WAL", Progress{Done: int64(i + 1), Total: int64(len(segs))})
+		}
+	}
+	return nil
+}
+
+// errWALMissing is under the RestoreError of a WAL object that is not in
+// the bucket.
+var errWALMissing = errors.New("WAL object missing")
+
 func fetchWAL(ctx context.Context, store Store, key *Key, objName, to string, segSize uint64) error {
 	r, err := store.Get(ctx, walKey(objName))
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			return &RestoreError{What: "WAL file " + objName + " is missing from the archive", Fix: "restore to an earlier time, or from a newer base backup (nothing was kept)"}
+			return &RestoreError{What: "WAL file " + objName + " is missing from the archive", Fix: "restore to an earlier time, or from a newer base backup (nothing was kept)", err: errWALMissing}
 		}
 		return fmt.Errorf("fetching WAL %s: %w", objName, err)
 	}
