@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -235,7 +236,9 @@ func TestLabFailoverSwitchover(t *testing.T) {
 	// Paused, a switchover is refused (its promotion goes through the
 	// agents, which do not promote while paused), and status says so.
 	cli("failover", "pause")
-	if out := cli("failover", "status"); !strings.Contains(out, "PAUSED") || !strings.Contains(out, "lease: held by db") || !strings.Contains(out, "etcd members: db up, db-replica up, witness up") {
+	// Each member up; whichever leads etcd is marked "(etcd leader)".
+	members := regexp.MustCompile(`etcd members: db up( \(etcd leader\))?, db-replica up( \(etcd leader\))?, witness up( \(etcd leader\))?\n`)
+	if out := cli("failover", "status"); !strings.Contains(out, "PAUSED") || !strings.Contains(out, "lease: held by db") || !members.MatchString(out) || strings.Count(out, "(etcd leader)") != 1 {
 		t.Errorf("failover status while paused:\n%s", out)
 	}
 	if _, err := live.PlanSwitchover(ctx, l.Target(), "db-replica", live.RoleOptions{}); err == nil || !strings.Contains(err.Error(), "failover is paused") {
