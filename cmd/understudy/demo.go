@@ -112,6 +112,14 @@ func (c *demoCommand) Run(ctx context.Context, args []string) error {
 		return err
 	}
 	say("   apply again: %d changes (nothing to do)", len(res.Actions))
+	if noRouter == nil {
+		// The node agents and the router run before status and check read
+		// them (step 8 shows what they do).
+		say("   the node agents and the router (step 8):")
+		if err := labRoutingUp(ctx, indentWriter{c.out, " "}, l, true); err != nil {
+			return err
+		}
+	}
 
 	say("\n5. verify: a write on the primary reaches the standby")
 	vr, err := live.Verify(ctx, l.Target(), 10*time.Second)
@@ -184,9 +192,6 @@ func (iw indentWriter) Write(p []byte) (int, error) {
 // knows one host (the router's) kept writing across a switchover and back.
 func demoRouter(ctx context.Context, out io.Writer, l *lab.Lab, primary, standby string, say func(string, ...any)) error {
 	say("\n8. router: a node agent per server, HAProxy in front, and an app that knows one host")
-	if err := labRoutingUp(ctx, indentWriter{out, " "}, l, true); err != nil {
-		return err
-	}
 	c, err := l.Conn(ctx, primary)
 	if err != nil {
 		return err
