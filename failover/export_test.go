@@ -4,6 +4,5 @@ package failover
 // the lab's helpers, which import this package).
 var (
 	PostmasterPID = postmasterPID
-	ChildrenOf    = childrenOf
 	Running       = running
 )

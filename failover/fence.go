@@ -57,7 +57,7 @@ func (f ProcessFencer) Fence(ctx context.Context, reason string) error {
 	if err != nil || pid == 0 {
 		return errors.Join(ferr, err)
 	}
-	kids := childrenOf(pid)
+	kids := ChildrenOf(pid)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("stopping PostgreSQL (postmaster %d): %w", pid, err)
 	}
@@ -178,7 +178,10 @@ func postmasterPID(dataDir string) (int, error) {
 	return pid, nil
 }
 
-func childrenOf(pid int) []int {
+// ChildrenOf lists the processes whose parent is pid, from /proc/PID/stat
+// (proc(5): the fourth field, after the command in parentheses, which may
+// itself hold spaces and parentheses).
+func ChildrenOf(pid int) []int {
 	ents, _ := os.ReadDir("/proc")
 	var kids []int
 	for _, e := range ents {

@@ -87,38 +87,13 @@ func killServer(t testing.TB, l *lab.Lab, node string) time.Time {
 	}
 	// The postmaster's children too: a backend outlives a SIGKILLed
 	// postmaster and keeps answering its session for a while.
-	pids := append(append([]int{agentPID, pm}, childPIDs(agentPID)...), childPIDs(pm)...)
+	pids := append(append([]int{agentPID, pm}, failover.ChildrenOf(agentPID)...), failover.ChildrenOf(pm)...)
 	at := time.Now()
 	for _, p := range pids {
 		syscall.Kill(p, syscall.SIGKILL)
 	}
 	t.Logf("killed %s's server: pids %v", node, pids)
 	return at
-}
-
-// childPIDs are the processes whose parent is pid (the agent's watchdog).
-func childPIDs(pid int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var kids []int
-	for _, e := range ents {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		if f := strings.Fields(s[i+1:]); len(f) > 1 && f[1] == strconv.Itoa(pid) {
-			kids = append(kids, p)
-		}
-	}
-	return kids
 }
 
 func addr(l *lab.Lab, node string) string {
