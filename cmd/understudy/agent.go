@@ -79,13 +79,9 @@ func (c *agentCommand) Run(ctx context.Context, args []string) error {
 			}
 		}
 	} else {
-		b, err := os.ReadFile(*clusterFile)
+		cl, err := readClusterModel(*clusterFile)
 		if err != nil {
-			return fmt.Errorf("reading the cluster model: %w (pass --cluster FILE, or --lab DIR for a lab)", err)
-		}
-		cl, err := pgconf.UnmarshalCluster(b)
-		if err != nil {
-			return fmt.Errorf("%s: %w", *clusterFile, err)
+			return err
 		}
 		n, ok := cl.Node(*node)
 		if !ok {
@@ -200,4 +196,18 @@ func kamalFailoverConfig(cl pgconf.Cluster, n pgconf.Node, dataDir, pgdata, exe 
 	}
 	fc.PG = &failover.SQLPG{Connect: connect, DataDir: pgdata, Slots: slots}
 	return fc, nil
+}
+
+// readClusterModel reads the cluster.json an accessory of an agent or of
+// the witness has mounted.
+func readClusterModel(path string) (pgconf.Cluster, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return pgconf.Cluster{}, fmt.Errorf("reading the cluster model: %w (pass --cluster FILE, or --lab DIR for a lab)", err)
+	}
+	cl, err := pgconf.UnmarshalCluster(b)
+	if err != nil {
+		return pgconf.Cluster{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return cl, nil
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/lab"
-	"github.com/understudy-dev/understudy/pgconf"
 )
 
 // witnessCommand runs the third etcd member of automatic failover, on an
@@ -44,13 +43,9 @@ func (c *witnessCommand) Run(ctx context.Context, args []string) error {
 			return err
 		}
 	} else {
-		b, err := os.ReadFile(*clusterFile)
+		cl, err := readClusterModel(*clusterFile)
 		if err != nil {
-			return fmt.Errorf("reading the cluster model: %w (pass --cluster FILE, or --lab DIR for a lab)", err)
-		}
-		cl, err := pgconf.UnmarshalCluster(b)
-		if err != nil {
-			return fmt.Errorf("%s: %w", *clusterFile, err)
+			return err
 		}
 		if cl.Failover == nil {
 			return fmt.Errorf("%s has no failover members: run `understudy init --failover --witness-host HOST`", *clusterFile)
