@@ -30,6 +30,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/understudy-dev/understudy/atomicfile"
+	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/pgops"
@@ -643,6 +644,24 @@ func (l *Lab) Kill(node string) error {
 	}
 	l.waitDone(node)
 	return nil
+}
+
+// KillServer ends every process of a node's "server" at once, as a power
+// loss would (the demo and tests of failover): its agent (with its etcd
+// member and its watchdog) and the postmaster with its backends, by PID and
+// only what the lab started. It returns the PIDs it signalled.
+func (l *Lab) KillServer(node string) ([]int, error) {
+	agentPID, pm := l.AgentPID(node), l.PostmasterPID(node)
+	if agentPID == 0 || pm == 0 {
+		return nil, fmt.Errorf("%s's agent (pid %d) or PostgreSQL (pid %d) is not running", node, agentPID, pm)
+	}
+	// The children too: a backend outlives a SIGKILLed postmaster and
+	// keeps answering its session for a while.
+	pids := append(append([]int{agentPID, pm}, failover.ChildrenOf(agentPID)...), failover.ChildrenOf(pm)...)
+	for _, p := range pids {
+		syscall.Kill(p, syscall.SIGKILL)
+	}
+	return pids, nil
 }
 
 // Conn connects to a node as the superuser over its local socket.

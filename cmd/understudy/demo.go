@@ -149,6 +149,13 @@ func (c *demoCommand) Run(ctx context.Context, args []string) error {
 	} else if err := demoBackups(ctx, c.out, l, p.Primary, *keep, say); err != nil {
 		return err
 	}
+	if noRouter == nil {
+		if err := demoFailover(ctx, c.out, filepath.Join(tmp, "lab-failover"), p.Primary, p.Standby, say); err != nil {
+			return err
+		}
+	} else {
+		say("\n10. automatic failover: skipped (%v)", noRouter)
+	}
 	if *keep {
 		what := "both servers"
 		if storageErr == nil {

@@ -76,21 +76,13 @@ func upFailoverLab(t testing.TB, extra ...string) (*lab.Lab, string) {
 }
 
 // killServer ends every process of a node's "server" at once, as a power
-// loss would: its agent (with its etcd member), the agent's watchdog, the
-// postmaster and its backends, each by PID and only what the lab started.
+// loss would (lab.KillServer).
 func killServer(t testing.TB, l *lab.Lab, node string) time.Time {
 	t.Helper()
-	agentPID := l.AgentPID(node)
-	pm := l.PostmasterPID(node)
-	if agentPID == 0 || pm == 0 {
-		t.Fatalf("%s's agent (%d) or postmaster (%d) is not running", node, agentPID, pm)
-	}
-	// The postmaster's children too: a backend outlives a SIGKILLed
-	// postmaster and keeps answering its session for a while.
-	pids := append(append([]int{agentPID, pm}, failover.ChildrenOf(agentPID)...), failover.ChildrenOf(pm)...)
 	at := time.Now()
-	for _, p := range pids {
-		syscall.Kill(p, syscall.SIGKILL)
+	pids, err := l.KillServer(node)
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("killed %s's server: pids %v", node, pids)
 	return at
