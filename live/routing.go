@@ -3,14 +3,16 @@ package live
 import (
 	"context"
 	"fmt"
-	"github.com/understudy-dev/understudy/failover"
-	"github.com/understudy-dev/understudy/internal/version"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/understudy-dev/understudy/agent"
+	"github.com/understudy-dev/understudy/failover"
+	"github.com/understudy-dev/understudy/internal/version"
+	"github.com/understudy-dev/understudy/pgconf"
 	"github.com/understudy-dev/understudy/router"
 )
 
@@ -32,6 +34,7 @@ type RoutingReader interface {
 // AgentReading is one node agent's answer, as status shows it.
 type AgentReading struct {
 	Node    string `json:"node"`
+	Addr    string `json:"addr"`            // where it serves (the node's address, its agent port)
 	Error   string `json:"error,omitempty"` // its agent did not answer
 	Role    string `json:"role,omitempty"`
 	Primary bool   `json:"primary_ok"` // GET /primary answers 200
@@ -68,7 +71,7 @@ func GatherRouting(ctx context.Context, t Target) ([]AgentReading, []RouterReadi
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a := AgentReading{Node: n.Name}
+			a := AgentReading{Node: n.Name, Addr: n.Agent()}
 			actx, cancel := context.WithTimeout(ctx, routingDeadline)
 			s, err := r.AgentStatus(actx, n.Name)
 			cancel()
@@ -136,7 +139,7 @@ func CheckRouting(st *Status) []Finding {
 	for _, r := range st.Routers {
 		if r.Error != "" {
 			add(Warning, CodeRouterUnreachable, "", fmt.Sprintf("the router on %s cannot be read: %s", r.Host, r.Error),
-				"make sure its accessory runs (`understudy apply` boots it) and publishes its metrics on 127.0.0.1:8405 there")
+				"make sure it runs (`understudy apply` boots its accessory; a lab's starts with `understudy lab up`) and serves its HAProxy metrics where the error says")
 			continue
 		}
 		writes := r.Writes()
@@ -147,7 +150,7 @@ func CheckRouting(st *Status) []Finding {
 					what = "is not a single primary (see the nodes above)"
 				}
 				add(Critical, CodeRouterWrongNode, w, fmt.Sprintf("the router on %s sends writes to %s, which %s", r.Host, w, what),
-					fmt.Sprintf("the node agents decide: read `curl http://<%s's address>:8008/primary` and its log; if %s accepts writes it should not, stop it and run `understudy rejoin %s`", w, w, w))
+					fmt.Sprintf("the node agents decide: read `curl http://%s/primary` and %s's agent log; if %s accepts writes it should not, stop it and run `understudy rejoin %s`", agentAddr(st, w), w, w, w))
 			}
 		}
 		if len(writes) > 1 {
@@ -156,7 +159,7 @@ func CheckRouting(st *Status) []Finding {
 		}
 		if len(writes) == 0 && st.Primary != "" {
 			add(Critical, CodeRouterNoWrites, "", fmt.Sprintf("the router on %s sends writes nowhere, though %s is the primary", r.Host, st.Primary),
-				fmt.Sprintf("read what %s's agent answers (GET /primary on port 8008) and whether that router reaches it", st.Primary))
+				fmt.Sprintf("read what %s's agent answers (`curl http://%s/primary`) and whether that router reaches it", st.Primary, agentAddr(st, st.Primary)))
 		}
 		var unreached []string
 		for _, s := range r.Servers {
@@ -167,7 +170,7 @@ func CheckRouting(st *Status) []Finding {
 		sort.Strings(unreached)
 		if len(unreached) > 0 {
 			add(Critical, CodeRouterNoAgent, "", fmt.Sprintf("the router on %s cannot reach the agent of %s", r.Host, strings.Join(unreached, ", ")),
-				"the router follows only the agents it reaches: check that each agent runs (`understudy apply`) and that the app hosts reach the nodes' private addresses on port 8008")
+				fmt.Sprintf("the router follows only the agents it reaches: check that each agent runs (`understudy apply`) and that the app hosts reach them (%s)", agentAddrs(st)))
 		}
 	}
 	return out
@@ -216,4 +219,23 @@ func RoutingText(st *Status) string {
 		}
 	}
 	return b.String()
+}
+
+// agentAddr is where node's agent serves, as the reading has it.
+func agentAddr(st *Status, node string) string {
+	for _, a := range st.Agents {
+		if a.Node == node && a.Addr != "" {
+			return a.Addr
+		}
+	}
+	return "<" + node + "'s private address>:" + strconv.Itoa(pgconf.DefaultAgentPort)
+}
+
+// agentAddrs lists every agent's address.
+func agentAddrs(st *Status) string {
+	var out []string
+	for _, a := range st.Agents {
+		out = append(out, a.Node+" at "+agentAddr(st, a.Node))
+	}
+	return strings.Join(out, ", ")
 }
