@@ -199,17 +199,10 @@ func (iw indentWriter) Write(p []byte) (int, error) {
 // knows one host (the router's) kept writing across a switchover and back.
 func demoRouter(ctx context.Context, out io.Writer, l *lab.Lab, primary, standby string, say func(string, ...any)) error {
 	say("\n8. router: a node agent per server, HAProxy in front, and an app that knows one host")
-	c, err := l.Conn(ctx, primary)
+	w, err := demoAppWriter(ctx, l, primary)
 	if err != nil {
 		return err
 	}
-	_, err = c.Exec(ctx, "CREATE ROLE app LOGIN PASSWORD 'app-demo-secret'; "+pgxwriter.CreateSQL+"; GRANT ALL ON "+pgxwriter.Table+" TO app")
-	c.Close(context.WithoutCancel(ctx))
-	if err != nil {
-		return err
-	}
-	conn := fmt.Sprintf("host=127.0.0.1 port=%d user=app password=app-demo-secret dbname=postgres target_session_attrs=read-write connect_timeout=2", l.Router().Port)
-	w := pgxwriter.Start(ctx, "app", conn, 50*time.Millisecond, 5*time.Second)
 	defer w.Stop()
 	waitAck := func(since time.Time) (pgxwriter.Attempt, error) {
 		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
@@ -245,10 +238,26 @@ func demoRouter(ctx context.Context, out io.Writer, l *lab.Lab, primary, standby
 	return nil
 }
 
+// demoAppWriter is the demo's app: a login of its own and a writer that
+// knows one host, the router's, and writes a row every 50 ms.
+func demoAppWriter(ctx context.Context, l *lab.Lab, primary string) (*pgxwriter.Writer, error) {
+	c, err := l.Conn(ctx, primary)
+	if err != nil {
+		return nil, err
+	}
+	_, err = c.Exec(ctx, "CREATE ROLE app LOGIN PASSWORD 'app-demo-secret'; "+pgxwriter.CreateSQL+"; GRANT ALL ON "+pgxwriter.Table+" TO app")
+	c.Close(context.WithoutCancel(ctx))
+	if err != nil {
+		return nil, err
+	}
+	conn := fmt.Sprintf("host=127.0.0.1 port=%d user=app password=app-demo-secret dbname=postgres target_session_attrs=read-write connect_timeout=2", l.Router().Port)
+	return pgxwriter.Start(ctx, "app", conn, 50*time.Millisecond, 5*time.Second), nil
+}
+
 // nodeAt names the node behind an address:port the writers record.
 func nodeAt(l *lab.Lab, addr string) string {
 	for _, n := range l.Cluster.Nodes {
-		if fmt.Sprintf("%s:%d", n.Addr, n.Port) == addr {
+		if nodeAddr(l, n.Name) == addr {
 			return n.Name
 		}
 	}

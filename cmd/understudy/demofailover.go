@@ -55,17 +55,10 @@ func demoFailover(ctx context.Context, out io.Writer, dir, primary, standby stri
 	}
 	say("   a new lab: %s and %s, an etcd member in each node agent and a third on a witness; %s's agent holds the leader lease", primary, standby, primary)
 
-	c, err := l.Conn(ctx, primary)
+	w, err := demoAppWriter(ctx, l, primary)
 	if err != nil {
 		return err
 	}
-	_, err = c.Exec(ctx, "CREATE ROLE app LOGIN PASSWORD 'app-demo-secret'; "+pgxwriter.CreateSQL+"; GRANT ALL ON "+pgxwriter.Table+" TO app")
-	c.Close(context.WithoutCancel(ctx))
-	if err != nil {
-		return err
-	}
-	conn := fmt.Sprintf("host=127.0.0.1 port=%d user=app password=app-demo-secret dbname=postgres target_session_attrs=read-write connect_timeout=2", l.Router().Port)
-	w := pgxwriter.Start(ctx, "app", conn, 50*time.Millisecond, 5*time.Second)
 	defer w.Stop()
 	ackedBy := func(node string, after time.Time, limit time.Duration) (pgxwriter.Attempt, error) {
 		addr := nodeAddr(l, node)
@@ -106,7 +99,7 @@ func demoFailover(ctx context.Context, out io.Writer, dir, primary, standby stri
 	if err := waitStreaming(ctx, l, standby, primary, 2*time.Minute); err != nil {
 		return err
 	}
-	c, err = l.Conn(ctx, primary)
+	c, err := l.Conn(ctx, primary)
 	if err != nil {
 		return err
 	}

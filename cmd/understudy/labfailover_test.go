@@ -88,11 +88,6 @@ func killServer(t testing.TB, l *lab.Lab, node string) time.Time {
 	return at
 }
 
-func addr(l *lab.Lab, node string) string {
-	n, _ := l.Cluster.Node(node)
-	return fmt.Sprintf("127.0.0.1:%d", n.Port)
-}
-
 // TestLabFailover: `lab up --failover`, an app writer through the router,
 // the primary's whole server killed. The standby takes the lease and the
 // app's writes by itself; never two writable nodes; the old primary,
@@ -116,7 +111,7 @@ func TestLabFailover(t *testing.T) {
 	var first pgxwriter.Attempt
 	labtest.WaitFor(t, 30*time.Second, "a write acknowledged by db-replica through the router", func() bool {
 		for _, a := range pgxwriter.Acked(w.Log()) {
-			if a.Node == addr(l, "db-replica") && a.End.After(killed) {
+			if a.Node == nodeAddr(l, "db-replica") && a.End.After(killed) {
 				first = a
 				return true
 			}
@@ -159,17 +154,17 @@ func TestLabFailover(t *testing.T) {
 
 	log := w.Log()
 	for _, a := range pgxwriter.Acked(log) {
-		if a.Node == addr(l, "db") && a.Start.After(killed) {
+		if a.Node == nodeAddr(l, "db") && a.Start.After(killed) {
 			t.Errorf("db acknowledged a write begun after it was killed: %+v", a)
 		}
-		if a.Node == addr(l, "db-replica") && a.Start.Before(killed) {
+		if a.Node == nodeAddr(l, "db-replica") && a.Start.Before(killed) {
 			t.Errorf("db-replica acknowledged a write begun before the kill: %+v", a)
 		}
 	}
 	if len(pgxwriter.Acked(log)) == 0 || pgxwriter.LongestPause(log, after, time.Now()) > 2*time.Second {
 		t.Errorf("the writer did not keep writing after the failover")
 	}
-	if bad, runs := pgxwriter.Interleaved([]string{addr(l, "db"), addr(l, "db-replica")}, log); bad {
+	if bad, runs := pgxwriter.Interleaved([]string{nodeAddr(l, "db"), nodeAddr(l, "db-replica")}, log); bad {
 		t.Errorf("writes went to two nodes in turns: %+v", runs)
 	}
 	n, _ := l.Cluster.Node("db-replica")
@@ -246,7 +241,7 @@ func TestLabFailoverSwitchover(t *testing.T) {
 		}
 		labtest.WaitFor(t, 15*time.Second, "a write acknowledged by "+to, func() bool {
 			for _, a := range pgxwriter.Acked(w.Log()) {
-				if a.Node == addr(l, to) && a.Start.After(from) {
+				if a.Node == nodeAddr(l, to) && a.Start.After(from) {
 					return true
 				}
 			}
@@ -257,7 +252,7 @@ func TestLabFailoverSwitchover(t *testing.T) {
 	w.Stop()
 	stopWatch()
 	log := w.Log()
-	nodes := []string{addr(l, "db"), addr(l, "db-replica"), addr(l, "db")}
+	nodes := []string{nodeAddr(l, "db"), nodeAddr(l, "db-replica"), nodeAddr(l, "db")}
 	if wrong := pgxwriter.WrongNode(nodes, changes, log); len(wrong) > 0 {
 		t.Errorf("%d writes acknowledged by a node that was not the primary, e.g. %+v", len(wrong), wrong[0])
 	}
@@ -358,14 +353,14 @@ func BenchmarkLabFailoverThroughRouter(b *testing.B) {
 	defer cancel()
 	var took []time.Duration
 	prim, other := "db", "db-replica"
-	primaries := []string{addr(l, prim)}
+	primaries := []string{nodeAddr(l, prim)}
 	for i := 0; i < n; i++ {
 		time.Sleep(3 * time.Second)
 		killed := killServer(b, l, prim)
 		var first pgxwriter.Attempt
 		labtest.WaitFor(b, 60*time.Second, "a write acknowledged by "+other+" through the router", func() bool {
 			for _, a := range pgxwriter.Acked(w.Log()) {
-				if a.Node == addr(l, other) && a.Start.After(killed) {
+				if a.Node == nodeAddr(l, other) && a.Start.After(killed) {
 					first = a
 					return true
 				}
@@ -374,7 +369,7 @@ func BenchmarkLabFailoverThroughRouter(b *testing.B) {
 		})
 		d := first.End.Sub(killed)
 		took = append(took, d)
-		primaries = append(primaries, addr(l, other))
+		primaries = append(primaries, nodeAddr(l, other))
 		fmt.Printf("kill %2d (%s): first write acknowledged by %s through the router after %6.0f ms (load %s)\n", i+1, prim, other, float64(d)/1e6, loadavg())
 		if err := l.Start(ctx, prim); err != nil {
 			b.Fatal(err)
