@@ -34,6 +34,9 @@ type Deployed struct {
 	// when init wrote them.
 	Agents []DeployedAccessory
 	Router *DeployedAccessory
+	// Witness is automatic failover's witness accessory, when
+	// cluster.json has failover (Cluster.Failover).
+	Witness *DeployedAccessory
 	// Legacy is set when the cluster came from an older init's rendered
 	// files (no cluster.json): what to tell the user.
 	Legacy string
@@ -67,7 +70,8 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 			return nil, fmt.Errorf("%s/%s: %v; re-run `understudy init` to write it again", gen, ClusterFile, err)
 		}
 		c = pgconf.Cluster{InitialPrimary: model.InitialPrimary, ReplUser: model.ReplUser, MonitorUser: model.MonitorUser, WALCap: model.WALCap,
-			DataDir: model.DataDir, ConfFile: model.ConfFile, HBAFile: model.HBAFile, ContainerDefaults: model.ContainerDefaults}
+			DataDir: model.DataDir, ConfFile: model.ConfFile, HBAFile: model.HBAFile, ContainerDefaults: model.ContainerDefaults,
+			Failover: model.Failover}
 	} else {
 		boot, err := src.ReadFile(gen + "/boot.sh")
 		if err != nil {
@@ -161,6 +165,9 @@ func LoadDeployed(src kamal.Source, o Options) (*Deployed, error) {
 		return nil, err
 	}
 	if err := d.loadRouting(src, gen); err != nil {
+		return nil, err
+	}
+	if err := d.checkFailover(configPath, gen); err != nil {
 		return nil, err
 	}
 	if d.DBPasswordSecret == "" {

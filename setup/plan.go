@@ -21,19 +21,20 @@ import (
 
 // Options are the inputs of init and plan.
 type Options struct {
-	ConfigPath  string         // default config/deploy.yml
-	Destination string         // -d
-	Accessory   string         // --accessory: the primary's accessory when several qualify
-	ReplicaName string         // --replica-name, default "<primary>-replica"
-	ReplicaHost string         // --replica-host: the server Kamal reaches over SSH
-	ReplicaIP   string         // --replica-ip: the private IP PostgreSQL binds to there
-	PrimaryIP   string         // --primary-ip: when the port's IP is ERB that cannot be read
-	PGVersion   int            // --pg-version: when the image tag does not say
-	WALCap      string         // --wal-cap: max_slot_wal_keep_size
-	ReplUser    string         // --replication-user
-	Backup      *BackupOptions // --backup: add the backup accessory
-	Router      RouterChoice   // --router / --no-router
-	RouterImage string         // --router-image, default DefaultRouterImage
+	ConfigPath  string           // default config/deploy.yml
+	Destination string           // -d
+	Accessory   string           // --accessory: the primary's accessory when several qualify
+	ReplicaName string           // --replica-name, default "<primary>-replica"
+	ReplicaHost string           // --replica-host: the server Kamal reaches over SSH
+	ReplicaIP   string           // --replica-ip: the private IP PostgreSQL binds to there
+	PrimaryIP   string           // --primary-ip: when the port's IP is ERB that cannot be read
+	PGVersion   int              // --pg-version: when the image tag does not say
+	WALCap      string           // --wal-cap: max_slot_wal_keep_size
+	ReplUser    string           // --replication-user
+	Backup      *BackupOptions   // --backup: add the backup accessory
+	Router      RouterChoice     // --router / --no-router
+	RouterImage string           // --router-image, default DefaultRouterImage
+	Failover    *FailoverOptions // --failover: automatic failover (nil: keep what an earlier init wrote)
 	Env         func(string) (string, bool)
 }
 
@@ -92,6 +93,7 @@ type Plan struct {
 	GenDir      string        // where the generated files live, e.g. config/understudy
 	Backup      *backup.Setup // with --backup: the backup setup (backup.json)
 	Router      *RouterPlan   // the router, when the setup has one
+	WitnessHost string        // with failover: the witness's server
 }
 
 // GeneratedDir is where generated files go, per destination.
@@ -169,6 +171,14 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 	if err := p.Cluster.Validate(); err != nil {
 		return nil, refuse(o.ConfigPath, err.Error(), "rename the accessory or pass --replica-name / --replication-user")
 	}
+	if p.Cluster.Failover, p.WitnessHost, err = planFailover(ed, src, o, p); err != nil {
+		return nil, err
+	}
+	if p.Cluster.Failover != nil {
+		if err := p.Cluster.Validate(); err != nil {
+			return nil, refuse("--failover", err.Error(), "pass --witness-host HOST and --witness-ip IP (the app host's private IP)")
+		}
+	}
 
 	// deploy.yml: the primary, then the standby derived from it.
 	cmd, dropped, err := newCmd(cfg, prim, p.Cluster)
@@ -226,10 +236,19 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 	if err := planAgents(ed, p); err != nil {
 		return nil, err
 	}
+	if p.Cluster.Failover != nil {
+		if err := planWitness(ed, p, p.WitnessHost); err != nil {
+			return nil, err
+		}
+		failoverNotes(p, p.WitnessHost)
+	}
 	if p.Router, err = planRouter(ed, o, p, fresh); err != nil {
 		return nil, err
 	}
 	backupNames = append([]string{pgconf.MonitorSecret}, backupNames...)
+	if p.Cluster.Failover != nil {
+		backupNames = append(backupNames, FailoverSecret)
+	}
 
 	// Secrets.
 	secretChange, err := planSecret(src, cfg, prim, o, p, backupNames)
@@ -355,7 +374,8 @@ func pickPrimary(cfg *kamal.Config, o Options) (*kamal.Accessory, error) {
 	for _, a := range pg {
 		_, isBackup := a.Env().Clear[BackupEnv]
 		_, isAgent := a.Env().Clear[AgentEnv]
-		if !isManagedStandby(a, pg, o) && !isBackup && !isAgent {
+		_, isWitness := a.Env().Clear[WitnessEnv]
+		if !isManagedStandby(a, pg, o) && !isBackup && !isAgent && !isWitness {
 			cands = append(cands, a)
 		}
 	}

@@ -91,6 +91,9 @@ func planAgents(ed *kamal.Editor, p *Plan) error {
 		}
 		withReport := backupName != "" && sameHost(backupHost, host)
 		cmd := agentCmd(n.Name, withReport)
+		if p.Cluster.Failover != nil {
+			cmd += agentFailoverFlags(p.Cluster.DataDir)
+		}
 		if a := cfg.Accessory(name); a != nil {
 			if v, ours := a.Env().Clear[AgentEnv]; !ours {
 				return refuse(a.Val.Pos(), fmt.Sprintf("accessory %s exists and was not made by understudy", name),
@@ -113,6 +116,11 @@ func planAgents(ed *kamal.Editor, p *Plan) error {
 				if err := ensureItem(ed, name, []string{"directories"}, backupReportMount(svc, backupName), func(s string) bool {
 					return strings.Contains(s, ":"+AgentBackupReportDir)
 				}); err != nil {
+					return err
+				}
+			}
+			if p.Cluster.Failover != nil {
+				if err := ensureAgentFailover(ed, name, n.Name, p); err != nil {
 					return err
 				}
 			}
@@ -139,6 +147,11 @@ func planAgents(ed *kamal.Editor, p *Plan) error {
 		}
 		if err := ed.AddAccessory(name, n.Name, body); err != nil {
 			return err
+		}
+		if p.Cluster.Failover != nil {
+			if err := ensureAgentFailover(ed, name, n.Name, p); err != nil {
+				return err
+			}
 		}
 	}
 	p.Notes = append(p.Notes, fmt.Sprintf("%s and %s run the node agent (understudy agent) next to each node, on its private address port %d: GET /primary, /replica, /health for the router, /status and /metrics; it logs in as %s (pg_monitor, no superuser) with %s",
@@ -257,7 +270,8 @@ func (d *Deployed) loadRouting(src kamal.Source, gen string) error {
 	for _, a := range d.Config.Accessories() {
 		node, isAgent := a.Env().Clear[AgentEnv]
 		_, isRouter := a.Env().Clear[RouterEnv]
-		if !isAgent && !isRouter {
+		_, isWitness := a.Env().Clear[WitnessEnv]
+		if !isAgent && !isRouter && !isWitness {
 			continue
 		}
 		hosts, _, err := a.Hosts()
@@ -275,6 +289,14 @@ func (d *Deployed) loadRouting(src kamal.Source, gen string) error {
 			}
 			da.Config, _ = src.ReadFile(gen + "/" + ClusterFile) // "" for an older init's setup: apply says to re-run init
 			d.Agents = append(d.Agents, da)
+			continue
+		}
+		if isWitness {
+			if len(hosts) != 1 {
+				return fmt.Errorf("%s: accessory %s, failover's witness, must run on exactly one server: re-run `understudy init`", a.Val.Pos(), a.Name)
+			}
+			da.Config, _ = src.ReadFile(gen + "/" + ClusterFile)
+			d.Witness = &da
 			continue
 		}
 		if da.Config, err = src.ReadFile(gen + "/" + RouterConfigFile); err != nil {

@@ -128,6 +128,8 @@ func backupSecretHow(name, how string) string {
 	switch name {
 	case "BACKUP_ENCRYPTION_KEY":
 		return "it holds the key `understudy backup keygen` prints (not a password: generate it with that command); without it no backup can be restored, so keep a copy outside the servers"
+	case FailoverSecret:
+		return "it holds the secret `understudy failover secret` prints (not a password: generate it with that command), from which the etcd members derive their TLS; keep it where POSTGRES_PASSWORD is, the same from run to run (a new one takes a rolling restart of the agents and the witness)"
 	case "BACKUP_S3_ACCESS_KEY_ID", "BACKUP_S3_SECRET_ACCESS_KEY":
 		return "it holds your object storage's API key (create one with access to the bucket only), stored where POSTGRES_PASSWORD is"
 	}
