@@ -239,6 +239,25 @@ func ensureAgentFailover(ed *kamal.Editor, name, node string, p *Plan) error {
 	}); err != nil {
 		return err
 	}
+	// The superuser's name as the node has it (the agent's default is the
+	// image's, postgres).
+	prim := cfg.Accessory(p.Primary)
+	if v, ok := prim.Env().Clear["POSTGRES_USER"]; ok {
+		if err := ed.EnsureScalar(name, []string{"env", "clear", "POSTGRES_USER"}, kamal.Raw(v.Source())); err != nil {
+			return err
+		}
+	}
+	for _, ref := range prim.Env().Secret {
+		if ref.Name == "POSTGRES_USER" {
+			if err := ed.EnsureListItem(name, []string{"env", "secret"}, kamal.Raw(ref.Val.Source()), func(v *kamal.Val) bool {
+				s, _ := ed.Config().Str(v)
+				k, _, _ := strings.Cut(s, ":")
+				return k == "POSTGRES_USER"
+			}); err != nil {
+				return err
+			}
+		}
+	}
 	kind, mount, err := nodeDataMount(cfg, cfg.Accessory(node), p.Cluster.DataDir)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -170,7 +171,13 @@ func kamalFailoverConfig(cl pgconf.Cluster, n pgconf.Node, dataDir, pgdata, exe 
 	if password == "" {
 		return failover.NodeConfig{}, errors.New("POSTGRES_PASSWORD is not set: the failover loop promotes and fences its node as the superuser; add it to the agent accessory's env secrets")
 	}
-	conninfo := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres connect_timeout=5", n.Addr, n.Port)
+	// The image's bootstrap superuser: POSTGRES_USER as the node has it
+	// (init gives the agent the same), else the image's default.
+	user := os.Getenv("POSTGRES_USER")
+	if user == "" {
+		user = "postgres"
+	}
+	conninfo := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=5", n.Addr, n.Port, conninfoQuote(user))
 	cc, err := pgx.ParseConfig(conninfo)
 	if err != nil {
 		return failover.NodeConfig{}, err
@@ -210,4 +217,10 @@ func readClusterModel(path string) (pgconf.Cluster, error) {
 		return pgconf.Cluster{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return cl, nil
+}
+
+// conninfoQuote quotes a libpq keyword value (libpq docs: a value with
+// spaces is single-quoted, with \\ and \' escaped).
+func conninfoQuote(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }

@@ -5,6 +5,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/understudy-dev/understudy/failover"
+	"github.com/understudy-dev/understudy/setup"
 )
 
 // Help is not an error: every command and subcommand exits 0 on -h (cron
@@ -63,5 +67,22 @@ func TestRoleCommandArguments(t *testing.T) {
 	out, code := runCLI(t, "promote", "--fence", "db", "extra", "--lab", t.TempDir())
 	if code != 1 || !strings.Contains(out, `"extra"`) {
 		t.Errorf("promote with a leftover argument: exit %d\n%s", code, out)
+	}
+}
+
+// The agent's superuser login takes any POSTGRES_USER the image does.
+func TestConninfoQuote(t *testing.T) {
+	for _, u := range []string{"postgres", "app user", `o'brien\x`} {
+		cc, err := pgx.ParseConfig("host=10.0.0.2 port=5432 user=" + conninfoQuote(u) + " dbname=postgres")
+		if err != nil || cc.User != u {
+			t.Errorf("%q: %v, user %q", u, err, cc.User)
+		}
+	}
+}
+
+// setup writes the secret's name that the failover package reads.
+func TestFailoverSecretName(t *testing.T) {
+	if setup.FailoverSecret != failover.SecretName {
+		t.Errorf("setup.FailoverSecret %q, failover.SecretName %q", setup.FailoverSecret, failover.SecretName)
 	}
 }

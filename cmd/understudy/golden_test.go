@@ -102,6 +102,10 @@ var fixtureCases = []struct {
 		[]string{`host: <%= ENV["DB_HOST"] %>`, "-c shared_buffers=2GB -c max_connections=200 -c log_min_duration_statement=500", "db/init.sql:/docker-entrypoint-initdb.d/init.sql"}},
 	{"erb-unset", "erb-and-custom-cmd", []string{"--replica-host", "192.0.2.60", "--replica-ip", "10.0.0.60"}, nil, 1,
 		[]string{"config/deploy.yml:21:", "DB_HOST"}},
+	{"guide-teamyap-failover", "guide-teamyap", []string{"--replica-host", "123.123.123.125", "--replica-ip", "10.0.1.3", "--failover", "--witness-host", "123.123.123.123", "--witness-ip", "10.0.1.1"}, nil, 0,
+		[]string{"+  db-witness:", "understudy witness --cluster", "--failover --failover-data /var/lib/understudy-etcd --pgdata /var/lib/postgresql/data", "+FAILOVER_SECRET=$FAILOVER_SECRET", "`understudy failover secret`", `"witness": "db-witness"`}},
+	{"guide-teamyap-failover-witness-on-db", "guide-teamyap", []string{"--replica-host", "123.123.123.125", "--replica-ip", "10.0.1.3", "--failover", "--witness-host", "123.123.123.124", "--witness-ip", "10.0.1.9"}, nil, 1,
+		[]string{"--witness-host:", "database server"}},
 	{"no-postgres", "no-postgres", []string{"--replica-host", "192.0.2.41", "--replica-ip", "10.0.0.41"}, nil, 1,
 		[]string{"config/deploy.yml:", "no PostgreSQL accessory", "redis"}},
 }

@@ -19,6 +19,8 @@ type setupFlags struct {
 	backup           bool
 	bo               setup.BackupOptions
 	router, noRouter bool
+	failover         bool
+	fo               setup.FailoverOptions
 }
 
 func (s *setupFlags) register(fs *flag.FlagSet) {
@@ -36,6 +38,10 @@ func (s *setupFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&s.router, "router", false, "add the router (HAProxy on the app's hosts: the app's database host becomes one name that follows the primary); the default for a new setup")
 	fs.BoolVar(&s.noRouter, "no-router", false, "no router: the app lists the nodes itself (understudy connect prints what each framework takes)")
 	fs.StringVar(&s.opts.RouterImage, "router-image", "", "the router's image (default "+setup.DefaultRouterImage+", the official HAProxy image)")
+	fs.BoolVar(&s.failover, "failover", false, "automatic failover (docs/failover.md): etcd members in the node agents and a witness on an app host; a dead primary is replaced in seconds, never by a second primary")
+	fs.StringVar(&s.fo.WitnessHost, "witness-host", "", "with --failover: the app host that runs the witness (the third vote), as Kamal reaches it over SSH")
+	fs.StringVar(&s.fo.WitnessIP, "witness-ip", "", "with --failover: the witness host's private IP (default --witness-host, when that is a private IP)")
+	fs.BoolVar(&s.fo.Synchronous, "synchronous", false, "with --failover: a commit waits for the standby (no acknowledged commit lost on failover; one round trip added to each commit)")
 	fs.BoolVar(&s.backup, "backup", false, "add the backup accessory: continuous WAL and base backups from the standby to S3-compatible storage (docs/backups.md)")
 	fs.StringVar(&s.bo.Endpoint, "backup-endpoint", "", "with --backup: the storage's URL, e.g. https://s3.eu-central-1.amazonaws.com or https://ACCOUNT.r2.cloudflarestorage.com")
 	fs.StringVar(&s.bo.Bucket, "backup-bucket", "", "with --backup: the bucket")
@@ -73,6 +79,11 @@ func (s *setupFlags) parse(fs *flag.FlagSet, args []string) error {
 			return errors.New("--router-image with --no-router: drop one")
 		}
 		s.opts.Router = setup.RouterOff
+	}
+	if s.failover {
+		s.opts.Failover = &s.fo
+	} else if s.fo != (setup.FailoverOptions{}) {
+		return errors.New("--witness-host, --witness-ip and --synchronous need --failover")
 	}
 	if s.backup {
 		s.opts.Backup = &s.bo
