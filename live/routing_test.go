@@ -75,7 +75,7 @@ func TestDecideRouting(t *testing.T) {
 	}
 	for _, c := range cases {
 		var got []string
-		for _, s := range DecideRouting([]AgentFacts{c.agent, c.rt}, []bool{false, true}) {
+		for _, s := range DecideRouting([]AgentFacts{c.agent, c.rt}, []RoutingKind{RoutingAgent, RoutingRouter}, false) {
 			got = append(got, string(s.Kind)+"@"+s.Node)
 			if s.Action == "" || s.Effect == "" {
 				t.Errorf("%s: step without action or effect: %+v", c.name, s)
@@ -84,5 +84,40 @@ func TestDecideRouting(t *testing.T) {
 		if g := strings.Join(got, " "); g != c.want {
 			t.Errorf("%s: %q, want %q", c.name, g, c.want)
 		}
+	}
+}
+
+// Turning failover on: the witness is booted first (its binary installed
+// as the agents' is), the agents rebooted for their new cluster.json, each
+// step saying what the restart does with failover on; the witness's
+// reboot for a new binary says that it costs no failover.
+func TestDecideRoutingWithTheWitness(t *testing.T) {
+	agent := AgentFacts{Name: "db-agent", Container: "running", BinaryCurrent: true, ConfigCurrent: false, Binary: "/bin/us"}
+	witness := AgentFacts{Name: "db-witness", Container: "absent", Binary: "/bin/us"}
+	router := AgentFacts{Name: "db-router", Container: "running", BinaryCurrent: true, ConfigCurrent: true}
+	steps := DecideRouting([]AgentFacts{witness, agent, router}, []RoutingKind{RoutingWitness, RoutingAgent, RoutingRouter}, true)
+	var got []string
+	for _, s := range steps {
+		got = append(got, string(s.Kind)+"@"+s.Node)
+	}
+	if g := strings.Join(got, " "); g != "routing-binary@db-witness routing-boot@db-witness routing-reboot@db-agent" {
+		t.Fatalf("steps %q", g)
+	}
+	if !strings.Contains(steps[1].Action, "boot failover's witness (kamal accessory boot db-witness)") {
+		t.Errorf("witness boot: %+v", steps[1])
+	}
+	if !strings.Contains(steps[2].Effect, "fences its node") || !strings.Contains(steps[2].Action, "a changed cluster.json") {
+		t.Errorf("an agent's reboot with failover on: %+v", steps[2])
+	}
+	// Failover off: the agent's effect says nothing of fencing.
+	off := DecideRouting([]AgentFacts{agent}, []RoutingKind{RoutingAgent}, false)
+	if strings.Contains(off[0].Effect, "fence") {
+		t.Errorf("failover off: %+v", off[0])
+	}
+	// A new binary: the witness is rebooted with it, no failover.
+	witness.Container, witness.BinaryCurrent, witness.ConfigCurrent = "running", false, true
+	steps = DecideRouting([]AgentFacts{witness}, []RoutingKind{RoutingWitness}, true)
+	if len(steps) != 2 || steps[1].Kind != StepRoutingReboot || !strings.Contains(steps[1].Action, "a new understudy witness binary") || !strings.Contains(steps[1].Effect, "no failover") {
+		t.Errorf("witness with a new binary: %+v", steps)
 	}
 }

@@ -16,25 +16,43 @@ const (
 	StepRoutingStart  StepKind = "routing-start"  // docker container start: it exists, stopped
 )
 
-// RoutingDeployer runs a node agent's or the router's accessory.
+// RoutingKind is what a routing accessory runs.
+type RoutingKind int
+
+const (
+	RoutingAgent   RoutingKind = iota // a node agent (understudy agent)
+	RoutingRouter                     // the router (HAProxy)
+	RoutingWitness                    // automatic failover's witness (understudy witness): the third etcd member
+)
+
+// RoutingDeployer runs a node agent's, the router's or the witness's
+// accessory.
 type RoutingDeployer interface {
 	BackupAgentDeployer
 	// Name is the accessory's name (a Step's Node).
 	Name() string
-	// Router reports whether this is the router (else a node agent).
-	Router() bool
+	// Kind is what it runs.
+	Kind() RoutingKind
 }
 
-// DecideRouting is the agents' and routers' steps, in the order given
-// (agents first, then the router). Pure.
-func DecideRouting(facts []AgentFacts, routers []bool) []Step {
+// DecideRouting is the routing accessories' steps, in the order given
+// (the witness, the agents, then the router); failover says whether
+// automatic failover is on, for what a restart does. Pure.
+func DecideRouting(facts []AgentFacts, kinds []RoutingKind, failover bool) []Step {
 	var steps []Step
 	for i, f := range facts {
 		what, binary, cfg := "the node agent", "understudy agent", "cluster.json"
 		effect := "none: the router keeps its last answers from it for a few checks, then treats the node as down until it is back"
-		if routers[i] {
+		if failover {
+			effect += "; with failover on, restarting the primary's agent fences its node (its watchdog outlives it) and the standby takes over: a failover, never two primaries (docs/failover.md)"
+		}
+		switch kinds[i] {
+		case RoutingRouter:
 			what, cfg = "the router", "haproxy.cfg"
 			effect = "the app's open connections through it are cut once; it reconnects"
+		case RoutingWitness:
+			what, binary = "failover's witness", "understudy witness"
+			effect = "failover's third etcd member is away while it restarts: the two database servers keep the quorum (an etcd election, no failover)"
 		}
 		if !f.BinaryCurrent {
 			steps = append(steps, Step{Kind: StepRoutingBinary, Node: f.Name, Action: "put the understudy binary (" + f.Binary + ") on its server, where " + f.Name + " mounts it", Effect: "none"})
@@ -58,15 +76,15 @@ func DecideRouting(facts []AgentFacts, routers []bool) []Step {
 // readRouting reads every routing accessory of a target.
 func readRouting(ctx context.Context, t Target) ([]Step, error) {
 	var facts []AgentFacts
-	var routers []bool
+	var kinds []RoutingKind
 	for _, d := range t.RoutingDeployers {
 		f, err := d.ReadAgent(ctx)
 		if err != nil {
 			return nil, err
 		}
-		facts, routers = append(facts, f), append(routers, d.Router())
+		facts, kinds = append(facts, f), append(kinds, d.Kind())
 	}
-	return DecideRouting(facts, routers), nil
+	return DecideRouting(facts, kinds, t.Cluster.Failover != nil), nil
 }
 
 func (a *applier) routingStep(ctx context.Context, s Step) error {

@@ -16,8 +16,9 @@ import (
 	"github.com/understudy-dev/understudy/live"
 )
 
-// RoutingAccessory is a node agent's or the router's accessory
-// (live.RoutingDeployer): for an agent, the understudy binary put into the
+// RoutingAccessory is a node agent's, the witness's or the router's
+// accessory (live.RoutingDeployer): for an agent and the witness, the
+// understudy binary put into the
 // directory its deploy.yml entry mounts at BinDir; for both, the file
 // Kamal uploads (cluster.json, haproxy.cfg) compared with what init wrote,
 // and the containers, booted and rebooted through kamal.
@@ -26,8 +27,8 @@ type RoutingAccessory struct {
 	Acc      string   // the accessory
 	Hosts    []string // its servers
 	Commands *kamal.AccessoryCommands
-	IsRouter bool
-	BinDir   string // agents: where the container sees the binary's directory
+	What     live.RoutingKind
+	BinDir   string // agents and the witness: where the container sees the binary's directory
 	File     string // the container path of the file init wrote
 	Text     string // its bytes as init wrote them
 }
@@ -37,8 +38,8 @@ var _ live.RoutingDeployer = (*RoutingAccessory)(nil)
 // Name is the accessory's name.
 func (r *RoutingAccessory) Name() string { return r.Acc }
 
-// Router reports whether this is the router.
-func (r *RoutingAccessory) Router() bool { return r.IsRouter }
+// Kind is what the accessory runs.
+func (r *RoutingAccessory) Kind() live.RoutingKind { return r.What }
 
 func (r *RoutingAccessory) binHostDir() (string, error) {
 	for _, d := range r.Commands.Directories {
@@ -68,7 +69,7 @@ func (r *RoutingAccessory) ReadAgent(ctx context.Context) (live.AgentFacts, erro
 	}
 	want, _ := sumOf(strings.NewReader(r.Text))
 	var binPath string
-	if !r.IsRouter {
+	if r.What != live.RoutingRouter {
 		dir, err := r.binHostDir()
 		if err != nil {
 			return f, err
@@ -79,7 +80,7 @@ func (r *RoutingAccessory) ReadAgent(ctx context.Context) (live.AgentFacts, erro
 	for _, h := range r.Hosts {
 		paths := []string{cfgPath}
 		var local string
-		if !r.IsRouter {
+		if r.What != live.RoutingRouter {
 			bin, err := r.Control.UnderstudyFor(ctx, h)
 			if err != nil {
 				return f, err
@@ -96,7 +97,7 @@ func (r *RoutingAccessory) ReadAgent(ctx context.Context) (live.AgentFacts, erro
 		}
 		sums := ParseSums(string(out))
 		f.ConfigCurrent = f.ConfigCurrent && sums[cfgPath] == want
-		if !r.IsRouter {
+		if r.What != live.RoutingRouter {
 			f.BinaryCurrent = f.BinaryCurrent && sums[binPath] == local
 		}
 		ci, err := r.Control.inspectContainer(ctx, h, r.Commands.ServiceName)

@@ -36,7 +36,11 @@ func (c *initCommand) Run(ctx context.Context, args []string) error {
 	fmt.Fprint(c.out, renderPlan(p, false))
 	if len(p.Changes) > 0 {
 		fmt.Fprintf(c.out, "\nWrote %d file(s). Next:\n", len(p.Changes))
-		fmt.Fprintln(c.out, "  1. store the replication password as described above")
+		if p.Cluster.Failover != nil {
+			fmt.Fprintf(c.out, "  1. store the replication password as described above, and %s: make it with `understudy failover secret` and keep it where POSTGRES_PASSWORD is\n", setup.FailoverSecret)
+		} else {
+			fmt.Fprintln(c.out, "  1. store the replication password as described above")
+		}
 		fmt.Fprintln(c.out, "  2. review the change (git diff) and commit it")
 		fmt.Fprintf(c.out, "  3. understudy apply%s   (creates the role and slot, restarts %s once, clones %s)\n", destFlag(sf.opts.Destination), p.Primary, p.Standby)
 	}

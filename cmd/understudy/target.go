@@ -159,6 +159,9 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 	if d.Router != nil {
 		names = append(names, d.Router.Name)
 	}
+	if d.Witness != nil {
+		names = append(names, d.Witness.Name)
+	}
 	cmds, err := remote.NodeCommands(d.Config, names)
 	if err != nil {
 		return nil, err
@@ -209,13 +212,19 @@ func kamalRouting(ctx context.Context, tg *target, d *setup.Deployed, app string
 			rr.AgentsPorts[n.Name] = n.AgentPort
 		}
 	}
+	if w := d.Witness; w != nil {
+		// First: failover's third vote is up before the agents' members
+		// look for a quorum.
+		tg.RoutingDeployers = append(tg.RoutingDeployers, &remote.RoutingAccessory{Control: ctl, Acc: w.Name, Hosts: w.Hosts, Commands: cmds[w.Name],
+			What: live.RoutingWitness, BinDir: setup.BackupBinDir, File: setup.AgentClusterPath, Text: w.Config})
+	}
 	for _, a := range d.Agents {
 		tg.RoutingDeployers = append(tg.RoutingDeployers, &remote.RoutingAccessory{Control: ctl, Acc: a.Name, Hosts: a.Hosts, Commands: cmds[a.Name],
 			BinDir: setup.BackupBinDir, File: setup.AgentClusterPath, Text: a.Config})
 	}
 	if r := d.Router; r != nil {
 		tg.RoutingDeployers = append(tg.RoutingDeployers, &remote.RoutingAccessory{Control: ctl, Acc: r.Name, Hosts: r.Hosts, Commands: cmds[r.Name],
-			IsRouter: true, File: setup.RouterConfigPath, Text: r.Config})
+			What: live.RoutingRouter, File: setup.RouterConfigPath, Text: r.Config})
 		rr.Routers = r.Hosts
 	}
 	tg.Routing = rr
