@@ -298,3 +298,38 @@ func TestFailoverReadBackRefusesDisagreement(t *testing.T) {
 		t.Errorf("agent without --failover: %v", err)
 	}
 }
+
+// What Kamal runs for the witness and a failover agent (its own commands,
+// as kamal.AccessoryCommands reproduces them): the host network, no port
+// published, the member's named volume, the node's data directory at its
+// path, root.
+func TestFailoverDockerRun(t *testing.T) {
+	src := app("postgres:16", "10.0.0.2:5432:5432", "postgres")
+	p, err := Build(src, withFailover(replica, witness))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(src, p)
+	cfg, err := kamal.Load(src, "config/deploy.yml", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string][]string{
+		"db-witness": {"--network host", "--volume app-db-witness-etcd:/var/lib/understudy-etcd", "--volume $PWD/app-db-witness/bin:/understudy/bin:ro", "postgres:16 /understudy/bin/understudy witness --cluster /understudy/cluster.json --data /var/lib/understudy-etcd"},
+		"db-agent":   {"--network host", "--volume app-db-agent-etcd:/var/lib/understudy-etcd", "--volume $PWD/app-db-agent/../app-db/data:/var/lib/postgresql/data", `--user "root"`, "--failover --failover-data /var/lib/understudy-etcd --pgdata /var/lib/postgresql/data"},
+	} {
+		ac, err := cfg.Commands(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		run := ac.Run("192.0.2.1")
+		for _, w := range want {
+			if !strings.Contains(run, w) {
+				t.Errorf("%s: %q lacks %q", name, run, w)
+			}
+		}
+		if strings.Contains(run, "--publish") {
+			t.Errorf("%s publishes a port: %s", name, run)
+		}
+	}
+}
