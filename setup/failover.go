@@ -25,9 +25,11 @@ import (
 // address is not the member's advertised one).
 //
 // A new named volume whose mount point is not in the image belongs to root
-// (Docker copies a mount point's owner into a new volume only from a path
-// the image has), so an agent with failover and the witness run as the
-// image's default user, root. That gives the agent nothing over PostgreSQL
+// (Docker copies a mount point's content and owner into a new volume only
+// from a path the image has: Docker's docs, "Populate a volume using a
+// container"; seen with Docker 20.10: uid 999 could not write to a new
+// volume at a new path, could at a path the image gives it), so an agent
+// with failover and the witness run as the image's default user, root. That gives the agent nothing over PostgreSQL
 // that it does not hold already: it fences and promotes as the superuser.
 const (
 	WitnessEnv = "UNDERSTUDY_WITNESS" // env.clear marker of the witness: the primary's accessory
