@@ -333,3 +333,40 @@ func TestFailoverDockerRun(t *testing.T) {
 		}
 	}
 }
+
+// The agent mounts the node's data volume as the node has it: a named
+// volume verbatim; on postgres:18 the whole /var/lib/postgresql, with
+// --pgdata the cluster inside it.
+func TestFailoverAgentMountsTheNodesVolume(t *testing.T) {
+	for _, tc := range []struct {
+		image, mount, pgdata string
+		kind, local, remote  string
+	}{
+		{"postgres:16", "    volumes:\n      - pgdata:/var/lib/postgresql/data\n", "/var/lib/postgresql/data", "volumes", "pgdata", "/var/lib/postgresql/data"},
+		{"postgres:18", "    directories:\n      - data:/var/lib/postgresql\n", "/var/lib/postgresql/18/docker", "directories", "../app-db/data", "/var/lib/postgresql"},
+		{"postgres:17", "    directories:\n      - /srv/pg:/var/lib/postgresql/data\n", "/var/lib/postgresql/data", "directories", "/srv/pg", "/var/lib/postgresql/data"},
+	} {
+		src := app(tc.image, "10.0.0.2:5432:5432", "postgres")
+		src["config/deploy.yml"] = strings.Replace(src["config/deploy.yml"], "    directories:\n      - data:/var/lib/postgresql/data\n", tc.mount, 1)
+		p, err := Build(src, withFailover(replica, witness))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.image, err)
+		}
+		write(src, p)
+		cfg, _ := kamal.Load(src, "config/deploy.yml", "", nil)
+		a := cfg.Accessory("db-agent")
+		if cmd, _ := a.Str("cmd"); !strings.HasSuffix(cmd, " --pgdata "+tc.pgdata) {
+			t.Errorf("%s: cmd %s", tc.image, cmd)
+		}
+		found := false
+		for _, m := range a.Mounts() {
+			found = found || (m.Kind == tc.kind && m.Local == tc.local && m.Remote == tc.remote)
+		}
+		if !found {
+			t.Errorf("%s: db-agent does not mount %s %s:%s:\n%s", tc.image, tc.kind, tc.local, tc.remote, src["config/deploy.yml"])
+		}
+		if q, err := Build(src, replica); err != nil || len(q.Changes) != 0 {
+			t.Errorf("%s: init again: %v, %d changes", tc.image, err, len(q.Changes))
+		}
+	}
+}
