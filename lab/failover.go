@@ -20,7 +20,6 @@ import (
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/live"
 	"github.com/understudy-dev/understudy/pgconf"
-	"github.com/understudy-dev/understudy/pgops"
 )
 
 // A lab's automatic failover: three etcd members on this machine, the two
@@ -207,73 +206,13 @@ func (l *Lab) FailoverStore(ctx context.Context) (*failover.Store, func(), error
 	if err != nil {
 		return nil, nil, err
 	}
-	dir, err := os.MkdirTemp("", "understudy-failover-client-")
-	if err != nil {
-		return nil, nil, err
-	}
-	spec := l.memberSpec(WitnessName)
-	tlsf, err := failover.WriteTLS(dir, secret, "understudy-client", []net.IP{net.IPv4(127, 0, 0, 1)}, time.Now()) // members skip the SAN check on clients
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, nil, err
-	}
-	var urls []string
-	for _, m := range spec.Members {
-		urls = append(urls, spec.ClientURL(m))
-	}
 	var dial failover.Dialer
 	if l.NetNS != nil {
 		dial = func(ctx context.Context, addr string) (net.Conn, error) { return l.DialOutsider(ctx, "tcp", addr) }
 	}
-	c, err := failover.NewClient(urls, tlsf, dial)
-	os.RemoveAll(dir) // the client has read its files
-	if err != nil {
-		return nil, nil, err
-	}
-	st := failover.NewStore(c, spec.Token, failover.SettingsFor(l.Cluster.Failover))
-	return st, func() { c.Close() }, nil
+	return failover.OperatorStore(l.Cluster.Failover, secret, dial)
 }
 
-// The lab's lease control (live.LeaseControl): each call opens a client
-// of its own through every member.
-var _ live.LeaseControl = (*Lab)(nil)
-
-func (l *Lab) withStore(ctx context.Context, f func(*failover.Store) error) error {
-	st, closeStore, err := l.FailoverStore(ctx)
-	if err != nil {
-		return err
-	}
-	defer closeStore()
-	return f(st)
-}
-
-// ReadLease reads the lease with a quorum.
-func (l *Lab) ReadLease(ctx context.Context) (live.LeaseReading, error) {
-	var r live.LeaseReading
-	err := l.withStore(ctx, func(st *failover.Store) error {
-		s, err := st.Read(ctx)
-		if err != nil {
-			return err
-		}
-		r = live.LeaseReading{Holder: s.Holder, Handover: s.Handover, Paused: s.Paused, PublishedBy: s.Position.Node, Timeline: s.Position.Timeline, LSN: s.Position.LSN}
-		return nil
-	})
-	return r, err
-}
-
-// HandOver hands the lease from `from` to `to`.
-func (l *Lab) HandOver(ctx context.Context, from, to string) error {
-	return l.withStore(ctx, func(st *failover.Store) error { return st.HandOver(ctx, from, to) })
-}
-
-// LeaseFor lets `to` take the free lease with its own position.
-func (l *Lab) LeaseFor(ctx context.Context, to string, tl pgops.Timeline, lsn pgops.LSN) error {
-	return l.withStore(ctx, func(st *failover.Store) error {
-		return st.LeaseFor(ctx, to, failover.Position{Node: to, Timeline: tl, LSN: lsn, At: time.Now()})
-	})
-}
-
-// SetPaused pauses or resumes failover.
-func (l *Lab) SetPaused(ctx context.Context, paused bool) error {
-	return l.withStore(ctx, func(st *failover.Store) error { return st.SetPaused(ctx, paused) })
-}
+// Lease is the lab's lease control: each call opens a client of its own
+// through every member.
+func (l *Lab) Lease() live.StoreLease { return live.StoreLease{Open: l.FailoverStore} }

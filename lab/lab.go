@@ -355,7 +355,7 @@ func (l *Lab) Target() live.Target {
 		t.Routing = l
 	}
 	if l.HasFailover() {
-		t.Lease = l
+		t.Lease = l.Lease()
 	}
 	if l.state.Backup != nil {
 		t.Backups = l.BackupSite()

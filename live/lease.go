@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/pgops"
 )
 
@@ -40,6 +41,55 @@ type LeaseControl interface {
 	// the lease next. It fails while anyone holds the lease.
 	LeaseFor(ctx context.Context, to string, tl pgops.Timeline, lsn pgops.LSN) error
 	SetPaused(ctx context.Context, paused bool) error
+}
+
+// StoreLease is a LeaseControl over failover's Store, which Open opens
+// for each call (the lab's through its members; Kamal's through SSH,
+// remote.Lease) and whose close ends it.
+type StoreLease struct {
+	Open func(ctx context.Context) (*failover.Store, func(), error)
+}
+
+var _ LeaseControl = StoreLease{}
+
+func (l StoreLease) with(ctx context.Context, f func(*failover.Store) error) error {
+	st, closeStore, err := l.Open(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	return f(st)
+}
+
+// ReadLease reads the lease with a quorum.
+func (l StoreLease) ReadLease(ctx context.Context) (LeaseReading, error) {
+	var r LeaseReading
+	err := l.with(ctx, func(st *failover.Store) error {
+		s, err := st.Read(ctx)
+		if err != nil {
+			return err
+		}
+		r = LeaseReading{Holder: s.Holder, Handover: s.Handover, Paused: s.Paused, PublishedBy: s.Position.Node, Timeline: s.Position.Timeline, LSN: s.Position.LSN}
+		return nil
+	})
+	return r, err
+}
+
+// HandOver hands the lease from `from` to `to`.
+func (l StoreLease) HandOver(ctx context.Context, from, to string) error {
+	return l.with(ctx, func(st *failover.Store) error { return st.HandOver(ctx, from, to) })
+}
+
+// LeaseFor lets `to` take the free lease with its own position.
+func (l StoreLease) LeaseFor(ctx context.Context, to string, tl pgops.Timeline, lsn pgops.LSN) error {
+	return l.with(ctx, func(st *failover.Store) error {
+		return st.LeaseFor(ctx, to, failover.Position{Node: to, Timeline: tl, LSN: lsn, At: time.Now()})
+	})
+}
+
+// SetPaused pauses or resumes failover.
+func (l StoreLease) SetPaused(ctx context.Context, paused bool) error {
+	return l.with(ctx, func(st *failover.Store) error { return st.SetPaused(ctx, paused) })
 }
 
 // LeaseReading is the lease as read from etcd.

@@ -235,7 +235,7 @@ func TestLabFailoverSwitchover(t *testing.T) {
 			t.Fatalf("switchover to %s: %v\n%s", to, err, out.String())
 		}
 		changes = append(changes, pgxwriter.Change{From: from, To: time.Now()})
-		lr, err := l.ReadLease(ctx)
+		lr, err := l.Lease().ReadLease(ctx)
 		if err != nil || lr.Holder != to {
 			t.Fatalf("after the switchover to %s the lease is %+v (%v)\n%s", to, lr, err, out.String())
 		}
@@ -321,7 +321,7 @@ func TestLabFailoverPromoteAcceptsLoss(t *testing.T) {
 	if !strings.Contains(out.String(), "took the lease and promoted it") {
 		t.Errorf("promote did not go through the lease:\n%s", out.String())
 	}
-	if lr, err := l.ReadLease(ctx); err != nil || lr.Holder != "db-replica" {
+	if lr, err := l.Lease().ReadLease(ctx); err != nil || lr.Holder != "db-replica" {
 		t.Errorf("after promote the lease is %+v (%v)", lr, err)
 	}
 	if got := labtest.Query(t, l, "db-replica", "SELECT pg_is_in_recovery()::text"); got != "false" {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/understudy-dev/understudy/backup"
+	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/kamal"
 	"github.com/understudy-dev/understudy/lab"
 	"github.com/understudy-dev/understudy/live"
@@ -191,7 +192,25 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 		}
 	}
 	kamalRouting(ctx, tg, d, abs, ctl, cmds)
+	if d.Cluster.Failover != nil {
+		tg.Lease = kamalLease(ctx, d, abs, dialer)
+	}
 	return tg, nil
+}
+
+// kamalLease is failover's lease as this machine reaches it: each etcd
+// member through SSH on its own server, the client's certificate from
+// FAILOVER_SECRET resolved as Kamal resolves secrets (when it does not
+// resolve, each use of the lease says so and what to do).
+func kamalLease(ctx context.Context, d *setup.Deployed, app string, dialer *remote.Dialer) *remote.Lease {
+	witnessHost := ""
+	if d.Witness != nil && len(d.Witness.Hosts) > 0 {
+		witnessHost = d.Witness.Hosts[0]
+	}
+	l := &remote.Lease{Failover: d.Cluster.Failover, Dialer: dialer}
+	l.Routes, l.Err = remote.MemberRoutes(d.Cluster.Failover, d.Hosts, witnessHost)
+	l.Secret, l.SecretErr = d.Secrets.Resolve(ctx, app, failover.SecretName)
+	return l
 }
 
 // kamalRouting gives a Kamal target its node agents and router: the
