@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/internal/dockertest"
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/internal/sshtest"
@@ -137,8 +138,9 @@ func testImage(t testing.TB) (dockertest.Image, string) {
 
 // worldOptions: jump puts a jump host in front of the servers; plain
 // boots db before init, as the guide's app runs it; app gives the app (the
-// web role, and so the router) a server of its own, named "app".
-type worldOptions struct{ jump, plain, app bool }
+// web role, and so the router) a server of its own, named "app"; failover
+// (with app) runs init with --failover and the witness on the app server.
+type worldOptions struct{ jump, plain, app, failover bool }
 
 func newKamalWorld(t testing.TB, o worldOptions) *kamalWorld {
 	sshtest.Skip(t)
@@ -274,7 +276,15 @@ accessories:
 		w.waitSQL(t, "db", 60*time.Second)
 	}
 	r := w.addr["db-replica"]
-	if out, code := runCLI(t, "init", "--app", w.app, "--replica-host", r, "--replica-ip", r, "--router-image", dockertest.RouterImageTag); code != 0 {
+	args := []string{"init", "--app", w.app, "--replica-host", r, "--replica-ip", r, "--router-image", dockertest.RouterImageTag}
+	if o.failover {
+		if !o.app {
+			t.Fatal("worldOptions: failover needs the app server (its witness)")
+		}
+		t.Setenv(failover.SecretName, failover.NewSecret())
+		args = append(args, "--failover", "--witness-host", w.addr["app"])
+	}
+	if out, code := runCLI(t, args...); code != 0 {
 		t.Fatalf("init: exit %d\n%s", code, out)
 	}
 	return w

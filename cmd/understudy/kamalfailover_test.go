@@ -1,0 +1,265 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/understudy-dev/understudy/internal/apptest"
+)
+
+// Automatic failover on real Docker, as a Kamal app runs it: init
+// --failover puts the witness on the app server; apply boots it, the node
+// agents with their etcd members and the router. From the operator's
+// machine the lease is read and changed through SSH (status, failover
+// pause|status|resume, two switchovers as lease handovers) while a pgx
+// app writer keeps a ledger through the router. Then db's server is
+// black-holed: nobody runs promote, db-replica's agent takes the lease and
+// the writer's writes are acknowledged by db-replica through the router;
+// db, cut off, fences itself and comes back read-only; healed, it stays
+// so, and `rejoin` makes it a standby. The ledger: no acknowledged write
+// missing (but the last async ones before the black hole), no node
+// acknowledging writes outside its time as primary, never two at once.
+func TestKamalFailover(t *testing.T) {
+	w := newKamalWorld(t, worldOptions{app: true, failover: true})
+	ctx := context.Background()
+	if b, err := os.ReadFile(filepath.Join(w.app, ".kamal", "secrets")); err == nil {
+		t.Logf(".kamal/secrets after init:\n%s", b)
+	}
+	out, code := runCLI(t, "apply", "--app", w.app)
+	t.Logf("apply:\n%s", out)
+	if code != 0 {
+		w.dumpAgents(t)
+		t.Fatalf("apply: exit %d", code)
+	}
+	for _, want := range []string{"booted db-witness", "booted db-agent", "booted db-replica-agent", "booted db-router"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("apply output lacks %q", want)
+		}
+	}
+	if strings.Index(out, "booted db-witness") > strings.Index(out, "booted db-agent") {
+		t.Errorf("apply booted the agents before the witness")
+	}
+	if again, code := runCLI(t, "apply", "--app", w.app); code != 0 || !strings.Contains(again, "nothing to do") {
+		t.Errorf("apply again: exit %d\n%s", code, again)
+	}
+
+	members := regexp.MustCompile(`etcd members: db up( \(etcd leader\))?, db-replica up( \(etcd leader\))?, db-witness up( \(etcd leader\))?\n`)
+	// The lease with holder, read through SSH from here, and the three
+	// members as the agents report them.
+	leaseWith := func(cmd, holder string, timeout time.Duration) string {
+		t.Helper()
+		deadline := time.Now().Add(timeout)
+		for {
+			out, _ := runCLI(t, cmd, "--app", w.app)
+			if strings.Contains(out, "lease: held by "+holder) && members.MatchString(out) {
+				return out
+			}
+			if time.Now().After(deadline) {
+				w.dumpAgents(t)
+				t.Fatalf("%s does not show the lease held by %s and three members up after %s:\n%s", cmd, holder, timeout, out)
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	st := leaseWith("status", "db", 2*time.Minute)
+	t.Logf("status:\n%s", st)
+	w.routerOn(t, "db")
+	if out, code := runCLI(t, "check", "--app", w.app); code == 2 {
+		t.Fatalf("check on a healthy setup: exit %d\n%s", code, out)
+	}
+
+	// A pgx app writer on the app server, through the router.
+	tar, err := apptest.ImageTar(ctx, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := w.docker["app"]
+	app.Load(t, tar)
+	s := apptest.AppSettings(apptest.Endpoint{Host: "shop-db-router", Port: 5432})
+	admin := w.conn(t, "db")
+	err = apptest.Prepare(ctx, admin, s)
+	admin.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := apptest.New(t, &apptest.ContainerRunner{DockerHost: app.DockerHost(), Network: "kamal", Dir: t.TempDir()})
+	begun := time.Now()
+	if err := h.Start(ctx, apptest.Writer{Client: apptest.PGX, Settings: s}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitAcknowledged(ctx, 5, begun, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	role := func(name, newPrimary string, args ...string) string {
+		t.Helper()
+		end := h.Begin(name, newPrimary)
+		out, code := runCLI(t, append(args, "--app", w.app)...)
+		end()
+		t.Logf("%s:\n%s", strings.Join(args, " "), out)
+		if code != 0 {
+			w.dumpAgents(t)
+			t.Fatalf("%s: exit %d", strings.Join(args, " "), code)
+		}
+		if err := h.WaitAcknowledged(ctx, 3, time.Now(), time.Minute); err != nil {
+			t.Fatalf("after %s: %v", name, err)
+		}
+		return out
+	}
+
+	// Switchovers go through the lease, read and handed over from here.
+	sw := role("switchover to db-replica", "db-replica", "switchover", "db-replica")
+	if !strings.Contains(sw, "hand the failover lease from db to db-replica") {
+		t.Errorf("the switchover did not hand the lease over:\n%s", sw)
+	}
+	leaseWith("failover status", "db-replica", 30*time.Second)
+	w.routerOn(t, "db-replica")
+	role("switchover back to db", "db", "switchover", "db")
+	leaseWith("failover status", "db", 30*time.Second)
+	w.routerOn(t, "db")
+
+	// Pause: status says so and a switchover is refused; resume.
+	if out, code := runCLI(t, "failover", "pause", "--app", w.app); code != 0 {
+		t.Fatalf("failover pause: exit %d\n%s", code, out)
+	}
+	if out, _ := runCLI(t, "failover", "status", "--app", w.app); !strings.Contains(out, "PAUSED") || !strings.Contains(out, "lease: held by db") {
+		t.Errorf("failover status while paused:\n%s", out)
+	}
+	if out, code := runCLI(t, "switchover", "db-replica", "--app", w.app); code == 0 || !strings.Contains(out, "failover is paused") {
+		t.Errorf("a switchover while paused: exit %d\n%s", code, out)
+	}
+	if out, code := runCLI(t, "failover", "resume", "--app", w.app); code != 0 {
+		t.Fatalf("failover resume: exit %d\n%s", code, out)
+	}
+	if out, _ := runCLI(t, "failover", "status", "--app", w.app); strings.Contains(out, "PAUSED") || !strings.Contains(out, "lease: held by db") {
+		t.Errorf("failover status after resume:\n%s", out)
+	}
+
+	// db's server vanishes: every packet dropped. Nobody runs promote.
+	holed := time.Now()
+	heal := w.blackhole(t, "db")
+	end := h.Begin("db's server black-holed: automatic failover", "db-replica")
+	if err := h.WaitAcknowledged(ctx, 1, holed.Add(time.Second), 90*time.Second); err != nil {
+		w.dumpAgents(t)
+		t.Fatalf("no write acknowledged through the router within 90 s of the black hole: %v", err)
+	}
+	end()
+	t.Logf("a write acknowledged through the router %s after db's server was black-holed", time.Since(holed).Round(time.Millisecond))
+	w.routerOn(t, "db-replica")
+	// Still cut off, db has fenced itself: its PostgreSQL (restarted by
+	// the container's restart policy) takes no writes. Asked on its own
+	// server, over its dockerd's socket, not through the network.
+	fencedWithin := time.Now().Add(30 * time.Second)
+	for {
+		ro, err := w.psqlOn("db", "SELECT pg_is_in_recovery()")
+		if err == nil && ro == "t" {
+			break
+		}
+		if time.Now().After(fencedWithin) {
+			t.Fatalf("db, cut off and without the lease, is not read-only: %q %v", ro, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	// Healed: db stays read-only and the router on db-replica.
+	heal()
+	w.waitSQL(t, "db", 2*time.Minute)
+	time.Sleep(3 * time.Second)
+	if ro := w.query(t, "db", "SELECT pg_is_in_recovery()::text"); ro != "true" {
+		t.Errorf("db back from the black hole without the lease is writable (pg_is_in_recovery %s)", ro)
+	}
+	leaseWith("failover status", "db-replica", 30*time.Second)
+	w.routerOn(t, "db-replica")
+	role("rejoin db", "", "rejoin", "db")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, code := runCLI(t, "check", "--app", w.app)
+		if code != 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("check after the rejoin: exit %d\n%s", code, out)
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	if ro := w.query(t, "db", "SELECT pg_is_in_recovery()::text"); ro != "true" {
+		t.Errorf("db after the rejoin is not a standby (pg_is_in_recovery %s)", ro)
+	}
+
+	final := w.conn(t, "db-replica")
+	defer final.Close(ctx)
+	h.Stop(ctx)
+	rows, err := apptest.ReadRows(ctx, final, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := h.Verify(ctx, "db", rows)
+	t.Log(rep)
+	// Asynchronous replication: what db acknowledged in the last moment
+	// before its server vanished may not have reached db-replica (failover
+	// allows up to its lag limit). Any other loss fails.
+	var lost []apptest.Attempt
+	for _, a := range rep.Lost {
+		if a.Node == "db" && a.EndTime().After(holed.Add(-2*time.Second)) && a.EndTime().Before(holed.Add(time.Second)) {
+			t.Logf("lost in the black hole (asynchronous replication): %s #%d acknowledged by db at %s", a.Client, a.Seq, a.EndTime().Format("15:04:05.000"))
+			continue
+		}
+		lost = append(lost, a)
+	}
+	rep.Lost = lost
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, wr := range rep.Writers {
+		for _, p := range wr.Pauses {
+			if strings.Contains(p.Event, "black-holed") && !p.NewPrimaryAck.IsZero() {
+				t.Logf("%s: first write on db-replica %s after db's server was black-holed (pause %s)", wr.Name, p.NewPrimaryAck.Sub(holed).Round(time.Millisecond), p.Gap.Round(time.Millisecond))
+			}
+		}
+	}
+}
+
+// routerOn waits until status shows the router on the app server writing
+// to node.
+func (w *kamalWorld) routerOn(t testing.TB, node string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, _ := runCLI(t, "status", "--app", w.app)
+		if strings.Contains(out, w.addr["app"]+": writes to "+node+";") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status does not show the router writing to %s:\n%s", node, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// psqlOn runs one query in a node's container through its server's dockerd
+// (no network needed), as the app's database user over the local socket.
+func (w *kamalWorld) psqlOn(node, sql string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := exec.CommandContext(ctx, "docker", "-H", w.docker[node].DockerHost(), "exec", "-e", "PGPASSWORD="+dbPassword, "shop-"+node,
+		"psql", "-X", "-At", "-U", dbUser, "-d", "postgres", "-c", sql)
+	out, err := c.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// dumpAgents logs the failover accessories' last lines, for a failure.
+func (w *kamalWorld) dumpAgents(t testing.TB) {
+	t.Helper()
+	for server, names := range map[string][]string{"db": {"shop-db", "shop-db-agent"}, "db-replica": {"shop-db-replica", "shop-db-replica-agent"}, "app": {"shop-db-witness", "shop-db-router"}} {
+		for _, n := range names {
+			out, _ := exec.Command("docker", "-H", w.docker[server].DockerHost(), "logs", "--tail", "40", n).CombinedOutput()
+			t.Logf("--- %s on %s:\n%s", n, server, out)
+		}
+	}
+}
