@@ -61,13 +61,13 @@ func ExecuteApply(ctx context.Context, t Target, steps []Step, o ApplyOptions) (
 	a := &applier{t: t, o: o, res: &ApplyResult{}}
 	defer a.closePrimary(ctx)
 	for i, s := range steps {
-		if s.Consent && !a.agreed {
+		if (s.Consent || s.Kind == StepFailoverPause) && !a.agreed {
 			if err := a.consent(steps[i:]); err != nil {
-				return a.res, err
+				return a.res, a.resumeAfterFailure(ctx, err)
 			}
 		}
 		if err := a.step(ctx, s); err != nil {
-			return a.res, err
+			return a.res, a.resumeAfterFailure(ctx, err)
 		}
 		a.res.Steps = append(a.res.Steps, s)
 	}
@@ -81,6 +81,8 @@ type applier struct {
 	agreed bool
 	prim   string
 	pc     *pgx.Conn
+	// paused: apply paused failover and has not resumed it yet.
+	paused bool
 }
 
 func (a *applier) say(format string, args ...any) { fmt.Fprintf(a.o.Out, format+"\n", args...) }
@@ -147,6 +149,8 @@ func (a *applier) step(ctx context.Context, s Step) error {
 		return a.agentStep(ctx, s)
 	case StepRoutingBinary, StepRoutingBoot, StepRoutingReboot, StepRoutingStart:
 		return a.routingStep(ctx, s)
+	case StepFailoverPause, StepFailoverResume, StepAwaitPromote, StepLeaseSwitchover:
+		return a.failoverStep(ctx, s)
 	case StepStartPrimary:
 		return a.startPrimary(ctx, s.Node)
 	case StepReload:

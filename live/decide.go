@@ -365,7 +365,27 @@ func PlanApply(ctx context.Context, t Target) ([]Step, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(steps, rs...), nil
+	steps = append(steps, rs...)
+	if t.Cluster.Failover == nil {
+		return steps, nil
+	}
+	ff := FailoverApplyFacts{Primary: st.Primary, AgentNode: map[string]string{}}
+	for _, n := range t.Cluster.Nodes {
+		if n.Name != st.Primary {
+			ff.Standby = n.Name
+		}
+	}
+	for _, d := range t.RoutingDeployers {
+		if a, ok := d.(interface{ AgentNode() string }); ok && a.AgentNode() != "" {
+			ff.AgentNode[d.Name()] = a.AgentNode()
+		}
+	}
+	if FailoverGuardNeeded(steps, ff) {
+		// Read only when the primary or its agent restarts: on a first
+		// apply etcd does not run yet.
+		ff.Lease = readLease(ctx, t)
+	}
+	return DecideFailoverApply(steps, ff)
 }
 
 // StepsText renders a plan.

@@ -44,7 +44,7 @@ func DecideRouting(facts []AgentFacts, kinds []RoutingKind, failover bool) []Ste
 		what, binary, cfg := "the node agent", "understudy agent", "cluster.json"
 		effect := "none: the router keeps its last answers from it for a few checks, then treats the node as down until it is back"
 		if failover {
-			effect += "; with failover on, restarting the primary's agent fences its node (its watchdog outlives it) and the standby takes over: a failover, never two primaries (docs/failover.md)"
+			effect += "; with failover on, restarting the primary's agent fences its node (its watchdog outlives it), so apply first hands the lease to the standby while the primary holds it (docs/failover.md)"
 		}
 		switch kinds[i] {
 		case RoutingRouter:

@@ -28,6 +28,7 @@ type RoutingAccessory struct {
 	Hosts    []string // its servers
 	Commands *kamal.AccessoryCommands
 	What     live.RoutingKind
+	Node     string // an agent's node ("" for the router and the witness)
 	BinDir   string // agents and the witness: where the container sees the binary's directory
 	File     string // the container path of the file init wrote
 	Text     string // its bytes as init wrote them
@@ -37,6 +38,9 @@ var _ live.RoutingDeployer = (*RoutingAccessory)(nil)
 
 // Name is the accessory's name.
 func (r *RoutingAccessory) Name() string { return r.Acc }
+
+// AgentNode is the node an agent's accessory serves.
+func (r *RoutingAccessory) AgentNode() string { return r.Node }
 
 // Kind is what the accessory runs.
 func (r *RoutingAccessory) Kind() live.RoutingKind { return r.What }

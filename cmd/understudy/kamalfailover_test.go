@@ -114,7 +114,7 @@ func TestKamalFailover(t *testing.T) {
 
 	// Switchovers go through the lease, read and handed over from here.
 	sw := role("switchover to db-replica", "db-replica", "switchover", "db-replica")
-	if !strings.Contains(sw, "hand the failover lease from db to db-replica") {
+	if !strings.Contains(sw, "the failover lease handed from db to db-replica") {
 		t.Errorf("the switchover did not hand the lease over:\n%s", sw)
 	}
 	leaseWith("failover status", "db-replica", 30*time.Second)

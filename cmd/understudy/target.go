@@ -238,7 +238,7 @@ func kamalRouting(ctx context.Context, tg *target, d *setup.Deployed, app string
 			What: live.RoutingWitness, BinDir: setup.BackupBinDir, File: setup.AgentClusterPath, Text: w.Config})
 	}
 	for _, a := range d.Agents {
-		tg.RoutingDeployers = append(tg.RoutingDeployers, &remote.RoutingAccessory{Control: ctl, Acc: a.Name, Hosts: a.Hosts, Commands: cmds[a.Name],
+		tg.RoutingDeployers = append(tg.RoutingDeployers, &remote.RoutingAccessory{Control: ctl, Acc: a.Name, Node: a.Node, Hosts: a.Hosts, Commands: cmds[a.Name],
 			BinDir: setup.BackupBinDir, File: setup.AgentClusterPath, Text: a.Config})
 	}
 	if r := d.Router; r != nil {

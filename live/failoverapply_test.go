@@ -1,0 +1,110 @@
+package live
+
+import (
+	"strings"
+	"testing"
+)
+
+func kindsAt(steps []Step) string {
+	var k []string
+	for _, s := range steps {
+		k = append(k, string(s.Kind)+"@"+s.Node)
+	}
+	return strings.Join(k, " ")
+}
+
+// apply with failover on: a restart of the primary's PostgreSQL is
+// wrapped in a pause (resume, then wait for its agent to promote it); a
+// restart of the primary's agent comes after a switchover to the standby,
+// after the other agent's steps; nothing changes without failover, without
+// the lease read or held by the primary, or when neither restarts; a pause
+// someone else made refuses.
+func TestDecideFailoverApply(t *testing.T) {
+	agents := map[string]string{"db-agent": "db", "db-replica-agent": "db-replica"}
+	held := &LeaseReading{Holder: "db"}
+	facts := func(l *LeaseReading) FailoverApplyFacts {
+		return FailoverApplyFacts{Lease: l, Primary: "db", Standby: "db-replica", AgentNode: agents}
+	}
+	restartPrim := Step{Kind: StepRestart, Node: "db", Primary: true, Consent: true}
+	plan := []Step{
+		{Kind: StepReload, Node: "db-replica"},
+		{Kind: StepRestart, Node: "db-replica", Consent: true},
+		restartPrim,
+		{Kind: StepEnsureRole, Node: "db"},
+		{Kind: StepCheckPrimHBA, Node: "db"},
+		{Kind: StepRoutingReboot, Node: "db-witness"},
+		{Kind: StepRoutingBinary, Node: "db-agent"},
+		{Kind: StepRoutingReboot, Node: "db-agent"},
+		{Kind: StepRoutingBinary, Node: "db-replica-agent"},
+		{Kind: StepRoutingReboot, Node: "db-replica-agent"},
+		{Kind: StepRoutingReboot, Node: "db-router"},
+	}
+	got, err := DecideFailoverApply(plan, facts(held))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "reload@db-replica restart@db-replica failover-pause@db restart@db failover-resume@db await-promoted@db ensure-role@db check-hba@db " +
+		"routing-reboot@db-witness routing-binary@db-agent routing-binary@db-replica-agent routing-reboot@db-replica-agent " +
+		"lease-switchover@db-replica routing-reboot@db-agent routing-reboot@db-router"
+	if k := kindsAt(got); k != want {
+		t.Errorf("steps\n got %s\nwant %s", k, want)
+	}
+	for _, s := range got {
+		if s.Kind == StepLeaseSwitchover && (s.Upstream != "db" || !strings.Contains(s.Effect, "db-replica stays the primary") || !strings.Contains(s.Action, "watchdog")) {
+			t.Errorf("the switchover step says too little: %+v", s)
+		}
+		if s.Kind == StepRoutingReboot && s.Node == "db-agent" && strings.Contains(s.Effect, "fences") {
+			t.Errorf("after the switchover the old primary's agent restart fences nothing: %+v", s)
+		}
+	}
+	// The input is not changed.
+	if plan[7].Kind != StepRoutingReboot || plan[7].Node != "db-agent" {
+		t.Errorf("the plan given was changed: %+v", plan[7])
+	}
+
+	// Only the primary's PostgreSQL, or only its agent.
+	only, _ := DecideFailoverApply([]Step{restartPrim, {Kind: StepCheckPrimHBA, Node: "db"}}, facts(held))
+	if k := kindsAt(only); k != "failover-pause@db restart@db failover-resume@db await-promoted@db check-hba@db" {
+		t.Errorf("primary restart only: %s", k)
+	}
+	only, _ = DecideFailoverApply([]Step{{Kind: StepRoutingReboot, Node: "db-agent"}, {Kind: StepRoutingBoot, Node: "db-router"}}, facts(held))
+	if k := kindsAt(only); k != "lease-switchover@db-replica routing-reboot@db-agent routing-boot@db-router" {
+		t.Errorf("primary agent only: %s", k)
+	}
+
+	// Unchanged: failover off; the lease unread, unreadable or held by
+	// another; nothing of the primary restarts (the standby's agent and
+	// PostgreSQL restart freely).
+	standbyOnly := []Step{{Kind: StepRestart, Node: "db-replica"}, {Kind: StepRoutingReboot, Node: "db-replica-agent"}}
+	for name, c := range map[string]struct {
+		steps []Step
+		f     FailoverApplyFacts
+	}{
+		"failover off":          {plan, FailoverApplyFacts{Primary: "db", Standby: "db-replica", AgentNode: agents}},
+		"lease unreadable":      {plan, facts(&LeaseReading{Error: "no quorum"})},
+		"nobody holds it":       {plan, facts(&LeaseReading{})},
+		"standby restarts only": {standbyOnly, facts(held)},
+		"no primary":            {plan, FailoverApplyFacts{Lease: held, AgentNode: agents}},
+	} {
+		got, err := DecideFailoverApply(c.steps, c.f)
+		if err != nil || kindsAt(got) != kindsAt(c.steps) {
+			t.Errorf("%s: %s (%v), want the steps unchanged", name, kindsAt(got), err)
+		}
+	}
+	if FailoverGuardNeeded(standbyOnly, facts(nil)) || !FailoverGuardNeeded(plan, facts(nil)) {
+		t.Error("FailoverGuardNeeded: the lease is read exactly when the primary or its agent restarts")
+	}
+
+	// Paused by someone: refused, with what to do.
+	paused := &LeaseReading{Holder: "db", Paused: true}
+	if _, err := DecideFailoverApply([]Step{restartPrim}, facts(paused)); err == nil || !strings.Contains(err.Error(), "failover resume") || !strings.Contains(err.Error(), "read-only") {
+		t.Errorf("primary restart while paused: %v", err)
+	}
+	if _, err := DecideFailoverApply([]Step{{Kind: StepRoutingReboot, Node: "db-agent"}}, facts(paused)); err == nil || !strings.Contains(err.Error(), "watchdog would fence db") {
+		t.Errorf("primary agent restart while paused: %v", err)
+	}
+	// The standby's restarts go on while paused.
+	if got, err := DecideFailoverApply(standbyOnly, facts(paused)); err != nil || kindsAt(got) != kindsAt(standbyOnly) {
+		t.Errorf("standby restarts while paused: %s %v", kindsAt(got), err)
+	}
+}
