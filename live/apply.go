@@ -125,6 +125,10 @@ func (a *applier) consent(rest []Step) error {
 		if !s.Consent {
 			continue
 		}
+		if s.Kind == StepLeaseSwitchover {
+			fmt.Fprintf(&b, "  %s: %s\n    (%s)\n", s.Node, s.Action, s.Effect)
+			continue
+		}
 		role := "standby: replication pauses while it restarts"
 		if s.Primary {
 			role = "the PRIMARY: the app cannot write for the few seconds it takes"
@@ -136,7 +140,7 @@ func (a *applier) consent(rest []Step) error {
 	}
 	a.say("%s", strings.TrimRight(b.String(), "\n"))
 	if !a.o.Yes && (a.o.Confirm == nil || !a.o.Confirm("Restart these nodes now?")) {
-		return fmt.Errorf("%w: these settings need a restart and none was done:\n%s\nRe-run `understudy apply --yes` when a short interruption is acceptable", ErrRestartDeclined, strings.TrimRight(b.String(), "\n"))
+		return fmt.Errorf("%w: these steps interrupt the app and none was done:\n%s\nRe-run `understudy apply --yes` when a short interruption is acceptable", ErrRestartDeclined, strings.TrimRight(b.String(), "\n"))
 	}
 	a.agreed = true
 	return nil

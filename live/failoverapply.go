@@ -100,7 +100,7 @@ func DecideFailoverApply(steps []Step, f FailoverApplyFacts) ([]Step, error) {
 	}
 	reboot := steps[agentReboot]
 	reboot.Effect = "none: " + f.Primary + " is a standby by now (its agent's watchdog is disarmed)"
-	guard := Step{Kind: StepLeaseSwitchover, Node: f.Standby, Upstream: f.Primary,
+	guard := Step{Kind: StepLeaseSwitchover, Node: f.Standby, Upstream: f.Primary, Consent: true,
 		Action: "switch over to " + f.Standby + " (a lease handover, as `understudy switchover " + f.Standby + "`) before " + reboot.Node + " restarts: a primary's agent that stops has its watchdog fence the primary",
 		Effect: "writes pause for under a second; " + f.Standby + " stays the primary afterwards (`understudy switchover " + f.Primary + "` moves it back)"}
 	return slices.Insert(out, at, guard, reboot), nil

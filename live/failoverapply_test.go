@@ -50,7 +50,7 @@ func TestDecideFailoverApply(t *testing.T) {
 		t.Errorf("steps\n got %s\nwant %s", k, want)
 	}
 	for _, s := range got {
-		if s.Kind == StepLeaseSwitchover && (s.Upstream != "db" || !strings.Contains(s.Effect, "db-replica stays the primary") || !strings.Contains(s.Action, "watchdog")) {
+		if s.Kind == StepLeaseSwitchover && (!s.Consent || s.Upstream != "db" || !strings.Contains(s.Effect, "db-replica stays the primary") || !strings.Contains(s.Action, "watchdog")) {
 			t.Errorf("the switchover step says too little: %+v", s)
 		}
 		if s.Kind == StepRoutingReboot && s.Node == "db-agent" && strings.Contains(s.Effect, "fences") {

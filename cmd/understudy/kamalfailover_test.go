@@ -19,11 +19,11 @@ import (
 // machine the lease is read and changed through SSH (status, failover
 // pause|status|resume, two switchovers as lease handovers) while a pgx
 // app writer keeps a ledger through the router. Then db's server is
-// black-holed: nobody runs promote, db-replica's agent takes the lease and
+// cut off: nobody runs promote, db-replica's agent takes the lease and
 // the writer's writes are acknowledged by db-replica through the router;
 // db, cut off, fences itself and comes back read-only; healed, it stays
 // so, and `rejoin` makes it a standby. The ledger: no acknowledged write
-// missing (but the last async ones before the black hole), no node
+// missing (but the last async ones before the cut), no node
 // acknowledging writes outside its time as primary, never two at once.
 func TestKamalFailover(t *testing.T) {
 	w := newKamalWorld(t, worldOptions{app: true, failover: true})
@@ -56,7 +56,7 @@ func TestKamalFailover(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(timeout)
 		for {
-			out, _ := runCLI(t, cmd, "--app", w.app)
+			out, _ := runCLI(t, append(strings.Fields(cmd), "--app", w.app)...)
 			if strings.Contains(out, "lease: held by "+holder) && members.MatchString(out) {
 				return out
 			}
@@ -140,16 +140,57 @@ func TestKamalFailover(t *testing.T) {
 		t.Errorf("failover status after resume:\n%s", out)
 	}
 
-	// db's server vanishes: every packet dropped. Nobody runs promote.
+	// An upgrade: a new understudy binary for the witness and the agents
+	// (the same program with bytes appended, so its SHA-256 differs).
+	// Restarting the primary's agent would have its watchdog fence db, so
+	// apply restarts the witness and db-replica's agent, switches over to
+	// db-replica (a lease handover), and only then restarts db's agent, a
+	// standby's by then: no failover, nothing lost.
+	bin, err := os.ReadFile(agentBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	upgraded := filepath.Join(t.TempDir(), "understudy")
+	if err := os.WriteFile(upgraded, append(bin, []byte("\nupgraded\n")...), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("UNDERSTUDY_AGENT_BINARY", upgraded)
+	dry, code := runCLI(t, "apply", "--dry-run", "--app", w.app)
+	if code != 0 || !strings.Contains(dry, "db-replica: switch over to db-replica (a lease handover") ||
+		strings.Index(dry, "reboot the node agent (kamal accessory reboot db-replica-agent)") > strings.Index(dry, "switch over to db-replica") ||
+		strings.Index(dry, "switch over to db-replica") > strings.Index(dry, "reboot the node agent (kamal accessory reboot db-agent)") {
+		t.Errorf("apply --dry-run with a new binary: exit %d\n%s", code, dry)
+	}
+	up := role("apply: a new understudy for the agents", "db-replica", "apply", "--yes")
+	for _, want := range []string{"rebooted db-witness", "rebooted db-replica-agent", "switched over to db-replica", "rebooted db-agent"} {
+		if !strings.Contains(up, want) {
+			t.Errorf("the upgrade's apply lacks %q", want)
+		}
+	}
+	if strings.Contains(up, "fenc") {
+		t.Errorf("the upgrade fenced something:\n%s", up)
+	}
+	leaseWith("failover status", "db-replica", time.Minute)
+	w.routerOn(t, "db-replica")
+	if again, code := runCLI(t, "apply", "--app", w.app); code != 0 || !strings.Contains(again, "nothing to do") {
+		t.Errorf("apply after the upgrade: exit %d\n%s", code, again)
+	}
+	role("switchover back to db after the upgrade", "db", "switchover", "db")
+	leaseWith("failover status", "db", 30*time.Second)
+	w.routerOn(t, "db")
+
+	// db's server drops off the network: every packet on its link dropped
+	// (a cut link, a partition: the server itself, its containers and
+	// their traffic among themselves go on). Nobody runs promote.
 	holed := time.Now()
-	heal := w.blackhole(t, "db")
-	end := h.Begin("db's server black-holed: automatic failover", "db-replica")
+	heal := w.cutLink(t, "db")
+	end := h.Begin("db's server cut off: automatic failover", "db-replica")
 	if err := h.WaitAcknowledged(ctx, 1, holed.Add(time.Second), 90*time.Second); err != nil {
 		w.dumpAgents(t)
-		t.Fatalf("no write acknowledged through the router within 90 s of the black hole: %v", err)
+		t.Fatalf("no write acknowledged through the router within 90 s of the cut: %v", err)
 	}
 	end()
-	t.Logf("a write acknowledged through the router %s after db's server was black-holed", time.Since(holed).Round(time.Millisecond))
+	t.Logf("a write acknowledged through the router %s after db's server was cut off", time.Since(holed).Round(time.Millisecond))
 	w.routerOn(t, "db-replica")
 	// Still cut off, db has fenced itself: its PostgreSQL (restarted by
 	// the container's restart policy) takes no writes. Asked on its own
@@ -161,6 +202,7 @@ func TestKamalFailover(t *testing.T) {
 			break
 		}
 		if time.Now().After(fencedWithin) {
+			w.dumpAgents(t)
 			t.Fatalf("db, cut off and without the lease, is not read-only: %q %v", ro, err)
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -171,7 +213,7 @@ func TestKamalFailover(t *testing.T) {
 	w.waitSQL(t, "db", 2*time.Minute)
 	time.Sleep(3 * time.Second)
 	if ro := w.query(t, "db", "SELECT pg_is_in_recovery()::text"); ro != "true" {
-		t.Errorf("db back from the black hole without the lease is writable (pg_is_in_recovery %s)", ro)
+		t.Errorf("db back from the cut without the lease is writable (pg_is_in_recovery %s)", ro)
 	}
 	leaseWith("failover status", "db-replica", 30*time.Second)
 	w.routerOn(t, "db-replica")
@@ -207,7 +249,7 @@ func TestKamalFailover(t *testing.T) {
 	var lost []apptest.Attempt
 	for _, a := range rep.Lost {
 		if a.Node == "db" && a.EndTime().After(holed.Add(-2*time.Second)) && a.EndTime().Before(holed.Add(time.Second)) {
-			t.Logf("lost in the black hole (asynchronous replication): %s #%d acknowledged by db at %s", a.Client, a.Seq, a.EndTime().Format("15:04:05.000"))
+			t.Logf("lost in the cut (asynchronous replication): %s #%d acknowledged by db at %s", a.Client, a.Seq, a.EndTime().Format("15:04:05.000"))
 			continue
 		}
 		lost = append(lost, a)
@@ -218,11 +260,42 @@ func TestKamalFailover(t *testing.T) {
 	}
 	for _, wr := range rep.Writers {
 		for _, p := range wr.Pauses {
-			if strings.Contains(p.Event, "black-holed") && !p.NewPrimaryAck.IsZero() {
-				t.Logf("%s: first write on db-replica %s after db's server was black-holed (pause %s)", wr.Name, p.NewPrimaryAck.Sub(holed).Round(time.Millisecond), p.Gap.Round(time.Millisecond))
+			if strings.Contains(p.Event, "cut off") && !p.NewPrimaryAck.IsZero() {
+				t.Logf("%s: first write on db-replica %s after db's server was cut off (pause %s)", wr.Name, p.NewPrimaryAck.Sub(holed).Round(time.Millisecond), p.Gap.Round(time.Millisecond))
 			}
 		}
 	}
+}
+
+// cutLink drops every packet on a server's link to the switch (its eth0,
+// in and out, forwarded too): the server is cut off from the others and
+// from this host, while its processes and containers still reach each
+// other, as on a real server whose network link fails. heal undoes it;
+// the test's clean-up does too.
+func (w *kamalWorld) cutLink(t testing.TB, server string) (heal func()) {
+	t.Helper()
+	ns := ""
+	for i, n := range []string{"db", "db-replica", "app"} {
+		if n == server {
+			ns = w.netns.Path(i)
+		}
+	}
+	var rules [][]string
+	heal = func() {
+		for _, r := range rules {
+			exec.Command("nsenter", append([]string{"--net=" + ns, "iptables", "-w", "-D"}, r...)...).Run()
+		}
+		rules = nil
+	}
+	t.Cleanup(heal)
+	for _, r := range [][]string{{"INPUT", "-i", "eth0"}, {"OUTPUT", "-o", "eth0"}, {"FORWARD", "-i", "eth0"}, {"FORWARD", "-o", "eth0"}} {
+		r = append(r, "-m", "comment", "--comment", "understudy-test-cutlink", "-j", "DROP")
+		if out, err := exec.Command("nsenter", append([]string{"--net=" + ns, "iptables", "-w", "-I"}, r...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables in %s's namespace: %v\n%s", server, err, out)
+		}
+		rules = append(rules, r)
+	}
+	return heal
 }
 
 // routerOn waits until status shows the router on the app server writing
