@@ -95,7 +95,7 @@ func (c *failoverCommand) lease(ctx context.Context, what string, args []string)
 		return errors.New("automatic failover is off for this cluster: nothing to " + what + " (a lab: `understudy lab up --failover`)")
 	}
 	if t.Lease == nil {
-		return errors.New("failover is on, but this machine has no way to reach etcd for this target yet (on Kamal: run it on a node, `kamal accessory exec <node>-agent`); the agents keep running it")
+		return errors.New("failover is on, but this target has no way to reach etcd from here; the agents keep running it")
 	}
 	switch what {
 	case "pause", "resume":

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/internal/apptest"
 )
 
@@ -167,8 +168,15 @@ func TestKamalFailover(t *testing.T) {
 			t.Errorf("the upgrade's apply lacks %q", want)
 		}
 	}
-	if strings.Contains(up, "fenc") {
-		t.Errorf("the upgrade fenced something:\n%s", up)
+	// Neither node was fenced: no fence note in either data directory.
+	for _, n := range nodes {
+		dir, err := w.psqlOn(n, "SHOW data_directory")
+		if err != nil {
+			t.Fatalf("reading %s's data directory: %v %s", n, err, dir)
+		}
+		if out, err := exec.Command("docker", "-H", w.docker[n].DockerHost(), "exec", "shop-"+n, "test", "-e", dir+"/"+failover.FenceNote).CombinedOutput(); err == nil {
+			t.Errorf("%s was fenced during the upgrade (%s exists) %s", n, failover.FenceNote, out)
+		}
 	}
 	leaseWith("failover status", "db-replica", time.Minute)
 	w.routerOn(t, "db-replica")
