@@ -100,24 +100,42 @@ func (l *Lease) secret() ([]byte, error) {
 }
 
 // warm opens the SSH connections to the members' servers in parallel, so
-// the etcd client's dial timeout covers only the tunnel and TLS; a server
-// that does not answer is left to the client (it uses the others).
+// the etcd client's dial timeout covers only the tunnel and TLS. It
+// returns once a majority of the servers is connected (or all tried): a
+// server that does not answer is left to the client, which uses the
+// others, and never holds up an emergency promote; its dial goes on in the
+// background for up to 10 s.
 func (l *Lease) warm(ctx context.Context) {
 	hosts := map[string]bool{}
 	for _, r := range l.Routes {
 		hosts[r.Host] = true
 	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	done := make(chan bool, len(hosts)) // buffered: no sender waits
 	var wg sync.WaitGroup
 	for h := range hosts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l.Dialer.Client(wctx, h)
+			_, err := l.Dialer.Client(wctx, h)
+			done <- err == nil
 		}()
 	}
-	wg.Wait()
+	go func() { wg.Wait(); cancel() }()
+	ok := 0
+	for i := 0; i < len(hosts); i++ {
+		select {
+		case <-ctx.Done():
+			return
+		case up := <-done:
+			if up {
+				ok++
+			}
+		}
+		if ok > len(hosts)/2 {
+			return
+		}
+	}
 }
 
 // OpenStore opens the failover keys through the members' servers.
