@@ -1,8 +1,14 @@
 package live
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/understudy-dev/understudy/pgops"
 )
 
 func kindsAt(steps []Step) string {
@@ -106,5 +112,52 @@ func TestDecideFailoverApply(t *testing.T) {
 	// The standby's restarts go on while paused.
 	if got, err := DecideFailoverApply(standbyOnly, facts(paused)); err != nil || kindsAt(got) != kindsAt(standbyOnly) {
 		t.Errorf("standby restarts while paused: %s %v", kindsAt(got), err)
+	}
+}
+
+// fakeLease records pauses and resumes; resumeErr fails the resume.
+type fakeLease struct {
+	calls     []bool
+	resumeErr error
+}
+
+func (f *fakeLease) ReadLease(context.Context) (LeaseReading, error) { return LeaseReading{}, nil }
+func (f *fakeLease) HandOver(context.Context, string, string) error  { return nil }
+func (f *fakeLease) LeaseFor(context.Context, string, pgops.Timeline, pgops.LSN) error {
+	return nil
+}
+func (f *fakeLease) SetPaused(_ context.Context, p bool) error {
+	f.calls = append(f.calls, p)
+	if !p {
+		return f.resumeErr
+	}
+	return nil
+}
+
+// The executor: a failed step after the pause resumes failover (and says
+// so when it cannot); a declined restart pauses nothing.
+func TestApplyResumesFailoverAfterAFailure(t *testing.T) {
+	plan, err := DecideFailoverApply([]Step{{Kind: StepRestart, Node: "db", Primary: true, Consent: true, Settings: []string{"max_connections"}}},
+		FailoverApplyFacts{Lease: &LeaseReading{Holder: "db"}, Primary: "db", Standby: "db-replica"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(l *fakeLease, yes bool) error {
+		_, err := ExecuteApply(context.Background(), Target{Cluster: decideCluster, Control: &recording{}, Lease: l}, plan,
+			ApplyOptions{Yes: yes, Timeout: 300 * time.Millisecond})
+		return err
+	}
+	l := &fakeLease{}
+	err = run(l, true)
+	if err == nil || !strings.Contains(err.Error(), "did not accept connections") || fmt.Sprint(l.calls) != "[true false]" {
+		t.Errorf("a restart that fails: %v; pause calls %v, want [true false]", err, l.calls)
+	}
+	l = &fakeLease{resumeErr: errors.New("etcd: no quorum")}
+	if err := run(l, true); err == nil || !strings.Contains(err.Error(), "could not be resumed") || !strings.Contains(err.Error(), "understudy failover resume") {
+		t.Errorf("a resume that fails: %v", err)
+	}
+	l = &fakeLease{}
+	if err := run(l, false); !errors.Is(err, ErrRestartDeclined) || len(l.calls) != 0 {
+		t.Errorf("declined: %v, pause calls %v", err, l.calls)
 	}
 }
