@@ -200,6 +200,13 @@ func TestKamalFailover(t *testing.T) {
 	end()
 	t.Logf("a write acknowledged through the router %s after db's server was cut off", time.Since(holed).Round(time.Millisecond))
 	w.routerOn(t, "db-replica")
+	// The lease is read from here with db's server gone: the client
+	// reaches the other two members through their own servers.
+	if out, code := runCLI(t, "failover", "status", "--app", w.app); code != 0 || !strings.Contains(out, "lease: held by db-replica") {
+		t.Errorf("failover status with db's server cut off: exit %d\n%s", code, out)
+	} else {
+		t.Logf("failover status with db's server cut off:\n%s", out)
+	}
 	// Still cut off, db has fenced itself: its PostgreSQL (restarted by
 	// the container's restart policy) takes no writes. Asked on its own
 	// server, over its dockerd's socket, not through the network.
