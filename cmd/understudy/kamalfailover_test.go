@@ -76,41 +76,10 @@ func TestKamalFailover(t *testing.T) {
 	}
 
 	// A pgx app writer on the app server, through the router.
-	tar, err := apptest.ImageTar(ctx, t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := w.docker["app"]
-	app.Load(t, tar)
-	s := apptest.AppSettings(apptest.Endpoint{Host: "shop-db-router", Port: 5432})
-	admin := w.conn(t, "db")
-	err = apptest.Prepare(ctx, admin, s)
-	admin.Close(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := apptest.New(t, &apptest.ContainerRunner{DockerHost: app.DockerHost(), Network: "kamal", Dir: t.TempDir()})
-	begun := time.Now()
-	if err := h.Start(ctx, apptest.Writer{Client: apptest.PGX, Settings: s}); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.WaitAcknowledged(ctx, 5, begun, 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	h, s := w.startWriters(t, apptest.PGX)
 	role := func(name, newPrimary string, args ...string) string {
 		t.Helper()
-		end := h.Begin(name, newPrimary)
-		out, code := runCLI(t, append(args, "--app", w.app)...)
-		end()
-		t.Logf("%s:\n%s", strings.Join(args, " "), out)
-		if code != 0 {
-			w.dumpAgents(t)
-			t.Fatalf("%s: exit %d", strings.Join(args, " "), code)
-		}
-		if err := h.WaitAcknowledged(ctx, 3, time.Now(), time.Minute); err != nil {
-			t.Fatalf("after %s: %v", name, err)
-		}
-		return out
+		return w.roleChange(t, h, func() { w.dumpAgents(t) }, name, newPrimary, args...)
 	}
 
 	// Switchovers go through the lease, read and handed over from here.
@@ -259,16 +228,9 @@ func TestKamalFailover(t *testing.T) {
 	rep := h.Verify(ctx, "db", rows)
 	t.Log(rep)
 	// Asynchronous replication: what db acknowledged in the last moment
-	// before its server vanished may not have reached db-replica (failover
+	// before its link was cut may not have reached db-replica (failover
 	// allows up to its lag limit). Any other loss fails.
-	var lost []apptest.Attempt
-	for _, a := range rep.Lost {
-		if a.Node == "db" && a.EndTime().After(holed.Add(-2*time.Second)) && a.EndTime().Before(holed.Add(time.Second)) {
-			t.Logf("lost in the cut (asynchronous replication): %s #%d acknowledged by db at %s", a.Client, a.Seq, a.EndTime().Format("15:04:05.000"))
-			continue
-		}
-		lost = append(lost, a)
-	}
+	lost, _ := lostInTheWindow(t, rep.Lost, "db", holed.Add(-2*time.Second), holed.Add(time.Second))
 	rep.Lost = lost
 	if err := rep.Err(); err != nil {
 		t.Fatal(err)
@@ -289,45 +251,7 @@ func TestKamalFailover(t *testing.T) {
 // the test's clean-up does too.
 func (w *kamalWorld) cutLink(t testing.TB, server string) (heal func()) {
 	t.Helper()
-	ns := ""
-	for i, n := range []string{"db", "db-replica", "app"} {
-		if n == server {
-			ns = w.netns.Path(i)
-		}
-	}
-	var rules [][]string
-	heal = func() {
-		for _, r := range rules {
-			exec.Command("nsenter", append([]string{"--net=" + ns, "iptables", "-w", "-D"}, r...)...).Run()
-		}
-		rules = nil
-	}
-	t.Cleanup(heal)
-	for _, r := range [][]string{{"INPUT", "-i", "eth0"}, {"OUTPUT", "-o", "eth0"}, {"FORWARD", "-i", "eth0"}, {"FORWARD", "-o", "eth0"}} {
-		r = append(r, "-m", "comment", "--comment", "understudy-test-cutlink", "-j", "DROP")
-		if out, err := exec.Command("nsenter", append([]string{"--net=" + ns, "iptables", "-w", "-I"}, r...)...).CombinedOutput(); err != nil {
-			t.Fatalf("iptables in %s's namespace: %v\n%s", server, err, out)
-		}
-		rules = append(rules, r)
-	}
-	return heal
-}
-
-// routerOn waits until status shows the router on the app server writing
-// to node.
-func (w *kamalWorld) routerOn(t testing.TB, node string) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		out, _ := runCLI(t, "status", "--app", w.app)
-		if strings.Contains(out, w.addr["app"]+": writes to "+node+";") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status does not show the router writing to %s:\n%s", node, out)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	return w.dropPackets(t, server, "understudy-test-cutlink", [][]string{{"INPUT", "-i", "eth0"}, {"OUTPUT", "-o", "eth0"}, {"FORWARD", "-i", "eth0"}, {"FORWARD", "-o", "eth0"}})
 }
 
 // psqlOn runs one query in a node's container through its server's dockerd

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -15,28 +14,7 @@ import (
 // heal removes the rules, and the test's clean-up does too.
 func (w *kamalWorld) blackhole(t testing.TB, server string) (heal func()) {
 	t.Helper()
-	ns := ""
-	for i, n := range []string{"db", "db-replica", "app"} {
-		if n == server {
-			ns = w.netns.Path(i)
-		}
-	}
-	var rules [][]string
-	heal = func() {
-		for _, r := range rules {
-			exec.Command("nsenter", append([]string{"--net=" + ns, "iptables", "-w", "-D"}, r...)...).Run()
-		}
-		rules = nil
-	}
-	t.Cleanup(heal)
-	for _, chain := range []string{"INPUT", "OUTPUT", "FORWARD"} {
-		r := []string{chain, "-m", "comment", "--comment", "understudy-test-blackhole", "-j", "DROP"}
-		if out, err := exec.Command("nsenter", append([]string{"--net=" + ns, "iptables", "-w", "-I"}, r...)...).CombinedOutput(); err != nil {
-			t.Fatalf("iptables in %s's namespace: %v\n%s", server, err, out)
-		}
-		rules = append(rules, r)
-	}
-	return heal
+	return w.dropPackets(t, server, "understudy-test-blackhole", [][]string{{"INPUT"}, {"OUTPUT"}, {"FORWARD"}})
 }
 
 // The router on real Docker: init writes the node agents and the router,
@@ -64,75 +42,27 @@ func TestKamalRouterFollowsEveryRoleChange(t *testing.T) {
 	if again, code := runCLI(t, "apply", "--app", w.app); code != 0 || !strings.Contains(again, "nothing to do") {
 		t.Errorf("apply again: exit %d\n%s", code, again)
 	}
-	routerOn := func(node string) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			out, _ := runCLI(t, "status", "--app", w.app)
-			if strings.Contains(out, w.addr["app"]+": writes to "+node+";") {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("status does not show the router writing to %s:\n%s", node, out)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
-	}
-	routerOn("db")
+	w.routerOn(t, "db")
 	if out, code := runCLI(t, "check", "--app", w.app); code == 2 {
 		t.Fatalf("check on a healthy setup: exit %d\n%s", code, out)
 	}
 
-	tar, err := apptest.ImageTar(ctx, t.Logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := w.docker["app"]
-	app.Load(t, tar)
-	s := apptest.AppSettings(apptest.Endpoint{Host: "shop-db-router", Port: 5432})
-	admin := w.conn(t, "db")
-	err = apptest.Prepare(ctx, admin, s)
-	admin.Close(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := apptest.New(t, &apptest.ContainerRunner{DockerHost: app.DockerHost(), Network: "kamal", Dir: t.TempDir()})
-	var ws []apptest.Writer
-	for _, c := range apptest.Core {
-		ws = append(ws, apptest.Writer{Client: c, Settings: s})
-	}
-	begun := time.Now()
-	if err := h.Start(ctx, ws...); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.WaitAcknowledged(ctx, 5, begun, 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	h, s := w.startWriters(t, apptest.Core...)
 	role := func(name, newPrimary string, args ...string) string {
 		t.Helper()
-		end := h.Begin(name, newPrimary)
-		out, code := runCLI(t, append(args, "--app", w.app)...)
-		end()
-		if code != 0 {
-			t.Fatalf("%s: exit %d\n%s", strings.Join(args, " "), code, out)
-		}
-		t.Logf("%s:\n%s", strings.Join(args, " "), out)
-		if err := h.WaitAcknowledged(ctx, 3, time.Now(), time.Minute); err != nil {
-			t.Fatalf("after %s: %v", name, err) // every writer resumes by itself
-		}
-		return out
+		return w.roleChange(t, h, nil, name, newPrimary, args...)
 	}
 	role("switchover to db-replica", "db-replica", "switchover", "db-replica")
-	routerOn("db-replica")
+	w.routerOn(t, "db-replica")
 	role("switchover back to db", "db", "switchover", "db")
-	routerOn("db")
+	w.routerOn(t, "db")
 
 	// db's server vanishes: every packet dropped. Then the emergency.
 	holed := time.Now()
 	heal := w.blackhole(t, "db")
 	time.Sleep(3 * time.Second)
 	promoteOut := role("db's server black-holed, promote db-replica", "db-replica", "promote", "db-replica")
-	routerOn("db-replica")
+	w.routerOn(t, "db-replica")
 
 	// db's server is back: its agent sees the newer primary and refuses
 	// /primary, so the router keeps writing to db-replica; then rejoin.
@@ -156,16 +86,9 @@ func TestKamalRouterFollowsEveryRoleChange(t *testing.T) {
 	// its server vanished may never have reached db-replica, and the
 	// emergency promote says so. Only such a loss is allowed: acknowledged
 	// by db, ending within a second of the black hole.
-	var lost []apptest.Attempt
-	for _, a := range rep.Lost {
-		if a.Node == "db" && a.EndTime().After(holed.Add(-time.Second)) && a.EndTime().Before(holed.Add(time.Second)) {
-			t.Logf("lost in the black hole (asynchronous replication; the promote warned): %s #%d acknowledged by db at %s", a.Client, a.Seq, a.EndTime().Format("15:04:05.000"))
-			if !strings.Contains(promoteOut, "would be lost") {
-				t.Errorf("a commit was lost, but the promote did not warn about it:\n%s", promoteOut)
-			}
-			continue
-		}
-		lost = append(lost, a)
+	lost, taken := lostInTheWindow(t, rep.Lost, "db", holed.Add(-time.Second), holed.Add(time.Second))
+	if len(taken) > 0 && !strings.Contains(promoteOut, "would be lost") {
+		t.Errorf("a commit was lost, but the promote did not warn about it:\n%s", promoteOut)
 	}
 	rep.Lost = lost
 	if err := rep.Err(); err != nil {
