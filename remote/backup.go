@@ -29,14 +29,8 @@ type BackupAgent struct {
 
 var _ live.BackupAgentDeployer = (*BackupAgent)(nil)
 
-// binHostDir is the server's directory behind BinDir, as Kamal names it.
-func (b *BackupAgent) binHostDir() (string, error) {
-	for _, d := range b.Commands.Directories {
-		if d.ContainerPath == b.BinDir {
-			return d.HostPath, nil
-		}
-	}
-	return "", fmt.Errorf("accessory %s mounts nothing at %s: re-run `understudy init --backup ...`", b.Name, b.BinDir)
+func (b *BackupAgent) acc() accessory {
+	return accessory{c: b.Control, name: b.Name, hosts: []string{b.Host}, cmds: b.Commands, binDir: b.BinDir, reinit: "understudy init --backup ..."}
 }
 
 // setupHostPath is where Kamal's boot uploaded backup.json (files: entry).
@@ -106,7 +100,7 @@ func checkBinary(file, machine string) error {
 // ReadAgent reads the container's state and what the server holds.
 func (b *BackupAgent) ReadAgent(ctx context.Context) (live.AgentFacts, error) {
 	f := live.AgentFacts{Name: b.Name}
-	dir, err := b.binHostDir()
+	dir, err := b.acc().binHostDir()
 	if err != nil {
 		return f, err
 	}
@@ -141,31 +135,17 @@ func (b *BackupAgent) ReadAgent(ctx context.Context) (live.AgentFacts, error) {
 // InstallAgentBinary copies the understudy build for the server's machine
 // to it.
 func (b *BackupAgent) InstallAgentBinary(ctx context.Context) error {
-	dir, err := b.binHostDir()
-	if err != nil {
-		return err
-	}
-	_, err = b.Control.InstallUnderstudy(ctx, b.Host, dir)
-	return err
+	return b.acc().installBinary(ctx)
 }
 
 // BootAgent is `kamal accessory boot`.
-func (b *BackupAgent) BootAgent(ctx context.Context) error {
-	_, err := b.Control.Runner.Run(ctx, b.Control.Kamal.Boot(b.Name))
-	return err
-}
+func (b *BackupAgent) BootAgent(ctx context.Context) error { return b.acc().boot(ctx) }
 
 // RebootAgent is `kamal accessory reboot`.
-func (b *BackupAgent) RebootAgent(ctx context.Context) error {
-	_, err := b.Control.Runner.Run(ctx, b.Control.Kamal.Reboot(b.Name))
-	return err
-}
+func (b *BackupAgent) RebootAgent(ctx context.Context) error { return b.acc().reboot(ctx) }
 
 // StartAgent is Kamal's accessory start.
-func (b *BackupAgent) StartAgent(ctx context.Context) error {
-	_, err := b.Control.Shell.Exec(ctx, b.Host, b.Commands.Start(), nil)
-	return err
-}
+func (b *BackupAgent) StartAgent(ctx context.Context) error { return b.acc().start(ctx) }
 
 // ExecCmd runs argv in the running container (docker exec). Pure.
 func ExecCmd(container string, argv ...string) string {

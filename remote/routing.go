@@ -45,13 +45,8 @@ func (r *RoutingAccessory) AgentNode() string { return r.Node }
 // Kind is what the accessory runs.
 func (r *RoutingAccessory) Kind() live.RoutingKind { return r.What }
 
-func (r *RoutingAccessory) binHostDir() (string, error) {
-	for _, d := range r.Commands.Directories {
-		if d.ContainerPath == r.BinDir {
-			return d.HostPath, nil
-		}
-	}
-	return "", fmt.Errorf("accessory %s mounts nothing at %s: re-run `understudy init`", r.Acc, r.BinDir)
+func (r *RoutingAccessory) acc() accessory {
+	return accessory{c: r.Control, name: r.Acc, hosts: r.Hosts, cmds: r.Commands, binDir: r.BinDir, reinit: "understudy init"}
 }
 
 func (r *RoutingAccessory) fileHostPath() string {
@@ -74,7 +69,7 @@ func (r *RoutingAccessory) ReadAgent(ctx context.Context) (live.AgentFacts, erro
 	want, _ := sumOf(strings.NewReader(r.Text))
 	var binPath string
 	if r.What != live.RoutingRouter {
-		dir, err := r.binHostDir()
+		dir, err := r.acc().binHostDir()
 		if err != nil {
 			return f, err
 		}
@@ -120,39 +115,17 @@ func (r *RoutingAccessory) ReadAgent(ctx context.Context) (live.AgentFacts, erro
 // InstallAgentBinary copies the understudy build for each server's
 // machine to it.
 func (r *RoutingAccessory) InstallAgentBinary(ctx context.Context) error {
-	dir, err := r.binHostDir()
-	if err != nil {
-		return err
-	}
-	for _, h := range r.Hosts {
-		if _, err := r.Control.InstallUnderstudy(ctx, h, dir); err != nil {
-			return err
-		}
-	}
-	return nil
+	return r.acc().installBinary(ctx)
 }
 
 // BootAgent is `kamal accessory boot` (it boots where no container is).
-func (r *RoutingAccessory) BootAgent(ctx context.Context) error {
-	_, err := r.Control.Runner.Run(ctx, r.Control.Kamal.Boot(r.Acc))
-	return err
-}
+func (r *RoutingAccessory) BootAgent(ctx context.Context) error { return r.acc().boot(ctx) }
 
 // RebootAgent is `kamal accessory reboot`.
-func (r *RoutingAccessory) RebootAgent(ctx context.Context) error {
-	_, err := r.Control.Runner.Run(ctx, r.Control.Kamal.Reboot(r.Acc))
-	return err
-}
+func (r *RoutingAccessory) RebootAgent(ctx context.Context) error { return r.acc().reboot(ctx) }
 
 // StartAgent is Kamal's accessory start on every server.
-func (r *RoutingAccessory) StartAgent(ctx context.Context) error {
-	for _, h := range r.Hosts {
-		if _, err := r.Control.Shell.Exec(ctx, h, r.Commands.Start(), nil); err != nil {
-			return fmt.Errorf("starting %s on %s: %w", r.Acc, h, err)
-		}
-	}
-	return nil
-}
+func (r *RoutingAccessory) StartAgent(ctx context.Context) error { return r.acc().start(ctx) }
 
 // Routing reads the node agents and the routers through the SSH
 // connections (live.RoutingReader): an agent on its node's private
