@@ -191,17 +191,7 @@ func agentFailoverFlags(pgdata string) string {
 // the agent's (Kamal puts each accessory's under $PWD/<service>-<name>).
 func nodeDataMount(cfg *kamal.Config, node *kamal.Accessory, pgdata string) (kind, item string, err error) {
 	svc, _ := cfg.Str(cfg.Root.Get("service"))
-	var covering *kamal.Mount
-	mounts := node.Mounts()
-	for i, m := range mounts {
-		if m.Kind == "files" || m.Remote == "" {
-			continue
-		}
-		r := strings.TrimRight(m.Remote, "/")
-		if pgdata == r || strings.HasPrefix(pgdata, r+"/") {
-			covering = &mounts[i]
-		}
-	}
+	covering := coveringMount(node.Mounts(), pgdata)
 	if covering == nil {
 		return "", "", refuse(node.Val.Pos(), fmt.Sprintf("accessory %s mounts no volume at its data directory %s", node.Name, pgdata),
 			"mount one there (directories: [\"data:%s\"]), then run init again", pgdata)

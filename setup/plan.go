@@ -504,17 +504,11 @@ func checkPrimary(cfg *kamal.Config, a *kamal.Accessory, o Options, p *Plan) (pg
 	// The data directory must be on a mount, and on postgres:18 the mount
 	// must cover the new PGDATA (the postgres image's docs: PGDATA for 18).
 	dd := dataDir(cfg, a, img.Major)
-	var covering, old *kamal.Mount
 	mounts := a.Mounts()
+	covering := coveringMount(mounts, dd)
+	var old *kamal.Mount // a mount of exactly the old PGDATA
 	for i, m := range mounts {
-		if m.Kind == "files" || m.Remote == "" {
-			continue
-		}
-		r := strings.TrimRight(m.Remote, "/")
-		if dd == r || strings.HasPrefix(dd, r+"/") {
-			covering = &mounts[i]
-		}
-		if r == "/var/lib/postgresql/data" {
+		if m.Kind != "files" && strings.TrimRight(m.Remote, "/") == "/var/lib/postgresql/data" {
 			old = &mounts[i]
 		}
 	}
@@ -823,4 +817,20 @@ func ensureNode(ed *kamal.Editor, acc, node, cmd string, p *Plan) error {
 		}
 	}
 	return nil
+}
+
+// coveringMount is the last volume or directory mount (not a file) whose
+// container path holds path, as the container sees it; nil when none does.
+func coveringMount(mounts []kamal.Mount, path string) *kamal.Mount {
+	var covering *kamal.Mount
+	for i, m := range mounts {
+		if m.Kind == "files" || m.Remote == "" {
+			continue
+		}
+		r := strings.TrimRight(m.Remote, "/")
+		if path == r || strings.HasPrefix(path, r+"/") {
+			covering = &mounts[i]
+		}
+	}
+	return covering
 }
