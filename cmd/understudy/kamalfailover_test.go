@@ -50,25 +50,7 @@ func TestKamalFailover(t *testing.T) {
 		t.Errorf("apply again: exit %d\n%s", code, again)
 	}
 
-	members := regexp.MustCompile(`etcd members: db up( \(etcd leader\))?, db-replica up( \(etcd leader\))?, db-witness up( \(etcd leader\))?\n`)
-	// The lease with holder, read through SSH from here, and the three
-	// members as the agents report them.
-	leaseWith := func(cmd, holder string, timeout time.Duration) string {
-		t.Helper()
-		deadline := time.Now().Add(timeout)
-		for {
-			out, _ := runCLI(t, append(strings.Fields(cmd), "--app", w.app)...)
-			if strings.Contains(out, "lease: held by "+holder) && members.MatchString(out) {
-				return out
-			}
-			if time.Now().After(deadline) {
-				w.dumpAgents(t)
-				t.Fatalf("%s does not show the lease held by %s and three members up after %s:\n%s", cmd, holder, timeout, out)
-			}
-			time.Sleep(time.Second)
-		}
-	}
-	st := leaseWith("status", "db", 2*time.Minute)
+	st := w.leaseWith(t, "status", "db", 2*time.Minute)
 	t.Logf("status:\n%s", st)
 	w.routerOn(t, "db")
 	if out, code := runCLI(t, "check", "--app", w.app); code == 2 {
@@ -87,10 +69,10 @@ func TestKamalFailover(t *testing.T) {
 	if !strings.Contains(sw, "the failover lease handed from db to db-replica") {
 		t.Errorf("the switchover did not hand the lease over:\n%s", sw)
 	}
-	leaseWith("failover status", "db-replica", 30*time.Second)
+	w.leaseWith(t, "failover status", "db-replica", 30*time.Second)
 	w.routerOn(t, "db-replica")
 	role("switchover back to db", "db", "switchover", "db")
-	leaseWith("failover status", "db", 30*time.Second)
+	w.leaseWith(t, "failover status", "db", 30*time.Second)
 	w.routerOn(t, "db")
 
 	// Pause: status says so and a switchover is refused; resume.
@@ -147,28 +129,17 @@ func TestKamalFailover(t *testing.T) {
 			t.Errorf("%s was fenced during the upgrade (%s exists) %s", n, failover.FenceNote, out)
 		}
 	}
-	leaseWith("failover status", "db-replica", time.Minute)
+	w.leaseWith(t, "failover status", "db-replica", time.Minute)
 	w.routerOn(t, "db-replica")
 	if again, code := runCLI(t, "apply", "--app", w.app); code != 0 || !strings.Contains(again, "nothing to do") {
 		t.Errorf("apply after the upgrade: exit %d\n%s", code, again)
 	}
 	role("switchover back to db after the upgrade", "db", "switchover", "db")
-	leaseWith("failover status", "db", 30*time.Second)
+	w.leaseWith(t, "failover status", "db", 30*time.Second)
 	w.routerOn(t, "db")
 
-	// db's server drops off the network: every packet on its link dropped
-	// (a cut link, a partition: the server itself, its containers and
-	// their traffic among themselves go on). Nobody runs promote.
-	holed := time.Now()
-	heal := w.cutLink(t, "db")
-	end := h.Begin("db's server cut off: automatic failover", "db-replica")
-	if err := h.WaitAcknowledged(ctx, 1, holed.Add(time.Second), 90*time.Second); err != nil {
-		w.dumpAgents(t)
-		t.Fatalf("no write acknowledged through the router within 90 s of the cut: %v", err)
-	}
-	end()
-	t.Logf("a write acknowledged through the router %s after db's server was cut off", time.Since(holed).Round(time.Millisecond))
-	w.routerOn(t, "db-replica")
+	// db's server drops off the network. Nobody runs promote.
+	holed, heal := w.cutOverToReplica(t, h)
 	// The lease is read from here with db's server gone: the client
 	// reaches the other two members through their own servers.
 	if out, code := runCLI(t, "failover", "status", "--app", w.app); code != 0 || !strings.Contains(out, "lease: held by db-replica") {
@@ -179,18 +150,7 @@ func TestKamalFailover(t *testing.T) {
 	// Still cut off, db has fenced itself: its PostgreSQL (restarted by
 	// the container's restart policy) takes no writes. Asked on its own
 	// server, over its dockerd's socket, not through the network.
-	fencedWithin := time.Now().Add(30 * time.Second)
-	for {
-		ro, err := w.psqlOn("db", "SELECT pg_is_in_recovery()")
-		if err == nil && ro == "t" {
-			break
-		}
-		if time.Now().After(fencedWithin) {
-			w.dumpAgents(t)
-			t.Fatalf("db, cut off and without the lease, is not read-only: %q %v", ro, err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	w.awaitReadOnly(t, "db", 30*time.Second)
 
 	// Healed: db stays read-only and the router on db-replica.
 	heal()
@@ -199,7 +159,7 @@ func TestKamalFailover(t *testing.T) {
 	if ro := w.query(t, "db", "SELECT pg_is_in_recovery()::text"); ro != "true" {
 		t.Errorf("db back from the cut without the lease is writable (pg_is_in_recovery %s)", ro)
 	}
-	leaseWith("failover status", "db-replica", 30*time.Second)
+	w.leaseWith(t, "failover status", "db-replica", 30*time.Second)
 	w.routerOn(t, "db-replica")
 	role("rejoin db", "", "rejoin", "db")
 	deadline := time.Now().Add(time.Minute)
@@ -241,6 +201,69 @@ func TestKamalFailover(t *testing.T) {
 				t.Logf("%s: first write on db-replica %s after db's server was cut off (pause %s)", wr.Name, p.NewPrimaryAck.Sub(holed).Round(time.Millisecond), p.Gap.Round(time.Millisecond))
 			}
 		}
+	}
+}
+
+// etcdMembersUp is how status and failover status show the three members up.
+var etcdMembersUp = regexp.MustCompile(`etcd members: db up( \(etcd leader\))?, db-replica up( \(etcd leader\))?, db-witness up( \(etcd leader\))?\n`)
+
+// leaseWith waits until cmd (status, failover status), run from here
+// (the lease read through SSH), shows the lease held by holder and the
+// three members up, and returns its output.
+func (w *kamalWorld) leaseWith(t testing.TB, cmd, holder string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		out, _ := runCLI(t, append(strings.Fields(cmd), "--app", w.app)...)
+		if strings.Contains(out, "lease: held by "+holder) && etcdMembersUp.MatchString(out) {
+			return out
+		}
+		if time.Now().After(deadline) {
+			w.dumpAgents(t)
+			t.Fatalf("%s does not show the lease held by %s and three members up after %s:\n%s", cmd, holder, timeout, out)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// cutOverToReplica cuts db's link (every packet on its eth0 dropped: a
+// cut link, a partition; the server itself, its containers and their
+// traffic among themselves go on) with failover on and db the primary,
+// and waits until the writers' first write after the cut is acknowledged
+// through the router (by db-replica: the event says so, and Verify holds
+// the writers to it). Nobody runs promote. It returns when the cut began
+// and the heal.
+func (w *kamalWorld) cutOverToReplica(t testing.TB, h *apptest.Harness) (holed time.Time, heal func()) {
+	t.Helper()
+	holed = time.Now()
+	heal = w.cutLink(t, "db")
+	end := h.Begin("db's server cut off: automatic failover", "db-replica")
+	if err := h.WaitAcknowledged(context.Background(), 1, holed.Add(time.Second), 90*time.Second); err != nil {
+		w.dumpAgents(t)
+		t.Fatalf("no write acknowledged through the router within 90 s of the cut: %v", err)
+	}
+	end()
+	t.Logf("a write acknowledged through the router %s after db's server was cut off", time.Since(holed).Round(time.Millisecond))
+	w.routerOn(t, "db-replica")
+	return holed, heal
+}
+
+// awaitReadOnly waits until a node's PostgreSQL is in recovery, asked on
+// its own server over its dockerd's socket (no network needed: the server
+// may be cut off).
+func (w *kamalWorld) awaitReadOnly(t testing.TB, node string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ro, err := w.psqlOn(node, "SELECT pg_is_in_recovery()")
+		if err == nil && ro == "t" {
+			return
+		}
+		if time.Now().After(deadline) {
+			w.dumpAgents(t)
+			t.Fatalf("%s, without the lease, is not read-only after %s: %q %v", node, timeout, ro, err)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
 

@@ -281,13 +281,23 @@ accessories:
 		if !o.app {
 			t.Fatal("worldOptions: failover needs the app server (its witness)")
 		}
-		t.Setenv(failover.SecretName, failover.NewSecret())
-		args = append(args, "--failover", "--witness-host", w.addr["app"])
+		args = append(args, w.failoverFlags(t)...)
 	}
 	if out, code := runCLI(t, args...); code != 0 {
 		t.Fatalf("init: exit %d\n%s", code, out)
 	}
 	return w
+}
+
+// failoverFlags are init's flags that turn automatic failover on, with
+// the witness on the app server; FAILOVER_SECRET (which .kamal/secrets
+// references) is made once per world.
+func (w *kamalWorld) failoverFlags(t testing.TB) []string {
+	t.Helper()
+	if os.Getenv(failover.SecretName) == "" {
+		t.Setenv(failover.SecretName, failover.NewSecret())
+	}
+	return []string{"--failover", "--witness-host", w.addr["app"]}
 }
 
 // kamal runs the stand-in in the app directory, as a user would run kamal.
