@@ -155,6 +155,16 @@ func (a *applier) step(ctx context.Context, s Step) error {
 		return a.routingStep(ctx, s)
 	case StepFailoverPause, StepFailoverResume, StepAwaitPromote, StepLeaseSwitchover:
 		return a.failoverStep(ctx, s)
+	case StepRefreshBoot:
+		r, ok := a.t.Control.(BootScriptRefresher)
+		if !ok {
+			return fmt.Errorf("step %s: this target cannot replace %s's boot script", s.Kind, s.Node)
+		}
+		if err := r.RefreshBootScript(ctx, s.Node); err != nil {
+			return err
+		}
+		a.did("put %s's new boot script on its server (it keeps running; its next start runs it)", s.Node)
+		return nil
 	case StepStartPrimary:
 		return a.startPrimary(ctx, s.Node)
 	case StepReload:

@@ -43,6 +43,17 @@ type Rebooter interface {
 	Reboot(ctx context.Context, node string) error
 }
 
+// BootScriptRefresher is implemented by controls whose nodes' boot
+// script is a file on their servers that only a reboot replaces (Kamal: a
+// files: entry, uploaded by accessory boot and reboot). apply puts a
+// changed one in place without restarting the node, so that the next
+// start, by apply or by Docker's restart policy, runs it (with failover
+// turned on: read-only).
+type BootScriptRefresher interface {
+	BootScriptCurrent(ctx context.Context, node string) (bool, error)
+	RefreshBootScript(ctx context.Context, node string) error
+}
+
 // ControlReader is implemented by controls that can read a stopped node's
 // control file without starting anything next to it (Kamal: docker cp of
 // global/pg_control out of the stopped container; the lab: the file). A

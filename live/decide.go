@@ -3,6 +3,7 @@ package live
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -30,6 +31,7 @@ const (
 	StepCheckPrimHBA  StepKind = "check-hba"      // after a start: the primary's pg_hba lets every standby in (a guard: read once it runs)
 	StepCheckSettings StepKind = "check-settings" // after a fresh start: the new primary's settings, read now, reloaded if needed (a guard: they could not be read before)
 	StepEnsureMonitor StepKind = "ensure-monitor" // the node agents' login (pg_monitor), from a SCRAM verifier
+	StepRefreshBoot   StepKind = "refresh-boot"   // put the node's new boot script on its server; the node keeps running
 )
 
 // Step is one thing apply does: the kind, the node, what it changes and
@@ -73,6 +75,9 @@ type ApplyFacts struct {
 	GrantsMissing bool
 	HBA           []pgops.HBARule
 	DBBytes       int64
+	// StaleBoot: the nodes whose server holds an older boot script than
+	// the app's (a BootScriptRefresher control only).
+	StaleBoot map[string]bool
 	// PrimaryRunsUnreachable: no node answers, but the initial primary's
 	// server or boot script runs (it is starting, or broken).
 	PrimaryRunsUnreachable bool
@@ -116,6 +121,20 @@ func ReadApplyFacts(ctx context.Context, t Target, st *Status) (*ApplyFacts, err
 			return nil, fmt.Errorf("reading %s: %w", n.Name, err)
 		}
 		f.Nodes[n.Name] = r
+	}
+	if r, ok := t.Control.(BootScriptRefresher); ok {
+		for _, n := range t.Cluster.Nodes {
+			current, err := r.BootScriptCurrent(ctx, n.Name)
+			if err != nil {
+				return nil, err
+			}
+			if !current {
+				if f.StaleBoot == nil {
+					f.StaleBoot = map[string]bool{}
+				}
+				f.StaleBoot[n.Name] = true
+			}
+		}
 	}
 	if st.Primary == "" {
 		if n := st.Node(t.Cluster.InitialPrimary); n != nil && n.Running != nil && *n.Running {
@@ -207,6 +226,21 @@ func DecideApply(f *ApplyFacts, c pgconf.Cluster) ([]Step, error) {
 			restarts = append(restarts, Step{Kind: StepRestart, Node: n.Name, Action: "restart for: " + strings.Join(restart, ", "), Effect: pause, Consent: true, Primary: n.Name == prim, Settings: why})
 		}
 	}
+	// A changed boot script goes onto the servers first, before anything
+	// starts or restarts there (a node that restarts gets it with its
+	// reboot): the running nodes keep running; their next start runs it.
+	var refresh []Step
+	for _, n := range c.Nodes {
+		if !f.StaleBoot[n.Name] || slices.ContainsFunc(restarts, func(s Step) bool { return s.Node == n.Name }) {
+			continue
+		}
+		why := "its next start (by apply, or by Docker's restart policy) runs it"
+		if c.Failover != nil {
+			why = "with automatic failover on, its next start is read-only (standby.signal), so it never comes back writable without the lease"
+		}
+		refresh = append(refresh, Step{Kind: StepRefreshBoot, Node: n.Name, Action: "put the new boot script on its server without restarting it: " + why, Effect: "none"})
+	}
+	steps = append(refresh, steps...)
 	// Standbys restart before the primary.
 	for _, s := range restarts {
 		if s.Node != prim {

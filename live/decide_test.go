@@ -154,3 +154,34 @@ func TestDecideApply(t *testing.T) {
 		})
 	}
 }
+
+// A node whose server holds an older boot script (failover turned on: the
+// new one starts read-only) gets it put in place first, without a restart;
+// a node that restarts anyway gets it with its reboot; none is stale,
+// nothing to do.
+func TestDecideApplyRefreshesBootScript(t *testing.T) {
+	c := decideCluster
+	c.Failover = &pgconf.Failover{}
+	f := healthy()
+	f.StaleBoot = map[string]bool{"db": true, "db-replica": true}
+	steps, err := DecideApply(f, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := kinds(steps); k != "refresh-boot@db refresh-boot@db-replica" {
+		t.Errorf("steps: %s", k)
+	}
+	for _, s := range steps {
+		if s.Effect != "none" || !strings.Contains(s.Action, "without restarting") || !strings.Contains(s.Action, "read-only") {
+			t.Errorf("the refresh says too little: %+v", s)
+		}
+	}
+	f.Nodes["db-replica"] = NodeReading{NotOurConfig: "config_file x → y"}
+	steps, _ = DecideApply(f, c)
+	if k := kinds(steps); k != "refresh-boot@db restart@db-replica!" {
+		t.Errorf("with db-replica rebooting: %s", k)
+	}
+	if steps, _ := DecideApply(healthy(), c); len(steps) != 0 {
+		t.Errorf("nothing stale: %s", kinds(steps))
+	}
+}

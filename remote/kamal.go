@@ -104,6 +104,9 @@ type Control struct {
 	DBUser     string
 	DBUserFrom string // where DBUser came from, for messages
 	DBPassword string
+	// AppDir is the app's directory (files: entries are relative to it);
+	// BootPath is where a node's container mounts its boot script.
+	AppDir, BootPath string
 	// Builds: the understudy to copy to a server, by its machine
 	// (InstallUnderstudy: the backup accessory, restore --into NODE).
 	Builds Builds

@@ -173,6 +173,7 @@ func openKamal(ctx context.Context, app, config, dest string, pgVersion int) (*t
 		Runner: remote.ExecRunner{Dir: abs},
 		Dialer: dialer, Shell: dialer, Nodes: remote.NodesFromCluster(d.Cluster, d.Hosts, cmds),
 		DBUser: dbUser, DBUserFrom: userFrom, DBPassword: dbPassword, Builds: serverBuilds(),
+		AppDir: abs, BootPath: setup.BootPath,
 	}
 	tg := &target{Target: live.Target{Cluster: d.Cluster, Control: ctl, Password: replPassword, Images: map[string]live.NodeImage{}}, kamal: ctl, close: dialer.Close,
 		noBackups: "this app has no backups set up: run `understudy init --backup --backup-endpoint URL --backup-bucket NAME` (with the flags you gave init before), then `understudy apply`; see docs/backups.md"}
