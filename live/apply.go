@@ -125,7 +125,7 @@ func (a *applier) consent(rest []Step) error {
 		if !s.Consent {
 			continue
 		}
-		if s.Kind == StepLeaseSwitchover {
+		if s.Kind != StepRestart {
 			fmt.Fprintf(&b, "  %s: %s\n    (%s)\n", s.Node, s.Action, s.Effect)
 			continue
 		}
@@ -153,7 +153,7 @@ func (a *applier) step(ctx context.Context, s Step) error {
 		return a.agentStep(ctx, s)
 	case StepRoutingBinary, StepRoutingBoot, StepRoutingReboot, StepRoutingStart:
 		return a.routingStep(ctx, s)
-	case StepFailoverPause, StepFailoverResume, StepAwaitPromote, StepLeaseSwitchover:
+	case StepFailoverPause, StepFailoverResume, StepAwaitPromote, StepLeaseSwitchover, StepAwaitLease:
 		return a.failoverStep(ctx, s)
 	case StepRefreshBoot:
 		r, ok := a.t.Control.(BootScriptRefresher)

@@ -413,6 +413,9 @@ func PlanApply(ctx context.Context, t Target) ([]Step, error) {
 		if a, ok := d.(interface{ AgentNode() string }); ok && a.AgentNode() != "" {
 			ff.AgentNode[d.Name()] = a.AgentNode()
 		}
+		if d.Kind() == RoutingWitness {
+			ff.Witness = d.Name()
+		}
 	}
 	if FailoverGuardNeeded(steps, ff) {
 		// Read only when the primary or its agent restarts: on a first

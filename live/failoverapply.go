@@ -38,6 +38,7 @@ const (
 	StepFailoverPause   StepKind = "failover-pause"   // pause automatic failover: nobody is promoted, the holder keeps its lease through an outage
 	StepFailoverResume  StepKind = "failover-resume"  // resume it (also run when a step after the pause fails)
 	StepLeaseSwitchover StepKind = "lease-switchover" // a switchover to Node (a lease handover) before the old primary's agent restarts
+	StepAwaitLease      StepKind = "await-lease"      // failover turned on: wait until Node's agent holds the lease
 )
 
 // FailoverApplyFacts is what the failover guard of apply decides on.
@@ -47,6 +48,8 @@ type FailoverApplyFacts struct {
 	Standby string // the other node: a switchover's target
 	// AgentNode: each node agent's accessory → its node.
 	AgentNode map[string]string
+	// Witness is the witness's accessory ("" none).
+	Witness string
 }
 
 // DecideFailoverApply wraps apply's steps for failover: a pause around a
@@ -65,6 +68,9 @@ func DecideFailoverApply(steps []Step, f FailoverApplyFacts) ([]Step, error) {
 			what = "restart the primary's agent " + steps[agentReboot].Node + ", whose watchdog would fence " + f.Primary + " with nobody to take over"
 		}
 		return nil, fmt.Errorf("failover is paused (`understudy failover pause`), and apply would %s until it is resumed: run `understudy failover resume`, then apply again", what)
+	}
+	if l.Error != "" && turningOn(steps, f) {
+		return decideTurnOn(steps, f, restart, agentReboot)
 	}
 	if l.Error != "" || l.Holder != f.Primary {
 		return steps, nil
@@ -104,6 +110,59 @@ func DecideFailoverApply(steps []Step, f FailoverApplyFacts) ([]Step, error) {
 		Action: "switch over to " + f.Standby + " (a lease handover, as `understudy switchover " + f.Standby + "`) before " + reboot.Node + " restarts: a primary's agent that stops has its watchdog fence the primary",
 		Effect: "writes pause for under a second; " + f.Standby + " stays the primary afterwards (`understudy switchover " + f.Primary + "` moves it back)"}
 	return slices.Insert(out, at, guard, reboot), nil
+}
+
+// turningOn: failover is being turned on over a running cluster: the
+// plan boots the witness, and no lease can be read (no etcd member runs
+// yet, so no agent holds a lease to lose).
+func turningOn(steps []Step, f FailoverApplyFacts) bool {
+	return f.Witness != "" && slices.ContainsFunc(steps, func(s Step) bool { return s.Kind == StepRoutingBoot && s.Node == f.Witness })
+}
+
+// decideTurnOn orders the agents' restarts when failover is turned on over
+// a running cluster. PostgreSQL keeps running on both nodes (their new
+// boot script, read-only, is only put in place: a primary restarted
+// read-only now would wait for a lease nobody may take first). The
+// witness boots, then the standby's agent restarts with --failover (its
+// member and the witness make etcd's quorum; it never takes a lease nobody
+// has held), and the primary's agent last: from its restart until the new
+// agent takes the lease as the first holder, the router has no primary and
+// writes pause; apply waits until it holds the lease. Meanwhile the
+// primary is writable with the lease free, as failover.Decide allows only
+// while nothing was ever published: no standby can take it, and the router
+// sends nothing there. A restart of the primary planned in the same
+// apply is left to the next apply (which pauses failover around it): now
+// it would boot read-only with no agent holding the lease to make it
+// writable.
+func decideTurnOn(steps []Step, f FailoverApplyFacts, restart, agentReboot int) ([]Step, error) {
+	var out []Step
+	deferred := ""
+	for i, s := range steps {
+		switch i {
+		case agentReboot:
+		case restart:
+			deferred = s.Action
+		default:
+			out = append(out, s)
+		}
+	}
+	if agentReboot < 0 {
+		return out, nil
+	}
+	reboot := steps[agentReboot]
+	at := 0
+	for i, s := range out {
+		if !routingKinds[s.Kind] || f.AgentNode[s.Node] != "" || s.Node == f.Witness {
+			at = i + 1
+		}
+	}
+	reboot.Consent = true
+	reboot.Effect = "writes through the router pause from this restart until the new agent holds the lease (a few seconds: its etcd member joins the witness's and the standby's, it takes the lease as the first holder, and its /primary answers again); " + f.Primary + " keeps running meanwhile, and no standby can take a lease nobody has held"
+	wait := Step{Kind: StepAwaitLease, Node: f.Primary, Action: "wait until " + f.Primary + "'s agent holds the failover lease", Effect: "writes resume on " + f.Primary}
+	if deferred != "" {
+		wait.Action += "; the primary's restart (" + deferred + ") is left to the next `understudy apply`, which pauses failover around it: restarted now, it would boot read-only with no agent holding the lease to make it writable"
+	}
+	return slices.Insert(out, at, reboot, wait), nil
 }
 
 // FailoverGuardNeeded: the steps restart the primary or its agent (then
@@ -146,6 +205,12 @@ func (a *applier) failoverStep(ctx context.Context, s Step) error {
 			return err
 		}
 		a.did("%s's agent made it writable again (%.1f s)", s.Node, time.Since(start).Seconds())
+	case StepAwaitLease:
+		start := time.Now()
+		if err := awaitLease(ctx, a.t, s.Node, a.o.Timeout); err != nil {
+			return err
+		}
+		a.did("%s's agent holds the failover lease (%.1f s)", s.Node, time.Since(start).Seconds())
 	case StepLeaseSwitchover:
 		a.closePrimary(ctx)
 		if _, err := Switchover(ctx, a.t, s.Node, RoleOptions{Out: a.o.Out}); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -159,5 +160,58 @@ func TestApplyResumesFailoverAfterAFailure(t *testing.T) {
 	l = &fakeLease{}
 	if err := run(l, false); !errors.Is(err, ErrRestartDeclined) || len(l.calls) != 0 {
 		t.Errorf("declined: %v, pause calls %v", err, l.calls)
+	}
+}
+
+// Failover turned on over a running cluster (the witness boots, no lease
+// can be read yet): PostgreSQL is not restarted (a primary restarted
+// read-only now would wait for a lease nobody may take first: its restart
+// is left to the next apply); the standby's agent restarts before the
+// primary's, whose restart asks first and says that writes pause and why;
+// then apply waits for the primary's agent to hold the lease.
+func TestDecideFailoverTurnOn(t *testing.T) {
+	f := FailoverApplyFacts{Lease: &LeaseReading{Error: "no etcd member answers"}, Primary: "db", Standby: "db-replica",
+		AgentNode: map[string]string{"db-agent": "db", "db-replica-agent": "db-replica"}, Witness: "db-witness"}
+	plan := []Step{
+		{Kind: StepRefreshBoot, Node: "db"},
+		{Kind: StepRefreshBoot, Node: "db-replica"},
+		{Kind: StepRoutingBinary, Node: "db-witness"},
+		{Kind: StepRoutingBoot, Node: "db-witness"},
+		{Kind: StepRoutingReboot, Node: "db-agent"},
+		{Kind: StepRoutingReboot, Node: "db-replica-agent"},
+		{Kind: StepRoutingReboot, Node: "db-router"},
+	}
+	got, err := DecideFailoverApply(plan, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "refresh-boot@db refresh-boot@db-replica routing-binary@db-witness routing-boot@db-witness routing-reboot@db-replica-agent " +
+		"routing-reboot@db-agent await-lease@db routing-reboot@db-router"
+	if k := kindsAt(got); k != want {
+		t.Errorf("steps\n got %s\nwant %s", k, want)
+	}
+	for _, s := range got {
+		if s.Kind == StepRoutingReboot && s.Node == "db-agent" && (!s.Consent || !strings.Contains(s.Effect, "writes through the router pause") || !strings.Contains(s.Effect, "holds the lease")) {
+			t.Errorf("the primary agent's restart says too little: %+v", s)
+		}
+	}
+	if plan[4].Node != "db-agent" || plan[4].Consent {
+		t.Errorf("the plan given was changed: %+v", plan[4])
+	}
+
+	// A restart of the primary planned too: left to the next apply.
+	withRestart := append([]Step{{Kind: StepRestart, Node: "db", Primary: true, Consent: true, Action: "restart for: max_connections → 200"}}, plan...)
+	got, err = DecideFailoverApply(withRestart, f)
+	if err != nil || kindsAt(got) != want {
+		t.Fatalf("with a restart of the primary: %s (%v)", kindsAt(got), err)
+	}
+	if a := got[6].Action; !strings.Contains(a, "max_connections") || !strings.Contains(a, "next `understudy apply`") {
+		t.Errorf("the deferred restart is not said: %q", a)
+	}
+
+	// Not turning on (the witness runs already, the lease unreadable): as before.
+	running := slices.DeleteFunc(slices.Clone(plan), func(s Step) bool { return s.Node == "db-witness" })
+	if got, _ := DecideFailoverApply(running, f); kindsAt(got) != kindsAt(running) {
+		t.Errorf("witness running, lease unreadable: %s", kindsAt(got))
 	}
 }

@@ -184,3 +184,30 @@ func awaitPromoted(ctx context.Context, t Target, node string, timeout time.Dura
 		}
 	}
 }
+
+// awaitLease waits until node's agent holds the lease (failover turned on:
+// the first holder takes it once its agent runs with --failover).
+func awaitLease(ctx context.Context, t Target, node string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		lr := readLease(ctx, t)
+		if lr != nil && lr.Error == "" && lr.Holder == node {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			last := "failover is off"
+			if lr != nil {
+				last = lr.Error
+				if last == "" {
+					last = "the lease is held by " + orNobody(lr.Holder)
+				}
+			}
+			return fmt.Errorf("%s's agent did not take the failover lease within %s (%s): see its agent's log (kamal accessory logs) and `understudy failover status`", node, timeout, last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
