@@ -34,10 +34,11 @@ func TestKamalFailoverTurnedOn(t *testing.T) {
 	w.routerOn(t, "db")
 	h, s := w.startWriters(t, apptest.PGX)
 
-	// init --failover on the running app: it adds failover and changes
-	// nothing else; a second run changes nothing at all.
+	// init --failover on the running app (its first flags again, as
+	// docs/backups.md adds --backup): it adds failover and changes nothing
+	// else; a second run changes nothing at all.
 	before := appFiles(t, w.app)
-	out, code := runCLI(t, append([]string{"init", "--app", w.app}, w.failoverFlags(t)...)...)
+	out, code := runCLI(t, append(w.initArgs(), w.failoverFlags(t)...)...)
 	if code != 0 {
 		t.Fatalf("init --failover on the running app: exit %d\n%s", code, out)
 	}
@@ -72,7 +73,7 @@ func TestKamalFailoverTurnedOn(t *testing.T) {
 			t.Errorf("init --failover wrote %s, outside config/understudy", path)
 		}
 	}
-	if out, code := runCLI(t, append([]string{"init", "--app", w.app}, w.failoverFlags(t)...)...); code != 0 {
+	if out, code := runCLI(t, append(w.initArgs(), w.failoverFlags(t)...)...); code != 0 {
 		t.Fatalf("init --failover again: exit %d\n%s", code, out)
 	}
 	if again := appFiles(t, w.app); !mapsEqual(again, after) {

@@ -275,8 +275,7 @@ accessories:
 		w.kamal(t, "accessory", "boot", "db")
 		w.waitSQL(t, "db", 60*time.Second)
 	}
-	r := w.addr["db-replica"]
-	args := []string{"init", "--app", w.app, "--replica-host", r, "--replica-ip", r, "--router-image", dockertest.RouterImageTag}
+	args := w.initArgs()
 	if o.failover {
 		if !o.app {
 			t.Fatal("worldOptions: failover needs the app server (its witness)")
@@ -287,6 +286,13 @@ accessories:
 		t.Fatalf("init: exit %d\n%s", code, out)
 	}
 	return w
+}
+
+// initArgs is the world's init: the standby on db-replica's server, the
+// router's test image.
+func (w *kamalWorld) initArgs() []string {
+	r := w.addr["db-replica"]
+	return []string{"init", "--app", w.app, "--replica-host", r, "--replica-ip", r, "--router-image", dockertest.RouterImageTag}
 }
 
 // failoverFlags are init's flags that turn automatic failover on, with
