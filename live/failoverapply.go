@@ -138,10 +138,13 @@ func decideTurnOn(steps []Step, f FailoverApplyFacts, restart, agentReboot int) 
 	var out []Step
 	deferred := ""
 	for i, s := range steps {
-		switch i {
-		case agentReboot:
-		case restart:
+		switch {
+		case i == agentReboot:
+		case i == restart:
 			deferred = s.Action
+		case s.Kind == StepRoutingReboot && f.AgentNode[s.Node] != "":
+			s.Effect = "none: it restarts with --failover; its etcd member and the witness's make the quorum, and it never takes a lease nobody has held"
+			out = append(out, s)
 		default:
 			out = append(out, s)
 		}

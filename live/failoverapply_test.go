@@ -191,6 +191,9 @@ func TestDecideFailoverTurnOn(t *testing.T) {
 		t.Errorf("steps\n got %s\nwant %s", k, want)
 	}
 	for _, s := range got {
+		if s.Kind == StepRoutingReboot && s.Node == "db-replica-agent" && (s.Consent || strings.Contains(s.Effect, "fences")) {
+			t.Errorf("the standby agent's restart fences nothing and interrupts nothing: %+v", s)
+		}
 		if s.Kind == StepRoutingReboot && s.Node == "db-agent" && (!s.Consent || !strings.Contains(s.Effect, "writes through the router pause") || !strings.Contains(s.Effect, "holds the lease")) {
 			t.Errorf("the primary agent's restart says too little: %+v", s)
 		}
