@@ -89,5 +89,5 @@ func ReplaceFileCmd(p, mode string) string {
 		mode = "755"
 	}
 	tmp := path.Join(path.Dir(p), "."+path.Base(p)+".new")
-	return fmt.Sprintf("%s && cat > %s && %s && mv -f %s %s", kamal.MakeDirectory(path.Dir(p)), shq(tmp), kamal.Chmod(mode, tmp), shq(tmp), shq(p))
+	return fmt.Sprintf("mkdir -p %s && cat > %s && chmod %s %s && mv -f %s %s", shq(path.Dir(p)), shq(tmp), shq(mode), shq(tmp), shq(tmp), shq(p))
 }
