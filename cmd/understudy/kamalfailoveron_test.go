@@ -99,6 +99,17 @@ func TestKamalFailoverTurnedOn(t *testing.T) {
 	if strings.Index(on, "booted db-witness") > strings.Index(on, "rebooted db-agent") {
 		t.Errorf("apply restarted db's agent before booting the witness")
 	}
+	// Both servers hold the new boot script (a node's next start is
+	// read-only), though neither node restarted.
+	for _, n := range nodes {
+		b, err := os.ReadFile(filepath.Join(w.docker[n].Home, "shop-"+n, "understudy", "boot.sh"))
+		if err != nil || !strings.Contains(string(b), "\nREAD_ONLY=yes\n") {
+			t.Errorf("%s's server does not hold the read-only boot script after apply: %v", n, err)
+		}
+	}
+	if strings.Contains(on, "restarted db") {
+		t.Errorf("apply restarted a node's PostgreSQL")
+	}
 	st := w.leaseWith(t, "status", "db", 2*time.Minute)
 	t.Logf("status after apply:\n%s", st)
 	w.leaseWith(t, "failover status", "db", 30*time.Second)
