@@ -139,6 +139,11 @@ func Build(src kamal.Source, o Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.ReplicaHost == "" && o.ReplicaIP == "" {
+		// A later init (to add --failover or --backup, say) need not be
+		// given the standby again: it is where an earlier init put it.
+		o.ReplicaHost, o.ReplicaIP = existingStandby(src, cfg, p.GenDir, p.Standby)
+	}
 	standby, err := checkReplicaFlags(cfg, o, p, node)
 	if err != nil {
 		return nil, err
@@ -833,4 +838,31 @@ func coveringMount(mounts []kamal.Mount, path string) *kamal.Mount {
 		}
 	}
 	return covering
+}
+
+// existingStandby is the standby an earlier init wrote: its accessory's
+// one host in deploy.yml and its private IP in cluster.json; "" when
+// either is missing or the two disagree with a single standby.
+func existingStandby(src kamal.Source, cfg *kamal.Config, gen, name string) (host, ip string) {
+	a := cfg.Accessory(name)
+	if a == nil {
+		return "", ""
+	}
+	hosts, _, err := a.Hosts()
+	if err != nil || len(hosts) != 1 {
+		return "", ""
+	}
+	text, err := src.ReadFile(path.Join(gen, ClusterFile))
+	if err != nil {
+		return "", ""
+	}
+	c, err := pgconf.UnmarshalCluster([]byte(text))
+	if err != nil {
+		return "", ""
+	}
+	n, ok := c.Node(name)
+	if !ok || n.Addr == "" {
+		return "", ""
+	}
+	return hosts[0], n.Addr
 }

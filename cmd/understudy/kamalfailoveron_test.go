@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/understudy-dev/understudy/internal/apptest"
+	"github.com/understudy-dev/understudy/internal/dockertest"
 )
 
 // Automatic failover turned on over a running Kamal setup, as users will
@@ -34,11 +35,13 @@ func TestKamalFailoverTurnedOn(t *testing.T) {
 	w.routerOn(t, "db")
 	h, s := w.startWriters(t, apptest.PGX)
 
-	// init --failover on the running app (its first flags again, as
-	// docs/backups.md adds --backup): it adds failover and changes nothing
-	// else; a second run changes nothing at all.
+	// init --failover on the running app, as a user runs it: without the
+	// standby's flags (init finds the standby where the first init put
+	// it); it adds failover and changes nothing else; a second run changes
+	// nothing at all.
 	before := appFiles(t, w.app)
-	out, code := runCLI(t, append(w.initArgs(), w.failoverFlags(t)...)...)
+	later := append([]string{"init", "--app", w.app, "--router-image", dockertest.RouterImageTag}, w.failoverFlags(t)...)
+	out, code := runCLI(t, later...)
 	if code != 0 {
 		t.Fatalf("init --failover on the running app: exit %d\n%s", code, out)
 	}
@@ -74,7 +77,7 @@ func TestKamalFailoverTurnedOn(t *testing.T) {
 		}
 	}
 	if out, code := runCLI(t, append(w.initArgs(), w.failoverFlags(t)...)...); code != 0 {
-		t.Fatalf("init --failover again: exit %d\n%s", code, out)
+		t.Fatalf("init --failover again, with the first init's flags: exit %d\n%s", code, out)
 	}
 	if again := appFiles(t, w.app); !mapsEqual(again, after) {
 		t.Errorf("a second init --failover changed files: %v", changedFiles(after, again))

@@ -29,7 +29,7 @@ func (s *setupFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.opts.Destination, "d", "", "Kamal destination (reads config/deploy.DEST.yml and .kamal/secrets.DEST)")
 	fs.StringVar(&s.opts.Accessory, "accessory", "", "the PostgreSQL accessory to replicate, when there are several")
 	fs.StringVar(&s.opts.ReplicaName, "replica-name", "", "name of the standby accessory (default <accessory>-replica)")
-	fs.StringVar(&s.opts.ReplicaHost, "replica-host", "", "the standby's server, as Kamal reaches it over SSH")
+	fs.StringVar(&s.opts.ReplicaHost, "replica-host", "", "the standby's server, as Kamal reaches it over SSH (a later init finds it where the first put it)")
 	fs.StringVar(&s.opts.ReplicaIP, "replica-ip", "", "the standby server's private IP; PostgreSQL listens there")
 	fs.StringVar(&s.opts.PrimaryIP, "primary-ip", "", "the primary's private IP, when the port is ERB understudy cannot read")
 	fs.IntVar(&s.opts.PGVersion, "pg-version", 0, "PostgreSQL major version, when the image tag does not say")
