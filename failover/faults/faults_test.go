@@ -70,30 +70,42 @@ func (c *cluster) noFailover(w *writer, prim string, d time.Duration) {
 	}
 }
 
+// eachFault makes a fault of the primary's repeat() times, alternating
+// servers: the standby must take the writer's first write within 30 s of
+// it; then heal ends the fault and the old primary must rejoin; the ledger
+// is checked at the end.
+func (c *cluster) eachFault(w *writer, what string, fault func(prim string) (heal func())) {
+	prim := "db"
+	var faults []time.Time
+	for i := 0; i < repeat(); i++ {
+		time.Sleep(2 * time.Second)
+		at := time.Now()
+		faults = append(faults, at)
+		heal := fault(prim)
+		c.t.Logf("%s %d (%s): first acknowledged write on %s after %s", what, i+1, prim, other(prim), c.waitFailover(w, other(prim), at, 30*time.Second).Round(time.Millisecond))
+		heal()
+		c.waitRejoined(prim, 90*time.Second)
+		prim = other(prim)
+	}
+	c.checkLedger(w.finish(), prim, repeat(), faults)
+}
+
 // The primary's server dies (every process SIGKILLed, its link down): the
 // standby takes the lease once etcd lets it expire and promotes, and the
 // app's writes resume there. Back, the old primary boots read-only and
 // rejoins as a standby by itself. Then the same the other way round.
 func TestPrimaryServerKilled(t *testing.T) {
 	c := newCluster(t, nil)
-	w := c.startWriter()
-	prim := "db"
-	var faults []time.Time
-	for i := 0; i < repeat(); i++ {
-		time.Sleep(2 * time.Second)
-		killed := time.Now()
-		faults = append(faults, killed)
+	c.eachFault(c.startWriter(), "kill", func(prim string) (heal func()) {
 		c.killServer(prim)
-		t.Logf("kill %d (%s): first acknowledged write on %s after %s", i+1, prim, other(prim), c.waitFailover(w, other(prim), killed, 30*time.Second).Round(time.Millisecond))
-		cut(t, c.l, c.l.NetNS.CutCommand(index(prim), true))
-		c.bootReadOnly(prim)
-		if err := c.startAgent(prim); err != nil {
-			t.Fatal(err)
+		return func() {
+			cut(t, c.l, c.l.NetNS.CutCommand(index(prim), true))
+			c.bootReadOnly(prim)
+			if err := c.startAgent(prim); err != nil {
+				t.Fatal(err)
+			}
 		}
-		c.waitRejoined(prim, 90*time.Second)
-		prim = other(prim)
-	}
-	c.checkLedger(w.finish(), prim, repeat(), faults)
+	})
 }
 
 // The primary is cut off from the standby and the witness, but the app
@@ -101,24 +113,16 @@ func TestPrimaryServerKilled(t *testing.T) {
 // before the standby is promoted, and rejoin once the network is back.
 func TestPrimaryPartitionedAppStillReachesIt(t *testing.T) {
 	c := newCluster(t, nil)
-	w := c.startWriter()
-	prim := "db"
-	var faults []time.Time
-	for i := 0; i < repeat(); i++ {
-		time.Sleep(2 * time.Second)
-		at := time.Now()
-		faults = append(faults, at)
+	c.eachFault(c.startWriter(), "partition", func(prim string) (heal func()) {
 		cut(t, c.l, c.l.NetNS.CutCommand(index(prim), false))
-		t.Logf("partition %d (%s): first acknowledged write on %s after %s", i+1, prim, other(prim), c.waitFailover(w, other(prim), at, 30*time.Second).Round(time.Millisecond))
-		time.Sleep(time.Second)
-		if r := c.report(prim); r.Counts.Fences == 0 {
-			t.Fatalf("%s did not fence itself: %+v", prim, r)
+		return func() {
+			time.Sleep(time.Second)
+			if r := c.report(prim); r.Counts.Fences == 0 {
+				t.Fatalf("%s did not fence itself: %+v", prim, r)
+			}
+			cut(t, c.l, c.l.NetNS.CutCommand(index(prim), true))
 		}
-		cut(t, c.l, c.l.NetNS.CutCommand(index(prim), true))
-		c.waitRejoined(prim, 90*time.Second)
-		prim = other(prim)
-	}
-	c.checkLedger(w.finish(), prim, repeat(), faults)
+	})
 }
 
 // The primary is cut off from the standby only: the witness still sees
@@ -154,21 +158,13 @@ func TestPrimaryPartitionedFromStandbyOnly(t *testing.T) {
 // rejoins it.
 func TestPrimaryAgentFrozen(t *testing.T) {
 	c := newCluster(t, nil)
-	w := c.startWriter()
-	prim := "db"
-	var faults []time.Time
-	for i := 0; i < repeat(); i++ {
-		time.Sleep(2 * time.Second)
-		at := time.Now()
-		faults = append(faults, at)
+	c.eachFault(c.startWriter(), "agent frozen", func(prim string) (heal func()) {
 		c.signalAgent(prim, syscall.SIGSTOP)
-		t.Logf("freeze %d (%s's agent): first acknowledged write on %s after %s", i+1, prim, other(prim), c.waitFailover(w, other(prim), at, 30*time.Second).Round(time.Millisecond))
-		time.Sleep(2 * time.Second)
-		c.signalAgent(prim, syscall.SIGCONT)
-		c.waitRejoined(prim, 90*time.Second)
-		prim = other(prim)
-	}
-	c.checkLedger(w.finish(), prim, repeat(), faults)
+		return func() {
+			time.Sleep(2 * time.Second)
+			c.signalAgent(prim, syscall.SIGCONT)
+		}
+	})
 }
 
 // The primary's PostgreSQL is frozen (SIGSTOP) past the TTL: its agent
@@ -177,25 +173,17 @@ func TestPrimaryAgentFrozen(t *testing.T) {
 // is left to take a write.
 func TestPrimaryPostgresFrozen(t *testing.T) {
 	c := newCluster(t, nil)
-	w := c.startWriter()
-	prim := "db"
-	var faults []time.Time
-	for i := 0; i < repeat(); i++ {
-		time.Sleep(2 * time.Second)
-		at := time.Now()
-		faults = append(faults, at)
+	c.eachFault(c.startWriter(), "PostgreSQL frozen", func(prim string) (heal func()) {
 		pids := c.pgPIDs(prim)
 		for _, p := range pids {
 			syscall.Kill(p, syscall.SIGSTOP)
 		}
-		t.Logf("freeze %d (%s's PostgreSQL): first acknowledged write on %s after %s", i+1, prim, other(prim), c.waitFailover(w, other(prim), at, 30*time.Second).Round(time.Millisecond))
-		for _, p := range pids {
-			syscall.Kill(p, syscall.SIGCONT)
+		return func() {
+			for _, p := range pids {
+				syscall.Kill(p, syscall.SIGCONT)
+			}
 		}
-		c.waitRejoined(prim, 90*time.Second)
-		prim = other(prim)
-	}
-	c.checkLedger(w.finish(), prim, repeat(), faults)
+	})
 }
 
 // One etcd member down (the standby's agent, or the witness): quorum
