@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/understudy-dev/understudy/failover"
 	"github.com/understudy-dev/understudy/internal/netutil"
 	"github.com/understudy-dev/understudy/internal/pgxwriter"
 	"github.com/understudy-dev/understudy/lab"
@@ -53,7 +55,12 @@ func demoFailover(ctx context.Context, out io.Writer, dir, primary, standby stri
 	if err := waitHolder(ctx, l, primary, time.Minute); err != nil {
 		return err
 	}
-	say("   a new lab: %s and %s, an etcd member in each node agent and a third on a witness; %s's agent holds the leader lease", primary, standby, primary)
+	// Settled: the holder's agent moves etcd's leader to the witness, away
+	// from both database servers (docs/failover.md), before the kill.
+	if err := waitEtcdLeader(ctx, l, primary, lab.WitnessName, 30*time.Second); err != nil {
+		return err
+	}
+	say("   a new lab: %s and %s, an etcd member in each node agent and a third on a witness, which leads etcd; %s's agent holds the leader lease", primary, standby, primary)
 
 	w, err := demoAppWriter(ctx, l, primary)
 	if err != nil {
@@ -149,6 +156,32 @@ func waitStreaming(ctx context.Context, l *lab.Lab, primary, standby string, lim
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// waitEtcdLeader waits until node's agent reports member leading etcd.
+func waitEtcdLeader(ctx context.Context, l *lab.Lab, node, member string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := l.AgentStatus(sctx, node)
+		cancel()
+		var r failover.Report
+		if err == nil && json.Unmarshal(st.Failover, &r) == nil {
+			for _, m := range r.Members {
+				if m.Leader && m.Name == member {
+					return nil
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("etcd's leader did not move to %s within %s (see %s)", member, limit, l.ServiceLog("agent-"+node))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
