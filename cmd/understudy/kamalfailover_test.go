@@ -178,15 +178,7 @@ func TestKamalFailover(t *testing.T) {
 		t.Errorf("db after the rejoin is not a standby (pg_is_in_recovery %s)", ro)
 	}
 
-	final := w.conn(t, "db-replica")
-	defer final.Close(ctx)
-	h.Stop(ctx)
-	rows, err := apptest.ReadRows(ctx, final, s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep := h.Verify(ctx, "db", rows)
-	t.Log(rep)
+	rep := w.finalReport(t, ctx, h, s, "db-replica")
 	// Asynchronous replication: what db acknowledged in the last moment
 	// before its link was cut may not have reached db-replica (failover
 	// allows up to its lag limit). Any other loss fails.

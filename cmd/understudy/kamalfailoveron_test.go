@@ -137,15 +137,7 @@ func TestKamalFailoverTurnedOn(t *testing.T) {
 	}
 	w.awaitReadOnly(t, "db", 30*time.Second)
 
-	final := w.conn(t, "db-replica")
-	defer final.Close(ctx)
-	h.Stop(ctx)
-	rows, err := apptest.ReadRows(ctx, final, s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep := h.Verify(ctx, "db", rows)
-	t.Log(rep)
+	rep := w.finalReport(t, ctx, h, s, "db-replica")
 	lost, _ := lostInTheWindow(t, rep.Lost, "db", holed.Add(-2*time.Second), holed.Add(time.Second))
 	rep.Lost = lost
 	if err := rep.Err(); err != nil {

@@ -73,15 +73,7 @@ func TestKamalRouterFollowsEveryRoleChange(t *testing.T) {
 	}
 	role("rejoin db", "", "rejoin", "db", "--fence")
 
-	final := w.conn(t, "db-replica")
-	defer final.Close(ctx)
-	h.Stop(ctx)
-	rows, err := apptest.ReadRows(ctx, final, s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep := h.Verify(ctx, "db", rows)
-	t.Log(rep)
+	rep := w.finalReport(t, ctx, h, s, "db-replica")
 	// Replication is asynchronous: a commit db acknowledged in the instant
 	// its server vanished may never have reached db-replica, and the
 	// emergency promote says so. Only such a loss is allowed: acknowledged

@@ -132,3 +132,19 @@ func lostInTheWindow(t testing.TB, lost []apptest.Attempt, node string, from, to
 	}
 	return rest, taken
 }
+
+// finalReport stops the writers and checks their ledger against the rows
+// on node, the primary at the end (the writers began on db).
+func (w *kamalWorld) finalReport(t testing.TB, ctx context.Context, h *apptest.Harness, s apptest.Settings, node string) apptest.Report {
+	t.Helper()
+	final := w.conn(t, node)
+	defer final.Close(ctx)
+	h.Stop(ctx)
+	rows, err := apptest.ReadRows(ctx, final, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := h.Verify(ctx, "db", rows)
+	t.Log(rep)
+	return rep
+}
